@@ -1,0 +1,67 @@
+"""Masked LMs through transformers (AutoModelForMaskedLM).
+
+Default (``mlm_mode='unmasked'``, the seeds' semantics): one forward pass on the unmasked sequence, mean
+log-probability of the true token at each real nucleotide position (special and pad tokens excluded).
+``mlm_mode='pll'``: pseudo-log-likelihood, each real position masked in turn (one extra row per position).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from models.base import Encoded, LoglikResult
+from models.errors import GlmscoreError
+from models.hf_common import HFBackend, collect, token_logprobs
+
+
+class HFMaskedScorer(HFBackend):
+    auto_class = "AutoModelForMaskedLM"
+
+    def __init__(self, card, *, mlm_mode: str = "unmasked", **kw):
+        super().__init__(card, **kw)
+        if mlm_mode not in ("unmasked", "pll"):
+            raise GlmscoreError(f"unknown MLM scoring {mlm_mode!r}: choose unmasked or pll.")
+        if mlm_mode == "pll" and self.tokenizer.mask_token_id is None:
+            raise GlmscoreError(f"model {card.id} has no mask token, so pseudo-log-likelihood is undefined.")
+        self.mlm_mode = mlm_mode
+
+    def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
+        if self.mlm_mode == "pll":
+            return self._pll(encoded, keep_positions)
+        rows = [e.ids for e in encoded]
+
+        def forward(idx: list[int]) -> list[np.ndarray]:
+            ids, mask = self.padded([rows[i] for i in idx])
+            lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, ids).cpu().numpy()
+            return [lp[b, : len(rows[i])][encoded[i].real].astype(np.float64) for b, i in enumerate(idx)]
+
+        return collect(self.run_batches(rows, forward), keep_positions=keep_positions)
+
+    def _pll(self, encoded: Sequence[Encoded], keep_positions: bool) -> LoglikResult:
+        mask_id = self.tokenizer.mask_token_id
+        pieces, owners = [], []
+        for row, e in enumerate(encoded):
+            for pos in np.flatnonzero(e.real):
+                masked = e.ids.copy()
+                masked[pos] = mask_id
+                pieces.append(masked)
+                owners.append((row, int(pos), int(e.ids[pos])))
+
+        def forward(idx: list[int]) -> list[np.ndarray]:
+            ids, mask = self.padded([pieces[i] for i in idx])
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            import torch
+
+            b = torch.arange(len(idx), device=ids.device)
+            pos = torch.tensor([owners[i][1] for i in idx], device=ids.device)
+            tgt = torch.tensor([owners[i][2] for i in idx], device=ids.device)
+            lp = token_logprobs(logits[b, pos], tgt).cpu().numpy()
+            return [np.array([v], dtype=np.float64) for v in lp]
+
+        lps = self.run_batches(pieces, forward)
+        per_row: list[list[float]] = [[] for _ in encoded]
+        for (row, _, _), lp in zip(owners, lps):
+            per_row[row].append(float(lp[0]))
+        return collect([np.array(p, dtype=np.float64) for p in per_row], keep_positions=keep_positions)

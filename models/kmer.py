@@ -1,0 +1,118 @@
+"""Order-k Markov chain baseline (not a gLM).
+
+P(x_i | x_{i-k..i-1}) from (k+1)-mer counts with add-alpha smoothing; a sequence's score is the mean
+(or sum) log-probability of every base that has a full k-base context free of N. Fitted either on a
+background FASTA or, by the pipeline's ``crossfit``, on held-out folds of a benchmark's own
+nonmutant sequences -- an in-distribution baseline that shows how much of a benchmark a model could
+solve from local sequence statistics alone.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from models.alphabet import normalise
+from models.base import Encoded, LoglikResult
+from models.cards import ModelCard
+from models.errors import GlmscoreError
+
+_CODE = np.full(256, 4, dtype=np.int8)
+for _i, _b in enumerate(b"ACGT"):
+    _CODE[_b] = _i
+
+
+def codes(seq: str) -> np.ndarray:
+    """A normalised DNA string as codes 0..3 (A, C, G, T), 4 for N."""
+    return _CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
+
+
+def _contexts(c: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context index, next base) for every position with a full, N-free context."""
+    if len(c) <= order:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    win = sliding_window_view(c, order + 1)
+    ok = (win < 4).all(axis=1)
+    win = win[ok].astype(np.int64)
+    weights = 4 ** np.arange(order - 1, -1, -1, dtype=np.int64)
+    return win[:, :order] @ weights, win[:, order]
+
+
+def fit_counts(seqs: Iterable[str], order: int) -> np.ndarray:
+    """(k+1)-mer counts, shape (4**k, 4), from DNA sequences (mapped by the DNA alphabet policy)."""
+    counts = np.zeros((4**order, 4), dtype=np.int64)
+    for s in seqs:
+        ctx, nxt = _contexts(codes(normalise(s, "DNA")[0]), order)
+        np.add.at(counts, (ctx, nxt), 1)
+    return counts
+
+
+def logprob_table(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """log P(next | context) with add-alpha smoothing."""
+    c = counts.astype(np.float64) + alpha
+    return np.log(c / c.sum(axis=1, keepdims=True))
+
+
+def read_fasta_sequences(path: str) -> list[str]:
+    """Sequences of a background FASTA (minimal reader; the benchmark reader validates strictly)."""
+    seqs, cur = [], []
+    try:
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if line.startswith(">"):
+                    if cur:
+                        seqs.append("".join(cur))
+                    cur = []
+                elif line:
+                    cur.append(line)
+    except OSError as exc:
+        raise GlmscoreError(f"cannot read background FASTA {path}: {exc.strerror}.") from None
+    if cur:
+        seqs.append("".join(cur))
+    if not seqs:
+        raise GlmscoreError(f"background FASTA {path} holds no sequences.")
+    return seqs
+
+
+class KmerScorer:
+    """Scores with one log-probability table per key (a single key ``None`` when fitted on a background)."""
+
+    def __init__(self, card: ModelCard, tables: Mapping[Hashable, np.ndarray]):
+        self.card = card
+        self.order = card.order
+        self.tables = dict(tables)
+        self.resolved_revision = None
+
+    @classmethod
+    def from_background(cls, card: ModelCard, alpha: float = 1.0) -> "KmerScorer":
+        counts = fit_counts(read_fasta_sequences(card.fit), card.order)
+        return cls(card, {None: logprob_table(counts, alpha)})
+
+    def encode(self, seqs: Sequence[str], row_names=None) -> list[Encoded]:
+        out = []
+        for s in seqs:
+            norm, n_amb = normalise(s, "DNA")
+            c = codes(norm)
+            out.append(Encoded(ids=c, real=c < 4, n_ambiguous=n_amb))
+        return out
+
+    def loglik_encoded(self, encoded: Sequence[Encoded], keys: Sequence[Hashable] | None = None,
+                       keep_positions: bool = False) -> LoglikResult:
+        keys = list(keys) if keys is not None else [None] * len(encoded)
+        per = []
+        for e, key in zip(encoded, keys):
+            if key not in self.tables:
+                raise GlmscoreError(f"the k-mer model has no table for {key!r}.")
+            ctx, nxt = _contexts(e.ids, self.order)
+            per.append(self.tables[key][ctx, nxt])
+        return LoglikResult(
+            loglik_sum=np.array([p.sum() for p in per], dtype=np.float64),
+            n_scored=np.array([len(p) for p in per], dtype=np.int32),
+            per_position=per if keep_positions else None,
+        )
+
+    def loglik(self, seqs: Sequence[str]) -> LoglikResult:
+        return self.loglik_encoded(self.encode(seqs))
