@@ -1,0 +1,65 @@
+"""Nullsette results from score tables: paired tests per mutant type, corrections, success rates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.paired import adjust, signflip_pvalues
+from models.errors import GlmscoreError
+
+NONMUTANT = "nonmutant"
+TEST_COLUMNS = ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
+SUCCESS_COLUMNS = ["model", "dataset", "n_types", "n_significant", "success_rate"]
+
+
+def _type_key(group: str) -> int:
+    digits = "".join(ch for ch in group if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def paired_differences(scores: pd.DataFrame) -> dict[tuple[str, str, str], np.ndarray]:
+    """mutant - nonmutant score per pair, for every (model, dataset, mutant group)."""
+    need = {"model", "dataset", "group", "pair_index", "score"}
+    if missing := need - set(scores.columns):
+        raise GlmscoreError(f"score table lacks column(s) {', '.join(sorted(missing))}.")
+    out = {}
+    for (model, dataset), frame in scores.groupby(["model", "dataset"], sort=True):
+        base = frame[frame["group"] == NONMUTANT].set_index("pair_index")["score"]
+        if base.empty:
+            raise GlmscoreError(f"model {model}, dataset {dataset}: no nonmutant scores to pair with.")
+        if base.index.duplicated().any():
+            raise GlmscoreError(f"model {model}, dataset {dataset}: nonmutant pair_index values repeat.")
+        groups = sorted((g for g in frame["group"].unique() if g != NONMUTANT), key=_type_key)
+        for group in groups:
+            mut = frame[frame["group"] == group].set_index("pair_index")["score"]
+            joined = mut.to_frame("m").join(base.to_frame("n"), how="inner")
+            out[(model, dataset, group)] = (joined["m"] - joined["n"]).to_numpy()
+    return out
+
+
+def nullsette_tests(scores: pd.DataFrame, *, n_perm: int = 10_000, seed: int = 0, correction: str = "bh",
+                    estimator: str = "plus_one", alpha: float = 0.05) -> pd.DataFrame:
+    """The test table: one row per (model, dataset, mutant type); corrected within (model, dataset)."""
+    diffs = paired_differences(scores)
+    rows = []
+    families: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
+    for (model, dataset, group), d in diffs.items():
+        families.setdefault((model, dataset), []).append((group, d))
+    for (model, dataset), tests in families.items():
+        p = signflip_pvalues([d for _, d in tests], n_perm=n_perm, seed=seed, estimator=estimator)
+        q = adjust(p, correction)
+        for (group, d), pv, qv in zip(tests, p, q):
+            rows.append({"model": model, "dataset": dataset, "group": group, "n_pairs": int(np.sum(~np.isnan(d))),
+                         "mean_diff": float(np.nanmean(d)) if len(d) else np.nan, "p_value": pv,
+                         "p_adjusted": qv, "significant": bool(qv < alpha)})
+    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+def success_rates(tests: pd.DataFrame) -> pd.DataFrame:
+    """Fraction of mutant types detected per (model, dataset)."""
+    g = tests.groupby(["model", "dataset"], sort=True)
+    out = g.agg(n_types=("group", "size"), n_significant=("significant", "sum")).reset_index()
+    out["n_significant"] = out["n_significant"].astype(int)
+    out["success_rate"] = out["n_significant"] / out["n_types"]
+    return out[SUCCESS_COLUMNS]

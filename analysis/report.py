@@ -1,0 +1,97 @@
+"""Nullsette report: CSV tables, PNG plots and a Markdown summary."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.nullsette import paired_differences
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
+    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diffs = paired_differences(scores)
+    by_md: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
+    for (model, dataset, group), d in diffs.items():
+        by_md.setdefault((model, dataset), []).append((group, d[~np.isnan(d)]))
+    paths = []
+    for (model, dataset), items in by_md.items():
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(items) + 2), 4))
+        ax.boxplot([d for _, d in items], showfliers=False)
+        ax.set_xticks(range(1, len(items) + 1), [g.replace("mutant_translocation", "") for g, _ in items])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("mutant type (translocation k)")
+        ax.set_ylabel("score(mutant) - score(nonmutant)")
+        ax.set_title(f"{model} on {dataset}")
+        fig.tight_layout()
+        path = out / f"differences_{_safe(model)}_{_safe(dataset)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_success_heatmap(success: pd.DataFrame, out: Path) -> Path | None:
+    """Model x dataset success-rate heatmap (drawn when several models are present)."""
+    if success["model"].nunique() < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = success.pivot(index="model", columns="dataset", values="success_rate")
+    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 3, 0.6 * grid.shape[0] + 2))
+    im = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid.iat[i, j]
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="success rate")
+    ax.set_title("Nullsette success rate")
+    fig.tight_layout()
+    path = out / "success_heatmap.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: pd.DataFrame, out: Path,
+                           settings: dict, provenance: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    tests.to_csv(out / "nullsette_tests.csv", index=False)
+    success.to_csv(out / "nullsette_success.csv", index=False)
+    plots = plot_differences(scores, out)
+    heat = plot_success_heatmap(success, out)
+    lines = ["# Nullsette report", ""]
+    lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    lines += ["", "## Success rate (fraction of mutant types with corrected p < alpha)", "",
+              success.to_markdown(index=False, floatfmt=".3f"), ""]
+    for (model, dataset), frame in tests.groupby(["model", "dataset"], sort=True):
+        lines += [f"## {model} on {dataset}", "",
+                  frame.drop(columns=["model", "dataset"]).to_markdown(index=False, floatfmt=".4g"), ""]
+    lines += ["## Plots", ""]
+    if heat:
+        lines.append(f"![success heatmap]({heat.name})")
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Provenance", ""]
+    for name, info in provenance.items():
+        lines.append(f"- `{name}`: {info}")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

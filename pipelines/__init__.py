@@ -1,0 +1,1 @@
+"""Benchmark sources, Ray Data jobs, shard layout, manifests, resume and the ``glmscore`` CLI."""

