@@ -124,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def user_error(exc: BaseException) -> str | None:
-    """The one-sentence message of a GlmscoreError, also when Ray wrapped it in a task error."""
+    """The one-sentence message of a GlmscoreError, also when Ray wrapped it in a task error.
+
+    Ray Data re-raises a worker's exception as ``UserCodeException`` whose cause does not survive
+    serialization; the worker's traceback text (kept in the message) still names the error, so it is
+    read from there as a last resort.
+    """
+    import re
+
+    text = str(exc)
+    found = re.findall(r"GlmscoreError: (.+)", text)
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -132,7 +141,7 @@ def user_error(exc: BaseException) -> str | None:
         if isinstance(exc, GlmscoreError) and not isinstance(cause, BaseException):
             return str(exc.args[0]) if exc.args else str(exc)
         exc = cause if isinstance(cause, BaseException) else exc.__cause__
-    return None
+    return found[-1].strip() if found else None
 
 
 def _dispatch(args) -> int:

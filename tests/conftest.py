@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny models (save_pretrained, no download), small Nullsette data, local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def shared_data(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"real benchmark data {path} is absent (it sits beside the checkout in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_nobos(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-nobos", with_bos=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_6mer(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-6mer", kmer=6, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def small_nullsette(tmp_path_factory) -> Path:
+    """12 synthetic prokaryotic cassettes (19 mutant types) in the released layout."""
+    from pipelines.demo import write_spec
+    from pipelines.nullsette import build
+
+    base = tmp_path_factory.mktemp("nullsette")
+    build(write_spec(base / "spec", 12, seed=3), base / "processed_data")
+    return base / "processed_data"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster for one test module (module scope: the job-submit test runs `ray stop`)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

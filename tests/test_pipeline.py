@@ -1,0 +1,117 @@
+"""The score pipeline on a real local Ray cluster: shard contract, agreement, resume, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from models.cards import resolve_card
+from models.errors import GlmscoreError
+from models.loader import load_scorer
+from pipelines.cli import analyze_nullsette, user_error
+from pipelines.fasta import read_all
+from pipelines.score import ScoreConfig, run_score
+from pipelines.shards import MANIFEST
+
+pytestmark = pytest.mark.ray
+
+
+def _cfg(data, model, out, **kw):
+    return ScoreConfig(benchmark="nullsette", data=str(data), model=str(model), out=str(out), **kw)
+
+
+def test_scores_match_in_process_scorer_and_contract(ray_cluster, small_nullsette, tiny_llama, tmp_path):
+    out = tmp_path / "scores"
+    manifest = run_score(_cfg(small_nullsette, tiny_llama, out, limit=6, chunk_rows=4))
+    assert manifest["rows_total"] == 20 * 6 and manifest["shards_computed"] == 40
+    assert manifest["rows_per_partition"]["dataset=synthetic_ecoli/group=mutant_translocation19"] == 6
+    assert {"ray", "torch", "transformers", "pyarrow"} <= set(manifest["packages"])
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
+    for name, typ in [("seq_id", pa.string()), ("benchmark", pa.string()), ("pair_index", pa.int32()),
+                      ("model", pa.string()), ("score", pa.float64()), ("loglik_sum", pa.float64()),
+                      ("n_scored", pa.int32()), ("n_ambiguous", pa.int32()), ("truncated", pa.bool_())]:
+        assert table.schema.field(name).type == typ
+    assert {"dataset", "group"} <= set(table.column_names)
+    df = table.to_pandas()
+    # reference: the same backend in this process, one group at a time
+    scorer = load_scorer(resolve_card(str(tiny_llama)), device="cpu")
+    for group in ("nonmutant", "mutant_translocation4"):
+        _, seqs = read_all(small_nullsette / "synthetic_ecoli" / f"{group}.txt")
+        ref = scorer.loglik(seqs[:6])
+        got = df[df["group"] == group].sort_values("pair_index")
+        assert got["pair_index"].tolist() == list(range(6))
+        assert np.allclose(got["score"], ref.mean, atol=1e-5)
+        assert np.allclose(got["loglik_sum"], ref.loglik_sum, atol=1e-3)
+
+
+def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, tmp_path):
+    out = tmp_path / "scores"
+    run_score(_cfg(small_nullsette, "kmer:4", out, limit=8, chunk_rows=4))
+    before = pads.dataset(out, partitioning="hive").to_table().to_pandas()
+    victim = out / "dataset=synthetic_ecoli" / "group=mutant_translocation2" / "part-00001.parquet"
+    others = {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet") if p != victim}
+    victim.unlink()
+    # a leftover temporary file from a killed worker must not count
+    (victim.parent / ".part-00001.parquet.999.tmp").write_bytes(b"partial")
+    manifest = run_score(_cfg(small_nullsette, "kmer:4", out, limit=8, chunk_rows=4))
+    assert manifest["shards_computed"] == 1 and manifest["shards_reused"] == 39
+    assert victim.exists() and not list(out.rglob("*.tmp"))
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())
+    after = pads.dataset(out, partitioning="hive").to_table().to_pandas()
+    key = ["group", "pair_index"]
+    assert before.sort_values(key).reset_index(drop=True).equals(after.sort_values(key).reset_index(drop=True))
+    # a different model into the same folder is refused
+    with pytest.raises(GlmscoreError, match="different model"):
+        run_score(_cfg(small_nullsette, "kmer:5", out, limit=8, chunk_rows=4))
+
+
+def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):
+    from tests.tiny_models import make_tiny_llama
+
+    short = make_tiny_llama(tmp_path / "short-llama", max_positions=64)
+    out = tmp_path / "scores"
+    with pytest.raises(Exception) as info:
+        run_score(_cfg(small_nullsette, short, out, limit=2))
+    message = user_error(info.value)
+    assert message and "exceed the model's context of 64 tokens" in message and "--long" in message
+    assert "synthetic_ecoli/" in message  # names the rows
+    assert not (out / MANIFEST).exists()
+    manifest = run_score(_cfg(small_nullsette, short, tmp_path / "trunc", limit=2, long="truncate"))
+    df = pads.dataset(tmp_path / "trunc", partitioning="hive").to_table().to_pandas()
+    assert df["truncated"].all() and (df["n_scored"] == 63).all() and manifest["rows_total"] == 40
+
+
+def test_letters_outside_alphabet_are_mapped_and_counted(ray_cluster, small_nullsette, tiny_llama, tmp_path):
+    data = tmp_path / "pd"
+    shutil.copytree(small_nullsette, data)
+    for f in (data / "synthetic_ecoli").glob("*.txt"):
+        lines = f.read_text().splitlines()
+        lines[1] = lines[1][:10].lower() + "XU" + "N" + lines[1][13:]
+        f.write_text("\n".join(lines) + "\n")
+    run_score(_cfg(data, tiny_llama, tmp_path / "s", limit=2, datasets=["synthetic_ecoli"]))
+    df = pads.dataset(tmp_path / "s", partitioning="hive").to_table().to_pandas()
+    assert (df.loc[df["pair_index"] == 0, "n_ambiguous"] == 2).all()
+    assert (df.loc[df["pair_index"] == 1, "n_ambiguous"] == 0).all()
+
+
+def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_path):
+    dirs = []
+    for model in ("kmer:3", "kmer:5"):
+        run_score(_cfg(small_nullsette, model, tmp_path / model.replace(":", "")))
+        dirs.append(str(tmp_path / model.replace(":", "")))
+    result = analyze_nullsette(dirs, str(tmp_path / "report"), n_perm=2000)
+    report = tmp_path / "report"
+    for name in ("nullsette_tests.csv", "nullsette_success.csv", "report.md", "success_heatmap.png",
+                 "differences_kmer3_synthetic_ecoli.png"):
+        assert (report / name).exists(), name
+    import pandas as pd
+
+    tests = pd.read_csv(report / "nullsette_tests.csv")
+    assert list(tests.columns) == ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
+    assert len(tests) == 38 and (tests["n_pairs"] == 12).all()
+    assert set(result["success"]["model"]) == {"kmer3", "kmer5"}
+    manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
+    assert manifest["model_card"]["backend"] == "kmer"

@@ -1,0 +1,116 @@
+"""Nullsette build and discovery: byte-exact concatenation, pairing and FASTA validation."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from models.errors import GlmscoreError
+from pipelines.demo import write_spec
+from pipelines.fasta import read_all
+from pipelines.nullsette import build, discover
+from tests.conftest import ROOT, shared_data
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def _assert_one_line_error(proc, phrase):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("glmscore: error:")]
+    assert len(lines) == 1 and phrase in lines[0], proc.stderr
+
+
+def test_build_is_byte_exact_concatenation(tmp_path):
+    spec = write_spec(tmp_path / "spec", 5, seed=1)
+    build(spec, tmp_path / "pd")
+    order = json.loads((spec / "translocations.json").read_text())["prokaryotic"]
+    rows = list(csv.DictReader(open(spec / "synthetic_ecoli.tsv"), delimiter="\t"))
+    names, seqs = read_all(tmp_path / "pd" / "synthetic_ecoli" / "nonmutant.txt")
+    assert names == [r["cassette_id"] for r in rows]
+    assert seqs == ["".join(r[c] for c in order["nonmutant"]) for r in rows]
+    _, m7 = read_all(tmp_path / "pd" / "synthetic_ecoli" / "mutant_translocation7.txt")
+    assert m7 == ["".join(r[c] for c in order["mutants"][6]) for r in rows]
+    groups = discover(tmp_path / "pd")
+    assert len(groups) == 20 and {g.n_records for g in groups} == {5}
+
+
+def test_unpaired_and_malformed_files(small_nullsette, tmp_path):
+    data = tmp_path / "pd"
+    shutil.copytree(small_nullsette, data)
+    folder = data / "synthetic_ecoli"
+    # a mutant file with one record fewer
+    text = (folder / "mutant_translocation3.txt").read_text().splitlines()
+    (folder / "mutant_translocation3.txt").write_text("\n".join(text[:-2]) + "\n")
+    with pytest.raises(GlmscoreError, match="has 11 records but nonmutant.txt has 12"):
+        discover(data)
+    (folder / "mutant_translocation3.txt").write_text("\n".join(text) + "\n")
+    # a gap in the mutant numbering
+    (folder / "mutant_translocation5.txt").rename(folder / "x.txt")
+    with pytest.raises(GlmscoreError, match="without gaps"):
+        discover(data)
+    (folder / "x.txt").rename(folder / "mutant_translocation5.txt")
+    # an empty record and a non-FASTA line
+    good = (folder / "nonmutant.txt").read_text()
+    (folder / "nonmutant.txt").write_text(">a\n>b\nACGT\n" + good)
+    with pytest.raises(GlmscoreError, match="has no sequence"):
+        discover(data)
+    (folder / "nonmutant.txt").write_text("ACGT\n" + good)
+    with pytest.raises(GlmscoreError, match="before the first '>'"):
+        discover(data)
+    (folder / "nonmutant.txt").write_text(">a\nAC GT1\n" + good)
+    with pytest.raises(GlmscoreError, match="not sequence letters"):
+        discover(data)
+
+
+def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
+    _assert_one_line_error(_run_cli("score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+                                    "--model", "no-such-model", "--out", str(tmp_path / "o")), "unknown model")
+    _assert_one_line_error(_run_cli("score", "--benchmark", "nullsette", "--data", str(tmp_path / "missing"),
+                                    "--model", "kmer:3", "--out", str(tmp_path / "o")), "does not exist")
+    (tmp_path / "spec").mkdir()
+    _assert_one_line_error(_run_cli("nullsette", "build", "--spec", str(tmp_path / "spec"), "--out",
+                                    str(tmp_path / "pd")), "translocations.json is missing")
+    _assert_one_line_error(_run_cli("analyze", "nullsette", "--scores", str(tmp_path / "o"), "--out",
+                                    str(tmp_path / "r")), "not a finished score folder")
+    assert not (tmp_path / "o" / "_manifest.json").exists()
+
+
+def test_bad_component_table(tmp_path):
+    spec = write_spec(tmp_path / "spec", 3)
+    table = spec / "synthetic_ecoli.tsv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:2] + [lines[2].replace("\tATG\t", "\t\t")]) + "\n")
+    with pytest.raises(GlmscoreError, match="line 3, component start_codon is empty"):
+        build(spec, tmp_path / "pd")
+    assert not (tmp_path / "pd" / "synthetic_ecoli").exists()
+
+
+@pytest.mark.realdata
+def test_build_all_five_real_datasets_byte_exact(tmp_path):
+    spec = shared_data("nullsette")
+    built = build(spec, tmp_path / "pd")
+    assert built == {"deboer_Abf1TATA": 1500, "deboer_pTpA": 1500, "kosuri": 1500, "lagator": 1500, "zahm": 1500}
+    kingdoms = json.loads((spec / "translocations.json").read_text())
+    for table, folder, kingdom, n_types, (lo, hi) in [
+        ("kosuri", "kosuri", "prokaryotic", 19, (887, 928)), ("lagator", "lagator", "prokaryotic", 19, (970, 974)),
+        ("deboer_Abf1TATA", "deboer/Abf1TATA", "eukaryotic", 11, (1161, 1186)),
+        ("deboer_pTpA", "deboer/pTpA", "eukaryotic", 11, (1143, 1161)), ("zahm", "zahm", "eukaryotic", 11, (2326, 2542)),
+    ]:
+        rows = list(csv.DictReader(open(spec / f"{table}.tsv"), delimiter="\t"))
+        order = kingdoms[kingdom]
+        names, seqs = read_all(tmp_path / "pd" / folder / "nonmutant.txt")
+        assert seqs == ["".join(r[c] for c in order["nonmutant"]) for r in rows]
+        assert lo <= min(map(len, seqs)) and max(map(len, seqs)) <= hi
+        k = n_types
+        _, last = read_all(tmp_path / "pd" / folder / f"mutant_translocation{k}.txt")
+        assert last == ["".join(r[c] for c in order["mutants"][k - 1]) for r in rows]
+        assert not (tmp_path / "pd" / folder / f"mutant_translocation{k + 1}.txt").exists()
+    groups = discover(tmp_path / "pd")
+    assert sum(g.group != "nonmutant" for g in groups) == 71
