@@ -27,7 +27,7 @@ def load_scorer(card: ModelCard, *, kmer_tables=None, **options):
     if card.backend == "vllm_causal":
         from models.vllm_causal import VLLMCausalScorer
 
-        return VLLMCausalScorer(card, **options)
+        return VLLMCausalScorer(card, **{k: v for k, v in options.items() if v is not None})
     raise GlmscoreError(f"model card {card.id} names an unknown backend {card.backend!r}.")
 
 

@@ -1,0 +1,108 @@
+"""Causal LMs on vLLM: one engine per process (per Ray actor), scored by prompt log-probabilities.
+
+Token ids come from the project's own ``TokenPolicy`` (``{"prompt_token_ids": ...}``), so BOS, k-mer
+cutting and the alphabet are identical to the transformers backend; vLLM's tokenizer is never used
+(``skip_tokenizer_init``). ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)`` returns
+log p(token_j | tokens_<j) for every prompt token; prefix caching is off so every prompt is computed in
+full. Rolling windows for sequences longer than ``max_model_len`` work as in ``hf_causal``.
+Embeddings are not served from here: vLLM's pooling runner would need a second engine per actor, so
+cards use the transformers backends for embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from models.base import Encoded, LoglikResult
+from models.cards import ModelCard
+from models.errors import GlmscoreError
+from models.hf_causal import rolling_windows
+from models.tokenization import TokenPolicy, load_tokenizer
+
+ENGINE_KEYS = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization",
+               "tensor_parallel_size", "enforce_eager")
+
+
+def _on_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class VLLMCausalScorer:
+    def __init__(self, card: ModelCard, *, dtype: str | None = None, long: str = "error", device: str | None = None,
+                 batch_tokens: int | None = None, mlm_mode: str | None = None, **engine):
+        if card.objective != "clm":
+            raise GlmscoreError(f"model {card.id} is a masked LM: vLLM scores causal models only.")
+        settings = {**card.vllm_engine, **{k: v for k, v in engine.items() if v is not None}}
+        unknown = set(settings) - set(ENGINE_KEYS)
+        if unknown:
+            raise GlmscoreError(f"unknown vLLM engine setting(s) {', '.join(sorted(unknown))}; known: {', '.join(ENGINE_KEYS)}.")
+        gpu = _on_gpu() and device != "cpu"
+        settings.setdefault("gpu_memory_utilization", 0.9 if gpu else 0.3)
+        settings.setdefault("max_model_len", card.max_context)
+        _check(settings)
+        dtype = dtype or card.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if gpu else "float32"
+        self.card = card
+        self.long = long
+        self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+        self.policy = TokenPolicy(card, self.tokenizer, settings.get("max_model_len"))
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise GlmscoreError("vLLM is not installed: pip install 'glmscore[gpu]' (GPU) or 'glmscore[cpu]' (CPU).") from None
+        try:
+            self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=dtype,
+                           trust_remote_code=card.trust_remote_code, enable_prefix_caching=False, seed=0,
+                           **{k: v for k, v in settings.items() if v is not None})
+        except Exception as exc:  # noqa: BLE001 - vLLM reports bad settings with many exception types
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise GlmscoreError(f"vLLM could not start an engine for {card.id} with {settings}: {detail}") from None
+        self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        self.resolved_revision = card.revision
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def encode(self, seqs: Sequence[str], row_names=None) -> list[Encoded]:
+        return self.policy.encode(seqs, long=self.long, row_names=row_names)
+
+    def loglik(self, seqs: Sequence[str]) -> LoglikResult:
+        return self.loglik_encoded(self.encode(seqs))
+
+    def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
+        pieces, owners = [], []
+        for row, e in enumerate(encoded):
+            for start, end, score_from in rolling_windows(len(e.ids), self.max_model_len):
+                pieces.append(e.ids[start:end])
+                owners.append((row, score_from - start))
+        # vLLM needs at least two tokens to give a prompt log-probability; one-token rows score nothing
+        todo = [i for i, p in enumerate(pieces) if len(p) >= 2]
+        outputs = self.llm.generate([{"prompt_token_ids": pieces[i].tolist()} for i in todo], self.params, use_tqdm=False)
+        per_row: list[list[np.ndarray]] = [[] for _ in encoded]
+        for i, out in zip(todo, outputs):
+            row, first = owners[i]
+            ids = pieces[i]
+            lps = out.prompt_logprobs
+            per_row[row].append(np.array([lps[j][int(ids[j])].logprob for j in range(first, len(ids))], dtype=np.float64))
+        per = [np.concatenate(p) if p else np.zeros(0) for p in per_row]
+        return LoglikResult(
+            loglik_sum=np.array([p.sum() for p in per], dtype=np.float64),
+            n_scored=np.array([len(p) for p in per], dtype=np.int32),
+            per_position=per if keep_positions else None,
+        )
+
+
+def _check(s: dict) -> None:
+    g = s.get("gpu_memory_utilization")
+    if g is not None and not 0 < g <= 1:
+        raise GlmscoreError(f"gpu_memory_utilization must be in (0, 1], not {g}.")
+    for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "tensor_parallel_size"):
+        v = s.get(key)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise GlmscoreError(f"{key} must be a positive integer, not {v!r}.")
