@@ -4,7 +4,8 @@ Token ids come from the project's own ``TokenPolicy`` (``{"prompt_token_ids": ..
 cutting and the alphabet are identical to the transformers backend; vLLM's tokenizer is never used
 (``skip_tokenizer_init``). ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)`` returns
 log p(token_j | tokens_<j) for every prompt token; prefix caching is off so every prompt is computed in
-full. Rolling windows for sequences longer than ``max_model_len`` work as in ``hf_causal``.
+full. vLLM counts the generated token against ``max_model_len``, so prompts (and rolling windows, as
+in ``hf_causal``) hold at most ``max_model_len - 1`` tokens.
 Embeddings are not served from here: vLLM's pooling runner would need a second engine per actor, so
 cards use the transformers backends for embeddings.
 """
@@ -53,7 +54,6 @@ class VLLMCausalScorer:
         self.card = card
         self.long = long
         self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
-        self.policy = TokenPolicy(card, self.tokenizer, settings.get("max_model_len"))
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
@@ -70,7 +70,9 @@ class VLLMCausalScorer:
             raise GlmscoreError(f"vLLM could not start an engine for {card.id} with {settings}: {detail}") from None
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         self.resolved_revision = card.revision
+        # vLLM counts the one generated token against max_model_len, so a prompt holds one token less
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.policy = TokenPolicy(card, self.tokenizer, self.max_model_len - 1)
 
     def encode(self, seqs: Sequence[str], row_names=None) -> list[Encoded]:
         return self.policy.encode(seqs, long=self.long, row_names=row_names)
@@ -81,7 +83,7 @@ class VLLMCausalScorer:
     def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
         pieces, owners = [], []
         for row, e in enumerate(encoded):
-            for start, end, score_from in rolling_windows(len(e.ids), self.max_model_len):
+            for start, end, score_from in rolling_windows(len(e.ids), self.max_model_len - 1):
                 pieces.append(e.ids[start:end])
                 owners.append((row, score_from - start))
         # vLLM needs at least two tokens to give a prompt log-probability; one-token rows score nothing
