@@ -18,7 +18,7 @@ import yaml
 
 from models.errors import GlmscoreError
 
-BACKENDS = ("hf_causal", "hf_masked", "vllm_causal", "kmer")
+BACKENDS = ("hf_causal", "hf_masked", "vllm_causal", "kmer", "onehot")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
     ``backend`` overrides the card's backend (e.g. ``vllm_causal``); ``trust_remote_code`` can only be
     turned on here by an explicit flag, never by a default.
     """
-    if spec.startswith("kmer"):
+    if spec == "onehot":
+        card = ModelCard(id="onehot", backend="onehot", objective="none",
+                         notes="one-hot featurizer baseline for embeddings and probes (no model)")
+    elif spec.startswith("kmer"):
         order_text = spec.partition(":")[2] or "5"
         fit = "crossfit"
         if "@" in order_text:

@@ -66,6 +66,12 @@ class HFBackend:
     def loglik(self, seqs: Sequence[str]) -> LoglikResult:
         return self.loglik_encoded(self.encode(seqs))
 
+    def embed_encoded(self, encoded: Sequence[Encoded], pooling, layer: int = -1) -> np.ndarray:
+        return embed_with(self, encoded, pooling, layer)
+
+    def embed(self, seqs: Sequence[str], pooling, layer: int = -1) -> np.ndarray:
+        return self.embed_encoded(self.encode(seqs), pooling, layer)
+
     def padded(self, rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask (right padding keeps causal positions unchanged)."""
         width = max(len(r) for r in rows)
@@ -112,3 +118,27 @@ def collect(per_position: list[np.ndarray], n_ambiguous=None, keep_positions: bo
         n_scored=np.array([len(p) for p in per_position], dtype=np.int32),
         per_position=per_position if keep_positions else None,
     )
+
+
+def embed_with(backend: "HFBackend", encoded, pooling, layer: int = -1) -> np.ndarray:
+    """Pooled hidden states of ``layer`` (default: last) for encoded rows, float32 (rows x dim)."""
+    from models.pooling import pool
+
+    k = max(1, backend.card.kmer)
+    if pooling.kind == "window" and getattr(backend.tokenizer, "is_fast", False) and backend.card.kmer == 0:
+        # only character tokenizers map nucleotides to tokens 1:1; BPE vocabularies have no fixed span
+        vocab_lengths = {len(t) for t in backend.tokenizer.get_vocab() if t.isalpha()}
+        if max(vocab_lengths, default=1) > 1:
+            raise GlmscoreError("window pooling needs a character or fixed k-mer tokenizer.")
+    rows = [e.ids for e in encoded]
+
+    def forward(idx: list[int]) -> list[np.ndarray]:
+        ids, mask = backend.padded([rows[i] for i in idx])
+        out = backend.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        states = out.hidden_states
+        if not -len(states) <= layer < len(states):
+            raise GlmscoreError(f"layer {layer} does not exist: the model has {len(states)} hidden-state layers (0 = embeddings).")
+        hidden = states[layer].float().cpu().numpy()
+        return [pool(hidden[b, : len(rows[i])], encoded[i].real, pooling, k) for b, i in enumerate(idx)]
+
+    return np.stack(backend.run_batches(rows, forward)).astype(np.float32)

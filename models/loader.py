@@ -15,6 +15,10 @@ def load_scorer(card: ModelCard, *, kmer_tables=None, **options):
         if kmer_tables is not None:
             return KmerScorer(card, kmer_tables)
         return KmerScorer.from_background(card)
+    if card.backend == "onehot":
+        from models.pooling import OneHotFeaturizer
+
+        return OneHotFeaturizer(card)
     if card.backend == "hf_causal":
         from models.hf_causal import HFCausalScorer
 

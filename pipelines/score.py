@@ -28,7 +28,7 @@ from models.errors import GlmscoreError
 from pipelines import shards
 from pipelines.fasta import read_chunk
 
-BENCHMARKS = ("nullsette",)
+BENCHMARKS = ("nullsette", "nabench")
 
 
 @dataclass
@@ -55,10 +55,16 @@ class ScoreConfig:
     overwrite: bool = False
     address: str | None = None
     vllm: dict = field(default_factory=dict)
+    assays: list[str] | None = None  # NABench: DMS_IDs
+    families: list[str] | None = None  # NABench: nucleic-acid families
+    task: str = "score"  # score | embed
+    pooling: str = "mean"
+    layer: int = -1
 
     def fingerprint(self, card: ModelCard) -> str:
         """What determines the scores (not where or how fast they are computed)."""
-        keys = {k: getattr(self, k) for k in ("benchmark", "reduction", "long", "mlm_mode", "dtype", "chunk_rows", "kmer_folds")}
+        keys = {k: getattr(self, k) for k in ("benchmark", "reduction", "long", "mlm_mode", "dtype", "chunk_rows",
+                                              "kmer_folds", "task", "pooling", "layer")}
         blob = json.dumps({"config": keys, "card": card.to_dict()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -74,6 +80,8 @@ class Unit:
     first_record: int
     crc: int
     chunk: int
+    kind: str = "fasta"  # fasta (offset/length bytes) | assay (rows first_record .. +n_records of a CSV)
+    width: int = 0  # one-hot featurizer: the assay's longest sequence
 
 
 def nullsette_units(cfg: ScoreConfig) -> list[Unit]:
@@ -87,29 +95,52 @@ def nullsette_units(cfg: ScoreConfig) -> list[Unit]:
     ]
 
 
+def nabench_units(cfg: ScoreConfig) -> list[Unit]:
+    from pipelines.nabench import discover
+
+    units = []
+    for a in discover(Path(cfg.data), assays=cfg.assays, families=cfg.families, limit=cfg.limit):
+        for i, start in enumerate(range(0, a.n_rows, cfg.chunk_rows)):
+            n = min(cfg.chunk_rows, a.n_rows - start)
+            units.append(Unit(a.dms_id, a.family, str(a.path.resolve()), 0, 0, n, start, a.crc, i, "assay", a.max_len))
+    return units
+
+
+def source_units(cfg: ScoreConfig) -> list[Unit]:
+    return nabench_units(cfg) if cfg.benchmark == "nabench" else nullsette_units(cfg)
+
+
 def fold_of(pair_index: np.ndarray, n_folds: int) -> np.ndarray:
     """Crossfit fold of a cassette: a hash of its index, so a cassette's nonmutant and mutants share it."""
     return np.array([zlib.crc32(str(int(i)).encode()) % n_folds for i in pair_index], dtype=np.int64)
 
 
-def crossfit_tables(units: list[Unit], order: int, n_folds: int) -> dict:
-    """Leave-one-fold-out k-mer tables per dataset, fitted on the dataset's nonmutant sequences."""
-    from models.kmer import fit_counts, logprob_table
+def reference_sequences(benchmark: str, units: list[Unit], dataset: str) -> list[str]:
+    """What the k-mer crossfit fits on: a Nullsette dataset's nonmutants (all cassettes, not only the
+    --limit slice) or every variant of a NABench assay (labels are never used)."""
+    from pipelines.nabench import read_assay
     from pipelines.nullsette import NONMUTANT, discover
+
+    mine = [u for u in units if u.dataset == dataset]
+    if benchmark == "nabench":
+        return read_assay(Path(mine[0].path))["sequence"].tolist()
+    non = [u for u in mine if u.group == NONMUTANT]
+    if not non:
+        raise GlmscoreError(f"k-mer crossfit needs the nonmutant sequences of dataset {dataset}.")
+    full = discover(Path(non[0].path).parent, chunk_rows=1 << 40)[0]
+    c = full.chunks[0]
+    return read_chunk(str(full.path), c.offset, c.length)[1]
+
+
+def crossfit_tables(benchmark: str, units: list[Unit], order: int, n_folds: int) -> dict:
+    """Leave-one-fold-out k-mer tables per dataset; a row's fold is a hash of its pair_index."""
+    from models.kmer import fit_counts, logprob_table
 
     tables = {}
     for ds in sorted({u.dataset for u in units}):
-        non = [u for u in units if u.dataset == ds and u.group == NONMUTANT]
-        if not non:
-            raise GlmscoreError(f"k-mer crossfit needs the nonmutant sequences of dataset {ds}.")
-        folds = np.zeros((n_folds, 4**order, 4), dtype=np.int64)
-        # fit on every cassette of the dataset, not only the --limit slice being scored
-        full = discover(Path(non[0].path).parent, chunk_rows=1 << 40)[0]
-        c = full.chunks[0]
-        _, seqs = read_chunk(str(full.path), c.offset, c.length)
+        seqs = reference_sequences(benchmark, units, ds)
         fold = fold_of(np.arange(len(seqs)), n_folds)
-        for f in range(n_folds):
-            folds[f] = fit_counts([s for s, g in zip(seqs, fold) if g == f], order)
+        folds = np.stack([fit_counts([s for s, g in zip(seqs, fold) if g == f], order) for f in range(n_folds)])
         total = folds.sum(axis=0)
         for f in range(n_folds):
             tables[(ds, f)] = logprob_table(total - folds[f])
@@ -120,7 +151,7 @@ def crossfit_tables(units: list[Unit], order: int, n_folds: int) -> dict:
 
 def load_encoder(card: ModelCard, long: str):
     """What the prepare stage tokenizes with (loaded once per worker process)."""
-    if card.backend == "kmer":
+    if card.backend in ("kmer", "onehot"):
         from models.kmer import KmerScorer
 
         return KmerScorer(card, {})
@@ -139,12 +170,21 @@ def prepare_unit(batch: pa.Table, card: dict, long: str) -> pa.Table:
         _ENCODERS[key] = load_encoder(card_obj, long)
     enc = _ENCODERS[key]
     unit = batch.to_pylist()[0]
-    names, seqs = read_chunk(unit["path"], unit["offset"], unit["length"])
+    extra = {}
+    if unit["kind"] == "assay":
+        from pipelines.nabench import read_assay
+
+        frame = read_assay(Path(unit["path"]), unit["first_record"], unit["n_records"])
+        seqs, names = frame["sequence"].tolist(), frame["mutant"].tolist()
+        extra = {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]}
+    else:
+        names, seqs = read_chunk(unit["path"], unit["offset"], unit["length"])
     if len(seqs) != unit["n_records"]:
         raise GlmscoreError(f"{unit['path']} changed while the job ran; rerun to rescan it.")
     pair_index = np.arange(unit["first_record"], unit["first_record"] + len(seqs), dtype=np.int32)
-    seq_ids = [f"{unit['dataset']}/{unit['group']}/{i}" for i in pair_index]
-    if card_obj.backend == "kmer":
+    seq_ids = [f"{unit['dataset']}/{i}" if unit["kind"] == "assay" else f"{unit['dataset']}/{unit['group']}/{i}"
+               for i in pair_index]
+    if card_obj.backend in ("kmer", "onehot"):
         encoded = enc.encode(seqs)
     else:
         encoded = enc.encode(seqs, long=long, row_names=[f"{s} ({n})" for s, n in zip(seq_ids, names)])
@@ -156,13 +196,15 @@ def prepare_unit(batch: pa.Table, card: dict, long: str) -> pa.Table:
         "truncated": [e.truncated for e in encoded],
         "ids": [e.ids.astype(np.int32) for e in encoded],
         "real": [e.real for e in encoded],
+        **extra,
     }])
 
 
 class ScoreActor:
     """One model per actor, loaded once; scores one unit per call."""
 
-    def __init__(self, card: dict, options: dict, threads: int | None = None, kmer_tables=None, n_folds: int = 5):
+    def __init__(self, card: dict, options: dict, threads: int | None = None, kmer_tables=None, n_folds: int = 5,
+                 task: str = "score", pooling: str = "mean", layer: int = -1):
         if threads:
             import torch
 
@@ -175,6 +217,11 @@ class ScoreActor:
         self.scorer = load_scorer(self.card, kmer_tables=kmer_tables, **options)
         self.n_folds = n_folds
         self.crossfit = self.card.backend == "kmer" and kmer_tables is not None
+        self.task, self.layer = task, layer
+        if task == "embed":
+            from models.pooling import Pooling
+
+            self.pooling = Pooling.parse(pooling)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from models.base import Encoded
@@ -182,6 +229,11 @@ class ScoreActor:
         row = batch.to_pylist()[0]
         encoded = [Encoded(ids=np.asarray(i, dtype=np.int64), real=np.asarray(r, dtype=bool))
                    for i, r in zip(row.pop("ids"), row.pop("real"))]
+        if self.task == "embed":
+            kw = {"width": row["width"]} if self.card.backend == "onehot" else {}
+            emb = self.scorer.embed_encoded(encoded, self.pooling, self.layer, **kw)
+            row.update(embedding=list(emb), resolved_revision=str(getattr(self.scorer, "resolved_revision", None) or ""))
+            return pa.Table.from_pylist([row])
         if self.crossfit:
             folds = fold_of(np.asarray(row["pair_index"]), self.n_folds)
             res = self.scorer.loglik_encoded(encoded, keys=[(row["dataset"], int(f)) for f in folds])
@@ -196,24 +248,37 @@ class ScoreActor:
         return pa.Table.from_pylist([row])
 
 
-def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprint: str) -> pa.Table:
-    row = batch.to_pylist()[0]
+def unit_table(row: dict, benchmark: str, model: str) -> pa.Table:
+    """One unit's rows in the shard contract (scores or embeddings; NABench adds label, mutant, is_wildtype)."""
     n = len(row["seq_id"])
-    table = pa.table({
+    cols = {
         "seq_id": pa.array(row["seq_id"], pa.string()),
         "benchmark": pa.array([benchmark] * n, pa.string()),
         "pair_index": pa.array(row["pair_index"], pa.int32()),
         "model": pa.array([model] * n, pa.string()),
-        "score": pa.array(row["score"], pa.float64()),
-        "loglik_sum": pa.array(row["loglik_sum"], pa.float64()),
-        "n_scored": pa.array(row["n_scored"], pa.int32()),
-        "n_ambiguous": pa.array(row["n_ambiguous"], pa.int32()),
-        "truncated": pa.array(row["truncated"], pa.bool_()),
-    }, schema=shards.SCORE_SCHEMA)
+    }
+    if "embedding" in row:
+        emb = np.asarray(row["embedding"], dtype=np.float32).reshape(n, -1)
+        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
+    else:
+        cols.update(
+            score=pa.array(row["score"], pa.float64()), loglik_sum=pa.array(row["loglik_sum"], pa.float64()),
+            n_scored=pa.array(row["n_scored"], pa.int32()),
+        )
+    cols.update(n_ambiguous=pa.array(row["n_ambiguous"], pa.int32()), truncated=pa.array(row["truncated"], pa.bool_()))
+    if "label" in row and row["label"] is not None:
+        cols.update(label=pa.array(row["label"], pa.float64()), mutant=pa.array(row["mutant"], pa.string()),
+                    is_wildtype=pa.array(row["is_wildtype"], pa.bool_()))
+    return pa.table(cols)
+
+
+def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprint: str) -> pa.Table:
+    row = batch.to_pylist()[0]
+    table = unit_table(row, benchmark, model)
     path = shards.shard_path(Path(out), row["dataset"], row["group"], row["chunk"])
-    shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": n,
+    shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
                                      "resolved_revision": row["resolved_revision"]})
-    return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [n],
+    return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [table.num_rows],
                      "resolved_revision": [row["resolved_revision"]]})
 
 
@@ -259,7 +324,7 @@ def _resources(cfg: ScoreConfig, card: ModelCard) -> tuple[float, int, int, int 
     cluster = ray.cluster_resources()
     gpus = cfg.gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if card.backend != "kmer" and cluster.get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if card.backend not in ("kmer", "onehot") and cluster.get("GPU", 0) >= 1 else 0.0
     max_actors = cfg.max_actors
     if max_actors is None:
         max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) // gpus) if gpus else 1)
@@ -279,10 +344,16 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
     if cfg.backend == "vllm":
         cfg.backend = "vllm_causal"
     card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
-    if card.backend == "kmer" and card.fit == "crossfit" and cfg.benchmark != "nullsette":
-        raise GlmscoreError("k-mer crossfit is defined for Nullsette; pass a background FASTA as kmer:K@file.fasta.")
+    if cfg.task == "embed":
+        from models.pooling import Pooling
+
+        Pooling.parse(cfg.pooling)
+        if card.backend in ("kmer", "vllm_causal"):
+            raise GlmscoreError(f"backend {card.backend} gives no embeddings; use a transformers backend or onehot.")
+    elif card.backend == "onehot":
+        raise GlmscoreError("onehot is a featurizer for `glmscore embed`; it gives no scores.")
     started = shards.now()
-    units = nullsette_units(cfg)
+    units = source_units(cfg)
     fingerprint = cfg.fingerprint(card)
     config = {**asdict(cfg), "fingerprint": fingerprint}
     out = Path(cfg.out)
@@ -294,7 +365,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
     if pending:
         kmer_tables = None
         if card.backend == "kmer" and card.fit == "crossfit":
-            kmer_tables = crossfit_tables(units, card.order, cfg.kmer_folds)
+            kmer_tables = crossfit_tables(cfg.benchmark, units, card.order, cfg.kmer_folds)
         if not ray.is_initialized():
             ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=True,
                      runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
@@ -313,7 +384,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
             ScoreActor, batch_size=1, batch_format="pyarrow",
             compute=ActorPoolStrategy(min_size=min_a, max_size=max_a), **actor_args,
             fn_constructor_kwargs={"card": card_dict, "options": options, "threads": threads,
-                                   "kmer_tables": kmer_tables, "n_folds": cfg.kmer_folds},
+                                   "kmer_tables": kmer_tables, "n_folds": cfg.kmer_folds, "task": cfg.task,
+                                   "pooling": cfg.pooling, "layer": cfg.layer},
         )
         ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"out": str(out), "benchmark": cfg.benchmark, "model": card.id,
