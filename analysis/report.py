@@ -95,3 +95,65 @@ def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: p
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def plot_family_bars(families: pd.DataFrame, out: Path, metric: str = "spearman") -> Path:
+    """Per-family metric bars with bootstrap standard errors, models side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(families["model"].unique())
+    fams = sorted(families["family"].unique())
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(fams) + 2), 4))
+    for i, m in enumerate(models):
+        f = families[families["model"] == m].set_index("family").reindex(fams)
+        ax.bar(np.arange(len(fams)) + i * width, f[metric], width, yerr=f[f"{metric}_se"], capsize=3, label=m)
+    ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams, rotation=30, ha="right")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(f"{metric} (mean over assays, ± bootstrap SE)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"families_{metric}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_best_worst(scores: pd.DataFrame, assays: pd.DataFrame, out: Path) -> list[Path]:
+    """Score-vs-fitness scatter for each model's best and worst assay by Spearman."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for model, a in assays.dropna(subset=["spearman"]).groupby("model"):
+        picks = [a.loc[a["spearman"].idxmax()], a.loc[a["spearman"].idxmin()]]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, row, tag in zip(axes, picks, ("best", "worst")):
+            g = scores[(scores["model"] == model) & (scores["dataset"] == row["assay"])]
+            ax.scatter(g["score"], g["label"], s=3, alpha=0.4)
+            ax.set_title(f"{tag}: {row['assay']}\nSpearman {row['spearman']:.3f}", fontsize=9)
+            ax.set_xlabel("model score")
+            ax.set_ylabel("fitness (DMS_score)")
+        fig.suptitle(model)
+        fig.tight_layout()
+        path = out / f"scatter_{_safe(model)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_table_report(title: str, tables: dict[str, pd.DataFrame], plots: list[Path], out: Path,
+                       settings: dict) -> Path:
+    lines = [f"# {title}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    for name, frame in tables.items():
+        lines += [f"## {name}", "", frame.to_markdown(index=False, floatfmt=".4g"), ""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

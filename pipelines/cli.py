@@ -14,8 +14,10 @@ from models.errors import GlmscoreError
 
 
 def _add_score_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", required=True, help="benchmark family (nullsette)")
-    p.add_argument("--data", required=True, help="benchmark data folder (Nullsette: the released layout)")
+    p.add_argument("--benchmark", required=True, choices=["nullsette", "nabench"], help="benchmark family")
+    p.add_argument("--data", required=True, help="benchmark data folder (Nullsette: the released layout; NABench: metadata.csv + <DMS_ID>.csv)")
+    p.add_argument("--assays", help="NABench: comma-separated DMS_IDs (default: all)")
+    p.add_argument("--families", help="NABench: comma-separated families (case-insensitive RNA_TYPE)")
     p.add_argument("--model", required=True, help="card id (glmscore models), local save_pretrained dir, hub id, or kmer:K")
     p.add_argument("--out", required=True, help="output folder for Parquet shards and _manifest.json")
     p.add_argument("--backend", choices=["hf_causal", "hf_masked", "vllm_causal", "vllm", "kmer"], help="override the card's backend (vllm = vllm_causal)")
@@ -54,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tables", help="comma-separated table names (default: all)")
 
     _add_score_flags(sub.add_parser("score", help="score a benchmark with a model on Ray"))
+    e = sub.add_parser("embed", help="embed a benchmark's sequences on Ray (Parquet shards with an embedding column)")
+    _add_score_flags(e)
+    e.add_argument("--pooling", default="mean", help="mean | cls | last | cls+mean | window:START-END")
+    e.add_argument("--layer", type=int, default=-1, help="hidden-state layer (-1 = last, 0 = embeddings)")
+
+    pr = sub.add_parser("probe", help="few-shot or supervised probe sweep on embeddings (Ray Tune)")
+    pr.add_argument("--embeddings", required=True)
+    pr.add_argument("--setting", required=True, choices=["fewshot", "supervised"])
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--probes", default="ridge,mlp", help="comma-separated: ridge, mlp, logistic")
+    pr.add_argument("--repeats", type=int, default=5, help="few-shot repeats per k")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--address", help="Ray address")
 
     an = sub.add_parser("analyze", help="statistics, tables, plots and report from score folders")
     an_sub = an.add_subparsers(dest="benchmark", required=True)
@@ -65,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--correction", default="bh", choices=["bh", "bonferroni", "holm", "none"])
     a.add_argument("--estimator", default="plus_one", choices=["plus_one", "seed"], help="plus_one: (1+b)/(1+n); seed: b/n as the seed scripts")
     a.add_argument("--alpha", type=float, default=0.05)
+
+    nb = an_sub.add_parser("nabench")
+    nb.add_argument("--scores", required=True, nargs="+", help="one or more NABench score folders")
+    nb.add_argument("--data", help="the NABench data folder (labels are read from the shards; kept for provenance)")
+    nb.add_argument("--out", required=True)
+    nb.add_argument("--cutoff", type=float, help="binarise fitness at this value instead of each assay's median")
+    nb.add_argument("--n-boot", type=int, default=1000)
+    nb.add_argument("--seed", type=int, default=0)
 
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.add_argument("--out", default="demo_out")
@@ -84,6 +107,10 @@ def score_config_from_args(args) -> "ScoreConfig":
         gpus_per_actor=args.gpus_per_actor, threads_per_actor=args.threads_per_actor, limit=args.limit,
         datasets=args.datasets.split(",") if args.datasets else None, chunk_rows=args.chunk_rows,
         trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, address=args.address,
+        assays=args.assays.split(",") if args.assays else None,
+        families=[f.strip().lower().replace(" ", "_") for f in args.families.split(",")] if args.families else None,
+        task="embed" if args.command == "embed" else "score",
+        pooling=getattr(args, "pooling", "mean"), layer=getattr(args, "layer", -1),
         vllm={k: getattr(args, k) for k in ("max_model_len", "max_num_batched_tokens", "max_num_seqs",
                                              "gpu_memory_utilization", "tensor_parallel_size")
               if getattr(args, k) is not None},
@@ -168,12 +195,27 @@ def _dispatch(args) -> int:
         for name, n in built.items():
             print(f"{name}: {n} cassettes")
         return 0
-    if args.command == "score":
+    if args.command in ("score", "embed"):
         from pipelines.score import run_score
 
         manifest = run_score(score_config_from_args(args))
-        print(f"scored {manifest['rows_total']} rows into {args.out} "
+        print(f"{'scored' if args.command == 'score' else 'embedded'} {manifest['rows_total']} rows into {args.out} "
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
+        return 0
+    if args.command == "probe":
+        from pipelines.nabench_jobs import run_probes
+
+        result = run_probes(args.embeddings, args.setting, args.out, probes=args.probes.split(","), seed=args.seed,
+                            repeats=args.repeats, address=args.address)
+        print(result["summary"].to_string(index=False))
+        print(f"report: {result['report']}")
+        return 0
+    if args.command == "analyze" and args.benchmark == "nabench":
+        from pipelines.nabench_jobs import analyze_nabench
+
+        result = analyze_nabench(args.scores, args.out, cutoff=args.cutoff, n_boot=args.n_boot, seed=args.seed)
+        print(result["summary"].to_string(index=False))
+        print(f"report: {result['report']}")
         return 0
     if args.command == "analyze":
         result = analyze_nullsette(args.scores, args.out, n_perm=args.n_perm, seed=args.seed,
