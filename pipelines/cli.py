@@ -25,7 +25,7 @@ def _add_score_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long", default="error", choices=["error", "truncate", "window"], help="sequences longer than the context")
     p.add_argument("--mlm-scoring", dest="mlm_mode", default="unmasked", choices=["unmasked", "pll"], help="masked LMs: one unmasked pass (default) or pseudo-log-likelihood")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: the card's; auto = bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 4,096 on CPU, 32,768 on GPU)")
     p.add_argument("--min-actors", type=int, default=1)
     p.add_argument("--max-actors", type=int, help="default: one per GPU (1 on CPU)")
     p.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")

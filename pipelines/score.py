@@ -42,7 +42,7 @@ class ScoreConfig:
     long: str = "error"
     mlm_mode: str = "unmasked"
     dtype: str | None = None
-    batch_tokens: int = 16384
+    batch_tokens: int | None = None  # None: the backend's default (4,096 on CPU, 32,768 on GPU)
     min_actors: int = 1
     max_actors: int | None = None
     gpus_per_actor: float | None = None
@@ -309,7 +309,7 @@ def _validate(cfg: ScoreConfig) -> None:
     if cfg.long not in ("error", "truncate", "window"):
         raise GlmscoreError(f"--long must be error, truncate or window, not {cfg.long!r}.")
     for name in ("batch_tokens", "min_actors", "chunk_rows"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise GlmscoreError(f"--{name.replace('_', '-')} must be at least 1.")
     if cfg.max_actors is not None and cfg.max_actors < cfg.min_actors:
         raise GlmscoreError("--max-actors must be at least --min-actors.")

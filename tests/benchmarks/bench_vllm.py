@@ -50,7 +50,7 @@ def main() -> None:
     card = resolve_card(str(model))
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).parameters())
-    hf = load_scorer(card, device=args.device, dtype=dtype, batch_tokens=65536 if args.device == "cuda" else 16384)
+    hf = load_scorer(card, device=args.device, dtype=dtype, batch_tokens=65536 if args.device == "cuda" else 4096)
     enc = hf.encode(seqs)
     tokens = sum(len(e.ids) for e in enc)
     hf.loglik_encoded(enc[:8])  # warm-up
