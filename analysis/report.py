@@ -15,12 +15,25 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
-    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
+    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type."""
+    plt = _pyplot()
 
     diffs = paired_differences(scores)
     by_md: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
@@ -35,11 +48,7 @@ def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlabel("mutant type (translocation k)")
         ax.set_ylabel("score(mutant) - score(nonmutant)")
         ax.set_title(f"{model} on {dataset}")
-        fig.tight_layout()
-        path = out / f"differences_{_safe(model)}_{_safe(dataset)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"differences_{_safe(model)}_{_safe(dataset)}.png"))
     return paths
 
 
@@ -47,10 +56,7 @@ def plot_success_heatmap(success: pd.DataFrame, out: Path) -> Path | None:
     """Model x dataset success-rate heatmap (drawn when several models are present)."""
     if success["model"].nunique() < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     grid = success.pivot(index="model", columns="dataset", values="success_rate")
     fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 3, 0.6 * grid.shape[0] + 2))
@@ -64,11 +70,7 @@ def plot_success_heatmap(success: pd.DataFrame, out: Path) -> Path | None:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
     fig.colorbar(im, ax=ax, label="success rate")
     ax.set_title("Nullsette success rate")
-    fig.tight_layout()
-    path = out / "success_heatmap.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "success_heatmap.png")
 
 
 def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: pd.DataFrame, out: Path,
@@ -99,10 +101,7 @@ def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: p
 
 def plot_family_bars(families: pd.DataFrame, out: Path, metric: str = "spearman") -> Path:
     """Per-family metric bars with bootstrap standard errors, models side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     models = sorted(families["model"].unique())
     fams = sorted(families["family"].unique())
@@ -115,19 +114,12 @@ def plot_family_bars(families: pd.DataFrame, out: Path, metric: str = "spearman"
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel(f"{metric} (mean over assays, ± bootstrap SE)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / f"families_{metric}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"families_{metric}.png")
 
 
 def plot_best_worst(scores: pd.DataFrame, assays: pd.DataFrame, out: Path) -> list[Path]:
     """Score-vs-fitness scatter for each model's best and worst assay by Spearman."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     paths = []
     for model, a in assays.dropna(subset=["spearman"]).groupby("model"):
@@ -140,11 +132,7 @@ def plot_best_worst(scores: pd.DataFrame, assays: pd.DataFrame, out: Path) -> li
             ax.set_xlabel("model score")
             ax.set_ylabel("fitness (DMS_score)")
         fig.suptitle(model)
-        fig.tight_layout()
-        path = out / f"scatter_{_safe(model)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"scatter_{_safe(model)}.png"))
     return paths
 
 

@@ -27,10 +27,13 @@ class AssayArrays:
 def _trial(config: dict, data: dict) -> dict:
     import warnings
 
+    from scipy.linalg import LinAlgWarning
     from sklearn.exceptions import ConvergenceWarning
 
-    # small-data MLP fits stop at max_iter by design; the warning would flood the driver's log
+    # small-data MLP fits stop at max_iter by design, and constant one-hot columns make ridge
+    # ill-conditioned; both are expected and would flood the driver's log
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    warnings.filterwarnings("ignore", category=LinAlgWarning)
     c = config["trial"]
     a: AssayArrays = data[c["assay"]]
     if c["setting"] == "fewshot":

@@ -29,24 +29,35 @@ def codes(seq: str) -> np.ndarray:
     return _CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
 
 
-def _contexts(c: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """(context index, next base) for every position with a full, N-free context."""
-    if len(c) <= order:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    win = sliding_window_view(c, order + 1)
-    ok = (win < 4).all(axis=1)
+def _joined(code_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All sequences in one array, separated by an N (so no window spans two sequences), and the
+    start offset of each sequence in it. Vectorising over the concatenation is ~50x faster than a
+    Python loop over short sequences."""
+    lengths = np.fromiter((len(c) + 1 for c in code_arrays), dtype=np.int64, count=len(code_arrays))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, dtype=np.int64)
+    joined = np.full(int(lengths.sum()), 4, dtype=np.int8)
+    for st, c in zip(starts, code_arrays):
+        joined[st : st + len(c)] = c
+    return joined, starts
+
+
+def _windows(joined: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context index, next base, window start) for every N-free (k+1)-window of ``joined``."""
+    if len(joined) <= order:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    win = sliding_window_view(joined, order + 1)
+    ok = np.flatnonzero((win < 4).all(axis=1))
     win = win[ok].astype(np.int64)
     weights = 4 ** np.arange(order - 1, -1, -1, dtype=np.int64)
-    return win[:, :order] @ weights, win[:, order]
+    return win[:, :order] @ weights, win[:, order], ok
 
 
 def fit_counts(seqs: Iterable[str], order: int) -> np.ndarray:
     """(k+1)-mer counts, shape (4**k, 4), from DNA sequences (mapped by the DNA alphabet policy)."""
-    counts = np.zeros((4**order, 4), dtype=np.int64)
-    for s in seqs:
-        ctx, nxt = _contexts(codes(normalise(s, "DNA")[0]), order)
-        np.add.at(counts, (ctx, nxt), 1)
-    return counts
+    joined, _ = _joined([codes(normalise(s, "DNA")[0]) for s in seqs])
+    ctx, nxt, _ = _windows(joined, order)
+    return np.bincount(ctx * 4 + nxt, minlength=4 ** order * 4).reshape(4**order, 4).astype(np.int64)
 
 
 def logprob_table(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -102,17 +113,22 @@ class KmerScorer:
     def loglik_encoded(self, encoded: Sequence[Encoded], keys: Sequence[Hashable] | None = None,
                        keep_positions: bool = False) -> LoglikResult:
         keys = list(keys) if keys is not None else [None] * len(encoded)
-        per = []
-        for e, key in zip(encoded, keys):
-            if key not in self.tables:
-                raise GlmscoreError(f"the k-mer model has no table for {key!r}.")
-            ctx, nxt = _contexts(e.ids, self.order)
-            per.append(self.tables[key][ctx, nxt])
-        return LoglikResult(
-            loglik_sum=np.array([p.sum() for p in per], dtype=np.float64),
-            n_scored=np.array([len(p) for p in per], dtype=np.int32),
-            per_position=per if keep_positions else None,
-        )
+        missing = set(keys) - set(self.tables)
+        if missing:
+            raise GlmscoreError(f"the k-mer model has no table for {sorted(map(str, missing))[0]}.")
+        joined, starts = _joined([e.ids for e in encoded])
+        ctx, nxt, at = _windows(joined, self.order)
+        row = np.searchsorted(starts, at, side="right") - 1
+        # one stacked table, rows offset per key, so every window is looked up in one gather
+        key_ids = {k: i for i, k in enumerate(self.tables)}
+        stacked = np.concatenate(list(self.tables.values()))
+        key_of_row = np.array([key_ids[k] for k in keys], dtype=np.int64)
+        lp = stacked[key_of_row[row] * 4**self.order + ctx, nxt]
+        n = len(encoded)
+        sums = np.bincount(row, weights=lp, minlength=n)
+        counts = np.bincount(row, minlength=n).astype(np.int32)
+        per = np.split(lp, np.cumsum(counts)[:-1]) if keep_positions else None
+        return LoglikResult(loglik_sum=sums.astype(np.float64), n_scored=counts, per_position=per)
 
     def loglik(self, seqs: Sequence[str]) -> LoglikResult:
         return self.loglik_encoded(self.encode(seqs))

@@ -71,8 +71,7 @@ class OneHotFeaturizer:
 
     def embed_encoded(self, encoded, pooling=None, layer: int = -1, width: int = 0) -> np.ndarray:
         width = width or max(len(e.ids) for e in encoded)
-        out = np.zeros((len(encoded), width, 5), dtype=np.float32)
+        codes = np.full((len(encoded), width), 4, dtype=np.int64)  # 4 = N / padding -> all-zero
         for i, e in enumerate(encoded):
-            codes = np.asarray(e.ids[:width], dtype=np.int64)
-            out[i, np.arange(len(codes)), codes] = 1.0
-        return out[:, :, :4].reshape(len(encoded), width * 4)
+            codes[i, : min(width, len(e.ids))] = e.ids[:width]
+        return np.eye(5, 4, dtype=np.float32)[codes].reshape(len(encoded), width * 4)

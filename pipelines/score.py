@@ -200,6 +200,14 @@ def prepare_unit(batch: pa.Table, card: dict, long: str) -> pa.Table:
     }])
 
 
+def _ragged(batch: pa.Table, name: str) -> list[np.ndarray]:
+    """The unit's list-of-lists column as numpy views, through Arrow offsets (no Python lists)."""
+    inner = batch.column(name).combine_chunks().values  # list<list<x>> -> list<x> of this unit
+    flat = inner.values.to_numpy(zero_copy_only=False)
+    offsets = inner.offsets.to_numpy()
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
 class ScoreActor:
     """One model per actor, loaded once; scores one unit per call."""
 
@@ -226,9 +234,9 @@ class ScoreActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from models.base import Encoded
 
-        row = batch.to_pylist()[0]
-        encoded = [Encoded(ids=np.asarray(i, dtype=np.int64), real=np.asarray(r, dtype=bool))
-                   for i, r in zip(row.pop("ids"), row.pop("real"))]
+        ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
+        row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
+        encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
         if self.task == "embed":
             kw = {"width": row["width"]} if self.card.backend == "onehot" else {}
             emb = self.scorer.embed_encoded(encoded, self.pooling, self.layer, **kw)

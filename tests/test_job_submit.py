@@ -23,7 +23,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
+def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette, tiny_llama):
     port, dash = _free_port(), _free_port()
     # token authentication on, as in cluster/: the head and the submitting client share the token
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "token",
@@ -47,6 +47,19 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
         # the same submission again reuses every shard
         proc = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0 and "20 reused" in proc.stdout
+        # the vLLM backend as a job entrypoint (CPU engine inside the job's actor)
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            vllm_ok = False
+        else:
+            vllm_ok = True
+        if vllm_ok:
+            v = submit[: submit.index("--model") + 1] + [str(tiny_llama), "--backend", "vllm", "--max-model-len", "1024",
+                                                         "--out", str(tmp_path / "vllm"), "--limit", "2"]
+            proc = subprocess.run(v, capture_output=True, text=True, env=env, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            assert json.loads((tmp_path / "vllm" / "_manifest.json").read_text())["model_card"]["backend"] == "vllm_causal"
         # a user error inside a job: non-zero status and the one-sentence message in the job's log
         bad = submit[: submit.index("--model") + 1] + ["no-such-model", "--out", str(tmp_path / "bad")]
         proc = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
