@@ -114,7 +114,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def collect(per_position: list[np.ndarray], n_ambiguous=None, keep_positions: bool = False) -> LoglikResult:
+def collect(per_position: list[np.ndarray], keep_positions: bool = False) -> LoglikResult:
     return LoglikResult(
         loglik_sum=np.array([float(p.sum(dtype=np.float64)) for p in per_position], dtype=np.float64),
         n_scored=np.array([len(p) for p in per_position], dtype=np.int32),

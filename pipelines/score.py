@@ -188,16 +188,25 @@ def prepare_unit(batch: pa.Table, card: dict, long: str) -> pa.Table:
         encoded = enc.encode(seqs)
     else:
         encoded = enc.encode(seqs, long=long, row_names=[f"{s} ({n})" for s, n in zip(seq_ids, names)])
-    return pa.Table.from_pylist([{
+    table = pa.Table.from_pylist([{
         **unit,
         "seq_id": seq_ids,
         "pair_index": pair_index.tolist(),
         "n_ambiguous": [e.n_ambiguous for e in encoded],
         "truncated": [e.truncated for e in encoded],
-        "ids": [e.ids.astype(np.int32) for e in encoded],
-        "real": [e.real for e in encoded],
         **extra,
     }])
+    table = table.append_column("ids", _nested([e.ids for e in encoded], np.int32))
+    return table.append_column("real", _nested([e.real for e in encoded], np.bool_))
+
+
+def _nested(arrays: list[np.ndarray], dtype) -> pa.Array:
+    """One unit's ragged arrays as a list<list<x>> cell, built from offsets (no Python lists)."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+    inner = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.ListArray.from_arrays(pa.array([0, len(arrays)], pa.int32()), inner)
 
 
 def _ragged(batch: pa.Table, name: str) -> list[np.ndarray]:
@@ -344,7 +353,7 @@ def _resources(cfg: ScoreConfig, card: ModelCard) -> tuple[float, int, int, int 
     return gpus, cfg.min_actors, max_actors, threads
 
 
-def run_score(cfg: ScoreConfig, progress: bool = True) -> dict:
+def run_score(cfg: ScoreConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 

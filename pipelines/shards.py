@@ -26,17 +26,6 @@ MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
 META_KEY = b"glmscore"
 
-SCORE_SCHEMA = pa.schema([
-    ("seq_id", pa.string()),
-    ("benchmark", pa.string()),
-    ("pair_index", pa.int32()),
-    ("model", pa.string()),
-    ("score", pa.float64()),
-    ("loglik_sum", pa.float64()),
-    ("n_scored", pa.int32()),
-    ("n_ambiguous", pa.int32()),
-    ("truncated", pa.bool_()),
-])
 PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
 
 
