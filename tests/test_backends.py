@@ -150,3 +150,22 @@ def test_kmer_matches_explicit_counting():
                 [(idx["A"] * 4 + idx["C"], idx["G"]), (idx["C"] * 4 + idx["G"], idx["T"])]]
     assert res.n_scored[0] == 2  # windows touching N are skipped
     assert res.loglik_sum[0] == pytest.approx(sum(expected))
+
+
+def test_batch_halves_on_cuda_out_of_memory(tiny_llama):
+    """No GPU here: the out-of-memory error is raised by a wrapper around the real forward pass."""
+    scorer = load_scorer(resolve_card(str(tiny_llama)), device="cpu", batch_tokens=10_000)
+    expected = scorer.loglik(SEQS).loglik_sum
+    real_forward = scorer.model.forward
+    sizes = []
+
+    def forward(*args, input_ids=None, **kw):
+        sizes.append(len(input_ids))
+        if len(input_ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(*args, input_ids=input_ids, **kw)
+
+    scorer.model.forward = forward
+    got = scorer.loglik(SEQS).loglik_sum
+    assert sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
+    np.testing.assert_allclose(got, expected, atol=1e-5)
