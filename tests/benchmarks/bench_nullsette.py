@@ -1,6 +1,6 @@
 """Nullsette pipeline benchmark (a script, not a timed test). Prints a Markdown table of ratios.
 
-    .venv/bin/python -m tests.benchmarks.bench_nullsette [--pairs 10] [--out bench_out]
+    .venv/bin/python -m tests.benchmarks.bench_nullsette [--pairs 40] [--out bench_out/nullsette]
 
 (a) sequences/s of the Ray pipeline vs an in-process loop over the same backend and batches;
 (b) vs a seed-style loop (one sequence per forward pass);
@@ -58,7 +58,7 @@ class PeakRSS:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=40, help="cassettes per file for (a)/(b) (kosuri: x20 files)")
-    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--out", default="bench_out/nullsette")
     args = ap.parse_args()
     import ray
     import torch
