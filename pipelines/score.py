@@ -139,8 +139,7 @@ def crossfit_tables(benchmark: str, units: list[Unit], order: int, n_folds: int)
     tables = {}
     for ds in sorted({u.dataset for u in units}):
         seqs = reference_sequences(benchmark, units, ds)
-        fold = fold_of(np.arange(len(seqs)), n_folds)
-        folds = np.stack([fit_counts([s for s, g in zip(seqs, fold) if g == f], order) for f in range(n_folds)])
+        folds = fit_counts(seqs, order, groups=fold_of(np.arange(len(seqs)), n_folds), n_groups=n_folds)
         total = folds.sum(axis=0)
         for f in range(n_folds):
             tables[(ds, f)] = logprob_table(total - folds[f])
@@ -222,7 +221,7 @@ class ScoreActor:
 
     def __init__(self, card: dict, options: dict, threads: int | None = None, kmer_tables=None, n_folds: int = 5,
                  task: str = "score", pooling: str = "mean", layer: int = -1):
-        if threads:
+        if threads and card["backend"] not in ("kmer", "onehot"):  # baselines need no torch import
             import torch
 
             torch.set_num_threads(threads)

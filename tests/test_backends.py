@@ -169,3 +169,11 @@ def test_batch_halves_on_cuda_out_of_memory(tiny_llama):
     got = scorer.loglik(SEQS).loglik_sum
     assert sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_grouped_kmer_counts_equal_per_group_fits():
+    seqs = ["ACGTACGGTA", "TTGACANNTATAAT", "GGGCCCAAAT", "ACGU", "CCGTA"]
+    groups = np.array([0, 1, 0, 2, 1])
+    by_group = fit_counts(seqs, 2, groups=groups, n_groups=3)
+    for g in range(3):
+        assert np.array_equal(by_group[g], fit_counts([s for s, x in zip(seqs, groups) if x == g], 2))
