@@ -247,9 +247,12 @@ class ScoreActor:
         encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
         if self.task == "embed":
             kw = {"width": row["width"]} if self.card.backend == "onehot" else {}
-            emb = self.scorer.embed_encoded(encoded, self.pooling, self.layer, **kw)
-            row.update(embedding=list(emb), resolved_revision=str(getattr(self.scorer, "resolved_revision", None) or ""))
-            return pa.Table.from_pylist([row])
+            emb = np.ascontiguousarray(self.scorer.embed_encoded(encoded, self.pooling, self.layer, **kw), dtype=np.float32)
+            row.update(resolved_revision=str(getattr(self.scorer, "resolved_revision", None) or ""))
+            # the unit's (rows x dim) matrix as one list<fixed_size_list<float32>> cell, never as Python floats
+            cell = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
+            return pa.Table.from_pylist([row]).append_column(
+                "embedding", pa.ListArray.from_arrays(pa.array([0, len(emb)], pa.int32()), cell))
         if self.crossfit:
             folds = fold_of(np.asarray(row["pair_index"]), self.n_folds)
             res = self.scorer.loglik_encoded(encoded, keys=[(row["dataset"], int(f)) for f in folds])
@@ -264,7 +267,7 @@ class ScoreActor:
         return pa.Table.from_pylist([row])
 
 
-def unit_table(row: dict, benchmark: str, model: str) -> pa.Table:
+def unit_table(row: dict, benchmark: str, model: str, embedding: pa.Array | None = None) -> pa.Table:
     """One unit's rows in the shard contract (scores or embeddings; NABench adds label, mutant, is_wildtype)."""
     n = len(row["seq_id"])
     cols = {
@@ -273,9 +276,8 @@ def unit_table(row: dict, benchmark: str, model: str) -> pa.Table:
         "pair_index": pa.array(row["pair_index"], pa.int32()),
         "model": pa.array([model] * n, pa.string()),
     }
-    if "embedding" in row:
-        emb = np.asarray(row["embedding"], dtype=np.float32).reshape(n, -1)
-        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
+    if embedding is not None:
+        cols["embedding"] = embedding
     else:
         cols.update(
             score=pa.array(row["score"], pa.float64()), loglik_sum=pa.array(row["loglik_sum"], pa.float64()),
@@ -289,8 +291,12 @@ def unit_table(row: dict, benchmark: str, model: str) -> pa.Table:
 
 
 def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprint: str) -> pa.Table:
+    embedding = None
+    if "embedding" in batch.column_names:
+        embedding = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
+        batch = batch.drop_columns(["embedding"])
     row = batch.to_pylist()[0]
-    table = unit_table(row, benchmark, model)
+    table = unit_table(row, benchmark, model, embedding)
     path = shards.shard_path(Path(out), row["dataset"], row["group"], row["chunk"])
     shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
                                      "resolved_revision": row["resolved_revision"]})
