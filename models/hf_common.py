@@ -114,14 +114,6 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def collect(per_position: list[np.ndarray], keep_positions: bool = False) -> LoglikResult:
-    return LoglikResult(
-        loglik_sum=np.array([float(p.sum(dtype=np.float64)) for p in per_position], dtype=np.float64),
-        n_scored=np.array([len(p) for p in per_position], dtype=np.int32),
-        per_position=per_position if keep_positions else None,
-    )
-
-
 def embed_with(backend: "HFBackend", encoded, pooling, layer: int = -1) -> np.ndarray:
     """Pooled hidden states of ``layer`` (default: last) for encoded rows, float32 (rows x dim)."""
     from models.pooling import pool

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Encoded, LoglikResult
+from models.base import Encoded, LoglikResult, rows_from_pieces
 from models.errors import GlmscoreError
-from models.hf_common import HFBackend, collect, token_logprobs
+from models.hf_common import HFBackend, token_logprobs
 
 
 class HFMaskedScorer(HFBackend):
@@ -37,7 +37,7 @@ class HFMaskedScorer(HFBackend):
             lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, ids).cpu().numpy()
             return [lp[b, : len(rows[i])][encoded[i].real].astype(np.float64) for b, i in enumerate(idx)]
 
-        return collect(self.run_batches(rows, forward), keep_positions=keep_positions)
+        return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
 
     def _pll(self, encoded: Sequence[Encoded], keep_positions: bool) -> LoglikResult:
         mask_id = self.tokenizer.mask_token_id
@@ -60,8 +60,5 @@ class HFMaskedScorer(HFBackend):
             lp = token_logprobs(logits[b, pos], tgt).cpu().numpy()
             return [np.array([v], dtype=np.float64) for v in lp]
 
-        lps = self.run_batches(pieces, forward)
-        per_row: list[list[float]] = [[] for _ in encoded]
-        for (row, _, _), lp in zip(owners, lps):
-            per_row[row].append(float(lp[0]))
-        return collect([np.array(p, dtype=np.float64) for p in per_row], keep_positions=keep_positions)
+        per_row = rows_from_pieces(owners, self.run_batches(pieces, forward), len(encoded))
+        return LoglikResult.from_positions(per_row, keep_positions)

@@ -16,10 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Encoded, LoglikResult
+from models.base import Encoded, LoglikResult, causal_pieces, rows_from_pieces
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.hf_causal import rolling_windows
 from models.tokenization import TokenPolicy, load_tokenizer
 
 ENGINE_KEYS = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization",
@@ -81,26 +80,16 @@ class VLLMCausalScorer:
         return self.loglik_encoded(self.encode(seqs))
 
     def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
-        pieces, owners = [], []
-        for row, e in enumerate(encoded):
-            for start, end, score_from in rolling_windows(len(e.ids), self.max_model_len - 1):
-                pieces.append(e.ids[start:end])
-                owners.append((row, score_from - start))
+        pieces, owners = causal_pieces(encoded, self.max_model_len - 1)
         # vLLM needs at least two tokens to give a prompt log-probability; one-token rows score nothing
         todo = [i for i, p in enumerate(pieces) if len(p) >= 2]
         outputs = self.llm.generate([{"prompt_token_ids": pieces[i].tolist()} for i in todo], self.params, use_tqdm=False)
-        per_row: list[list[np.ndarray]] = [[] for _ in encoded]
+        values = []
         for i, out in zip(todo, outputs):
-            row, first = owners[i]
-            ids = pieces[i]
-            lps = out.prompt_logprobs
-            per_row[row].append(np.array([lps[j][int(ids[j])].logprob for j in range(first, len(ids))], dtype=np.float64))
-        per = [np.concatenate(p) if p else np.zeros(0) for p in per_row]
-        return LoglikResult(
-            loglik_sum=np.array([p.sum() for p in per], dtype=np.float64),
-            n_scored=np.array([len(p) for p in per], dtype=np.int32),
-            per_position=per if keep_positions else None,
-        )
+            first, ids, lps = owners[i][1], pieces[i], out.prompt_logprobs
+            values.append(np.array([lps[j][int(ids[j])].logprob for j in range(first, len(ids))], dtype=np.float64))
+        per_row = rows_from_pieces([owners[i] for i in todo], values, len(encoded))
+        return LoglikResult.from_positions(per_row, keep_positions)
 
 
 def _check(s: dict) -> None:

@@ -7,7 +7,7 @@ import torch
 from models.alphabet import normalise
 from models.cards import registry, resolve_card
 from models.errors import GlmscoreError
-from models.hf_causal import rolling_windows
+from models.base import rolling_windows
 from models.kmer import KmerScorer, fit_counts, logprob_table
 from models.loader import load_scorer
 
