@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from models.errors import GlmscoreError
 
 Alphabet = Literal["DNA", "RNA"]
@@ -39,7 +41,26 @@ def normalise(seq: str, alphabet: Alphabet = "DNA") -> tuple[str, int]:
     return out.decode("ascii"), out.count(b"N")
 
 
-def normalise_many(seqs, alphabet: Alphabet = "DNA") -> tuple[list[str], list[int]]:
-    """``normalise`` over a sequence of strings."""
-    pairs = [normalise(s, alphabet) for s in seqs]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+_CODE = np.full(256, 4, dtype=np.int8)
+for _i, _b in enumerate(b"ACGT"):
+    _CODE[_b] = _i
+
+
+def codes(seq: str) -> np.ndarray:
+    """A normalised DNA string as codes 0..3 (A, C, G, T), 4 for N."""
+    return _CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
+
+
+class BaseEncoder:
+    """The encoder of the no-tokenizer baselines (k-mer, one-hot): DNA alphabet policy, then one code per
+    base (``real`` = not N). Has no context limit."""
+
+    def encode(self, seqs, row_names=None) -> list:
+        from models.base import Encoded
+
+        out = []
+        for s in seqs:
+            norm, n_amb = normalise(s, "DNA")
+            c = codes(norm)
+            out.append(Encoded(ids=c, real=c < 4, n_ambiguous=n_amb))
+        return out

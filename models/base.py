@@ -1,21 +1,32 @@
-"""The backend interface and what every backend shares.
+"""The backend interface, its registry, and what every backend shares.
 
-One small interface, in the spirit of lm-evaluation-harness's ``LM``: a scorer is built from a
-``ModelCard``, turns sequences into token ids with ``encode`` (the project's own tokenization policy,
-so every backend of one card sees the same tokens) and turns token ids into log-likelihoods.
+One small interface, in the spirit of lm-evaluation-harness's ``LM`` + ``@register_model``: a backend
+class declares what it can do (capability flags), decides on the driver what every actor must agree on
+(``runtime``: dtype, device, the token limit), makes the encoder the CPU prepare stage tokenizes with
+(``make_encoder``) and, once built in an actor, turns encoded rows into log-likelihoods (``loglik``) or
+embeddings (``embed``). Per-row facts a backend may need (a k-mer crossfit key, a one-hot width) come
+in one ``Context``. To add a backend, write one module in ``models/backends/`` (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from models.cards import ModelCard
+from models.errors import GlmscoreError
+from models.options import NoOptions, Options, option
+from models.registry import Registry
+
+BACKENDS: Registry["Backend"] = Registry("backend", "models.backends")
+register_backend = BACKENDS.register
 
 LONG_MODES = ("error", "truncate", "window")
-REDUCTIONS = ("mean", "sum")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -59,14 +70,124 @@ class LoglikResult:
         )
 
 
-class Scorer(Protocol):
-    card: ModelCard
+@dataclass
+class Context:
+    """What the benchmark knows about a unit's rows that a backend may need: the dataset they belong to,
+    their pair indices (row keys within the dataset) and the dataset's longest sequence."""
 
-    def encode(self, seqs: Sequence[str]) -> list[Encoded]: ...
+    dataset: str = ""
+    pair_index: np.ndarray | None = None
+    dataset_max_len: int = 0
 
-    def loglik_encoded(self, encoded: Sequence[Encoded]) -> LoglikResult: ...
 
-    def loglik(self, seqs: Sequence[str]) -> LoglikResult: ...
+@dataclass(frozen=True)
+class Runtime:
+    """Decided once on the driver (``Backend.runtime``) and shared by every actor, so that all of them
+    load the same dtype and enforce the same token limit as the prepare stage."""
+
+    device: str = "cpu"  # cpu | cuda
+    dtype: str = "float32"  # resolved, never "auto"
+    token_limit: int | None = None  # tokens per sequence (or rolling window); None = no limit
+    threads: int | None = None  # torch CPU threads per actor
+
+
+class Encoder(Protocol):
+    def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]: ...
+
+
+@dataclass(frozen=True)
+class LMOptions(Options):
+    """Language models (transformers and vLLM backends)"""
+
+    dtype: str | None = option(None, choices=DTYPES, help="model dtype (default: the card's; auto = bf16 on GPU, fp32 on CPU)")
+    long: str = option("error", choices=LONG_MODES, help="sequences longer than the context: error (naming the rows), truncate, or window (causal models: rolling windows)")
+    batch_tokens: int | None = option(None, minimum=1, affects_result=False,
+                                      help="padded tokens per forward pass (default 4,096 on CPU, 32,768 on GPU)")
+
+
+class Backend(ABC):
+    """A way to run a model. Subclasses are registered with ``@register_backend(name)``."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = NoOptions
+    scores: ClassVar[bool] = True  # gives log-likelihoods (``glmscore score``)
+    embeds: ClassVar[bool] = False  # gives embeddings (``glmscore embed``)
+    can_use_gpu: ClassVar[bool] = False  # actors ask for a GPU when the cluster has them
+    needs_gpu: ClassVar[bool] = False  # cannot run on CPU at all
+    fits_on_reference: ClassVar[bool] = False  # fitted on the driver before scoring (``fit``)
+    objectives: ClassVar[tuple[str, ...]] = ("clm",)  # card objectives this backend runs
+
+    # ------------------------------------------------------------ driver side: no model is loaded
+
+    @classmethod
+    def card_for(cls, spec: str) -> ModelCard | None:
+        """A card for a model name that is not in cards.yaml (``kmer:5``, a local directory), or None."""
+        return None
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this backend's packages are installed (cards fall back to ``fallback_backend``)."""
+        return True
+
+    @classmethod
+    def check_card(cls, card: ModelCard) -> None:
+        if card.objective not in cls.objectives:
+            raise GlmscoreError(f"backend {cls.name} does not run {card.objective} models such as {card.id}.")
+
+    @classmethod
+    def runtime(cls, card: ModelCard, options: Options, device: str, threads: int | None = None) -> Runtime:
+        """Dtype and token limit for ``device``, decided once before any row is scored."""
+        return Runtime(device=device, dtype="none", token_limit=None, threads=threads)
+
+    @classmethod
+    def provenance(cls, card: ModelCard) -> tuple[str | None, str | None]:
+        """(resolved revision, local path whose content identifies the weights), for the fingerprint."""
+        return None, None
+
+    @classmethod
+    def actor_resources(cls, card: ModelCard, options: Options) -> dict | None:
+        """Ray remote arguments replacing the default one-GPU-per-actor request (e.g. a placement group)."""
+        return None
+
+    @classmethod
+    def reference_file(cls, card: ModelCard) -> str | None:
+        """A FASTA to fit on, instead of the benchmark's own reference sequences (``fits_on_reference``)."""
+        return None
+
+    @classmethod
+    def fit(cls, card: ModelCard, options: Options, references: Mapping[str | None, list[str]]) -> Any:
+        """Fit on reference sequences per dataset (key None: one background for all); the result is
+        given to every actor. ``references[d][i]`` is the row with pair_index i of dataset d."""
+        raise NotImplementedError
+
+    @classmethod
+    @abstractmethod
+    def make_encoder(cls, card: ModelCard, options: Options, runtime: Runtime) -> Encoder:
+        """What the CPU prepare stage tokenizes with; enforces ``runtime.token_limit`` under ``long``."""
+
+    # ------------------------------------------------------------ actor side: the model is loaded
+
+    def __init__(self, card: ModelCard, options: Options, runtime: Runtime, fitted: Any = None):
+        self.card, self.options, self.runtime, self.fitted = card, options, runtime, fitted
+        self.resolved_revision: str | None = None
+        self._encoder: Encoder | None = None
+
+    def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
+        """The prepare stage's encoding, in this process (for scripts and tests)."""
+        if self._encoder is None:
+            self._encoder = type(self).make_encoder(self.card, self.options, self.runtime)
+        return self._encoder.encode(seqs, row_names)
+
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None,
+               keep_positions: bool = False) -> LoglikResult:
+        raise GlmscoreError(f"backend {self.name} gives no scores.")
+
+    def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
+        """Pooled embeddings, float32 (rows x dim)."""
+        raise GlmscoreError(f"backend {self.name} gives no embeddings.")
+
+    def loglik_sequences(self, seqs: Sequence[str]) -> LoglikResult:
+        return self.loglik(self.encode(seqs))
 
 
 def token_budget_batches(lengths: Sequence[int], budget: int) -> list[np.ndarray]:

@@ -1,81 +1,145 @@
-"""What the transformers backends share: device and dtype choice, loading, OOM-safe batched forward."""
+"""What the transformers backends share: the model's config on the driver (card, token limit,
+revision), dtype choice, loading, OOM-safe batched forward passes, pooled embeddings.
+
+torch is imported inside functions: importing a backend module (the registry imports them all) stays
+cheap, and baseline actors never load torch.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
-import torch
 
-from models.base import Encoded, LoglikResult, token_budget_batches
+from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.tokenization import TokenPolicy, load_tokenizer
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Measured (tests/benchmarks/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
+# (cache-bound) and ~4k tokens is best; GPUs want large batches.
+CPU_BATCH_TOKENS = 4096
+GPU_BATCH_TOKENS = 32768
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # namespace/name, as the hub spells repository ids
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@lru_cache(maxsize=16)
+def load_config(hf_id: str, revision: str | None, trust_remote_code: bool):
+    """A model's transformers config (from a local directory, the hub cache or the hub), read once."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # transformers reports missing files, network and bad configs so
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GlmscoreError(f"could not read the config of model {hf_id}: {first}") from None
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU that supports it (halves memory, same accuracy for ranking), fp32 on CPU."""
+def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, objective: str) -> ModelCard | None:
+    """A card for a local ``save_pretrained`` directory or a hub id whose config names one of the
+    architectures ``suffixes`` (``ForCausalLM``...); None when the config names another kind."""
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GlmscoreError(f"model directory {spec} has no config.json: write it with save_pretrained.")
+        hf_id, revision, note = str(path.resolve()), None, "card derived from a local directory's config.json"
+    elif HUB_ID.fullmatch(spec):
+        hf_id, revision, note = spec, "main", "card derived from a hub id"
+    else:
+        return None
+    archs = getattr(load_config(hf_id, revision, False), "architectures", None) or []
+    if not any(a.endswith(suffixes) for a in archs):
+        return None
+    # max_context stays None: the backend reads the limit from the config (one rule for every card
+    # without a declared context, see HFBackend.token_limit).
+    return ModelCard(id=path.name if path.is_dir() else spec.replace("/", "__"), hf_id=hf_id, revision=revision,
+                     backend=backend, objective=objective, vllm=objective == "clm", notes=note)
+
+
+def config_context(card: ModelCard) -> int | None:
+    """The card's context, else the config's position limit (None when neither says)."""
+    if card.max_context:
+        return card.max_context
+    config = load_config(card.hf_id, card.revision, card.trust_remote_code)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def hf_provenance(card: ModelCard) -> tuple[str | None, str | None]:
+    """A local directory identifies the weights by its files; a hub model by the commit its config
+    resolved to (so every actor then loads that commit, even if the branch moves during the job)."""
+    if Path(card.hf_id).is_dir():
+        return None, card.hf_id
+    config = load_config(card.hf_id, card.revision, card.trust_remote_code)
+    return getattr(config, "_commit_hash", None) or card.revision, None
+
+
+def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
+    """``auto``: bf16 on a GPU (halves memory, same ranking accuracy), fp32 on CPU."""
+    name = requested or card.dtype
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in _DTYPES:
-        raise GlmscoreError(f"unknown dtype {name!r}: choose auto, float32, bfloat16 or float16.")
-    return _DTYPES[name]
+        return "bfloat16" if device == "cuda" else "float32"
+    return name
 
 
-class HFBackend:
+class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""
 
-    auto_class: str = ""
+    auto_class: ClassVar[str] = ""
+    Options = LMOptions
+    embeds = True
+    can_use_gpu = True
 
-    def __init__(self, card: ModelCard, *, device: str | None = None, dtype: str | None = None,
-                 batch_tokens: int | None = None, long: str = "error"):
+    @classmethod
+    def runtime(cls, card, options, device, threads=None) -> Runtime:
+        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
+                       token_limit=cls.token_limit(card, options), threads=threads)
+
+    @classmethod
+    def token_limit(cls, card: ModelCard, options) -> int | None:
+        return config_context(card)
+
+    @classmethod
+    def provenance(cls, card):
+        return hf_provenance(card)
+
+    @classmethod
+    def make_encoder(cls, card, options, runtime) -> TokenPolicy:
+        tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+        return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+
+    def __init__(self, card, options, runtime, fitted=None):
+        super().__init__(card, options, runtime, fitted)
+        import torch
         import transformers
 
-        self.card = card
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype or card.dtype, self.device)
-        # Measured (tests/benchmarks): on CPU, batches beyond a few sequences get slower (cache-bound),
-        # ~4k tokens is best; GPUs want large batches.
-        self.batch_tokens = batch_tokens or (32768 if self.device.type == "cuda" else 4096)
-        self.long = long
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        self.device = torch.device(runtime.device)
+        if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
+        self.dtype = getattr(torch, runtime.dtype)
+        self.batch_tokens = options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
         self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
-        cls = getattr(transformers, self.auto_class)
         try:
-            model = cls.from_pretrained(
-                card.hf_id, revision=card.revision, dtype=self.dtype, trust_remote_code=card.trust_remote_code
-            )
+            model = getattr(transformers, self.auto_class).from_pretrained(
+                card.hf_id, revision=card.revision, dtype=self.dtype, trust_remote_code=card.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
         self.model = model.to(self.device).eval()
         self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
-        config_ctx = getattr(model.config, "max_position_embeddings", None)
-        self.policy = TokenPolicy(card, self.tokenizer, card.max_context or config_ctx)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
-        return self.policy.encode(seqs, long=self.long, row_names=row_names)
-
-    def loglik(self, seqs: Sequence[str]) -> LoglikResult:
-        return self.loglik_encoded(self.encode(seqs))
-
-    def embed_encoded(self, encoded: Sequence[Encoded], pooling, layer: int = -1) -> np.ndarray:
-        return embed_with(self, encoded, pooling, layer)
-
-    def embed(self, seqs: Sequence[str], pooling, layer: int = -1) -> np.ndarray:
-        return self.embed_encoded(self.encode(seqs), pooling, layer)
-
-    def padded(self, rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(self, rows: Sequence[np.ndarray]):
         """Right-padded ids and attention mask (right padding keeps causal positions unchanged)."""
+        import torch
+
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -86,6 +150,8 @@ class HFBackend:
 
     def run_batches(self, rows: Sequence[np.ndarray], fn: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:
         """Call ``fn`` on token-budget batches of row indices; halve a batch on CUDA out-of-memory."""
+        import torch
+
         results: list[np.ndarray | None] = [None] * len(rows)
 
         def run(idx: list[int]):
@@ -107,32 +173,32 @@ class HFBackend:
             run([int(i) for i in batch])
         return results  # type: ignore[return-value]
 
+    def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
+        """Pooled hidden states of ``layer`` (default: last), float32 (rows x dim)."""
+        from models.pooling import pool
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        k = max(1, self.card.kmer)
+        if pooling.kind == "window" and getattr(self.tokenizer, "is_fast", False) and self.card.kmer == 0:
+            # only character tokenizers map nucleotides to tokens 1:1; BPE vocabularies have no fixed span
+            vocab_lengths = {len(t) for t in self.tokenizer.get_vocab() if t.isalpha()}
+            if max(vocab_lengths, default=1) > 1:
+                raise GlmscoreError("window pooling needs a character or fixed k-mer tokenizer.")
+        rows = [e.ids for e in encoded]
+
+        def forward(idx: list[int]) -> list[np.ndarray]:
+            ids, mask = self.padded([rows[i] for i in idx])
+            states = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            if not -len(states) <= layer < len(states):
+                raise GlmscoreError(f"layer {layer} does not exist: the model has {len(states)} hidden-state layers (0 = embeddings).")
+            hidden = states[layer].float().cpu().numpy()
+            return [pool(hidden[b, : len(rows[i])], encoded[i].real, pooling, k) for b, i in enumerate(idx)]
+
+        return np.stack(self.run_batches(rows, forward)).astype(np.float32)
+
+
+def token_logprobs(logits, targets):
     """log p(target) per position, computed in fp32 whatever the model's dtype."""
+    import torch
+
     logits = logits.float()
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def embed_with(backend: "HFBackend", encoded, pooling, layer: int = -1) -> np.ndarray:
-    """Pooled hidden states of ``layer`` (default: last) for encoded rows, float32 (rows x dim)."""
-    from models.pooling import pool
-
-    k = max(1, backend.card.kmer)
-    if pooling.kind == "window" and getattr(backend.tokenizer, "is_fast", False) and backend.card.kmer == 0:
-        # only character tokenizers map nucleotides to tokens 1:1; BPE vocabularies have no fixed span
-        vocab_lengths = {len(t) for t in backend.tokenizer.get_vocab() if t.isalpha()}
-        if max(vocab_lengths, default=1) > 1:
-            raise GlmscoreError("window pooling needs a character or fixed k-mer tokenizer.")
-    rows = [e.ids for e in encoded]
-
-    def forward(idx: list[int]) -> list[np.ndarray]:
-        ids, mask = backend.padded([rows[i] for i in idx])
-        out = backend.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        states = out.hidden_states
-        if not -len(states) <= layer < len(states):
-            raise GlmscoreError(f"layer {layer} does not exist: the model has {len(states)} hidden-state layers (0 = embeddings).")
-        hidden = states[layer].float().cpu().numpy()
-        return [pool(hidden[b, : len(rows[i])], encoded[i].real, pooling, k) for b, i in enumerate(idx)]
-
-    return np.stack(backend.run_batches(rows, forward)).astype(np.float32)

@@ -1,39 +1,31 @@
-"""Build the scorer a card names (heavy imports happen here, in the process that scores)."""
+"""Build a ready backend for a card in this process (scripts, tests, notebooks).
+
+The Ray job builds its actors the same way, but decides the runtime once on the driver; here it is
+decided on the spot. Heavy imports (torch, transformers, vllm) happen in the backend's constructor.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
+from models.base import BACKENDS, Backend
 from models.cards import ModelCard
-from models.errors import GlmscoreError
 
 
-def load_scorer(card: ModelCard, *, kmer_tables=None, **options):
-    """A ready scorer for ``card``. Options: device, dtype, batch_tokens, long, mlm_mode, and the
-    vLLM engine settings for ``vllm_causal``. ``kmer_tables`` carries fitted crossfit tables."""
-    if card.backend == "kmer":
-        from models.kmer import KmerScorer
+def default_device() -> str:
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch
 
-        if kmer_tables is not None:
-            return KmerScorer(card, kmer_tables)
-        return KmerScorer.from_background(card)
-    if card.backend == "onehot":
-        from models.pooling import OneHotFeaturizer
-
-        return OneHotFeaturizer(card)
-    if card.backend == "hf_causal":
-        from models.hf_causal import HFCausalScorer
-
-        options.pop("mlm_mode", None)
-        return HFCausalScorer(card, **_only(options, "device", "dtype", "batch_tokens", "long"))
-    if card.backend == "hf_masked":
-        from models.hf_masked import HFMaskedScorer
-
-        return HFMaskedScorer(card, **_only(options, "device", "dtype", "batch_tokens", "long", "mlm_mode"))
-    if card.backend == "vllm_causal":
-        from models.vllm_causal import VLLMCausalScorer
-
-        return VLLMCausalScorer(card, **{k: v for k, v in options.items() if v is not None})
-    raise GlmscoreError(f"model card {card.id} names an unknown backend {card.backend!r}.")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _only(options: dict, *names: str) -> dict:
-    return {k: v for k, v in options.items() if k in names and v is not None}
+def load_backend(card: ModelCard, *, device: str | None = None, threads: int | None = None, fitted: Any = None,
+                 **options) -> Backend:
+    """A loaded backend for ``card``; ``options`` are its option fields (``long="window"``,
+    ``mlm_mode="pll"``, ``max_model_len=512``...), unknown ones are a user error."""
+    cls = BACKENDS.get(card.backend)
+    opts = cls.Options.from_values(options, owner=f"backend {cls.name}")
+    runtime = cls.runtime(card, opts, device or default_device(), threads)
+    return cls(card, opts, runtime, fitted)

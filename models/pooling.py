@@ -1,4 +1,4 @@
-"""Embedding pooling over a model's hidden states, and the one-hot featurizer baseline.
+"""Embedding pooling over a model's hidden states.
 
 Poolings: ``mean`` (real tokens), ``cls`` (first token: CLS for masked LMs), ``last`` (last real token,
 for causal LMs), ``cls+mean`` (concatenation, as NABench), ``window:START-END`` (mean over the real
@@ -54,24 +54,3 @@ def pool(hidden: np.ndarray, real: np.ndarray, pooling: Pooling, nt_per_token: i
     if first >= last:
         raise GlmscoreError(f"window {pooling.start}-{pooling.end} lies outside a sequence of {len(idx) * nt_per_token} nucleotides.")
     return hidden[idx[first:last]].mean(axis=0)
-
-
-class OneHotFeaturizer:
-    """The one-hot baseline: no model, features = one-hot bases (A, C, G, T; N and padding all-zero),
-    flattened to ``width`` x 4 where ``width`` is the longest sequence of the assay (longer rows are cut)."""
-
-    def __init__(self, card):
-        self.card = card
-        self.resolved_revision = None
-
-    def encode(self, seqs, row_names=None):
-        from models.kmer import KmerScorer
-
-        return KmerScorer.encode(self, seqs)
-
-    def embed_encoded(self, encoded, pooling=None, layer: int = -1, width: int = 0) -> np.ndarray:
-        width = width or max(len(e.ids) for e in encoded)
-        codes = np.full((len(encoded), width), 4, dtype=np.int64)  # 4 = N / padding -> all-zero
-        for i, e in enumerate(encoded):
-            codes[i, : min(width, len(e.ids))] = e.ids[:width]
-        return np.eye(5, 4, dtype=np.float32)[codes].reshape(len(encoded), width * 4)

@@ -10,8 +10,11 @@ Shared by every backend of a card (transformers and vLLM see identical ids):
    for it or, by default, when the tokenizer has one: the first real token is then conditioned on BOS;
    without BOS the first token is context only); MLMs keep the tokenizer's special tokens (CLS/SEP as in
    pre-training) and only real tokens are scored;
-4. the context: longer than ``max_context`` is an error naming the rows, unless ``truncate`` (keep the
-   first ``max_context`` tokens) or ``window`` (CLMs: rolling windows, scored by the backend).
+4. the context: longer than the token limit (decided once by the backend's ``runtime``) is an error
+   naming the rows, unless ``truncate`` (keep the first ``limit`` tokens) or ``window`` (CLMs: rolling
+   windows of ``limit`` tokens, scored by the backend).
+
+``TokenPolicy`` is the encoder of the transformers and vLLM backends: it runs in the CPU prepare stage.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from models.alphabet import normalise
-from models.base import Encoded
+from models.base import LONG_MODES, Encoded
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 
@@ -41,10 +44,13 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
 class TokenPolicy:
     """Encodes sequences for one card (see the module docstring for the rules)."""
 
-    def __init__(self, card: ModelCard, tokenizer, max_context: int | None = None):
+    def __init__(self, card: ModelCard, tokenizer, max_context: int | None, long: str = "error"):
+        if long not in LONG_MODES:
+            raise GlmscoreError(f"--long must be one of {', '.join(LONG_MODES)}, not {long!r}.")
         self.card = card
         self.tokenizer = tokenizer
-        self.max_context = max_context or card.max_context
+        self.max_context = max_context
+        self.long = long
         bos = tokenizer.bos_token_id
         if card.objective == "clm":
             if card.add_bos and bos is None:
@@ -65,7 +71,7 @@ class TokenPolicy:
             return seq + "N" * (k - rem)
         return seq[rem:]
 
-    def encode(self, seqs: Sequence[str], long: str = "error", row_names: Sequence[str] | None = None) -> list[Encoded]:
+    def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
         mapped = [normalise(s, self.card.alphabet) for s in seqs]
         texts = [self._kmer_cut(m[0]) for m in mapped]
         clm = self.card.objective == "clm"
@@ -82,7 +88,7 @@ class TokenPolicy:
             else:
                 real = ~np.isin(ids, self.special_ids)
             out.append(Encoded(ids=ids, real=real, n_ambiguous=n_amb))
-        return apply_context(out, self.max_context, long, clm, row_names)
+        return apply_context(out, self.max_context, self.long, clm, row_names)
 
 
 def apply_context(encoded: list[Encoded], max_context: int | None, long: str, clm: bool, row_names=None) -> list[Encoded]:

@@ -1,147 +1,141 @@
 """The ``glmscore`` command line (also the entrypoint of ``ray job submit --working-dir .``).
 
-User mistakes raise ``GlmscoreError``: printed as one sentence, exit status 2, no traceback.
+Every flag is generated from an option dataclass (``models/options.py``): the score job's
+``ScoreConfig``, each registered backend's ``Options``, each registered benchmark's ``Options`` and
+``AnalyzeOptions`` and its extra commands. A new backend or benchmark brings its flags with it.
+User mistakes raise ``GlmscoreError``: printed as one sentence, exit status 2, no traceback; any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
-from pathlib import Path
+from dataclasses import MISSING
 
 from models.errors import GlmscoreError
+from models.options import base_type, choices_of, flag_of, option_fields
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
-def _add_score_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", required=True, choices=["nullsette", "nabench"], help="benchmark family")
-    p.add_argument("--data", required=True, help="benchmark data folder (Nullsette: the released layout; NABench: metadata.csv + <DMS_ID>.csv)")
-    p.add_argument("--assays", help="NABench: comma-separated DMS_IDs (default: all)")
-    p.add_argument("--families", help="NABench: comma-separated families (case-insensitive RNA_TYPE)")
-    p.add_argument("--model", required=True, help="card id (glmscore models), local save_pretrained dir, hub id, or kmer:K")
-    p.add_argument("--out", required=True, help="output folder for Parquet shards and _manifest.json")
-    p.add_argument("--backend", choices=["hf_causal", "hf_masked", "vllm_causal", "vllm", "kmer"], help="override the card's backend (vllm = vllm_causal)")
-    p.add_argument("--reduction", default="mean", choices=["mean", "sum"], help="score = mean (default) or sum of token log-likelihoods")
-    p.add_argument("--long", default="error", choices=["error", "truncate", "window"], help="sequences longer than the context")
-    p.add_argument("--mlm-scoring", dest="mlm_mode", default="unmasked", choices=["unmasked", "pll"], help="masked LMs: one unmasked pass (default) or pseudo-log-likelihood")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: the card's; auto = bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 4,096 on CPU, 32,768 on GPU)")
-    p.add_argument("--min-actors", type=int, default=1)
-    p.add_argument("--max-actors", type=int, help="default: one per GPU (1 on CPU)")
-    p.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
-    p.add_argument("--threads-per-actor", type=int, help="torch CPU threads per actor (default: CPUs / actors)")
-    p.add_argument("--limit", type=int, help="only the first N pairs (records) of every file, for quick runs")
-    p.add_argument("--datasets", help="comma-separated dataset names (default: all)")
-    p.add_argument("--chunk-rows", type=int, default=1024, help="records per shard")
-    p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow code from the model repository (off unless the card says so)")
-    p.add_argument("--overwrite", action="store_true", help="discard shards of a different earlier run in --out")
-    p.add_argument("--address", help="Ray address (default: the job's cluster, else a local one)")
-    v = p.add_argument_group("vLLM engine (backend vllm_causal; defaults from the model card)")
-    v.add_argument("--max-model-len", type=int)
-    v.add_argument("--max-num-batched-tokens", type=int)
-    v.add_argument("--max-num-seqs", type=int)
-    v.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory (on CPU: of NUMA node 0's memory; default 0.3 there)")
-    v.add_argument("--tensor-parallel-size", type=int, help="GPUs per engine; each actor gets a placement group of that many GPUs")
+def _declaring_class(cls, name: str):
+    """The class in ``cls``'s MRO that declares field ``name`` (its docstring titles the flag group)."""
+    for c in reversed(cls.__mro__):
+        if name in vars(c).get("__annotations__", {}):
+            return c
+    return cls
+
+
+def add_option(parser, cls, f: dataclasses.Field) -> None:
+    """One argparse flag from an option field. Defaults stay None in argparse, so only flags the user
+    gave are passed on and the dataclass's own defaults apply to the rest."""
+    kw: dict = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+    typ = base_type(cls, f)
+    if typ is bool:
+        kw["action"] = "store_true"
+    else:
+        kw["type"] = f.metadata.get("parse") or (typ if typ in (int, float, str) else str)
+        choices = choices_of(f)
+        if choices and not f.metadata.get("parse"):
+            kw["choices"] = choices
+        kw["metavar"] = None if choices else f.name.upper()
+    if f.default is MISSING and f.default_factory is MISSING:
+        kw["required"] = True
+    elif f.default not in (None, False, MISSING):
+        kw["help"] += f" (default: {f.default})"
+    parser.add_argument(flag_of(f), **kw)
+
+
+def add_options(parser, cls, *, command: str | None = None, skip: set[str] = frozenset()) -> list[str]:
+    """Flags for every CLI field of ``cls`` (those limited to other commands left out); returns their names."""
+    names = []
+    for f in option_fields(cls):
+        commands = f.metadata.get("commands")
+        if not f.metadata.get("cli", True) or f.name in skip or (commands and command not in commands):
+            continue
+        add_option(parser, cls, f)
+        names.append(f.name)
+    return names
+
+
+def given(args, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _score_parser(sub, command: str, help_: str) -> None:
+    from models.base import BACKENDS
+    from pipelines.benchmark import BENCHMARKS
+    from pipelines.score import ScoreConfig
+
+    p = sub.add_parser(command, help=help_)
+    job = add_options(p, ScoreConfig, command=command)
+    data = next(a for a in p._actions if a.dest == "data")
+    data.help += " (" + "; ".join(b.data_help for b in BENCHMARKS.classes()) + ")"
+    seen = set(job)
+    backend_names: list[str] = []
+    groups: dict = {}
+    for cls in BACKENDS.classes():
+        for f in option_fields(cls.Options):
+            if f.name in seen or not f.metadata.get("cli", True):
+                continue
+            owner = _declaring_class(cls.Options, f.name)
+            title = (owner.__doc__ or f"backend {cls.name}").strip().splitlines()[0]
+            groups.setdefault(title, p.add_argument_group(title))
+            add_option(groups[title], cls.Options, f)
+            seen.add(f.name)
+            backend_names.append(f.name)
+    bench_names: list[str] = []
+    for cls in BENCHMARKS.classes():
+        g = p.add_argument_group(f"benchmark {cls.name} options")
+        bench_names += add_options(g, cls.Options, skip=seen)
+        seen.update(bench_names)
+    p.set_defaults(job_fields=job, backend_fields=backend_names, benchmark_fields=bench_names)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.benchmark import BENCHMARKS
+    from pipelines.demo import DemoOptions
+    from pipelines.probe import ProbeConfig
+
     parser = argparse.ArgumentParser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    ns = sub.add_parser("nullsette", help="Nullsette data tools")
-    ns_sub = ns.add_subparsers(dest="action", required=True)
-    b = ns_sub.add_parser("build", help="write the released layout from component tables")
-    b.add_argument("--spec", required=True, help="folder with translocations.json and <dataset>.tsv tables")
-    b.add_argument("--out", required=True)
-    b.add_argument("--tables", help="comma-separated table names (default: all)")
-
-    _add_score_flags(sub.add_parser("score", help="score a benchmark with a model on Ray"))
-    e = sub.add_parser("embed", help="embed a benchmark's sequences on Ray (Parquet shards with an embedding column)")
-    _add_score_flags(e)
-    e.add_argument("--pooling", default="mean", help="mean | cls | last | cls+mean | window:START-END")
-    e.add_argument("--layer", type=int, default=-1, help="hidden-state layer (-1 = last, 0 = embeddings)")
+    _score_parser(sub, "score", "score a benchmark with a model on Ray")
+    _score_parser(sub, "embed", "embed a benchmark's sequences on Ray (Parquet shards with an embedding column)")
 
     pr = sub.add_parser("probe", help="few-shot or supervised probe sweep on embeddings (Ray Tune)")
-    pr.add_argument("--embeddings", required=True)
-    pr.add_argument("--setting", required=True, choices=["fewshot", "supervised"])
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--probes", default="ridge,mlp", help="comma-separated: ridge, mlp, logistic")
-    pr.add_argument("--repeats", type=int, default=5, help="few-shot repeats per k")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--address", help="Ray address")
+    pr.set_defaults(fields=add_options(pr, ProbeConfig))
 
     an = sub.add_parser("analyze", help="statistics, tables, plots and report from score folders")
     an_sub = an.add_subparsers(dest="benchmark", required=True)
-    a = an_sub.add_parser("nullsette")
-    a.add_argument("--scores", required=True, nargs="+", help="one or more score folders (one per model)")
-    a.add_argument("--out", required=True)
-    a.add_argument("--n-perm", type=int, default=10_000)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--correction", default="bh", choices=["bh", "bonferroni", "holm", "none"])
-    a.add_argument("--estimator", default="plus_one", choices=["plus_one", "seed"], help="plus_one: (1+b)/(1+n); seed: b/n as the seed scripts")
-    a.add_argument("--alpha", type=float, default=0.05)
+    for cls in BENCHMARKS.classes():
+        a = an_sub.add_parser(cls.name, help=f"analyse {cls.name} score folders")
+        a.add_argument("--scores", required=True, nargs="+", help="one or more score folders (one per model)")
+        a.add_argument("--out", required=True, help="report folder")
+        a.set_defaults(fields=add_options(a, cls.AnalyzeOptions, skip={"scores", "out"}))
 
-    nb = an_sub.add_parser("nabench")
-    nb.add_argument("--scores", required=True, nargs="+", help="one or more NABench score folders")
-    nb.add_argument("--data", help="the NABench data folder (labels are read from the shards; kept for provenance)")
-    nb.add_argument("--out", required=True)
-    nb.add_argument("--cutoff", type=float, help="binarise fitness at this value instead of each assay's median")
-    nb.add_argument("--n-boot", type=int, default=1000)
-    nb.add_argument("--seed", type=int, default=0)
+    for cls in BENCHMARKS.classes():
+        commands = cls.commands()
+        if commands:
+            b = sub.add_parser(cls.name, help=f"{cls.name} data tools")
+            b_sub = b.add_subparsers(dest="action", required=True)
+            for name, (options_cls, _, help_) in commands.items():
+                c = b_sub.add_parser(name, help=help_)
+                c.set_defaults(fields=add_options(c, options_cls))
 
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--cassettes", type=int, default=300)
-
-    sub.add_parser("models", help="list the model cards")
+    d.set_defaults(fields=add_options(d, DemoOptions))
+    sub.add_parser("models", help="list the model cards and backends")
     return parser
 
 
-def score_config_from_args(args) -> "ScoreConfig":
+def score_config_from_args(args):
     from pipelines.score import ScoreConfig
 
-    return ScoreConfig(
-        benchmark=args.benchmark, data=args.data, model=args.model, out=args.out, backend=args.backend,
-        reduction=args.reduction, long=args.long, mlm_mode=args.mlm_mode, dtype=args.dtype,
-        batch_tokens=args.batch_tokens, min_actors=args.min_actors, max_actors=args.max_actors,
-        gpus_per_actor=args.gpus_per_actor, threads_per_actor=args.threads_per_actor, limit=args.limit,
-        datasets=args.datasets.split(",") if args.datasets else None, chunk_rows=args.chunk_rows,
-        trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, address=args.address,
-        assays=args.assays.split(",") if args.assays else None,
-        families=[f.strip().lower().replace(" ", "_") for f in args.families.split(",")] if args.families else None,
-        task="embed" if args.command == "embed" else "score",
-        pooling=getattr(args, "pooling", "mean"), layer=getattr(args, "layer", -1),
-        vllm={k: getattr(args, k) for k in ("max_model_len", "max_num_batched_tokens", "max_num_seqs",
-                                             "gpu_memory_utilization", "tensor_parallel_size")
-              if getattr(args, k) is not None},
-    )
-
-
-def analyze_nullsette(score_dirs: list[str], out: str, *, n_perm=10_000, seed=0, correction="bh",
-                      estimator="plus_one", alpha=0.05) -> dict:
-    import pandas as pd
-
-    from analysis.nullsette import nullsette_tests, success_rates
-    from analysis.report import write_nullsette_report
-    from pipelines.shards import MANIFEST, read_scores
-
-    frames, provenance = [], {}
-    for d in score_dirs:
-        frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"])
-        frames.append(frame)
-        manifest = json.loads((Path(d) / MANIFEST).read_text())
-        for model in frame["model"].unique():
-            provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
-                                 f"revision {manifest.get('resolved_revision')}, finished {manifest['finished']}")
-    scores = pd.concat(frames, ignore_index=True)
-    if scores.duplicated(["model", "dataset", "group", "pair_index"]).any():
-        raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once.")
-    tests = nullsette_tests(scores, n_perm=n_perm, seed=seed, correction=correction, estimator=estimator, alpha=alpha)
-    success = success_rates(tests)
-    settings = {"n_perm": n_perm, "seed": seed, "correction": correction, "estimator": estimator, "alpha": alpha,
-                "alternative": "less (mutant < nonmutant)"}
-    report = write_nullsette_report(scores, tests, success, Path(out), settings, provenance)
-    return {"report": str(report), "success": success}
+    return ScoreConfig(task=args.command, options=given(args, args.backend_fields),
+                       benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,50 +144,27 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         print("interrupted; completed shards are kept and a rerun resumes from them.", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - only user errors are turned into one line
-        err = user_error(exc)
-        if err is None:
-            raise
-        print(f"glmscore: error: {err}", file=sys.stderr)
-        return 2
-
-
-def user_error(exc: BaseException) -> str | None:
-    """The one-sentence message of a GlmscoreError, also when Ray wrapped it in a task error.
-
-    Ray Data re-raises a worker's exception as ``UserCodeException`` whose cause does not survive
-    serialization; the worker's traceback text (kept in the message) still names the error, so it is
-    read from there as a last resort.
-    """
-    import re
-
-    text = str(exc)
-    found = re.findall(r"GlmscoreError: (.+)", text)
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        cause = getattr(exc, "cause", None)
-        if isinstance(exc, GlmscoreError) and not isinstance(cause, BaseException):
-            return str(exc.args[0]) if exc.args else str(exc)
-        exc = cause if isinstance(cause, BaseException) else exc.__cause__
-    return found[-1].strip() if found else None
+        return EXIT_INTERRUPTED
+    except GlmscoreError as exc:
+        print(f"glmscore: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _dispatch(args) -> int:
+    from pipelines.benchmark import BENCHMARKS
+
     if args.command == "models":
+        from models.base import BACKENDS
         from models.cards import registry
 
         for card in registry().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
             print(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'})")
-        return 0
-    if args.command == "nullsette":
-        from pipelines.nullsette import build
-
-        built = build(Path(args.spec), Path(args.out), tables=args.tables.split(",") if args.tables else None)
-        for name, n in built.items():
-            print(f"{name}: {n} cassettes")
+        print("\nbackends:")
+        for cls in BACKENDS.classes():
+            can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),
+                                   ("fits on reference", cls.fits_on_reference)) if ok]
+            print(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
         return 0
     if args.command in ("score", "embed"):
         from pipelines.score import run_score
@@ -203,32 +174,27 @@ def _dispatch(args) -> int:
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
         return 0
     if args.command == "probe":
-        from pipelines.nabench_jobs import run_probes
+        from pipelines.probe import ProbeConfig, run_probes
 
-        result = run_probes(args.embeddings, args.setting, args.out, probes=args.probes.split(","), seed=args.seed,
-                            repeats=args.repeats, address=args.address)
-        print(result["summary"].to_string(index=False))
-        print(f"report: {result['report']}")
-        return 0
-    if args.command == "analyze" and args.benchmark == "nabench":
-        from pipelines.nabench_jobs import analyze_nabench
-
-        result = analyze_nabench(args.scores, args.out, cutoff=args.cutoff, n_boot=args.n_boot, seed=args.seed)
+        result = run_probes(ProbeConfig(**given(args, args.fields)))
         print(result["summary"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
     if args.command == "analyze":
-        result = analyze_nullsette(args.scores, args.out, n_perm=args.n_perm, seed=args.seed,
-                                   correction=args.correction, estimator=args.estimator, alpha=args.alpha)
-        print(result["success"].to_string(index=False))
+        cls = BENCHMARKS.get(args.benchmark)
+        result = cls.analyze(args.scores, args.out, cls.AnalyzeOptions(**given(args, args.fields)))
+        print(result["table"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
     if args.command == "demo":
-        from pipelines.demo import run_demo
+        from pipelines.demo import DemoOptions, run_demo
 
-        run_demo(Path(args.out), n_cassettes=args.cassettes)
+        run_demo(DemoOptions(**given(args, args.fields)))
         return 0
-    raise AssertionError(args.command)
+    cls = BENCHMARKS.get(args.command)
+    options_cls, run, _ = cls.commands()[args.action]
+    print(run(options_cls(**given(args, args.fields))))
+    return 0
 
 
 if __name__ == "__main__":

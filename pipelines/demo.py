@@ -12,9 +12,21 @@ unusual junctions they create.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from models.options import Options, option
+
+DEMO_CASSETTES = 300  # ~1 minute on 2 cores, enough pairs for the permutation tests to separate
+DEMO_MODELS = ("kmer:3", "kmer:6")
+
+
+@dataclass(frozen=True)
+class DemoOptions(Options):
+    out: str = option("demo_out", help="output folder")
+    cassettes: int = option(DEMO_CASSETTES, minimum=2, help="synthetic cassettes to generate")
 
 COMPONENTS = ["promoter", "rbs", "start_codon", "cds", "stop_codon", "terminator"]
 # The Nullsette benchmark's prokaryotic translocation orders (mutant type k = entry k-1).
@@ -64,23 +76,22 @@ def write_spec(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def run_demo(out: Path, n_cassettes: int = 300) -> None:
-    from pipelines.cli import analyze_nullsette
-    from pipelines.nullsette import build
+def run_demo(options: DemoOptions = DemoOptions()) -> None:
+    from pipelines.benchmarks.nullsette import Nullsette, build
     from pipelines.score import ScoreConfig, run_score
 
-    out = Path(out)
-    spec = write_spec(out / "spec", n_cassettes)
+    out = Path(options.out)
+    spec = write_spec(out / "spec", options.cassettes)
     data = out / "processed_data"
     print(f"[1/3] built {build(spec, data)} in {data}")
     score_dirs = []
-    for model in ("kmer:3", "kmer:6"):
+    for model in DEMO_MODELS:
         target = out / "scores" / model.replace(":", "")
         manifest = run_score(ScoreConfig(benchmark="nullsette", data=str(data), model=model, out=str(target),
                                          overwrite=True))
         print(f"[2/3] {model}: {manifest['rows_total']} rows scored into {target}")
         score_dirs.append(str(target))
-    result = analyze_nullsette(score_dirs, str(out / "report"))
+    result = Nullsette.analyze(score_dirs, str(out / "report"), Nullsette.AnalyzeOptions())
     print("[3/3] success rates:")
-    print(result["success"].to_string(index=False))
+    print(result["table"].to_string(index=False))
     print(f"report: {result['report']}")

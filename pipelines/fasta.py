@@ -25,6 +25,7 @@ class Chunk:
     n_records: int
     first_record: int
     crc: int
+    max_len: int = 0  # longest record in the chunk (bases)
 
 
 def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, list[Chunk]]:
@@ -37,6 +38,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
     crc = 0
     pos = 0
     header_line = 0
+    record_len = 0
+    chunk_max = 0
 
     def close_record():
         if n and seq_lines == 0:
@@ -53,12 +56,13 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
                 if limit is not None and n >= limit:
                     break
                 if n % chunk_rows == 0 and n > 0:
-                    chunks.append(Chunk(chunk_start, pos - chunk_start, n - chunk_first, chunk_first, crc))
-                    chunk_start, chunk_first, crc = pos, n, 0
+                    chunks.append(Chunk(chunk_start, pos - chunk_start, n - chunk_first, chunk_first, crc, chunk_max))
+                    chunk_start, chunk_first, crc, chunk_max = pos, n, 0, 0
                 if len(line.strip()) == 1:
                     raise GlmscoreError(f"{path}: line {lineno} is a header without a name.")
                 n += 1
                 seq_lines = 0
+                record_len = 0
                 header_line = lineno
             else:
                 body = line.strip()
@@ -68,13 +72,15 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
                     if not _SEQ_OK.match(body):
                         raise GlmscoreError(f"{path}: line {lineno} has characters that are not sequence letters.")
                     seq_lines += 1
+                    record_len += len(body)
+                    chunk_max = max(chunk_max, record_len)
             crc = zlib.crc32(line, crc)
             pos += len(line)
         else:
             close_record()
     if n == 0:
         raise GlmscoreError(f"{path} holds no FASTA records.")
-    chunks.append(Chunk(chunk_start, pos - chunk_start, n - chunk_first, chunk_first, crc))
+    chunks.append(Chunk(chunk_start, pos - chunk_start, n - chunk_first, chunk_first, crc, chunk_max))
     return n, chunks
 
 

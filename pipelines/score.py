@@ -1,14 +1,20 @@
-"""The score job: benchmark rows -> Ray Data -> model actor pool -> Parquet shards + manifest.
+"""The score job: benchmark units -> Ray Data -> model actor pool -> Parquet shards + manifest.
 
-Flow (each Ray Data row is one *unit*: a chunk of up to ``chunk_rows`` records of one file)::
+Flow (each Ray Data row is one *unit*: a chunk of rows that becomes one shard)::
 
     from_items(pending units)
-      -> prepare   (CPU tasks: read the chunk, map the alphabet, tokenize, enforce the context)
-      -> score     (actor pool, ActorPoolStrategy(min, max); one model per actor, num_gpus per actor)
+      -> prepare   (CPU tasks: the benchmark reads the unit, the backend's encoder tokenizes it and
+                    enforces the token limit)
+      -> score     (actor pool, ActorPoolStrategy(min, max); one backend per actor, num_gpus per actor)
       -> write     (CPU tasks: one Parquet shard per unit, written atomically)
 
+This module is generic: the benchmark and the backend come from their registries and everything
+specific to them is behind their interfaces (``pipelines/benchmark.py``, ``models/base.py``).
 Memory is bounded by the units in flight (Ray Data's streaming executor applies backpressure), not by
 the number of sequences. Units whose shard is complete are not even read, so a rerun resumes.
+User errors inside a stage (a malformed file, a sequence over the token limit) travel to the driver
+as data (an ``error`` column), because Ray Data does not keep a worker exception's type; the driver
+stops the job at the first one and raises it, so no manifest is written.
 """
 
 from __future__ import annotations
@@ -16,184 +22,170 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass
+from functools import lru_cache, wraps
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from models.base import BACKENDS, Backend, Context, Encoded, Runtime
 from models.cards import ModelCard, resolve_card
 from models.errors import GlmscoreError
+from models.options import Options, comma_list, option
 from pipelines import shards
-from pipelines.fasta import read_chunk
+from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
+from pipelines.provenance import content_digest, glmscore_version
 
-BENCHMARKS = ("nullsette", "nabench")
+TASKS = ("score", "embed")
+REDUCTIONS = ("mean", "sum")
+DEFAULT_CHUNK_ROWS = 1024
+ERROR = "error"  # the column a stage's user error travels in
 
 
 @dataclass
-class ScoreConfig:
-    benchmark: str
-    data: str
-    model: str
-    out: str
-    backend: str | None = None
-    reduction: str = "mean"
-    long: str = "error"
-    mlm_mode: str = "unmasked"
-    dtype: str | None = None
-    batch_tokens: int | None = None  # None: the backend's default (4,096 on CPU, 32,768 on GPU)
-    min_actors: int = 1
-    max_actors: int | None = None
-    gpus_per_actor: float | None = None
-    threads_per_actor: int | None = None
-    limit: int | None = None
-    datasets: list[str] | None = None
-    chunk_rows: int = 1024
-    kmer_folds: int = 5
-    trust_remote_code: bool | None = None
-    overwrite: bool = False
-    address: str | None = None
-    vllm: dict = field(default_factory=dict)
-    assays: list[str] | None = None  # NABench: DMS_IDs
-    families: list[str] | None = None  # NABench: nucleic-acid families
-    task: str = "score"  # score | embed
-    pooling: str = "mean"
-    layer: int = -1
+class ScoreConfig(Options):
+    """A score or embed job. Backend options (``--long``, ``--mlm-scoring``, vLLM engine flags...) go in
+    ``options``, benchmark options (NABench ``--assays``...) in ``benchmark_options``: each is checked
+    against the options its backend or benchmark declares."""
 
-    def fingerprint(self, card: ModelCard) -> str:
-        """What determines the scores (not where or how fast they are computed)."""
-        keys = {k: getattr(self, k) for k in ("benchmark", "reduction", "long", "mlm_mode", "dtype", "chunk_rows",
-                                              "kmer_folds", "task", "pooling", "layer")}
-        blob = json.dumps({"config": keys, "card": card.to_dict()}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    benchmark: str = option(MISSING, choices=lambda: BENCHMARKS.names(), help="benchmark family")
+    data: str = option(MISSING, help="benchmark data folder")
+    model: str = option(MISSING, help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
+    out: str = option(MISSING, help="output folder for Parquet shards and _manifest.json")
+    task: str = option("score", choices=TASKS, cli=False, help="score (log-likelihoods) or embed")
+    backend: str | None = option(None, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
+    reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),
+                            help="score = mean (default) or sum of token log-likelihoods")
+    pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END")
+    layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
+    limit: int | None = option(None, minimum=1, help="only the first N rows (pairs) of every file, for quick runs")
+    datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
+    chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
+    trust_remote_code: bool | None = option(None, help="allow code from the model repository (off unless the card says so)")
+    overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
+    address: str | None = option(None, affects_result=False, help="Ray address (default: RAY_ADDRESS, as set by `ray job submit`, else a new local cluster)")
+    min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
+    max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
+    gpus_per_actor: float | None = option(None, minimum=0, affects_result=False, help="default: 1 when the backend can use a GPU and the cluster has GPUs, else 0")
+    threads_per_actor: int | None = option(None, minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
+    options: dict = option({}, cli=False, help="backend options by field name")
+    benchmark_options: dict = option({}, cli=False, help="benchmark options by field name")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise GlmscoreError("--max-actors must be at least --min-actors.")
 
 
 @dataclass(frozen=True)
-class Unit:
-    dataset: str
-    group: str
-    path: str
-    offset: int
-    length: int
-    n_records: int
-    first_record: int
-    crc: int
-    chunk: int
-    kind: str = "fasta"  # fasta (offset/length bytes) | assay (rows first_record .. +n_records of a CSV)
-    width: int = 0  # one-hot featurizer: the assay's longest sequence
+class Plan:
+    """Everything the stages need, decided once on the driver."""
+
+    benchmark: Benchmark
+    backend: type[Backend]
+    card: ModelCard
+    options: Options
+    runtime: Runtime
+    fingerprint: str
+    provenance: dict
+    gpus_per_actor: float
+    actors: tuple[int, int]  # (min, max)
 
 
-def nullsette_units(cfg: ScoreConfig) -> list[Unit]:
-    from pipelines.nullsette import discover
+@dataclass(frozen=True)
+class Resolved:
+    """What a job names, checked before Ray starts (a user mistake fails in a second, not in an actor)."""
 
-    groups = discover(Path(cfg.data), chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
-    return [
-        Unit(g.dataset, g.group, str(g.path.resolve()), c.offset, c.length, c.n_records, c.first_record, c.crc, i)
-        for g in groups
-        for i, c in enumerate(g.chunks)
-    ]
-
-
-def nabench_units(cfg: ScoreConfig) -> list[Unit]:
-    from pipelines.nabench import discover
-
-    units = []
-    for a in discover(Path(cfg.data), assays=cfg.assays, families=cfg.families, limit=cfg.limit):
-        for i, start in enumerate(range(0, a.n_rows, cfg.chunk_rows)):
-            n = min(cfg.chunk_rows, a.n_rows - start)
-            units.append(Unit(a.dms_id, a.family, str(a.path.resolve()), 0, 0, n, start, a.crc, i, "assay", a.max_len))
-    return units
+    benchmark: Benchmark
+    backend: type[Backend]
+    card: ModelCard
+    options: Options
 
 
-def source_units(cfg: ScoreConfig) -> list[Unit]:
-    return nabench_units(cfg) if cfg.benchmark == "nabench" else nullsette_units(cfg)
+def resolve_job(cfg: ScoreConfig) -> Resolved:
+    bench_cls = BENCHMARKS.get(cfg.benchmark)
+    benchmark = bench_cls(cfg.data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
+    card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
+    backend = BACKENDS.get(card.backend)
+    if cfg.task == "embed" and not backend.embeds:
+        raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
+    if cfg.task == "score" and not backend.scores:
+        raise GlmscoreError(f"backend {backend.name} gives no scores (use it with `glmscore embed`).")
+    if cfg.task == "embed":
+        from models.pooling import Pooling
+
+        Pooling.parse(cfg.pooling)
+    return Resolved(benchmark, backend, card, backend.Options.from_values(cfg.options, owner=f"backend {backend.name}"))
 
 
-def fold_of(pair_index: np.ndarray, n_folds: int) -> np.ndarray:
-    """Crossfit fold of a cassette: a hash of its index, so a cassette's nonmutant and mutants share it."""
-    return np.array([zlib.crc32(str(int(i)).encode()) % n_folds for i in pair_index], dtype=np.int64)
-
-
-def reference_sequences(benchmark: str, units: list[Unit], dataset: str) -> list[str]:
-    """What the k-mer crossfit fits on: a Nullsette dataset's nonmutants (all cassettes, not only the
-    --limit slice) or every variant of a NABench assay (labels are never used)."""
-    from pipelines.nabench import read_assay
-    from pipelines.nullsette import NONMUTANT, discover
-
-    mine = [u for u in units if u.dataset == dataset]
-    if benchmark == "nabench":
-        return read_assay(Path(mine[0].path))["sequence"].tolist()
-    non = [u for u in mine if u.group == NONMUTANT]
-    if not non:
-        raise GlmscoreError(f"k-mer crossfit needs the nonmutant sequences of dataset {dataset}.")
-    full = discover(Path(non[0].path).parent, chunk_rows=1 << 40)[0]
-    c = full.chunks[0]
-    return read_chunk(str(full.path), c.offset, c.length)[1]
-
-
-def crossfit_tables(benchmark: str, units: list[Unit], order: int, n_folds: int) -> dict:
-    """Leave-one-fold-out k-mer tables per dataset; a row's fold is a hash of its pair_index."""
-    from models.kmer import fit_counts, logprob_table
-
-    tables = {}
-    for ds in sorted({u.dataset for u in units}):
-        seqs = reference_sequences(benchmark, units, ds)
-        folds = fit_counts(seqs, order, groups=fold_of(np.arange(len(seqs)), n_folds), n_groups=n_folds)
-        total = folds.sum(axis=0)
-        for f in range(n_folds):
-            tables[(ds, f)] = logprob_table(total - folds[f])
-    return tables
+def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) -> Plan:
+    """The backend's runtime on ``cluster`` (Ray's resource totals), the weights' identity and the
+    fingerprint: everything that changes a score is in the fingerprint."""
+    r = resolved or resolve_job(cfg)
+    benchmark, backend, card, options = r.benchmark, r.backend, r.card, r.options
+    gpus, min_actors, max_actors, threads = _resources(cfg, backend, cluster)
+    device = "cuda" if gpus else "cpu"
+    if backend.needs_gpu and device == "cpu":
+        raise GlmscoreError(f"backend {backend.name} needs a GPU; pass --gpus-per-actor or use a cluster with GPUs.")
+    revision, local = backend.provenance(card)
+    if revision:
+        card = card.with_(revision=revision)  # every actor loads the commit resolved here
+    runtime = backend.runtime(card, options, device, threads)
+    version = glmscore_version()
+    provenance = {"weights": content_digest(local) if local else None, "device": device, "dtype": runtime.dtype,
+                  "token_limit": runtime.token_limit, "glmscore": version}
+    job = {"benchmark": benchmark.name, "task": cfg.task, "chunk_rows": cfg.chunk_rows}
+    if cfg.task == "score":
+        job["reduction"] = cfg.reduction
+    else:
+        job.update(pooling=cfg.pooling, layer=cfg.layer)
+    blob = json.dumps({"job": job, "card": card.to_dict(), "backend": backend.name, "options": options.result_fields(),
+                       "benchmark_options": benchmark.options.result_fields(),
+                       "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
+                       "weights": provenance["weights"], "glmscore": version["version"]}, sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return Plan(benchmark, backend, card, options, runtime, fingerprint, provenance, gpus, (min_actors, max_actors))
 
 
 # ---------------------------------------------------------------- Ray Data stages (run in workers)
 
-def load_encoder(card: ModelCard, long: str):
-    """What the prepare stage tokenizes with (loaded once per worker process)."""
-    if card.backend in ("kmer", "onehot"):
-        from models.kmer import KmerScorer
+def errors_as_rows(stage):
+    """A stage that hands a unit's user error downstream as a one-row ``error`` table (and passes such
+    rows through untouched); any other exception is a bug and keeps its traceback."""
 
-        return KmerScorer(card, {})
-    from models.tokenization import TokenPolicy, load_tokenizer
+    @wraps(stage)
+    def run(batch: pa.Table, *args, **kwargs) -> pa.Table:
+        if ERROR in batch.column_names:
+            return batch
+        try:
+            return stage(batch, *args, **kwargs)
+        except GlmscoreError as exc:
+            return pa.table({ERROR: [str(exc)]})
 
-    return TokenPolicy(card, load_tokenizer(card.hf_id, card.revision, card.trust_remote_code), card.max_context)
+    return run
 
 
-_ENCODERS: dict = {}
+@lru_cache(maxsize=4)
+def _encoder(backend: type[Backend], card: ModelCard, options: Options, runtime: Runtime):
+    """The backend's encoder, made once per worker process."""
+    return backend.make_encoder(card, options, runtime)
 
 
-def prepare_unit(batch: pa.Table, card: dict, long: str) -> pa.Table:
-    card_obj = ModelCard(**card)
-    key = (json.dumps(card, sort_keys=True, default=str), long)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = load_encoder(card_obj, long)
-    enc = _ENCODERS[key]
-    unit = batch.to_pylist()[0]
-    extra = {}
-    if unit["kind"] == "assay":
-        from pipelines.nabench import read_assay
-
-        frame = read_assay(Path(unit["path"]), unit["first_record"], unit["n_records"])
-        seqs, names = frame["sequence"].tolist(), frame["mutant"].tolist()
-        extra = {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]}
-    else:
-        names, seqs = read_chunk(unit["path"], unit["offset"], unit["length"])
-    if len(seqs) != unit["n_records"]:
-        raise GlmscoreError(f"{unit['path']} changed while the job ran; rerun to rescan it.")
-    pair_index = np.arange(unit["first_record"], unit["first_record"] + len(seqs), dtype=np.int32)
-    seq_ids = [f"{unit['dataset']}/{i}" if unit["kind"] == "assay" else f"{unit['dataset']}/{unit['group']}/{i}"
-               for i in pair_index]
-    if card_obj.backend in ("kmer", "onehot"):
-        encoded = enc.encode(seqs)
-    else:
-        encoded = enc.encode(seqs, long=long, row_names=[f"{s} ({n})" for s, n in zip(seq_ids, names)])
+@errors_as_rows
+def prepare_unit(batch: pa.Table, plan: Plan) -> pa.Table:
+    row = batch.to_pylist()[0]
+    unit = Unit(**row)
+    rows = plan.benchmark.read(unit)
+    encoder = _encoder(plan.backend, plan.card, plan.options, plan.runtime)
+    encoded = encoder.encode(rows.sequences, [f"{s} ({n})" for s, n in zip(rows.seq_ids, rows.names)])
     table = pa.Table.from_pylist([{
-        **unit,
-        "seq_id": seq_ids,
-        "pair_index": pair_index.tolist(),
+        **row,
+        "seq_id": rows.seq_ids,
+        "pair_index": rows.pair_index.tolist(),
         "n_ambiguous": [e.n_ambiguous for e in encoded],
         "truncated": [e.truncated for e in encoded],
-        **extra,
+        **rows.extra,
     }])
     table = table.append_column("ids", _nested([e.ids for e in encoded], np.int32))
     return table.append_column("real", _nested([e.real for e in encoded], np.bool_))
@@ -217,58 +209,52 @@ def _ragged(batch: pa.Table, name: str) -> list[np.ndarray]:
 
 
 class ScoreActor:
-    """One model per actor, loaded once; scores one unit per call."""
+    """One backend per actor, loaded once; scores or embeds one unit per call."""
 
-    def __init__(self, card: dict, options: dict, threads: int | None = None, kmer_tables=None, n_folds: int = 5,
-                 task: str = "score", pooling: str = "mean", layer: int = -1):
-        if threads and card["backend"] not in ("kmer", "onehot"):  # baselines need no torch import
-            import torch
-
-            torch.set_num_threads(threads)
-        from models.loader import load_scorer
-
-        options = dict(options)
-        self.reduction = options.pop("reduction", "mean")
-        self.card = ModelCard(**card)
-        self.scorer = load_scorer(self.card, kmer_tables=kmer_tables, **options)
-        self.n_folds = n_folds
-        self.crossfit = self.card.backend == "kmer" and kmer_tables is not None
-        self.task, self.layer = task, layer
+    def __init__(self, plan: Plan, fitted=None, task: str = "score", reduction: str = "mean",
+                 pooling: str = "mean", layer: int = -1):
+        self.error = None
+        try:
+            self.backend = plan.backend(plan.card, plan.options, plan.runtime, fitted)
+        except GlmscoreError as exc:  # reported with the first unit, as data (see errors_as_rows)
+            self.error = str(exc)
+        self.task, self.reduction, self.layer = task, reduction, layer
         if task == "embed":
             from models.pooling import Pooling
 
             self.pooling = Pooling.parse(pooling)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from models.base import Encoded
+        if ERROR in batch.column_names:
+            return batch
+        if self.error:
+            return pa.table({ERROR: [self.error]})
+        try:
+            return self._run(batch)
+        except GlmscoreError as exc:
+            return pa.table({ERROR: [str(exc)]})
 
+    def _run(self, batch: pa.Table) -> pa.Table:
         ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
         row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
         encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
+        context = Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"])
+        row["resolved_revision"] = str(self.backend.resolved_revision or "")
         if self.task == "embed":
-            kw = {"width": row["width"]} if self.card.backend == "onehot" else {}
-            emb = np.ascontiguousarray(self.scorer.embed_encoded(encoded, self.pooling, self.layer, **kw), dtype=np.float32)
-            row.update(resolved_revision=str(getattr(self.scorer, "resolved_revision", None) or ""))
+            emb = np.ascontiguousarray(self.backend.embed(encoded, self.pooling, self.layer, context), dtype=np.float32)
             # the unit's (rows x dim) matrix as one list<fixed_size_list<float32>> cell, never as Python floats
             cell = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
             return pa.Table.from_pylist([row]).append_column(
                 "embedding", pa.ListArray.from_arrays(pa.array([0, len(emb)], pa.int32()), cell))
-        if self.crossfit:
-            folds = fold_of(np.asarray(row["pair_index"]), self.n_folds)
-            res = self.scorer.loglik_encoded(encoded, keys=[(row["dataset"], int(f)) for f in folds])
-        else:
-            res = self.scorer.loglik_encoded(encoded)
-        row.update(
-            score=res.score(self.reduction).tolist(),
-            loglik_sum=res.loglik_sum.tolist(),
-            n_scored=res.n_scored.tolist(),
-            resolved_revision=str(getattr(self.scorer, "resolved_revision", None) or ""),
-        )
+        res = self.backend.loglik(encoded, context)
+        row.update(score=res.score(self.reduction).tolist(), loglik_sum=res.loglik_sum.tolist(),
+                   n_scored=res.n_scored.tolist())
         return pa.Table.from_pylist([row])
 
 
-def unit_table(row: dict, benchmark: str, model: str, embedding: pa.Array | None = None) -> pa.Table:
-    """One unit's rows in the shard contract (scores or embeddings; NABench adds label, mutant, is_wildtype)."""
+def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, pa.DataType],
+               embedding: pa.Array | None = None) -> pa.Table:
+    """One unit's rows in the shard contract (scores or embeddings), plus the benchmark's extra columns."""
     n = len(row["seq_id"])
     cols = {
         "seq_id": pa.array(row["seq_id"], pa.string()),
@@ -284,19 +270,18 @@ def unit_table(row: dict, benchmark: str, model: str, embedding: pa.Array | None
             n_scored=pa.array(row["n_scored"], pa.int32()),
         )
     cols.update(n_ambiguous=pa.array(row["n_ambiguous"], pa.int32()), truncated=pa.array(row["truncated"], pa.bool_()))
-    if "label" in row and row["label"] is not None:
-        cols.update(label=pa.array(row["label"], pa.float64()), mutant=pa.array(row["mutant"], pa.string()),
-                    is_wildtype=pa.array(row["is_wildtype"], pa.bool_()))
+    cols.update({name: pa.array(row[name], typ) for name, typ in extra_columns.items()})
     return pa.table(cols)
 
 
-def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprint: str) -> pa.Table:
+@errors_as_rows
+def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_columns: dict, fingerprint: str) -> pa.Table:
     embedding = None
     if "embedding" in batch.column_names:
         embedding = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
         batch = batch.drop_columns(["embedding"])
     row = batch.to_pylist()[0]
-    table = unit_table(row, benchmark, model, embedding)
+    table = unit_table(row, benchmark, model, extra_columns, embedding)
     path = shards.shard_path(Path(out), row["dataset"], row["group"], row["chunk"])
     shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
                                      "resolved_revision": row["resolved_revision"]})
@@ -306,47 +291,11 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, fingerprin
 
 # ---------------------------------------------------------------- driver
 
-def tensor_parallel_bundle(tp: int):
-    """``ray_remote_args_fn`` giving each vLLM actor a placement group of ``tp`` GPUs on one node.
-
-    The actor itself takes no GPU; vLLM's Ray executor starts its ``tp`` workers inside the group
-    (``placement_group_capture_child_tasks``). Size a cluster as actors x tp GPUs.
-    """
-
-    def remote_args():
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
-
-    return remote_args
-
-
-def _validate(cfg: ScoreConfig) -> None:
-    if cfg.benchmark not in BENCHMARKS:
-        raise GlmscoreError(f"unknown benchmark {cfg.benchmark!r}: choose one of {', '.join(BENCHMARKS)}.")
-    if cfg.reduction not in ("mean", "sum"):
-        raise GlmscoreError(f"--reduction must be mean or sum, not {cfg.reduction!r}.")
-    if cfg.long not in ("error", "truncate", "window"):
-        raise GlmscoreError(f"--long must be error, truncate or window, not {cfg.long!r}.")
-    for name in ("batch_tokens", "min_actors", "chunk_rows"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise GlmscoreError(f"--{name.replace('_', '-')} must be at least 1.")
-    if cfg.max_actors is not None and cfg.max_actors < cfg.min_actors:
-        raise GlmscoreError("--max-actors must be at least --min-actors.")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise GlmscoreError("--limit must be at least 1.")
-
-
-def _resources(cfg: ScoreConfig, card: ModelCard) -> tuple[float, int, int, int | None]:
+def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict) -> tuple[float, int, int, int | None]:
     """(gpus per actor, min actors, max actors, torch threads per actor) for this cluster."""
-    import ray
-
-    cluster = ray.cluster_resources()
     gpus = cfg.gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if card.backend not in ("kmer", "onehot") and cluster.get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if backend.can_use_gpu and cluster.get("GPU", 0) >= 1 else 0.0
     max_actors = cfg.max_actors
     if max_actors is None:
         max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) // gpus) if gpus else 1)
@@ -358,73 +307,77 @@ def _resources(cfg: ScoreConfig, card: ModelCard) -> tuple[float, int, int, int 
     return gpus, cfg.min_actors, max_actors, threads
 
 
+def _fit(plan: Plan, units: list[Unit]):
+    """The backend's fitted state: on its own reference FASTA, or on the benchmark's reference sequences."""
+    from pipelines.fasta import read_all
+
+    path = plan.backend.reference_file(plan.card)
+    if path:
+        references = {None: read_all(Path(path))[1]}
+    else:
+        references = {d: plan.benchmark.reference_sequences(units, d) for d in sorted({u.dataset for u in units})}
+    return plan.backend.fit(plan.card, plan.options, references)
+
+
+def ray_address(address: str | None) -> str:
+    """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
+    submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
+    started with ``ray start`` on this machine (what ``ray.init()`` without an address would join)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def run_score(cfg: ScoreConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    _validate(cfg)
-    if cfg.backend == "vllm":
-        cfg.backend = "vllm_causal"
-    card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
-    if cfg.task == "embed":
-        from models.pooling import Pooling
-
-        Pooling.parse(cfg.pooling)
-        if card.backend in ("kmer", "vllm_causal"):
-            raise GlmscoreError(f"backend {card.backend} gives no embeddings; use a transformers backend or onehot.")
-    elif card.backend == "onehot":
-        raise GlmscoreError("onehot is a featurizer for `glmscore embed`; it gives no scores.")
     started = shards.now()
-    units = source_units(cfg)
-    fingerprint = cfg.fingerprint(card)
-    config = {**asdict(cfg), "fingerprint": fingerprint}
+    resolved = resolve_job(cfg)
+    units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    if not ray.is_initialized():
+        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    plan = plan_job(cfg, ray.cluster_resources(), resolved)
+    config = {**asdict(cfg), "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
+              "fingerprint": plan.fingerprint}
     out = Path(cfg.out)
-    shards.prepare_out(out, fingerprint, config, cfg.overwrite)
+    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite)
     pending = [u for u in units if not shards.is_complete(
-        shards.shard_path(out, u.dataset, u.group, u.chunk), fingerprint, u.crc, u.n_records)]
+        shards.shard_path(out, u.dataset, u.group, u.chunk), plan.fingerprint, u.crc, u.n_rows)]
 
     revisions = set()
     if pending:
-        kmer_tables = None
-        if card.backend == "kmer" and card.fit == "crossfit":
-            kmer_tables = crossfit_tables(cfg.benchmark, units, card.order, cfg.kmer_folds)
-        if not ray.is_initialized():
-            ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=True,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-        gpus, min_a, max_a, threads = _resources(cfg, card)
-        options = {"device": None if gpus else "cpu", "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
-                   "long": cfg.long, "mlm_mode": cfg.mlm_mode, "reduction": cfg.reduction, **cfg.vllm}
-        card_dict = card.to_dict()
+        fitted = _fit(plan, units) if plan.backend.fits_on_reference else None
         ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"card": card_dict, "long": cfg.long})
-        actor_args = {"num_gpus": gpus, "num_cpus": 1}
-        tp = int(cfg.vllm.get("tensor_parallel_size") or 1)
-        if card.backend == "vllm_causal" and tp > 1:
-            actor_args = {"num_gpus": 0, "num_cpus": 1, "ray_remote_args_fn": tensor_parallel_bundle(tp)}
+        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", fn_kwargs={"plan": plan})
+        actor_args = plan.backend.actor_resources(plan.card, plan.options) or {"num_gpus": plan.gpus_per_actor}
         ds = ds.map_batches(
             ScoreActor, batch_size=1, batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=min_a, max_size=max_a), **actor_args,
-            fn_constructor_kwargs={"card": card_dict, "options": options, "threads": threads,
-                                   "kmer_tables": kmer_tables, "n_folds": cfg.kmer_folds, "task": cfg.task,
+            compute=ActorPoolStrategy(min_size=plan.actors[0], max_size=plan.actors[1]),
+            num_cpus=1, **actor_args,
+            fn_constructor_kwargs={"plan": plan, "fitted": fitted, "task": cfg.task, "reduction": cfg.reduction,
                                    "pooling": cfg.pooling, "layer": cfg.layer},
         )
         ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"out": str(out), "benchmark": cfg.benchmark, "model": card.id,
-                                       "fingerprint": fingerprint})
+                            fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,
+                                       "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint})
         for row in ds.iter_rows():
+            if row.get(ERROR):
+                raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
             revisions.add(row["resolved_revision"])
 
     rows: dict[str, int] = {}
     for u in units:
         meta = shards.shard_meta(shards.shard_path(out, u.dataset, u.group, u.chunk)) or {}
-        if meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_records:
+        if meta.get("fingerprint") != plan.fingerprint or meta.get("rows") != u.n_rows:
             raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
         revisions.add(meta.get("resolved_revision", ""))
         key = f"dataset={u.dataset}/group={u.group}"
-        rows[key] = rows.get(key, 0) + u.n_records
+        rows[key] = rows.get(key, 0) + u.n_rows
     revisions.discard("")
+    if len(revisions) > 1:
+        raise GlmscoreError(f"the shards in {out} were scored with different model revisions ({', '.join(sorted(revisions))}); "
+                            "rerun with --overwrite.")
     return shards.write_manifest(
-        out, config=config, card=card.to_dict(), resolved_revision=sorted(revisions)[0] if revisions else None,
-        rows=rows, started=started, skipped=len(units) - len(pending), computed=len(pending),
+        out, config=config, card=plan.card.to_dict(), resolved_revision=next(iter(revisions), plan.card.revision),
+        rows=rows, started=started, skipped=len(units) - len(pending), computed=len(pending), provenance=plan.provenance,
     )

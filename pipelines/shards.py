@@ -87,11 +87,13 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, rows: dict, started: str,
-                   skipped: int, computed: int) -> dict:
+                   skipped: int, computed: int, provenance: dict) -> dict:
+    """``provenance``: what else identifies the result (weights identity, runtime, glmscore version)."""
     manifest = {
         "config": config,
         "model_card": card,
         "resolved_revision": resolved_revision,
+        **provenance,
         "packages": package_versions(),
         "rows_per_partition": rows,
         "rows_total": sum(rows.values()),
@@ -110,11 +112,24 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_scores(path: Path, columns: list[str] | None = None):
-    """A score folder as a pandas DataFrame (with ``dataset`` and ``group`` from the partitions)."""
+def read_manifest(path: Path) -> dict:
     path = Path(path)
-    if not (path / MANIFEST).exists():
-        raise GlmscoreError(f"{path} is not a finished score folder (no {MANIFEST}); run or resume `glmscore score` first.")
+    if not path.exists():
+        raise GlmscoreError(f"{path} does not exist.")
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise GlmscoreError(f"{path} is not a finished output folder (no {MANIFEST}); run or resume `glmscore score` first.") from None
+
+
+def read_scores(path: Path, columns: list[str] | None = None, what: str = "score folder"):
+    """A finished folder as a pandas DataFrame (with ``dataset`` and ``group`` from the partitions);
+    a folder without the needed ``columns`` is a user error naming ``what`` was expected."""
+    path = Path(path)
+    read_manifest(path)
     ds = pads.dataset(path, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False,
                       ignore_prefixes=[".", "_"])
+    missing = [c for c in columns or [] if c not in ds.schema.names]
+    if missing:
+        raise GlmscoreError(f"{path} is not a {what}: it has no {', '.join(missing)} column(s).")
     return ds.to_table(columns=columns).to_pandas()

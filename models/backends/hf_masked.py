@@ -1,34 +1,50 @@
 """Masked LMs through transformers (AutoModelForMaskedLM).
 
-Default (``mlm_mode='unmasked'``, the seeds' semantics): one forward pass on the unmasked sequence, mean
-log-probability of the true token at each real nucleotide position (special and pad tokens excluded).
-``mlm_mode='pll'``: pseudo-log-likelihood, each real position masked in turn (one extra row per position).
+Default (``--mlm-scoring unmasked``, the seeds' semantics): one forward pass on the unmasked sequence,
+mean log-probability of the true token at each real nucleotide position (special and pad tokens
+excluded). ``pll``: pseudo-log-likelihood, each real position masked in turn (one extra row per position).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from models.base import Encoded, LoglikResult, rows_from_pieces
+from models.base import Context, Encoded, LMOptions, LoglikResult, register_backend, rows_from_pieces
 from models.errors import GlmscoreError
-from models.hf_common import HFBackend, token_logprobs
+from models.hf_common import HFBackend, card_for_architecture, token_logprobs
+from models.options import option
+
+MLM_MODES = ("unmasked", "pll")
 
 
-class HFMaskedScorer(HFBackend):
+@dataclass(frozen=True)
+class MaskedOptions(LMOptions):
+    """Masked-LM scoring (backend hf_masked)"""
+
+    mlm_mode: str = option("unmasked", flag="--mlm-scoring", choices=MLM_MODES,
+                           help="masked LMs: one unmasked pass (default) or pseudo-log-likelihood")
+
+
+@register_backend("hf_masked")
+class HFMasked(HFBackend):
     auto_class = "AutoModelForMaskedLM"
+    objectives = ("mlm",)
+    Options = MaskedOptions
 
-    def __init__(self, card, *, mlm_mode: str = "unmasked", **kw):
-        super().__init__(card, **kw)
-        if mlm_mode not in ("unmasked", "pll"):
-            raise GlmscoreError(f"unknown MLM scoring {mlm_mode!r}: choose unmasked or pll.")
-        if mlm_mode == "pll" and self.tokenizer.mask_token_id is None:
+    @classmethod
+    def card_for(cls, spec):
+        return card_for_architecture(spec, ("ForMaskedLM",), cls.name, "mlm")
+
+    def __init__(self, card, options, runtime, fitted=None):
+        super().__init__(card, options, runtime, fitted)
+        if options.mlm_mode == "pll" and self.tokenizer.mask_token_id is None:
             raise GlmscoreError(f"model {card.id} has no mask token, so pseudo-log-likelihood is undefined.")
-        self.mlm_mode = mlm_mode
 
-    def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
-        if self.mlm_mode == "pll":
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        if self.options.mlm_mode == "pll":
             return self._pll(encoded, keep_positions)
         rows = [e.ids for e in encoded]
 
@@ -40,6 +56,8 @@ class HFMaskedScorer(HFBackend):
         return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
 
     def _pll(self, encoded: Sequence[Encoded], keep_positions: bool) -> LoglikResult:
+        import torch
+
         mask_id = self.tokenizer.mask_token_id
         pieces, owners = [], []
         for row, e in enumerate(encoded):
@@ -52,8 +70,6 @@ class HFMaskedScorer(HFBackend):
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([pieces[i] for i in idx])
             logits = self.model(input_ids=ids, attention_mask=mask).logits
-            import torch
-
             b = torch.arange(len(idx), device=ids.device)
             pos = torch.tensor([owners[i][1] for i in idx], device=ids.device)
             tgt = torch.tensor([owners[i][2] for i in idx], device=ids.device)

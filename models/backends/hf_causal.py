@@ -1,8 +1,8 @@
 """Causal LMs through transformers (AutoModelForCausalLM).
 
 Score = mean (or sum) of next-token log-probabilities over the real tokens; padding is masked, the
-first real token is conditioned on BOS when the policy prepends one. Sequences longer than the context
-are scored with rolling windows under ``long='window'`` (lm-evaluation-harness's
+first real token is conditioned on BOS when the policy prepends one. Sequences longer than the token
+limit are scored with rolling windows under ``--long window`` (lm-evaluation-harness's
 ``loglikelihood_rolling``: disjoint prediction chunks, each with as much preceding context as fits).
 """
 
@@ -12,15 +12,21 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Encoded, LoglikResult, causal_pieces, rows_from_pieces
-from models.hf_common import HFBackend, token_logprobs
+from models.base import Context, Encoded, LoglikResult, causal_pieces, register_backend, rows_from_pieces
+from models.hf_common import HFBackend, card_for_architecture, token_logprobs
 
 
-class HFCausalScorer(HFBackend):
+@register_backend("hf_causal")
+class HFCausal(HFBackend):
     auto_class = "AutoModelForCausalLM"
+    objectives = ("clm",)
 
-    def loglik_encoded(self, encoded: Sequence[Encoded], keep_positions: bool = False) -> LoglikResult:
-        pieces, owners = causal_pieces(encoded, self.policy.max_context)
+    @classmethod
+    def card_for(cls, spec):
+        return card_for_architecture(spec, ("ForCausalLM", "LMHeadModel"), cls.name, "clm")
+
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        pieces, owners = causal_pieces(encoded, self.runtime.token_limit)
 
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([pieces[i] for i in idx])

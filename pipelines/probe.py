@@ -1,41 +1,36 @@
-"""NABench glue between shards and analysis: zero-shot report and probe sweeps."""
+"""Probe sweeps: embedding shards with labels -> Ray Tune trials (``analysis/sweep.py``) -> report."""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.dataset as pads
 
 from models.errors import GlmscoreError
-from pipelines.nabench import positions
-from pipelines.shards import MANIFEST, PARTITIONING, read_scores
+from models.options import Options, comma_list, option
+from pipelines.benchmarks.nabench import positions
+from pipelines.shards import PARTITIONING, read_manifest
+
+SETTINGS = ("fewshot", "supervised")
 
 
-def analyze_nabench(score_dirs: list[str], out: str, *, cutoff: float | None = None, n_boot: int = 1000,
-                    seed: int = 0) -> dict:
-    from analysis.fitness import aggregate, zero_shot_table
-    from analysis.report import plot_best_worst, plot_family_bars, write_table_report
+def _probe_names() -> list[str]:
+    from analysis.probes import PROBES
 
-    frames = [read_scores(Path(d), columns=["model", "dataset", "group", "label", "score", "is_wildtype"])
-              for d in score_dirs]
-    scores = pd.concat(frames, ignore_index=True)
-    if scores["label"].isna().all():
-        raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
-    assays = zero_shot_table(scores, cutoff)
-    families, summary = aggregate(assays, n_boot=n_boot, seed=seed)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    assays.to_csv(out_dir / "nabench_assays.csv", index=False)
-    families.to_csv(out_dir / "nabench_families.csv", index=False)
-    summary.to_csv(out_dir / "nabench_summary.csv", index=False)
-    plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
-    report = write_table_report(
-        "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
-                                     "Assays": assays}, plots, out_dir,
-        {"cutoff": "median" if cutoff is None else cutoff, "bootstrap": n_boot, "seed": seed})
-    return {"report": str(report), "summary": summary}
+    return list(PROBES)
+
+
+@dataclass(frozen=True)
+class ProbeConfig(Options):
+    embeddings: str = option(MISSING, help="an embedding folder written by `glmscore embed`")
+    setting: str = option(MISSING, choices=SETTINGS, help="few-shot k in {5, 20, 50, 100}, or supervised 5-fold CV")
+    out: str = option(MISSING, help="report folder")
+    probes: list[str] = option(["ridge", "mlp"], parse=comma_list, choices=_probe_names, help="comma-separated: ridge, mlp, logistic")
+    repeats: int = option(5, minimum=1, help="few-shot repeats per k")
+    seed: int = option(0, help="seed of splits and fits")
+    address: str | None = option(None, help="Ray address")
 
 
 def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
@@ -43,8 +38,7 @@ def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
     from analysis.sweep import AssayArrays
 
     emb_dir = Path(emb_dir)
-    if not (emb_dir / MANIFEST).exists():
-        raise GlmscoreError(f"{emb_dir} is not a finished embedding folder (no {MANIFEST}); run `glmscore embed` first.")
+    read_manifest(emb_dir)
     data, model = {}, None
     for folder in sorted(emb_dir.glob("dataset=*")):
         t = pads.dataset(folder, format="parquet", partitioning=PARTITIONING, ignore_prefixes=[".", "_"]).to_table()
@@ -64,24 +58,20 @@ def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
     return model, data
 
 
-def run_probes(emb_dir: str, setting: str, out: str, *, probes: list[str], seed: int = 0, repeats: int = 5,
-               address: str | None = None) -> dict:
+def run_probes(cfg: ProbeConfig) -> dict:
     import ray
 
     from analysis.fitness import aggregate
-    from analysis.probes import PROBES
     from analysis.report import write_table_report
     from analysis.sweep import run_sweep, trial_grid
 
-    if setting not in ("fewshot", "supervised"):
-        raise GlmscoreError(f"--setting must be fewshot or supervised, not {setting!r}.")
-    bad = [p for p in probes if p not in PROBES]
-    if bad:
-        raise GlmscoreError(f"unknown probe(s) {', '.join(bad)}: choose from {', '.join(PROBES)}.")
-    model, data = load_embeddings(Path(emb_dir))
+    setting, probes, seed, repeats, out = cfg.setting, cfg.probes, cfg.seed, cfg.repeats, cfg.out
+    model, data = load_embeddings(Path(cfg.embeddings))
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats)
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True)
+        from pipelines.score import ray_address
+
+        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")

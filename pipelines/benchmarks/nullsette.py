@@ -1,4 +1,5 @@
-"""The Nullsette benchmark: the released file layout, and building it from component tables.
+"""The Nullsette benchmark: the released file layout, building it from component tables, the registered
+benchmark (units = chunks of one FASTA file) and its analysis (paired permutation tests, success rates).
 
 Released layout (GLM-Nullsette-Benchmark ``processed_data``)::
 
@@ -16,11 +17,15 @@ import csv
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from models.errors import GlmscoreError
-from pipelines.fasta import Chunk, scan, write_fasta
+from models.options import Options, comma_list, option
+from pipelines.benchmark import Benchmark, Rows, Unit, locator, register_benchmark
+from pipelines.fasta import Chunk, read_chunk, scan, write_fasta
 
 NONMUTANT = "nonmutant"
 _MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt$")
@@ -35,6 +40,7 @@ class GroupFile:
     path: Path
     n_records: int
     chunks: tuple[Chunk, ...]
+    max_len: int = 0  # longest record of the whole file (not only the --limit slice)
 
 
 def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
@@ -66,6 +72,7 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
         expected = None
         for group, path in files:
             n, chunks = scan(path, chunk_rows, None)
+            longest = max(c.max_len for c in chunks)
             if expected is None:
                 expected = n
             elif n != expected:
@@ -74,7 +81,7 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
                 )
             if limit is not None and limit < n:
                 n, chunks = scan(path, chunk_rows, limit)
-            out.append(GroupFile(name, group, path, n, tuple(chunks)))
+            out.append(GroupFile(name, group, path, n, tuple(chunks), longest))
     return out
 
 
@@ -163,3 +170,94 @@ def _read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]
     if len(set(ids)) != len(ids):
         raise GlmscoreError(f"{path.name}: cassette ids are not unique.")
     return ids, columns, components
+
+
+# ---------------------------------------------------------------- the registered benchmark
+
+
+@dataclass(frozen=True)
+class NullsetteAnalyzeOptions(Options):
+    n_perm: int = option(10_000, minimum=1, help="sign-flip permutations per test")
+    seed: int = option(0, help="permutation seed")
+    correction: str = option("bh", choices=("bh", "bonferroni", "holm", "none"), help="multiple-testing correction within (model, dataset)")
+    estimator: str = option("plus_one", choices=("plus_one", "seed"), help="plus_one: (1+b)/(1+n); seed: b/n as the seed scripts")
+    alpha: float = option(0.05, minimum=0.0, maximum=1.0, help="significance level of corrected p-values")
+
+
+@dataclass(frozen=True)
+class BuildOptions(Options):
+    spec: str = option(MISSING, help="folder with translocations.json and <dataset>.tsv tables")
+    out: str = option(MISSING, help="where to write the released layout")
+    tables: list[str] | None = option(None, parse=comma_list, help="comma-separated table names (default: all)")
+
+
+@register_benchmark("nullsette")
+class Nullsette(Benchmark):
+    """Rows are FASTA records; record i of every file of a dataset is cassette i (``pair_index``)."""
+
+    data_help = "Nullsette: the released layout <dataset>/{nonmutant,mutant_translocation<k>}.txt"
+
+    AnalyzeOptions = NullsetteAnalyzeOptions
+
+    def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
+        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets)
+        widths = {g.dataset: g.max_len for g in groups if g.group == NONMUTANT}
+        return [
+            Unit(g.dataset, g.group, i, c.n_records, c.first_record, c.crc, widths[g.dataset],
+                 locator(path=str(g.path.resolve()), offset=c.offset, length=c.length))
+            for g in groups for i, c in enumerate(g.chunks)
+        ]
+
+    def read(self, unit: Unit) -> Rows:
+        where = unit.where()
+        names, seqs = read_chunk(where["path"], where["offset"], where["length"])
+        if len(seqs) != unit.n_rows:
+            raise GlmscoreError(f"{where['path']} changed while the job ran; rerun to rescan it.")
+        pair_index = np.arange(unit.first_row, unit.first_row + len(seqs), dtype=np.int32)
+        return Rows([f"{unit.dataset}/{unit.group}/{i}" for i in pair_index], names, seqs, pair_index)
+
+    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+        """The dataset's nonmutants, all cassettes (a crossfit baseline must never see mutants)."""
+        non = [u for u in units if u.dataset == dataset and u.group == NONMUTANT]
+        if not non:
+            raise GlmscoreError(f"fitting on dataset {dataset} needs its nonmutant sequences.")
+        path = Path(non[0].where()["path"])
+        full = discover(path.parent, chunk_rows=1 << 40)[0]
+        c = full.chunks[0]
+        return read_chunk(str(full.path), c.offset, c.length)[1]
+
+    @classmethod
+    def analyze(cls, score_dirs: list[str], out: str, options: NullsetteAnalyzeOptions) -> dict:
+        import pandas as pd
+
+        from analysis.nullsette import nullsette_tests, success_rates
+        from analysis.report import write_nullsette_report
+        from pipelines.shards import read_manifest, read_scores
+
+        frames, provenance = [], {}
+        for d in score_dirs:
+            frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"],
+                                what="score folder")
+            frames.append(frame)
+            manifest = read_manifest(Path(d))
+            for model in frame["model"].unique():
+                provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
+                                     f"revision {manifest.get('resolved_revision')}, finished {manifest['finished']}")
+        scores = pd.concat(frames, ignore_index=True)
+        if scores.duplicated(["model", "dataset", "group", "pair_index"]).any():
+            raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once.")
+        o = options
+        tests = nullsette_tests(scores, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
+                                alpha=o.alpha)
+        success = success_rates(tests)
+        settings = {**o.to_dict(), "alternative": "less (mutant < nonmutant)"}
+        report = write_nullsette_report(scores, tests, success, Path(out), settings, provenance)
+        return {"report": str(report), "table": success, "tests": tests}
+
+    @classmethod
+    def commands(cls):
+        def run_build(o) -> str:
+            built = build(Path(o.spec), Path(o.out), tables=o.tables)
+            return "\n".join(f"{name}: {n} cassettes" for name, n in built.items())
+
+        return {"build": (BuildOptions, run_build, "write the released layout from component tables")}

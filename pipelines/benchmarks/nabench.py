@@ -1,4 +1,5 @@
-"""The NABench benchmark: fitness assays (``<DMS_ID>.csv``) and their metadata.
+"""The NABench benchmark: fitness assays (``<DMS_ID>.csv``) and their metadata, the registered benchmark
+(units = row ranges of one assay) and its zero-shot analysis.
 
 ``<data>/metadata.csv`` (one row per assay; it may list assays that have no file and miss assays that
 have one) and ``<data>/<DMS_ID>.csv`` with columns ``mutant, DMS_score, sequence``. ``mutant`` is a
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from models.errors import GlmscoreError
+from models.options import Options, comma_list, option
+from pipelines.benchmark import Benchmark, Rows, Unit, locator, register_benchmark
 
 COLUMNS = ["mutant", "DMS_score", "sequence"]
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
@@ -120,3 +124,85 @@ def positions(mutant: str) -> list[int]:
             raise GlmscoreError(f"mutation {m!r} is not <ref><pos><alt>.")
         out.append(int(hit.group(1)))
     return out
+
+
+# ---------------------------------------------------------------- the registered benchmark
+
+
+def family_list(text: str) -> list[str]:
+    return [family_of(f) for f in comma_list(text)]
+
+
+@dataclass(frozen=True)
+class NABenchOptions(Options):
+    assays: list[str] | None = option(None, parse=comma_list, affects_result=False,
+                                      help="NABench: comma-separated DMS_IDs (default: all)")
+    families: list[str] | None = option(None, parse=family_list, affects_result=False,
+                                        help="NABench: comma-separated families (case-insensitive RNA_TYPE)")
+
+
+@dataclass(frozen=True)
+class NABenchAnalyzeOptions(Options):
+    cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
+    n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
+    seed: int = option(0, help="bootstrap seed")
+
+
+@register_benchmark("nabench")
+class NABench(Benchmark):
+    """Rows are an assay's variants in file order (``pair_index`` = row number); group = family."""
+
+    data_help = "NABench: metadata.csv + <DMS_ID>.csv (mutant, DMS_score, sequence)"
+    extra_columns = {"label": pa.float64(), "mutant": pa.string(), "is_wildtype": pa.bool_()}
+    Options = NABenchOptions
+    AnalyzeOptions = NABenchAnalyzeOptions
+
+    def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
+        wanted = sorted(set(self.options.assays or []) | set(datasets or [])) or None
+        units = []
+        for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit):
+            for i, start in enumerate(range(0, a.n_rows, chunk_rows)):
+                n = min(chunk_rows, a.n_rows - start)
+                units.append(Unit(a.dms_id, a.family, i, n, start, a.crc, a.max_len, locator(path=str(a.path.resolve()))))
+        return units
+
+    def read(self, unit: Unit) -> Rows:
+        path = Path(unit.where()["path"])
+        frame = read_assay(path, unit.first_row, unit.n_rows)
+        if len(frame) != unit.n_rows:
+            raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
+        names = frame["mutant"].tolist()
+        pair_index = np.arange(unit.first_row, unit.first_row + len(frame), dtype=np.int32)
+        return Rows([f"{unit.dataset}/{i}" for i in pair_index], names, frame["sequence"].tolist(), pair_index,
+                    {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]})
+
+    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+        """Every variant of the assay (sequences only: labels are never read for fitting)."""
+        unit = next(u for u in units if u.dataset == dataset)
+        return read_assay(Path(unit.where()["path"]))["sequence"].tolist()
+
+    @classmethod
+    def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:
+        from analysis.fitness import aggregate, zero_shot_table
+        from analysis.report import plot_best_worst, plot_family_bars, write_table_report
+        from pipelines.shards import read_scores
+
+        columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
+        frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
+        scores = pd.concat(frames, ignore_index=True)
+        if scores["label"].isna().all():
+            raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
+        assays = zero_shot_table(scores, options.cutoff)
+        families, summary = aggregate(assays, n_boot=options.n_boot, seed=options.seed)
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        assays.to_csv(out_dir / "nabench_assays.csv", index=False)
+        families.to_csv(out_dir / "nabench_families.csv", index=False)
+        summary.to_csv(out_dir / "nabench_summary.csv", index=False)
+        plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
+        report = write_table_report(
+            "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
+                                         "Assays": assays}, plots, out_dir,
+            {"cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
+             "seed": options.seed})
+        return {"report": str(report), "table": summary}

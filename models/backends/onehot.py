@@ -1,0 +1,35 @@
+"""The one-hot baseline: no model, features = one-hot bases (A, C, G, T; N and padding all-zero),
+flattened to ``width`` x 4 where ``width`` is the longest sequence of the row's dataset (``Context``),
+so every row of an assay has the same feature length whatever unit it was scored in."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.alphabet import BaseEncoder
+from models.base import Backend, Context, register_backend
+from models.cards import ModelCard
+
+
+@register_backend("onehot")
+class OneHot(Backend):
+    scores, embeds = False, True
+    objectives = ("none",)
+
+    @classmethod
+    def card_for(cls, spec: str) -> ModelCard | None:
+        if spec != "onehot":
+            return None
+        return ModelCard(id="onehot", backend=cls.name, objective="none",
+                         notes="one-hot featurizer baseline for embeddings and probes (no model)")
+
+    @classmethod
+    def make_encoder(cls, card, options, runtime) -> BaseEncoder:
+        return BaseEncoder()
+
+    def embed(self, encoded, pooling=None, layer: int = -1, context: Context | None = None) -> np.ndarray:
+        width = (context.dataset_max_len if context else 0) or max(len(e.ids) for e in encoded)
+        codes = np.full((len(encoded), width), 4, dtype=np.int64)  # 4 = N / padding -> all-zero
+        for i, e in enumerate(encoded):
+            codes[i, : min(width, len(e.ids))] = e.ids[:width]
+        return np.eye(5, 4, dtype=np.float32)[codes].reshape(len(encoded), width * 4)

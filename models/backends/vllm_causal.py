@@ -1,0 +1,139 @@
+"""Causal LMs on vLLM: one engine per process (per Ray actor), scored by prompt log-probabilities.
+
+Token ids come from the project's own ``TokenPolicy`` (``{"prompt_token_ids": ...}``), so BOS, k-mer
+cutting and the alphabet are identical to the transformers backend; vLLM's tokenizer is never used
+(``skip_tokenizer_init``). ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)`` returns
+log p(token_j | tokens_<j) for every prompt token; prefix caching is off so every prompt is computed in
+full. vLLM counts the generated token against ``max_model_len``, so the token limit that the prepare
+stage enforces (and rolling windows use) is ``max_model_len - 1``, decided once in ``runtime``; the
+engine is started with exactly that ``max_model_len``.
+Embeddings are not served from here: vLLM's pooling runner would need a second engine per actor, so
+cards use the transformers backends for embeddings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runtime, causal_pieces, register_backend, rows_from_pieces
+from models.errors import GlmscoreError
+from models.hf_common import config_context, hf_provenance, resolve_dtype
+from models.options import option
+from models.tokenization import TokenPolicy, load_tokenizer
+
+# vLLM's own default (0.9) leaves room for other processes on a GPU; on CPU the value is the fraction of
+# NUMA node 0's memory for the KV cache, where 0.3 was measured to start (0.92 is refused on 24 GiB).
+GPU_MEMORY_UTILIZATION = {"cuda": 0.9, "cpu": 0.3}
+ENGINE_OPTIONS = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization",
+                  "tensor_parallel_size", "enforce_eager")
+
+
+@dataclass(frozen=True)
+class VLLMOptions(LMOptions):
+    """vLLM engine (backend vllm_causal; defaults from the model card)"""
+
+    max_model_len: int | None = option(None, minimum=2, help="vLLM: tokens per engine sequence; prompts hold one less (default: the card's context)")
+    max_num_batched_tokens: int | None = option(None, minimum=1, affects_result=False, help="vLLM: tokens per engine step")
+    max_num_seqs: int | None = option(None, minimum=1, affects_result=False, help="vLLM: sequences per engine step")
+    gpu_memory_utilization: float | None = option(None, minimum=0.01, maximum=1.0, affects_result=False,
+                                                  help="vLLM: fraction of GPU memory (on CPU: of NUMA node 0's memory; default 0.3 there)")
+    tensor_parallel_size: int | None = option(None, minimum=1, affects_result=False,
+                                              help="vLLM: GPUs per engine; each actor gets a placement group of that many GPUs")
+    enforce_eager: bool | None = option(None, affects_result=False, help="vLLM: no CUDA graphs (less memory, slower)")
+
+
+def engine_settings(card, options: VLLMOptions) -> dict:
+    """The card's engine settings overridden by the flags that were given."""
+    settings = dict(card.vllm_engine)
+    unknown = set(settings) - set(ENGINE_OPTIONS)
+    if unknown:
+        raise GlmscoreError(f"model card {card.id} has unknown vLLM engine setting(s) {', '.join(sorted(unknown))}.")
+    settings.update({k: getattr(options, k) for k in ENGINE_OPTIONS if getattr(options, k) is not None})
+    return settings
+
+
+@register_backend("vllm_causal", aliases=("vllm",))
+class VLLMCausal(Backend):
+    Options = VLLMOptions
+    can_use_gpu = True
+    objectives = ("clm",)
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("vllm") is not None
+
+    @classmethod
+    def runtime(cls, card, options, device, threads=None) -> Runtime:
+        max_model_len = engine_settings(card, options).get("max_model_len") or config_context(card)
+        if not max_model_len:
+            raise GlmscoreError(f"model {card.id} declares no context length; pass --max-model-len.")
+        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
+                       token_limit=max_model_len - 1, threads=threads)
+
+    @classmethod
+    def provenance(cls, card):
+        return hf_provenance(card)
+
+    @classmethod
+    def actor_resources(cls, card, options) -> dict | None:
+        tp = engine_settings(card, options).get("tensor_parallel_size") or 1
+        return {"num_gpus": 0, "ray_remote_args_fn": tensor_parallel_bundle(tp)} if tp > 1 else None
+
+    @classmethod
+    def make_encoder(cls, card, options, runtime) -> TokenPolicy:
+        tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+        return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+
+    def __init__(self, card, options, runtime, fitted=None):
+        super().__init__(card, options, runtime, fitted)
+        if not self.available():
+            raise GlmscoreError("vLLM is not installed: pip install 'glmscore[gpu]' (GPU) or 'glmscore[cpu]' (CPU).")
+        from vllm import LLM, SamplingParams
+
+        settings = engine_settings(card, options)
+        settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced
+        settings.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION[runtime.device])
+        if (settings.get("tensor_parallel_size") or 1) > 1:
+            # workers go into the actor's placement group (tensor_parallel_bundle)
+            settings["distributed_executor_backend"] = "ray"
+        try:
+            self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=runtime.dtype,
+                           trust_remote_code=card.trust_remote_code, enable_prefix_caching=False, seed=0, **settings)
+        except ValueError as exc:  # vLLM reports bad settings (too long a context, too little memory) so
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise GlmscoreError(f"vLLM could not start an engine for {card.id} with {settings}: {detail}") from None
+        self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        self.resolved_revision = card.revision
+
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        pieces, owners = causal_pieces(encoded, self.runtime.token_limit)
+        # vLLM needs at least two tokens to give a prompt log-probability; one-token rows score nothing
+        todo = [i for i, p in enumerate(pieces) if len(p) >= 2]
+        outputs = self.llm.generate([{"prompt_token_ids": pieces[i].tolist()} for i in todo], self.params, use_tqdm=False)
+        values = []
+        for i, out in zip(todo, outputs):
+            first, ids, lps = owners[i][1], pieces[i], out.prompt_logprobs
+            values.append(np.array([lps[j][int(ids[j])].logprob for j in range(first, len(ids))], dtype=np.float64))
+        per_row = rows_from_pieces([owners[i] for i in todo], values, len(encoded))
+        return LoglikResult.from_positions(per_row, keep_positions)
+
+
+def tensor_parallel_bundle(tp: int):
+    """``ray_remote_args_fn`` giving each vLLM actor a placement group of ``tp`` GPUs on one node.
+
+    The actor itself takes no GPU; vLLM's Ray executor starts its ``tp`` workers inside the group
+    (``placement_group_capture_child_tasks``). Size a cluster as actors x tp GPUs.
+    """
+
+    def remote_args():
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+    return remote_args

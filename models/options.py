@@ -1,0 +1,113 @@
+"""Options declared once: a dataclass field carries its flag, help, choices and bounds.
+
+Every configurable thing in glmscore (the score job, each backend, each benchmark) is a dataclass whose
+fields are made with ``option(...)``. The CLI builds its flags from these fields (``pipelines.cli``),
+``validate`` checks a filled-in instance, and the fingerprint keeps the fields marked
+``affects_result``. So a flag is written once, where it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import MISSING, field, fields
+from typing import Any, Callable
+
+from models.errors import GlmscoreError
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, choices: Callable[[], list] | list | tuple | None = None,
+           minimum: float | None = None, maximum: float | None = None, affects_result: bool = True,
+           commands: tuple[str, ...] | None = None, cli: bool = True, parse: Callable[[str], Any] | None = None):
+    """A dataclass field with what the CLI and the validation need.
+
+    ``choices`` may be a callable (registries are read when the parser is built); ``affects_result=False``
+    marks settings that change speed or placement but never a score (kept out of the fingerprint);
+    ``commands`` limits a score-job flag to some sub-commands (``embed`` only, say); ``parse`` turns the
+    command-line text into the value (default: the field's type).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "affects_result": affects_result, "commands": commands, "cli": cli, "parse": parse}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def comma_list(text: str) -> list[str]:
+    """``a,b , c`` -> ``["a", "b", "c"]``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def choices_of(f: dataclasses.Field) -> list | None:
+    c = f.metadata.get("choices")
+    return list(c()) if callable(c) else (list(c) if c is not None else None)
+
+
+def option_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def base_type(cls, f: dataclasses.Field):
+    """The field's type without ``| None`` (``int | None`` -> ``int``)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def validate(obj) -> None:
+    """Check choices and bounds of every option field that is set; one sentence per problem."""
+    for f in option_fields(type(obj)):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        flag = flag_of(f)
+        choices = choices_of(f)
+        values = value if isinstance(value, list) else [value]
+        if choices is not None:
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise GlmscoreError(f"{flag} {bad[0]!r} is not one of {', '.join(map(str, choices))}.")
+        lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and value < lo:
+                raise GlmscoreError(f"{flag} must be at least {lo:g}, not {value:g}.")
+            if hi is not None and value > hi:
+                raise GlmscoreError(f"{flag} must be at most {hi:g}, not {value:g}.")
+
+
+class Options:
+    """Base of option dataclasses: validated on construction; built from a dict of set values."""
+
+    def __post_init__(self):
+        validate(self)
+
+    @classmethod
+    def from_values(cls, values: dict | None, *, owner: str) -> "Options":
+        """An instance from ``values`` (unset keys keep their defaults); unknown keys are a user error
+        naming ``owner`` (the backend or benchmark these options belong to)."""
+        values = {k: v for k, v in (values or {}).items() if v is not None}
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            names = ", ".join("--" + u.replace("_", "-") for u in unknown)
+            raise GlmscoreError(f"{names} does not apply to {owner}.")
+        return cls(**values)
+
+    def result_fields(self) -> dict:
+        """The fields that change results (for the fingerprint)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.metadata.get("affects_result", True)}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions(Options):
+    """For things that have no options."""

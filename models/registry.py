@@ -1,0 +1,63 @@
+"""Name -> class registries for backends (``models.backends``) and benchmarks (``pipelines.benchmarks``).
+
+Built-in entries are the modules of a package: the first lookup imports every module in it, and each
+module registers its class with a decorator. Anything else (a plugin, a test) registers through the
+same decorator. Names and aliases are unique; a second class under a taken name is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Generic, TypeVar
+
+from models.errors import GlmscoreError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
+        self._classes: dict[str, type[T]] = {}
+        self._aliases: dict[str, str] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, aliases: tuple[str, ...] = ()):
+        """Class decorator: ``@register_backend("hf_causal")``; sets ``cls.name``."""
+
+        def decorate(cls):
+            for n in (name, *aliases):
+                taken = self._classes.get(self._aliases.get(n, n))
+                if taken is not None and taken.__qualname__ != cls.__qualname__:
+                    raise ValueError(f"{self.kind} name {n!r} is already registered by {taken.__qualname__}")
+            cls.name = name
+            self._classes[name] = cls
+            for a in aliases:
+                self._aliases[a] = name
+            return cls
+
+        return decorate
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            pkg = importlib.import_module(self.package)
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self.package}.{info.name}")
+
+    def names(self, *, aliases: bool = False) -> list[str]:
+        self._load()
+        return sorted(self._classes) + (sorted(self._aliases) if aliases else [])
+
+    def classes(self) -> list[type[T]]:
+        self._load()
+        return [self._classes[n] for n in sorted(self._classes)]
+
+    def get(self, name: str) -> type[T]:
+        self._load()
+        cls = self._classes.get(self._aliases.get(name, name))
+        if cls is None:
+            raise GlmscoreError(f"unknown {self.kind} {name!r}: choose one of {', '.join(self.names())}.")
+        return cls

@@ -1,0 +1,99 @@
+"""The benchmark interface and its registry.
+
+A benchmark turns a data folder into *units* (chunks of rows that become one Parquet shard each), reads
+a unit's rows in a Ray task, says which extra columns its shards carry, gives the reference sequences
+a baseline may be fitted on, declares its own CLI options, and analyses finished score folders. The
+score job (``pipelines/score.py``) knows nothing else about it. To add a benchmark, write one module in
+``pipelines/benchmarks/`` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from models.errors import GlmscoreError
+from models.options import NoOptions, Options
+from models.registry import Registry
+
+BENCHMARKS: Registry["Benchmark"] = Registry("benchmark", "pipelines.benchmarks")
+register_benchmark = BENCHMARKS.register
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A chunk of one (dataset, group): rows ``first_row .. first_row + n_rows``. ``crc`` identifies the
+    input bytes (a finished shard is reused only if it matches); ``locator`` is the benchmark's own JSON
+    (file, byte range...) that ``read`` uses."""
+
+    dataset: str
+    group: str
+    chunk: int
+    n_rows: int
+    first_row: int
+    crc: int
+    dataset_max_len: int = 0
+    locator: str = "{}"
+
+    def where(self) -> dict:
+        return json.loads(self.locator)
+
+
+def locator(**fields_) -> str:
+    return json.dumps(fields_, sort_keys=True)
+
+
+@dataclass
+class Rows:
+    """One unit's rows. ``seq_ids`` are unique within the benchmark; ``names`` are what an error
+    message shows next to them; ``extra`` holds the values of the benchmark's ``extra_columns``."""
+
+    seq_ids: list[str]
+    names: list[str]
+    sequences: list[str]
+    pair_index: np.ndarray
+    extra: dict[str, list] = field(default_factory=dict)
+
+
+class Benchmark(ABC):
+    """A benchmark family. Subclasses are registered with ``@register_benchmark(name)``."""
+
+    name: ClassVar[str] = ""
+    data_help: ClassVar[str] = "benchmark data folder"
+    Options: ClassVar[type[Options]] = NoOptions  # flags of `glmscore score/embed --benchmark <name>`
+    AnalyzeOptions: ClassVar[type[Options]] = NoOptions  # flags of `glmscore analyze <name>`
+    extra_columns: ClassVar[dict[str, pa.DataType]] = {}  # shard columns beyond the shared contract
+
+    def __init__(self, data: str, options: Options | None = None):
+        self.data = data
+        self.options = options if options is not None else type(self).Options()
+
+    @abstractmethod
+    def units(self, *, chunk_rows: int, limit: int | None, datasets: list[str] | None) -> list[Unit]:
+        """Find and validate the data (on the driver); ``limit``: first N rows of every (dataset, group)."""
+
+    @abstractmethod
+    def read(self, unit: Unit) -> Rows:
+        """A unit's rows (in a Ray task). Must raise a user error if the input changed since ``units``."""
+
+    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+        """Sequences a baseline may be fitted on for ``dataset`` (all of them, not only the --limit
+        slice); element i is the row with pair_index i. Labels are never part of it."""
+        raise GlmscoreError(f"benchmark {self.name} has no reference sequences to fit a baseline on.")
+
+    @classmethod
+    def analyze(cls, score_dirs: list[str], out: str, options: Options) -> dict:
+        """Statistics, tables, plots and a report from finished score folders; returns at least
+        ``{"report": path, "table": DataFrame to print}``."""
+        raise GlmscoreError(f"benchmark {cls.name} has no analysis.")
+
+    @classmethod
+    def commands(cls) -> dict[str, tuple[type[Options], Callable[[Any], str], str]]:
+        """Extra sub-commands, ``glmscore <name> <command>``: (options class, a function that runs it
+        and returns what to print, one line of help)."""
+        return {}
