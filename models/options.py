@@ -81,6 +81,18 @@ def validate(obj) -> None:
                 raise GlmscoreError(f"{flag} must be at most {hi:g}, not {value:g}.")
 
 
+def flag_for(name: str) -> str:
+    """The flag of a field called ``name`` in any option class (``mlm_mode`` -> ``--mlm-scoring``)."""
+    todo = list(Options.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        f = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return flag_of(f)
+    return "--" + name.replace("_", "-")
+
+
 class Options:
     """Base of option dataclasses: validated on construction; built from a dict of set values."""
 
@@ -95,7 +107,7 @@ class Options:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            names = ", ".join("--" + u.replace("_", "-") for u in unknown)
+            names = ", ".join(flag_for(u) for u in unknown)
             raise GlmscoreError(f"{names} does not apply to {owner}.")
         return cls(**values)
 

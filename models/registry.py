@@ -39,6 +39,11 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove a registered class and its aliases (for plugins and tests that register temporarily)."""
+        self._classes.pop(name, None)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True

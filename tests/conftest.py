@@ -53,7 +53,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 def small_nullsette(tmp_path_factory) -> Path:
     """12 synthetic prokaryotic cassettes (19 mutant types) in the released layout."""
     from pipelines.demo import write_spec
-    from pipelines.nullsette import build
+    from pipelines.benchmarks.nullsette import build
 
     base = tmp_path_factory.mktemp("nullsette")
     build(write_spec(base / "spec", 12, seed=3), base / "processed_data")
@@ -62,10 +62,11 @@ def small_nullsette(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster for one test module (module scope: the job-submit test runs `ray stop`)."""
+    """A real local Ray cluster for one test module (module scope keeps one cluster per test module)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+    # address="local": a new cluster, never one somebody started with `ray start` on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()

@@ -153,4 +153,6 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     trials = pd.read_csv(tmp_path / "probes" / "probe_trials.csv")
     multi = {"Townshend_2015_4nt_aptamer"}  # randomised positions: multi-mutant, random folds only
     assert set(trials[trials["assay"].isin(multi)]["split"]) == {"random"}
-    assert len(res["summary"]) >= 1 and trials["metric"].notna().all()
+    # random folds always give a metric; a position-held-out fold can leave one-hot ridge with constant
+    # predictions (the held-out positions never vary in training), where Spearman is undefined (NaN)
+    assert len(res["summary"]) >= 1 and trials.loc[trials["split"] == "random", "metric"].notna().all()

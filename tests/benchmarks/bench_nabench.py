@@ -24,8 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipelines.nabench import discover
-    from pipelines.nabench_jobs import run_probes
+    from pipelines.benchmarks.nabench import discover
+    from pipelines.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
     from tests.benchmarks.bench_nullsette import PeakRSS
 
@@ -47,10 +47,10 @@ def main() -> None:
     largest = sorted(assays, key=lambda a: -a.n_rows)[:5]
     emb = out / "emb5"
     run_score(ScoreConfig(benchmark="nabench", data=str(data), model="onehot", task="embed", out=str(emb),
-                          assays=[a.dms_id for a in largest], chunk_rows=args.chunk_rows))
+                          benchmark_options={"assays": [a.dms_id for a in largest]}, chunk_rows=args.chunk_rows))
     with PeakRSS() as mem:
         t = time.perf_counter()
-        run_probes(str(emb), "supervised", str(out / "probes"), probes=["ridge"])
+        run_probes(ProbeConfig(embeddings=str(emb), setting="supervised", out=str(out / "probes"), probes=["ridge"]))
         secs = time.perf_counter() - t
     rows.append((f"supervised Tune sweep, ridge, 5 largest assays ({sum(a.n_rows for a in largest):,} rows)",
                  f"{secs:.0f} s", f"peak RSS {mem.peak / 2**20:,.0f} MiB"))

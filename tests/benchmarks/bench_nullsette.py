@@ -66,9 +66,9 @@ def main() -> None:
     from analysis.nullsette import nullsette_tests
     from models.base import token_budget_batches
     from models.cards import resolve_card
-    from models.loader import load_scorer
+    from models.loader import load_backend
     from pipelines.fasta import read_all
-    from pipelines.nullsette import build, discover
+    from pipelines.benchmarks.nullsette import build, discover
     from pipelines.score import ScoreConfig, run_score
     from tests.tiny_models import make_tiny_llama
 
@@ -96,16 +96,16 @@ def main() -> None:
                           datasets=["kosuri"], limit=args.pairs))
     ray_s = time.perf_counter() - t
     steady = (n - 20 * small) / (ray_s - small_s)
-    scorer = load_scorer(resolve_card(str(model)), device="cpu")
+    scorer = load_backend(resolve_card(str(model)), device="cpu")
     torch.set_num_threads(2)
     t = time.perf_counter()
     enc = scorer.encode(seqs)
     for g in range(0, n, args.pairs):  # one call per file chunk, as the pipeline's units
-        scorer.loglik_encoded(enc[g : g + args.pairs])
+        scorer.loglik(enc[g : g + args.pairs])
     loop_s = time.perf_counter() - t
     scorer.batch_tokens = 1
     t = time.perf_counter()
-    scorer.loglik_encoded(enc)
+    scorer.loglik(enc)
     seed_s = time.perf_counter() - t
     rows += [
         ("(a) Ray pipeline, steady state, seq/s", f"{steady:.1f}", f"{steady / (n / loop_s):.2f} x in-process loop"),

@@ -28,7 +28,7 @@ def main() -> None:
     import torch
 
     from models.cards import resolve_card
-    from models.loader import load_scorer
+    from models.loader import load_backend
     from pipelines.fasta import read_all
     from tests.tiny_models import make_tiny_llama
 
@@ -50,23 +50,23 @@ def main() -> None:
     card = resolve_card(str(model))
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).parameters())
-    hf = load_scorer(card, device=args.device, dtype=dtype, batch_tokens=65536 if args.device == "cuda" else 4096)
+    hf = load_backend(card, device=args.device, dtype=dtype, batch_tokens=65536 if args.device == "cuda" else 4096)
     enc = hf.encode(seqs)
     tokens = sum(len(e.ids) for e in enc)
-    hf.loglik_encoded(enc[:8])  # warm-up
+    hf.loglik(enc[:8])  # warm-up
     t = time.perf_counter()
-    hf.loglik_encoded(enc)
+    hf.loglik(enc)
     hf_s = time.perf_counter() - t
     del hf
     if args.device == "cuda":
         torch.cuda.empty_cache()
     t = time.perf_counter()
-    v = load_scorer(card.with_(backend="vllm_causal"), dtype=dtype, max_model_len=2048,
+    v = load_backend(card.with_(backend="vllm_causal"), device=args.device, dtype=dtype, max_model_len=2048,
                     **({} if args.device == "cuda" else {"gpu_memory_utilization": 0.3}))
     start_s = time.perf_counter() - t
-    v.loglik_encoded(enc[:8])
+    v.loglik(enc[:8])
     t = time.perf_counter()
-    v.loglik_encoded(enc)
+    v.loglik(enc)
     v_s = time.perf_counter() - t
     flops = 2 * n_params * tokens  # forward pass, ~2 FLOPs per parameter per token
     print(f"\nmodel: Llama hidden {args.hidden} x {args.layers} layers, {n_params / 1e6:.1f} M parameters, {dtype}, {args.device}")

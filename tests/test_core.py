@@ -1,0 +1,261 @@
+"""The core interfaces: a new backend and a new benchmark plug in without touching the core;
+the token limit is decided once; the fingerprint covers the weights; user errors travel as data."""
+
+import json
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from models.base import BACKENDS, Backend, LoglikResult, register_backend
+from models.cards import ModelCard, resolve_card
+from models.errors import GlmscoreError
+from models.loader import load_backend
+from models.options import Options, option
+from pipelines.benchmark import BENCHMARKS, Benchmark, Rows, Unit, locator, register_benchmark
+from pipelines.cli import main
+from pipelines.score import ScoreConfig, run_score
+from pipelines.shards import MANIFEST, read_scores
+
+TOY_SEQS = ["ACGTACGTAA", "GGGCCCAT", "TTTT", "ACGNNACG", "GATTACA", "CCCCGGGGAT", "AT"]
+
+
+@pytest.fixture
+def toys():
+    """A toy backend and a toy benchmark, defined here and registered through the public API only."""
+
+    @dataclass(frozen=True)
+    class GCOptions(Options):
+        """toy GC backend"""
+
+        gc_weight: float = option(1.0, help="toy: weight of a G or C")
+        fail: str = option("", choices=("", "user", "bug"), help="toy: fail on purpose")
+
+    @register_backend("toy_gc")
+    class GCBackend(Backend):
+        """Log-likelihood of a base = gc_weight for G/C, -1 otherwise; proves per-row context arrives."""
+
+        Options = GCOptions
+        objectives = ("toy",)
+
+        @classmethod
+        def card_for(cls, spec):
+            return ModelCard(id="toy-gc", backend=cls.name, objective="toy") if spec == "toy-gc" else None
+
+        @classmethod
+        def make_encoder(cls, card, options, runtime):
+            from models.alphabet import BaseEncoder
+
+            return BaseEncoder()
+
+        def loglik(self, encoded, context=None, keep_positions=False):
+            if self.options.fail == "user":
+                raise GlmscoreError("the toy backend refuses this unit.")
+            if self.options.fail == "bug":
+                raise ValueError("a toy bug")
+            assert context is not None and len(context.pair_index) == len(encoded)
+            per = [np.where((e.ids == 1) | (e.ids == 2), self.options.gc_weight, -1.0)[e.real] for e in encoded]
+            return LoglikResult.from_positions(per)
+
+    @dataclass(frozen=True)
+    class LinesAnalyze(Options):
+        top: int = option(3, minimum=1, help="toy: rows in the report")
+
+    @register_benchmark("toy_lines")
+    class Lines(Benchmark):
+        """Every *.txt file of the data folder is a dataset, one sequence per line; group = 'all'."""
+
+        extra_columns = {"length": pa.int32()}
+        AnalyzeOptions = LinesAnalyze
+
+        def units(self, *, chunk_rows, limit, datasets):
+            from pathlib import Path
+
+            out = []
+            for path in sorted(Path(self.data).glob("*.txt")):
+                seqs = path.read_text().split()[:limit]
+                for i, start in enumerate(range(0, len(seqs), chunk_rows)):
+                    n = min(chunk_rows, len(seqs) - start)
+                    out.append(Unit(path.stem, "all", i, n, start, hash(tuple(seqs)) & 0xFFFF, max(map(len, seqs)),
+                                    locator(path=str(path))))
+            return out
+
+        def read(self, unit):
+            from pathlib import Path
+
+            seqs = Path(unit.where()["path"]).read_text().split()[unit.first_row : unit.first_row + unit.n_rows]
+            idx = np.arange(unit.first_row, unit.first_row + len(seqs), dtype=np.int32)
+            return Rows([f"{unit.dataset}/{i}" for i in idx], [f"line {i + 1}" for i in idx], seqs, idx,
+                        {"length": [len(s) for s in seqs]})
+
+        @classmethod
+        def analyze(cls, score_dirs, out, options):
+            from pathlib import Path
+
+            frame = pd.concat([read_scores(d, columns=["model", "dataset", "score", "length"]) for d in score_dirs])
+            table = frame.sort_values("score", ascending=False).head(options.top)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            table.to_csv(Path(out) / "top.csv", index=False)
+            (Path(out) / "report.md").write_text(table.to_markdown(index=False))
+            return {"report": str(Path(out) / "report.md"), "table": table}
+
+    yield GCBackend, Lines
+    BACKENDS.unregister("toy_gc")
+    BENCHMARKS.unregister("toy_lines")
+
+
+@pytest.fixture
+def lines_data(tmp_path):
+    d = tmp_path / "lines"
+    d.mkdir()
+    (d / "first.txt").write_text("\n".join(TOY_SEQS) + "\n")
+    (d / "second.txt").write_text("\n".join(reversed(TOY_SEQS)) + "\n")
+    return d
+
+
+def _expected(seq, weight=1.0):
+    vals = [weight if b in "GC" else -1.0 for b in seq.upper() if b in "ACGT"]
+    return sum(vals), len(vals)
+
+
+@pytest.mark.ray
+def test_new_backend_and_benchmark_plug_in_without_core_edits(ray_cluster, toys, lines_data, tmp_path, capsys):
+    out = tmp_path / "scores"
+    manifest = run_score(ScoreConfig(benchmark="toy_lines", data=str(lines_data), model="toy-gc", out=str(out),
+                                     chunk_rows=3, options={"gc_weight": 2.0}))
+    assert manifest["rows_total"] == 14 and manifest["shards_computed"] == 6
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
+    for name, typ in [("seq_id", pa.string()), ("benchmark", pa.string()), ("pair_index", pa.int32()),
+                      ("score", pa.float64()), ("n_scored", pa.int32()), ("length", pa.int32())]:
+        assert table.schema.field(name).type == typ
+    df = table.to_pandas()
+    first = df[df["dataset"] == "first"].sort_values("pair_index")
+    for seq, (_, row) in zip(TOY_SEQS, first.iterrows()):
+        total, n = _expected(seq, 2.0)
+        assert row["loglik_sum"] == total and row["n_scored"] == n and row["length"] == len(seq)
+    assert (df["benchmark"] == "toy_lines").all() and (df["model"] == "toy-gc").all()
+    # the CLI knows both, with the backend's own flag, and analyses with the benchmark's entry point
+    assert main(["score", "--benchmark", "toy_lines", "--data", str(lines_data), "--model", "toy-gc",
+                 "--out", str(out), "--chunk-rows", "3", "--gc-weight", "2.0"]) == 0
+    assert "6 reused" in capsys.readouterr().out
+    assert main(["analyze", "toy_lines", "--scores", str(out), "--out", str(tmp_path / "rep"), "--top", "2"]) == 0
+    top = pd.read_csv(tmp_path / "rep" / "top.csv")
+    assert len(top) == 2 and top["score"].iloc[0] == df["score"].max()
+    # a flag that belongs to no option of this backend is a one-sentence error
+    assert main(["score", "--benchmark", "toy_lines", "--data", str(lines_data), "--model", "toy-gc",
+                 "--out", str(tmp_path / "x"), "--long", "window"]) == 2
+    assert "--long does not apply to backend toy_gc" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_user_errors_travel_as_data_and_bugs_keep_their_traceback(ray_cluster, toys, lines_data, tmp_path):
+    with pytest.raises(GlmscoreError, match="^the toy backend refuses this unit.$"):
+        run_score(ScoreConfig(benchmark="toy_lines", data=str(lines_data), model="toy-gc", out=str(tmp_path / "u"),
+                              options={"fail": "user"}))
+    assert not (tmp_path / "u" / MANIFEST).exists()
+    with pytest.raises(Exception) as info:
+        run_score(ScoreConfig(benchmark="toy_lines", data=str(lines_data), model="toy-gc", out=str(tmp_path / "b"),
+                              options={"fail": "bug"}))
+    assert not isinstance(info.value, GlmscoreError) and "a toy bug" in str(info.value)
+    assert not (tmp_path / "b" / MANIFEST).exists()
+
+
+def test_token_limit_is_decided_once_from_the_config(tmp_path):
+    """A card without a declared context (hub ids, local directories) takes the config's limit, and
+    the encoder (prepare stage) enforces it under --long error instead of silently windowing."""
+    from models.backends.hf_causal import HFCausal
+    from tests.tiny_models import make_tiny_llama
+
+    path = make_tiny_llama(tmp_path / "ctx16", max_positions=16)
+    card = resolve_card(str(path))
+    assert card.max_context is None
+    runtime = HFCausal.runtime(card, HFCausal.Options(), "cpu")
+    assert runtime.token_limit == 16 and runtime.dtype == "float32"
+    backend = load_backend(card)
+    seq = "ACGT" * 6  # 24 bases + BOS
+    with pytest.raises(GlmscoreError, match=r"exceed the model's context of 16 tokens \(cassette-1\)"):
+        backend.encode([seq], ["cassette-1"])
+    windowed = load_backend(card, long="window")
+    assert windowed.runtime.token_limit == 16 and windowed.loglik_sequences([seq]).n_scored[0] == 24
+
+
+def test_vllm_token_limit_is_max_model_len_minus_one(tiny_llama):
+    """The prepare stage and the engine agree: vLLM keeps one slot for the generated token, so the
+    limit is max_model_len - 1 (from the flag, else the card's or the config's context)."""
+    from models.backends.vllm_causal import VLLMCausal, VLLMOptions
+
+    card = resolve_card(str(tiny_llama), backend="vllm")
+    assert VLLMCausal.runtime(card, VLLMOptions(max_model_len=33), "cpu").token_limit == 32
+    assert VLLMCausal.runtime(card, VLLMOptions(), "cpu").token_limit == 4095  # config: 4096 positions
+    assert VLLMCausal.runtime(card, VLLMOptions(), "cuda").dtype == "bfloat16"
+    runtime = VLLMCausal.runtime(card, VLLMOptions(max_model_len=33), "cpu")
+    encoder = VLLMCausal.make_encoder(card, VLLMOptions(max_model_len=33), runtime)
+    assert len(encoder.encode(["A" * 31])[0].ids) == 32  # BOS + 31: fits
+    with pytest.raises(GlmscoreError, match="context of 32 tokens"):
+        encoder.encode(["A" * 32], ["row-9"])
+
+
+@pytest.mark.ray
+def test_fingerprint_follows_the_weights_content(ray_cluster, small_nullsette, tmp_path):
+    from tests.tiny_models import make_tiny_llama
+
+    model = make_tiny_llama(tmp_path / "model", seed=0)
+    common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(model), limit=2,
+                  datasets=["synthetic_ecoli"], chunk_rows=2)
+    first = run_score(ScoreConfig(out=str(tmp_path / "s"), **common))
+    assert first["weights"].startswith("sha256:") and first["device"] == "cpu" and first["dtype"] == "float32"
+    assert first["glmscore"]["version"] and first["token_limit"] == 4096
+    before = read_scores(tmp_path / "s", columns=["group", "pair_index", "score"])
+    # the same weights written again (new modification times): same content, every shard reused
+    shutil.rmtree(model)
+    make_tiny_llama(model, seed=0)
+    assert run_score(ScoreConfig(out=str(tmp_path / "s"), **common))["shards_reused"] == 20
+    # different weights saved into the same directory: the old shards are not reused
+    shutil.rmtree(model)
+    make_tiny_llama(model, seed=5)
+    with pytest.raises(GlmscoreError, match="different model, data or configuration"):
+        run_score(ScoreConfig(out=str(tmp_path / "s"), **common))
+    again = run_score(ScoreConfig(out=str(tmp_path / "s"), overwrite=True, **common))
+    assert again["shards_computed"] == 20 and again["weights"] != first["weights"]
+    after = read_scores(tmp_path / "s", columns=["group", "pair_index", "score"])
+    key = ["group", "pair_index"]
+    assert not np.allclose(before.sort_values(key)["score"], after.sort_values(key)["score"])
+
+
+@pytest.mark.ray
+def test_shards_of_different_revisions_are_an_error(ray_cluster, small_nullsette, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines import shards
+
+    out = tmp_path / "s"
+    common = dict(benchmark="nullsette", data=str(small_nullsette), model="kmer:3", out=str(out), limit=2,
+                  datasets=["synthetic_ecoli"])
+    run_score(ScoreConfig(**common))
+    for revision, path in zip(("aaaa", "bbbb"), sorted(out.rglob("part-*.parquet"))[:2]):
+        meta = {**shards.shard_meta(path), "resolved_revision": revision}
+        shards.write_shard(path, pq.read_table(path).drop_columns(["dataset", "group"])
+                           if "dataset" in pq.read_schema(path).names else pq.read_table(path), meta)
+    with pytest.raises(GlmscoreError, match="different model revisions \\(aaaa, bbbb\\)"):
+        run_score(ScoreConfig(**common))
+
+
+def test_options_are_checked_where_they_are_declared(small_nullsette, tmp_path):
+    common = dict(benchmark="nullsette", data=str(small_nullsette), out=str(tmp_path / "o"))
+    with pytest.raises(GlmscoreError, match="--chunk-rows must be at least 1"):
+        ScoreConfig(model="kmer:3", chunk_rows=0, **common)
+    with pytest.raises(GlmscoreError, match="--max-actors must be at least --min-actors"):
+        ScoreConfig(model="kmer:3", min_actors=3, max_actors=2, **common)
+    with pytest.raises(GlmscoreError, match="--mlm-scoring does not apply to backend kmer"):
+        run_score(ScoreConfig(model="kmer:3", options={"mlm_mode": "pll"}, **common))
+    with pytest.raises(GlmscoreError, match="--assays does not apply to benchmark nullsette"):
+        run_score(ScoreConfig(model="kmer:3", benchmark_options={"assays": ["x"]}, **common))
+    with pytest.raises(GlmscoreError, match="gives no embeddings"):
+        run_score(ScoreConfig(model="kmer:3", task="embed", **common))
+    with pytest.raises(GlmscoreError, match="gives no scores"):
+        run_score(ScoreConfig(model="onehot", **common))
+    assert not (tmp_path / "o").exists()  # refused before Ray started or anything was written
