@@ -1,7 +1,6 @@
 """The core interfaces: a new backend and a new benchmark plug in without touching the core;
 the token limit is decided once; the fingerprint covers the weights; user errors travel as data."""
 
-import json
 import shutil
 from dataclasses import dataclass
 

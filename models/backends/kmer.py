@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from models.alphabet import BaseEncoder, codes, normalise
-from models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
+from models.base import Backend, Context, Encoded, LoglikResult, register_backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.options import Options, option

@@ -29,7 +29,6 @@ def main() -> None:
 
     from models.cards import resolve_card
     from models.loader import load_backend
-    from pipelines.fasta import read_all
     from tests.tiny_models import make_tiny_llama
 
     data = ROOT.parent / "shared" / "data" / "nullsette" / "kosuri.tsv"
