@@ -17,7 +17,7 @@ import numpy as np
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.tokenization import TokenPolicy, load_tokenizer
+from models.tokenization import TokenPolicy, load_tokenizer, token_policy
 
 # Measured (tests/benchmarks/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
 # (cache-bound) and ~4k tokens is best; GPUs want large batches.
@@ -111,8 +111,7 @@ class HFBackend(Backend):
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:
-        tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
-        return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+        return token_policy(card, options, runtime)
 
     def __init__(self, card, options, runtime, fitted=None):
         super().__init__(card, options, runtime, fitted)

@@ -41,6 +41,13 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
         raise GlmscoreError(f"could not load the tokenizer of {hf_id}: {str(exc).splitlines()[0]}") from None
 
 
+def token_policy(card: ModelCard, options, runtime) -> "TokenPolicy":
+    """The encoder of a tokenizer-based backend: the card's tokenizer, the runtime's token limit, the
+    options' ``long`` mode (``Backend.make_encoder`` of the transformers and vLLM backends)."""
+    tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+
+
 class TokenPolicy:
     """Encodes sequences for one card (see the module docstring for the rules)."""
 

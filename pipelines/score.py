@@ -32,7 +32,7 @@ import pyarrow as pa
 from models.base import BACKENDS, Backend, Context, Encoded, Runtime
 from models.cards import ModelCard, resolve_card
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
+from models.options import Options, comma_list, option, option_fields
 from pipelines import shards
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
 from pipelines.provenance import content_digest, glmscore_version
@@ -49,28 +49,30 @@ class ScoreConfig(Options):
     ``options``, benchmark options (NABench ``--assays``...) in ``benchmark_options``: each is checked
     against the options its backend or benchmark declares."""
 
+    # affects_result=False where the fingerprint covers a field in resolved form instead: the data by each
+    # unit's CRC, the model by its card and weights, the options by the backend's and benchmark's fields
     benchmark: str = option(MISSING, choices=lambda: BENCHMARKS.names(), help="benchmark family")
-    data: str = option(MISSING, help="benchmark data folder")
-    model: str = option(MISSING, help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
-    out: str = option(MISSING, help="output folder for Parquet shards and _manifest.json")
+    data: str = option(MISSING, affects_result=False, help="benchmark data folder")
+    model: str = option(MISSING, affects_result=False, help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
+    out: str = option(MISSING, affects_result=False, help="output folder for Parquet shards and _manifest.json")
     task: str = option("score", choices=TASKS, cli=False, help="score (log-likelihoods) or embed")
-    backend: str | None = option(None, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
+    backend: str | None = option(None, affects_result=False, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
     reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),
                             help="score = mean (default) or sum of token log-likelihoods")
     pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END")
     layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
-    limit: int | None = option(None, minimum=1, help="only the first N rows (pairs) of every file, for quick runs")
+    limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
     datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
-    trust_remote_code: bool | None = option(None, help="allow code from the model repository (off unless the card says so)")
+    trust_remote_code: bool | None = option(None, affects_result=False, help="allow code from the model repository (off unless the card says so)")
     overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
     address: str | None = option(None, affects_result=False, help="Ray address (default: RAY_ADDRESS, as set by `ray job submit`, else a new local cluster)")
     min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
     max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
     gpus_per_actor: float | None = option(None, minimum=0, affects_result=False, help="default: 1 when the backend can use a GPU and the cluster has GPUs, else 0")
     threads_per_actor: int | None = option(None, minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
-    options: dict = option({}, cli=False, help="backend options by field name")
-    benchmark_options: dict = option({}, cli=False, help="benchmark options by field name")
+    options: dict = option({}, cli=False, affects_result=False, help="backend options by field name")
+    benchmark_options: dict = option({}, cli=False, affects_result=False, help="benchmark options by field name")
 
     def __post_init__(self):
         super().__post_init__()
@@ -135,11 +137,8 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
     version = glmscore_version()
     provenance = {"weights": content_digest(local) if local else None, "device": device, "dtype": runtime.dtype,
                   "token_limit": runtime.token_limit, "glmscore": version}
-    job = {"benchmark": benchmark.name, "task": cfg.task, "chunk_rows": cfg.chunk_rows}
-    if cfg.task == "score":
-        job["reduction"] = cfg.reduction
-    else:
-        job.update(pooling=cfg.pooling, layer=cfg.layer)
+    job = {f.name: getattr(cfg, f.name) for f in option_fields(ScoreConfig)
+           if f.metadata["affects_result"] and cfg.task in (f.metadata["commands"] or TASKS)}
     blob = json.dumps({"job": job, "card": card.to_dict(), "backend": backend.name, "options": options.result_fields(),
                        "benchmark_options": benchmark.options.result_fields(),
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},

@@ -23,7 +23,7 @@ from models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runt
 from models.errors import GlmscoreError
 from models.hf_common import config_context, hf_provenance, resolve_dtype
 from models.options import option
-from models.tokenization import TokenPolicy, load_tokenizer
+from models.tokenization import TokenPolicy, token_policy
 
 # vLLM's own default (0.9) leaves room for other processes on a GPU; on CPU the value is the fraction of
 # NUMA node 0's memory for the KV cache, where 0.3 was measured to start (0.92 is refused on 24 GiB).
@@ -85,8 +85,7 @@ class VLLMCausal(Backend):
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:
-        tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
-        return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+        return token_policy(card, options, runtime)
 
     def __init__(self, card, options, runtime, fitted=None):
         super().__init__(card, options, runtime, fitted)
