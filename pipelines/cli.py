@@ -42,10 +42,11 @@ def add_option(parser, cls, f: dataclasses.Field) -> None:
         if choices and not f.metadata.get("parse"):
             kw["choices"] = choices
         kw["metavar"] = None if choices else f.name.upper()
-    if f.default is MISSING and f.default_factory is MISSING:
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if default is MISSING:
         kw["required"] = True
-    elif f.default not in (None, False, MISSING):
-        kw["help"] += f" (default: {f.default})"
+    elif default is not None and default is not False:
+        kw["help"] += f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
     parser.add_argument(flag_of(f), **kw)
 
 
