@@ -338,7 +338,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     config = {**asdict(cfg), "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite)
     pending = [u for u in units if not shards.is_complete(
         shards.shard_path(out, u.dataset, u.group, u.chunk), plan.fingerprint, u.crc, u.n_rows)]
