@@ -258,3 +258,17 @@ def test_options_are_checked_where_they_are_declared(small_nullsette, tmp_path):
     with pytest.raises(GlmscoreError, match="gives no scores"):
         run_score(ScoreConfig(model="onehot", **common))
     assert not (tmp_path / "o").exists()  # refused before Ray started or anything was written
+
+
+def test_the_generic_job_names_no_backend_and_no_benchmark():
+    """pipelines/score.py, pipelines/cli.py and models/loader.py reach backends and benchmarks only
+    through their registries (a new one is one file, see docs/architecture.md)."""
+    import re
+
+    from tests.conftest import ROOT
+
+    names = set(BACKENDS.names(aliases=True)) | set(BENCHMARKS.names())
+    for path in ("pipelines/score.py", "pipelines/cli.py", "models/loader.py"):
+        text = (ROOT / path).read_text()
+        quoted = {n for n in names if re.search(rf"[\"']{re.escape(n)}[\"']", text)}
+        assert not quoted, f"{path} names {sorted(quoted)}"
