@@ -339,9 +339,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     config = {**asdict(cfg), "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
-    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite)
-    pending = [u for u in units if not shards.is_complete(
-        shards.shard_path(out, u.dataset, u.group, u.chunk), plan.fingerprint, u.crc, u.n_rows)]
+    paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
+    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths)
+    pending = [u for u, p in zip(units, paths) if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows)]
 
     revisions = set()
     if pending:

@@ -55,16 +55,27 @@ def is_complete(path: Path, fingerprint: str, crc: int, rows: int) -> bool:
     return bool(meta) and meta.get("fingerprint") == fingerprint and meta.get("crc") == crc and meta.get("rows") == rows
 
 
-def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
-    """Claim ``out`` for this run: refuse one that holds a different run, drop partial files and the
-    old manifest (so an interrupted rerun never looks complete)."""
+def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shard_paths: list[Path]) -> None:
+    """Claim ``out`` for this run, whose shards are ``shard_paths``: refuse one that holds a different
+    run, or shards this run would not write (an earlier run of more rows or other datasets: the folder
+    would then mix two selections under one manifest); drop partial files and the old manifest (so an
+    interrupted rerun never looks complete)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GlmscoreError(f"--out {out} is a file, not a folder.")
     run_file = out / RUN_FILE
     if run_file.exists() and not overwrite:
         previous = json.loads(run_file.read_text()).get("fingerprint")
         if previous != fingerprint:
             raise GlmscoreError(
                 f"{out} holds scores from a different model, data or configuration; choose a new --out or pass --overwrite."
+            )
+        mine = {Path(p).resolve() for p in shard_paths}
+        others = [p for p in out.rglob("part-*.parquet") if p.resolve() not in mine]
+        if others:
+            raise GlmscoreError(
+                f"{out} holds {len(others)} shard(s) that this run would not write (an earlier run with a larger "
+                "--limit or other datasets); choose a new --out or pass --overwrite."
             )
     if overwrite and out.exists():
         for p in out.rglob("part-*.parquet"):

@@ -66,6 +66,11 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
     # a different model into the same folder is refused
     with pytest.raises(GlmscoreError, match="different model"):
         run_score(_cfg(small_nullsette, "kmer:5", out, limit=8, chunk_rows=4))
+    # so is a smaller selection, whose folder would keep the larger run's extra shards under a new manifest
+    with pytest.raises(GlmscoreError, match="holds 20 shard\\(s\\) that this run would not write"):
+        run_score(_cfg(small_nullsette, "kmer:4", out, limit=4, chunk_rows=4))
+    manifest = run_score(_cfg(small_nullsette, "kmer:4", out, limit=4, chunk_rows=4, overwrite=True))
+    assert manifest["rows_total"] == 80 and len(pads.dataset(out, partitioning="hive").to_table()) == 80
 
 
 def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):
