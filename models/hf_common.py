@@ -99,11 +99,7 @@ class HFBackend(Backend):
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
         return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
-                       token_limit=cls.token_limit(card, options), threads=threads)
-
-    @classmethod
-    def token_limit(cls, card: ModelCard, options) -> int | None:
-        return config_context(card)
+                       token_limit=config_context(card), threads=threads)
 
     @classmethod
     def provenance(cls, card):

@@ -149,20 +149,20 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
 
 # ---------------------------------------------------------------- Ray Data stages (run in workers)
 
+def guarded(stage, batch: pa.Table, *args, **kwargs) -> pa.Table:
+    """Run ``stage`` on a unit, handing its user error downstream as a one-row ``error`` table (and
+    passing such rows through untouched); any other exception is a bug and keeps its traceback."""
+    if ERROR in batch.column_names:
+        return batch
+    try:
+        return stage(batch, *args, **kwargs)
+    except GlmscoreError as exc:
+        return pa.table({ERROR: [str(exc)]})
+
+
 def errors_as_rows(stage):
-    """A stage that hands a unit's user error downstream as a one-row ``error`` table (and passes such
-    rows through untouched); any other exception is a bug and keeps its traceback."""
-
-    @wraps(stage)
-    def run(batch: pa.Table, *args, **kwargs) -> pa.Table:
-        if ERROR in batch.column_names:
-            return batch
-        try:
-            return stage(batch, *args, **kwargs)
-        except GlmscoreError as exc:
-            return pa.table({ERROR: [str(exc)]})
-
-    return run
+    """``guarded`` as a decorator of a stage function."""
+    return wraps(stage)(lambda batch, *args, **kwargs: guarded(stage, batch, *args, **kwargs))
 
 
 @lru_cache(maxsize=4)
@@ -224,16 +224,11 @@ class ScoreActor:
             self.pooling = Pooling.parse(pooling)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if ERROR in batch.column_names:
-            return batch
-        if self.error:
-            return pa.table({ERROR: [self.error]})
-        try:
-            return self._run(batch)
-        except GlmscoreError as exc:
-            return pa.table({ERROR: [str(exc)]})
+        return guarded(self._run, batch)
 
     def _run(self, batch: pa.Table) -> pa.Table:
+        if self.error:
+            raise GlmscoreError(self.error)
         ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
         row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
         encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
