@@ -145,3 +145,21 @@ def write_table_report(title: str, tables: dict[str, pd.DataFrame], plots: list[
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: str) -> Path | None:
+    """ROC curves, one per method: ``{label: (y, score)}`` (higher score = more likely positive)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    curves = {k: v for k, v in curves.items() if 0 < np.sum(v[0]) < len(v[0])}
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (y, score) in curves.items():
+        fpr, tpr, _ = roc_curve(y, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out / f"roc_{_safe(title)}.png")

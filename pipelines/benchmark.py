@@ -86,6 +86,11 @@ class Benchmark(ABC):
         slice); element i is the row with pair_index i. Labels are never part of it."""
         raise GlmscoreError(f"benchmark {self.name} has no reference sequences to fit a baseline on.")
 
+    def resolve_pooling(self, pooling: str) -> str:
+        """``--pooling`` in the benchmark's own terms (a TSS-relative window, say) -> the generic form
+        of ``models/pooling.py``; the default leaves it unchanged."""
+        return pooling
+
     @classmethod
     def analyze(cls, score_dirs: list[str], out: str, options: Options) -> dict:
         """Statistics, tables, plots and a report from finished score folders; returns at least

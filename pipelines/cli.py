@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     an_sub = an.add_subparsers(dest="benchmark", required=True)
     for cls in BENCHMARKS.classes():
         a = an_sub.add_parser(cls.name, help=f"analyse {cls.name} score folders")
-        a.add_argument("--scores", required=True, nargs="+", help="one or more score folders (one per model)")
+        a.add_argument("--scores", nargs="+", default=[], help="one or more score folders (one per model)")
         a.add_argument("--out", required=True, help="report folder")
         a.set_defaults(fields=add_options(a, cls.AnalyzeOptions, skip={"scores", "out"}))
 
@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
             for name, (options_cls, _, help_) in commands.items():
                 c = b_sub.add_parser(name, help=help_)
                 c.set_defaults(fields=add_options(c, options_cls))
+
+    from pipelines.variant_learning import BASELINES
+
+    bl = sub.add_parser("baseline", help="train a baseline model of a benchmark (Ray Tune)")
+    bl_sub = bl.add_subparsers(dest="baseline", required=True)
+    for name, (options_cls, _, help_) in BASELINES.items():
+        c = bl_sub.add_parser(name, help=help_)
+        c.set_defaults(fields=add_options(c, options_cls))
 
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.set_defaults(fields=add_options(d, DemoOptions))
@@ -185,6 +193,14 @@ def _dispatch(args) -> int:
         cls = BENCHMARKS.get(args.benchmark)
         result = cls.analyze(args.scores, args.out, cls.AnalyzeOptions(**given(args, args.fields)))
         print(result["table"].to_string(index=False))
+        print(f"report: {result['report']}")
+        return 0
+    if args.command == "baseline":
+        from pipelines.variant_learning import BASELINES
+
+        options_cls, run, _ = BASELINES[args.baseline]
+        result = run(options_cls(**given(args, args.fields)))
+        print(result["summary"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
     if args.command == "demo":

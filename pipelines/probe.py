@@ -13,7 +13,7 @@ from models.options import Options, comma_list, option
 from pipelines.benchmarks.nabench import positions
 from pipelines.shards import PARTITIONING, read_manifest
 
-SETTINGS = ("fewshot", "supervised")
+SETTINGS = ("fewshot", "supervised", "variants")
 
 
 def _probe_names() -> list[str]:
@@ -25,11 +25,15 @@ def _probe_names() -> list[str]:
 @dataclass(frozen=True)
 class ProbeConfig(Options):
     embeddings: str = option(MISSING, help="an embedding folder written by `glmscore embed`")
-    setting: str = option(MISSING, choices=SETTINGS, help="few-shot k in {5, 20, 50, 100}, or supervised 5-fold CV")
+    setting: str = option(MISSING, choices=SETTINGS,
+                          help="NABench: few-shot k in {5, 20, 50, 100} or supervised 5-fold CV; variants: chromosome-held-out AUROC")
     out: str = option(MISSING, help="report folder")
     probes: list[str] = option(["ridge", "mlp"], parse=comma_list, choices=_probe_names, help="comma-separated: ridge, mlp, logistic")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
     seed: int = option(0, help="seed of splits and fits")
+    test_chroms: list[str] = option(["chr9", "chr10"], parse=comma_list, help="variants: test chromosomes")
+    folds: int = option(5, minimum=2, help="variants: CV folds grouped by chromosome on the other chromosomes")
+    shuffle_labels: bool = option(False, help="variants: the control, labels permuted across rows (expect AUROC near 0.5)")
     address: str | None = option(None, help="Ray address")
 
 
@@ -65,6 +69,10 @@ def run_probes(cfg: ProbeConfig) -> dict:
     from analysis.report import write_table_report
     from analysis.sweep import run_sweep, trial_grid
 
+    if cfg.setting == "variants":
+        from pipelines.variant_learning import run_variant_probes
+
+        return run_variant_probes(cfg)
     setting, probes, seed, repeats, out = cfg.setting, cfg.probes, cfg.seed, cfg.repeats, cfg.out
     model, data = load_embeddings(Path(cfg.embeddings))
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats)

@@ -59,7 +59,7 @@ class ScoreConfig(Options):
     backend: str | None = option(None, affects_result=False, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
     reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),
                             help="score = mean (default) or sum of token log-likelihoods")
-    pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END")
+    pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END (variants: tss, or a window relative to the window centre)")
     layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
     limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
     datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
@@ -103,6 +103,7 @@ class Resolved:
     backend: type[Backend]
     card: ModelCard
     options: Options
+    pooling: str  # the embed pooling in generic form (``Benchmark.resolve_pooling``)
 
 
 def resolve_job(cfg: ScoreConfig) -> Resolved:
@@ -114,11 +115,12 @@ def resolve_job(cfg: ScoreConfig) -> Resolved:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
         raise GlmscoreError(f"backend {backend.name} gives no scores (use it with `glmscore embed`).")
+    pooling = benchmark.resolve_pooling(cfg.pooling) if cfg.task == "embed" else cfg.pooling
     if cfg.task == "embed":
         from models.pooling import Pooling
 
-        Pooling.parse(cfg.pooling)
-    return Resolved(benchmark, backend, card, backend.Options.from_values(cfg.options, owner=f"backend {backend.name}"))
+        Pooling.parse(pooling)
+    return Resolved(benchmark, backend, card, backend.Options.from_values(cfg.options, owner=f"backend {backend.name}"), pooling)
 
 
 def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) -> Plan:
@@ -139,7 +141,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
                   "token_limit": runtime.token_limit, "glmscore": version}
     job = {f.name: getattr(cfg, f.name) for f in option_fields(ScoreConfig)
            if f.metadata["affects_result"] and cfg.task in (f.metadata["commands"] or TASKS)}
-    blob = json.dumps({"job": job, "card": card.to_dict(), "backend": backend.name, "options": options.result_fields(),
+    blob = json.dumps({"job": job, "pooling": r.pooling if cfg.task == "embed" else None, "card": card.to_dict(), "backend": backend.name, "options": options.result_fields(),
                        "benchmark_options": benchmark.options.result_fields(),
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
                        "weights": provenance["weights"], "glmscore": version["version"]}, sort_keys=True, default=str)
@@ -331,7 +333,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
-    config = {**asdict(cfg), "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
+    config = {**asdict(cfg), "resolved_pooling": resolved.pooling, "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
@@ -349,7 +351,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             compute=ActorPoolStrategy(min_size=plan.actors[0], max_size=plan.actors[1]),
             num_cpus=1, **actor_args,
             fn_constructor_kwargs={"plan": plan, "fitted": fitted, "task": cfg.task, "reduction": cfg.reduction,
-                                   "pooling": cfg.pooling, "layer": cfg.layer},
+                                   "pooling": resolved.pooling, "layer": cfg.layer},
         )
         ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,

@@ -1,6 +1,7 @@
 """The one-hot baseline: no model, features = one-hot bases (A, C, G, T; N and padding all-zero),
 flattened to ``width`` x 4 where ``width`` is the longest sequence of the row's dataset (``Context``),
-so every row of an assay has the same feature length whatever unit it was scored in."""
+so every row of an assay has the same feature length whatever unit it was scored in. With
+``--pooling window:START-END`` only those positions are kept (a TSS span: positions x 4 features)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from models.alphabet import BaseEncoder
 from models.base import Backend, Context, register_backend
 from models.cards import ModelCard
+from models.errors import GlmscoreError
 
 
 @register_backend("onehot")
@@ -32,4 +34,8 @@ class OneHot(Backend):
         codes = np.full((len(encoded), width), 4, dtype=np.int64)  # 4 = N / padding -> all-zero
         for i, e in enumerate(encoded):
             codes[i, : min(width, len(e.ids))] = e.ids[:width]
+        if pooling is not None and pooling.kind == "window":  # the window's own positions (a TSS span, say)
+            if pooling.end > width:
+                raise GlmscoreError(f"window {pooling.start}-{pooling.end} lies outside sequences of {width} nucleotides.")
+            codes, width = codes[:, pooling.start : pooling.end], pooling.end - pooling.start
         return np.eye(5, 4, dtype=np.float32)[codes].reshape(len(encoded), width * 4)

@@ -187,6 +187,8 @@ class NABench(Benchmark):
         from analysis.report import plot_best_worst, plot_family_bars, write_table_report
         from pipelines.shards import read_scores
 
+        if not score_dirs:
+            raise GlmscoreError("pass --scores with one or more score folders.")
         columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
         frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
         scores = pd.concat(frames, ignore_index=True)

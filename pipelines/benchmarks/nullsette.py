@@ -234,6 +234,8 @@ class Nullsette(Benchmark):
         from analysis.report import write_nullsette_report
         from pipelines.shards import read_manifest, read_scores
 
+        if not score_dirs:
+            raise GlmscoreError("pass --scores with one or more score folders.")
         frames, provenance = [], {}
         for d in score_dirs:
             frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"],
