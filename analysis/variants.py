@@ -96,17 +96,31 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
 
 
+def weighted_auroc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC (ties count one half) for each row of ``weights`` (resamples x rows): the Mann-Whitney
+    statistic with row multiplicities, all resamples at once."""
+    order = np.argsort(score, kind="stable")
+    s, y, w = score[order], y[order].astype(bool), weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores
+    pos = np.add.reduceat(w * y, starts, axis=1)
+    neg = np.add.reduceat(w * ~y, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
 def bootstrap_ci(y, score, groups, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of the AUROC, resampling whole groups (sites) with replacement."""
-    y, score, groups = np.asarray(y), np.asarray(score, dtype=np.float64), np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = inverse.max() + 1
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        values.append(auroc(y[idx], score[idx]))
-    values = np.asarray(values)
+    for start in range(0, n_boot, 100):  # 100 resamples at a time keeps memory at 100 x rows
+        draws = rng.integers(0, n_groups, (min(100, n_boot - start), n_groups))
+        counts = np.stack([np.bincount(d, minlength=n_groups) for d in draws])
+        values.append(weighted_auroc(y, score, counts[:, inverse].astype(np.float64)))
+    values = np.concatenate(values)
     values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")

@@ -78,6 +78,7 @@ class Context:
     dataset: str = ""
     pair_index: np.ndarray | None = None
     dataset_max_len: int = 0
+    focus: np.ndarray | None = None  # per row, a nucleotide offset to score alone (``--reduction focus``)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Backend(ABC):
     needs_gpu: ClassVar[bool] = False  # cannot run on CPU at all
     fits_on_reference: ClassVar[bool] = False  # fitted on the driver before scoring (``fit``)
     objectives: ClassVar[tuple[str, ...]] = ("clm",)  # card objectives this backend runs
+    scores_focus: ClassVar[bool] = False  # can score one position per row (``Context.focus``)
 
     # ------------------------------------------------------------ driver side: no model is loaded
 

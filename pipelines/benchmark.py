@@ -68,6 +68,7 @@ class Benchmark(ABC):
     Options: ClassVar[type[Options]] = NoOptions  # flags of `glmscore score/embed --benchmark <name>`
     AnalyzeOptions: ClassVar[type[Options]] = NoOptions  # flags of `glmscore analyze <name>`
     extra_columns: ClassVar[dict[str, pa.DataType]] = {}  # shard columns beyond the shared contract
+    focus_column: ClassVar[str | None] = None  # an extra column with the nucleotide offset ``--reduction focus`` scores
 
     def __init__(self, data: str, options: Options | None = None):
         self.data = data

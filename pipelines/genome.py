@@ -182,11 +182,12 @@ def read_tss(path: str | Path) -> pd.DataFrame:
 
     Inputs: a GTF (``gene`` features; TSS = start on +, end on -), a TSS table with ``chrom, start,
     strand, gene_name`` (``start`` = the 1-based TSS, as GENCODE gene TSS tables), or a transcript
-    table with ``chrom, tss, strand, gene_id/gene_name``. A gene with several rows (transcripts) gets
-    its most upstream TSS (the gene's start: smallest on +, largest on -)."""
+    table with ``chrom, tss, strand, gene_id/gene_name``, whose genes get their most upstream transcript's
+    TSS (the gene's start: smallest on +, largest on -). Rows of GTF genes and TSS tables are genes."""
     path = Path(path)
     if not path.is_file():
         raise GlmscoreError(f"annotation file {path} does not exist.")
+    transcripts = False
     if re.search(r"\.gtf(\.gz)?$", path.name):
         frame = _read_gtf(path)
     else:
@@ -197,6 +198,7 @@ def read_tss(path: str | Path) -> pd.DataFrame:
         if column is None or "chrom" not in frame or "strand" not in frame or not ({"gene_name", "gene_id"} & set(frame)):
             raise GlmscoreError(f"{path}: a TSS table needs chrom, tss (or start = the 1-based TSS), strand and gene_name or gene_id "
                                 "columns (or pass a .gtf).")
+        transcripts = column == "tss"
         frame = frame.rename(columns={column: "tss"})
         frame["tss"] = pd.to_numeric(frame["tss"], errors="coerce")
         if frame["tss"].isna().any():
@@ -208,9 +210,11 @@ def read_tss(path: str | Path) -> pd.DataFrame:
     bad = ~frame["strand"].isin(["+", "-"])
     if bad.any():
         raise GlmscoreError(f"{path}: strand must be + or -, found {frame['strand'][bad].iloc[0]!r}.")
-    frame = frame.assign(tss=frame["tss"].astype(np.int64), key=np.where(frame["gene_id"] != "", frame["gene_id"], frame["gene_name"]))
-    upstream = frame["tss"].where(frame["strand"] == "+", -frame["tss"])  # smallest = most upstream on either strand
-    frame = frame.assign(_up=upstream).sort_values(["key", "_up"]).drop_duplicates("key")
+    frame = frame.assign(tss=frame["tss"].astype(np.int64))
+    if transcripts:  # one row per transcript: keep each gene's most upstream TSS
+        key = np.where(frame["gene_id"] != "", frame["gene_id"], frame["gene_name"])
+        upstream = frame["tss"].where(frame["strand"] == "+", -frame["tss"])  # smallest = most upstream on either strand
+        frame = frame.assign(_key=key, _up=upstream).sort_values(["_key", "chrom", "_up"]).drop_duplicates(["_key", "chrom"])
     return frame[["chrom", "tss", "strand", "gene_name", "gene_id"]].reset_index(drop=True)
 
 

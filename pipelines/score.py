@@ -38,7 +38,7 @@ from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
 from pipelines.provenance import content_digest, glmscore_version
 
 TASKS = ("score", "embed")
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "focus")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
 
@@ -58,7 +58,8 @@ class ScoreConfig(Options):
     task: str = option("score", choices=TASKS, cli=False, help="score (log-likelihoods) or embed")
     backend: str | None = option(None, affects_result=False, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
     reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),
-                            help="score = mean (default) or sum of token log-likelihoods")
+                            help="score = mean (default) or sum of token log-likelihoods; focus = the token at the benchmark's focus "
+                                 "position only (variants: the variant's base; masked LMs)")
     pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END (variants: tss, or a window relative to the window centre)")
     layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
     limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
@@ -115,6 +116,11 @@ def resolve_job(cfg: ScoreConfig) -> Resolved:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
         raise GlmscoreError(f"backend {backend.name} gives no scores (use it with `glmscore embed`).")
+    if cfg.task == "score" and cfg.reduction == "focus":
+        if not benchmark.focus_column:
+            raise GlmscoreError(f"--reduction focus needs a benchmark with a focus position; {benchmark.name} has none.")
+        if not backend.scores_focus:
+            raise GlmscoreError(f"backend {backend.name} cannot score one position (--reduction focus is for masked LMs).")
     pooling = benchmark.resolve_pooling(cfg.pooling) if cfg.task == "embed" else cfg.pooling
     if cfg.task == "embed":
         from models.pooling import Pooling
@@ -215,6 +221,7 @@ class ScoreActor:
     def __init__(self, plan: Plan, fitted=None, task: str = "score", reduction: str = "mean",
                  pooling: str = "mean", layer: int = -1):
         self.error = None
+        self.focus_column = plan.benchmark.focus_column if reduction == "focus" else None
         try:
             self.backend = plan.backend(plan.card, plan.options, plan.runtime, fitted)
         except GlmscoreError as exc:  # reported with the first unit, as data (see errors_as_rows)
@@ -234,7 +241,8 @@ class ScoreActor:
         ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
         row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
         encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
-        context = Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"])
+        focus = np.asarray(row[self.focus_column]) if self.focus_column else None
+        context = Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], focus)
         row["resolved_revision"] = str(self.backend.resolved_revision or "")
         if self.task == "embed":
             emb = np.ascontiguousarray(self.backend.embed(encoded, self.pooling, self.layer, context), dtype=np.float32)
@@ -243,7 +251,7 @@ class ScoreActor:
             return pa.Table.from_pylist([row]).append_column(
                 "embedding", pa.ListArray.from_arrays(pa.array([0, len(emb)], pa.int32()), cell))
         res = self.backend.loglik(encoded, context)
-        row.update(score=res.score(self.reduction).tolist(), loglik_sum=res.loglik_sum.tolist(),
+        row.update(score=res.score("sum" if self.focus_column else self.reduction).tolist(), loglik_sum=res.loglik_sum.tolist(),
                    n_scored=res.n_scored.tolist())
         return pa.Table.from_pylist([row])
 

@@ -104,7 +104,8 @@ def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray
     train = np.flatnonzero(((r["fold"] >= 0) & (r["fold"] != fold)).to_numpy())
     val = np.flatnonzero((r["fold"] == fold).to_numpy())
     site, tissue = r["site_row"].to_numpy(), np.searchsorted(data.tissues, r["tissue"].to_numpy())
-    cfg = CNNTrainConfig(**config["train"], threads=max(1, int(config["cpus"])))
+    device = "cuda" if config["gpus"] > 0 and torch.cuda.is_available() else "cpu"
+    cfg = CNNTrainConfig(**config["train"], threads=max(1, int(config["cpus"])), device=device)
     torch.set_num_threads(cfg.threads)
     model, history = train_cnn(ref[site], alt[site], tissue, r["label"].to_numpy(), train, val, len(data.tissues), cfg)
     _report(_predictions(data, "cnn", fold, lambda idx: predict_cnn(model, ref[site], alt[site], tissue, idx)))
@@ -118,7 +119,7 @@ def run_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: 
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, **data), resources),
         param_space={"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
-                     "seed": seed, "cpus": resources.get("cpu", 1), **(extra or {})},
+                     "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})},
         run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0),
     )
     results = tuner.fit()

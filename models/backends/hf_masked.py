@@ -3,6 +3,7 @@
 Default (``--mlm-scoring unmasked``, the seeds' semantics): one forward pass on the unmasked sequence,
 mean log-probability of the true token at each real nucleotide position (special and pad tokens
 excluded). ``pll``: pseudo-log-likelihood, each real position masked in turn (one extra row per position).
+``--reduction focus`` (benchmarks with a focus position, e.g. a variant): only the token covering it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class MaskedOptions(LMOptions):
 
 @register_backend("hf_masked")
 class HFMasked(HFBackend):
+    scores_focus = True
     auto_class = "AutoModelForMaskedLM"
     objectives = ("mlm",)
     Options = MaskedOptions
@@ -44,6 +46,8 @@ class HFMasked(HFBackend):
             raise GlmscoreError(f"model {card.id} has no mask token, so pseudo-log-likelihood is undefined.")
 
     def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        if context is not None and context.focus is not None:
+            return self._focus(encoded, context.focus, keep_positions)
         if self.options.mlm_mode == "pll":
             return self._pll(encoded, keep_positions)
         rows = [e.ids for e in encoded]
@@ -52,6 +56,38 @@ class HFMasked(HFBackend):
             ids, mask = self.padded([rows[i] for i in idx])
             lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, ids).cpu().numpy()
             return [lp[b, : len(rows[i])][encoded[i].real].astype(np.float64) for b, i in enumerate(idx)]
+
+        return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
+
+    def _focus(self, encoded: Sequence[Encoded], focus: np.ndarray, keep_positions: bool) -> LoglikResult:
+        """log p(true token) at the token covering nucleotide ``focus[i]`` of each row only (a variant's
+        base): from the unmasked pass, or with that token masked (``pll``). For a ref/alt pair the masked
+        contexts are identical, so alt - ref is the masked-marginal score log p(alt) - log p(ref)."""
+        import torch
+
+        k = max(1, self.card.kmer)
+        where = []
+        for i, (e, f) in enumerate(zip(encoded, focus)):
+            real = np.flatnonzero(e.real)
+            if not 0 <= int(f) // k < len(real):
+                raise GlmscoreError(f"row {i}: nucleotide {int(f)} is beyond the {len(real) * k} nucleotides the model sees; "
+                                    "build shorter windows (variants build --window).")
+            where.append(int(real[int(f) // k]))
+        mask_id = self.tokenizer.mask_token_id if self.options.mlm_mode == "pll" else None
+        rows = []
+        for e, pos in zip(encoded, where):
+            ids = e.ids.copy()
+            if mask_id is not None:
+                ids[pos] = mask_id
+            rows.append(ids)
+
+        def forward(idx: list[int]) -> list[np.ndarray]:
+            ids, mask = self.padded([rows[i] for i in idx])
+            b = torch.arange(len(idx), device=ids.device)
+            pos = torch.tensor([where[i] for i in idx], device=ids.device)
+            true = torch.tensor([int(encoded[i].ids[where[i]]) for i in idx], device=ids.device)
+            lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits[b, pos], true).cpu().numpy()
+            return [np.array([v], dtype=np.float64) for v in lp]
 
         return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
 

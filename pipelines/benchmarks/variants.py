@@ -23,7 +23,9 @@ variant list grows. Window rules (``W`` = ``--window``, centre = the variant's b
   than 65,536 bp upstream or 65,535 bp downstream in genome orientation) and counted.
 
 Scoring reuses the generic Ray Data job: groups ``ref`` and ``alt``, ``pair_index`` = site index; the
-zero-shot score of a site is LLR = score(alt) - score(ref) (``--reduction sum|mean`` over the window).
+zero-shot score of a site is LLR = score(alt) - score(ref): ``--reduction sum|mean`` over the window
+(causal LMs), or ``--reduction focus`` at the variant's base (masked LMs; with ``--mlm-scoring pll``
+the base is masked in both windows, which makes alt - ref the masked-marginal log p(alt) - log p(ref)).
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ class Variants(Benchmark):
     data_help = "variants: a windows folder written by `glmscore variants build`"
     AnalyzeOptions = VariantsAnalyzeOptions
     extra_columns = {"variant_id": pa.string(), "chrom": pa.string(), "pos": pa.int64(), "gene": pa.string(),
-                     "tissue": pa.list_(pa.string()), "label": pa.list_(pa.int8())}
+                     "variant_offset": pa.int32(), "tissue": pa.list_(pa.string()), "label": pa.list_(pa.int8())}
+    focus_column = "variant_offset"  # --reduction focus: masked LMs score the variant's base only
 
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
         record, sites_path = read_build(Path(self.data))
@@ -259,7 +262,7 @@ class Variants(Benchmark):
         identity = f"{record['genome_identity']}|{record['window']}|{record['orient']}".encode()
         units = []
         for chunk, first in enumerate(range(0, n, rows)):
-            part = sites.iloc[first:first + rows]
+            part = sites.iloc[first:min(first + rows, n)]
             crc = zlib.crc32(part.to_csv(index=False).encode(), zlib.crc32(identity))
             for g in GROUPS:
                 units.append(Unit(view, g, chunk, len(part), first, crc, record["window"],

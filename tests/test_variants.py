@@ -1,0 +1,262 @@
+"""Causal-variant benchmark: sources and window rules on real hg38/GENCODE/GTEx fixtures, splits and
+statistics against scikit-learn, and the whole chain on the synthetic labelled set (real local Ray)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
+from models.errors import GlmscoreError
+from pipelines.benchmarks.variants import BuildOptions, Variants, build_windows, window_pair
+from pipelines.genome import Genome, read_tss, read_variants, reverse_complement
+from tests.conftest import shared_data
+
+GTEX_VCF = "gtex_b38_chr1_snvs.vcf"
+HG38 = "hg38_chr1_1mb.fa.gz"
+
+
+def _build(tmp_path, data, name="w", **kw):
+    o = BuildOptions(genome=str(data / HG38), variants=str(kw.pop("variants", data / GTEX_VCF)), out=str(tmp_path / name), **kw)
+    return build_windows(o), pd.read_parquet(tmp_path / name / "sites.parquet")
+
+
+# ---------------------------------------------------------------- real fixtures
+
+
+@pytest.mark.realdata
+def test_real_vcf_without_chrom_line_matches_the_genome_and_windows_centre_on_the_variant(tmp_path):
+    data = shared_data("variants")
+    table = read_variants(data / GTEX_VCF)
+    assert len(table.frame) == 8 and table.frame["pos"].min() == 14677  # no #CHROM line, still 8 SNVs
+    record, sites = _build(tmp_path, data)
+    assert record["sites"] == 8 and record["dropped"] == {}
+    genome = Genome(data / HG38)
+    for s in sites.to_dict("records"):
+        assert genome.base(s["chrom"], s["pos"]) == s["ref"]  # VCF POS is 1-based
+        assert s["window_start"] == s["pos"] - 1 - 750 and s["variant_offset"] == 750
+        ref, alt, padded = window_pair(genome, s, 1500)
+        assert len(ref) == 1500 and ref[750] == s["ref"] and alt[750] == s["alt"]
+        assert ref[:750] == alt[:750] and ref[751:] == alt[751:]
+        assert ref == genome._fasta.fetch("chr1", s["pos"] - 751, s["pos"] + 749).upper()  # 0-based half-open
+
+
+@pytest.mark.realdata
+def test_chromosome_names_ref_mismatch_and_multiallelic_records(tmp_path):
+    data = shared_data("variants")
+    lines = [l for l in (data / GTEX_VCF).read_text().splitlines() if not l.startswith("#")]
+    renamed = tmp_path / "renamed.vcf"  # `1` instead of `chr1`, one REF wrong, one multi-allelic, one indel
+    rows = [l.replace("chr1\t", "1\t", 1) for l in lines]
+    rows[0] = rows[0].replace("\tG\tA", "\tC\tA")
+    rows[1] = rows[1].replace("\tG\tA", "\tG\tA,T")
+    rows.append("1\t200000\tindel\tA\tAT\t.\t.")
+    renamed.write_text("\n".join(rows) + "\n")
+    with pytest.raises(GlmscoreError, match=r"chr1:14677 C>A has REF C but the genome has G"):
+        _build(tmp_path, data, variants=renamed)
+    record, sites = _build(tmp_path, data, variants=renamed, drop_mismatches=True)
+    assert record["dropped"] == {"not an SNV (indel, symbolic or non-ACGT allele)": 1, "REF differs from the genome": 1}
+    assert len(sites) == 8  # 8 - 1 mismatch + 1 extra ALT allele
+    assert (sites["chrom"] == "chr1").all()
+    assert sites[sites["pos"] == 54490]["alt"].tolist() == ["A", "T"]
+
+
+@pytest.mark.realdata
+def test_window_off_the_chromosome_end_is_padded_with_n():
+    genome = Genome(shared_data("variants") / HG38)
+    seq, padded = genome.fetch("chr1", 999_990, 1_000_010)
+    assert seq == genome._fasta.fetch("chr1", 999_990, 1_000_000).upper() + "N" * 10 and padded == 10
+    seq, padded = genome.fetch("chr1", -5, 5)
+    assert seq[:5] == "NNNNN" and padded == 5 and len(seq) == 10
+    assert genome.resolve("1") == "chr1" and genome.resolve("chrX") is None
+
+
+@pytest.mark.realdata
+def test_tss_centred_windows_of_the_56_genes_that_fit_and_their_strand(tmp_path):
+    data = shared_data("variants")
+    tss = read_tss(data / "gencode_gene_tss.tsv.gz")
+    genome = Genome(data / HG38)
+    fit = tss[(tss["chrom"] == "chr1") & (tss["tss"] - 1 - 65_536 >= 0) & (tss["tss"] - 1 + 65_536 <= 1_000_000)]
+    assert len(fit) == 56
+    rows = []  # one SNV 100 bp downstream (on the gene's strand) of every TSS that fits
+    for r in fit.itertuples():
+        pos = r.tss + (100 if r.strand == "+" else -100)
+        ref = genome.base("chr1", pos)
+        alt = "A" if ref != "A" else "C"
+        rows.append(("chr1", pos, ref, alt, r.gene_id or r.gene_name))
+    variants = tmp_path / "v.tsv"
+    pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt", "gene"]).to_csv(variants, sep="\t", index=False)
+    for orient in ("genome", "gene"):
+        record, sites = _build(tmp_path, data, name=orient, variants=variants, view="gene",
+                               annotation=str(data / "gencode_gene_tss.tsv.gz"), orient=orient)
+        assert record["window"] == 131_072 and len(sites) == 56 and (sites["n_padded"] == 0).all()
+        assert (sites["tss_offset"] == 65_536).all()
+        for s in sites.to_dict("records"):
+            ref, alt, _ = window_pair(genome, s, 131_072)
+            t = s["tss"] - 1
+            if orient == "gene" and s["strand"] == "-":
+                assert s["reverse"] and ref[65_536] == reverse_complement(genome.base("chr1", s["tss"]))
+                assert ref[65_536 + 3] == reverse_complement(genome.base("chr1", s["tss"] - 3))  # downstream = left on -
+                assert s["variant_offset"] == 65_536 + 100 and alt[s["variant_offset"]] == reverse_complement(s["alt"])
+            else:
+                assert ref[65_536] == genome.base("chr1", s["tss"]) and s["window_start"] == t - 65_536
+                assert alt[s["variant_offset"]] == s["alt"]
+                assert s["variant_offset"] == 65_536 + (100 if s["strand"] == "+" else -100)
+
+
+def test_gtf_and_transcript_tables_give_the_gene_start(tmp_path):
+    gtf = tmp_path / "genes.gtf"
+    gtf.write_text(
+        'chr1\tHAVANA\tgene\t1000\t5000\t.\t+\t.\tgene_id "ENSG1.3"; gene_name "PLUS";\n'
+        'chr1\tHAVANA\ttranscript\t1200\t5000\t.\t+\t.\tgene_id "ENSG1.3"; gene_name "PLUS";\n'
+        'chr1\tHAVANA\tgene\t8000\t9000\t.\t-\t.\tgene_id "ENSG2.1"; gene_name "MINUS";\n')
+    tss = read_tss(gtf).set_index("gene_name")
+    assert tss.loc["PLUS", "tss"] == 1000 and tss.loc["MINUS", "tss"] == 9000 and tss.loc["PLUS", "gene_id"] == "ENSG1"
+    table = tmp_path / "tx.tsv.gz"
+    with gzip.open(table, "wt") as fh:
+        fh.write("chrom\ttss\tstrand\tgene_id\tgene_name\nchr1\t1300\t+\tENSG1.3\tPLUS\nchr1\t1000\t+\tENSG1.3\tPLUS\n"
+                 "chr1\t8500\t-\tENSG2.1\tMINUS\nchr1\t9000\t-\tENSG2.1\tMINUS\n")
+    tss = read_tss(table).set_index("gene_name")
+    assert tss.loc["PLUS", "tss"] == 1000 and tss.loc["MINUS", "tss"] == 9000  # most upstream transcript
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("chrom\tpos\nchr1\t5\n")
+    with pytest.raises(GlmscoreError, match="a TSS table needs"):
+        read_tss(bad)
+
+
+# ---------------------------------------------------------------- splits and statistics
+
+
+def test_chromosome_folds_hold_out_chr9_chr10_and_never_split_a_variant():
+    chroms = np.array([f"chr{c}" for c in range(1, 13) for _ in range(10)])
+    site = np.arange(len(chroms)) // 2  # two tissue rows per variant
+    fold = chromosome_folds(chroms, ("chr9", "chr10"), 5)
+    assert set(chroms[fold == -1]) == {"chr9", "chr10"}
+    assert sorted(set(fold[fold >= 0])) == [0, 1, 2, 3, 4]
+    check_no_leak(site, chroms, fold)
+    leaky = fold.copy()
+    leaky[0] = (fold[1] + 1) % 5  # one tissue row of variant 0 moved to another fold
+    with pytest.raises(AssertionError, match="variant 0 lies on both sides"):
+        check_no_leak(site, chroms, leaky)
+    with pytest.raises(GlmscoreError, match="needs 5 training chromosomes"):
+        chromosome_folds(np.array(["chr1", "chr2", "chr9"]), ("chr9",), 5)
+
+
+def test_auroc_and_bootstrap_against_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    s = np.round(rng.normal(size=400) + 0.6 * y, 1)  # ties on purpose
+    w = rng.integers(0, 4, 400).astype(float)
+    assert weighted_auroc(y, s, np.ones((1, 400)))[0] == pytest.approx(roc_auc_score(y, s))
+    assert weighted_auroc(y, s, w[None])[0] == pytest.approx(roc_auc_score(y, s, sample_weight=w))
+    lo, hi = bootstrap_ci(y, s, np.arange(400) // 2, n_boot=500)
+    assert lo < roc_auc_score(y, s) < hi and hi - lo < 0.2
+    f = variant_features(np.array([[1.0, 2.0]]), np.array([[1.0, 0.0]]))
+    assert f[0, 0] == pytest.approx(np.log(1e-6)) and f[0, 1] == pytest.approx(np.log(2 + 1e-6))
+
+
+# ---------------------------------------------------------------- the chain on the synthetic labelled set
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The planted-mechanism set (12 chromosomes, 960 variants; see pipelines/synthetic_variants.py) built
+    as 64 bp variant-centred windows (CNN, zero-shot) and 512 bp TSS-centred windows (embeddings)."""
+    from pipelines.cli import main
+
+    base = tmp_path_factory.mktemp("variants")
+    assert main(["variants", "synth", "--out", str(base / "src")]) == 0
+    src = base / "src"
+    assert main(["variants", "build", "--genome", str(src / "genome.fa"), "--variants", str(src / "variants.csv"),
+                 "--window", "64", "--out", str(base / "var")]) == 0
+    assert main(["variants", "build", "--genome", str(src / "genome.fa"), "--variants", str(src / "variants.csv"),
+                 "--annotation", str(src / "tss.tsv"), "--view", "gene", "--window", "512", "--orient", "gene",
+                 "--out", str(base / "gene")]) == 0
+    return base
+
+
+def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
+    from pipelines.cli import main
+
+    src = synthetic / "src"
+    bad = tmp_path / "bad.csv"
+    lines = (src / "variants.csv").read_text().splitlines()
+    chrom, pos, ref, *rest = lines[1].split(",")
+    wrong = next(b for b in "ACGT" if b not in (ref, rest[0]))
+    bad.write_text("\n".join([lines[0], ",".join([chrom, pos, wrong, *rest])]) + "\n")
+    assert main(["variants", "build", "--genome", str(src / "genome.fa"), "--variants", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{chrom}:{pos} {wrong}>{rest[0]} has REF {wrong} but the genome has {ref}" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "build.json").exists()
+    assert main(["variants", "build", "--genome", str(src / "genome.fa"), "--variants", str(bad), "--view", "gene",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--view gene needs --annotation" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path):
+    from pipelines.probe import ProbeConfig, run_probes
+    from pipelines.score import ScoreConfig, run_score
+    from pipelines.variant_learning import CNNOptions, run_cnn
+
+    emb = tmp_path / "emb"
+    run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model="onehot", pooling="tss",
+                          out=str(emb)))
+    X = pd.read_parquet(emb / "dataset=gene" / "group=ref")
+    assert len(X["embedding"].iloc[0]) == 384 * 4  # the 384 bp around the TSS, one-hot
+    results = {}
+    for shuffle in (False, True):
+        probes = run_probes(ProbeConfig(embeddings=str(emb), setting="variants", probes=["logistic"],
+                                        out=str(tmp_path / f"probes{shuffle}"), shuffle_labels=shuffle))
+        cnn = run_cnn(CNNOptions(data=str(synthetic / "var"), out=str(tmp_path / f"cnn{shuffle}"), filters=[16, 32, 32, 48],
+                                 hidden=[32, 16], lr=3e-3, patience=10, max_epochs=30, shuffle_labels=shuffle))
+        results[shuffle] = (probes["summary"].iloc[0], cnn["summary"].iloc[0])
+    for row in results[False]:
+        assert row["ensemble_auroc"] > 0.75 and row["n_folds"] == 5, row.to_dict()
+    for row in results[True]:
+        assert abs(row["ensemble_auroc"] - 0.5) < 0.12, row.to_dict()
+    pred = pd.read_parquet(tmp_path / "cnnFalse" / "predictions.parquet")
+    assert set(pred[pred["split"] == "test"]["chrom"]) == {"chr9", "chr10"}
+    folds = pred[pred["split"] == "val"].drop_duplicates(["site_index", "fold"])
+    check_no_leak(folds["site_index"].to_numpy(), folds["chrom"].to_numpy(), folds["fold"].to_numpy())  # asserted, not assumed
+
+
+@pytest.mark.ray
+def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthetic, ray_cluster, tiny_llama, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.benchmarks.variants import VariantsAnalyzeOptions
+    from pipelines.score import ScoreConfig, run_score
+    from pipelines.variant_report import analyze_variants, zero_shot_llr
+
+    scores = tmp_path / "scores"
+    run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_llama), reduction="sum",
+                          out=str(scores)))
+    llr = zero_shot_llr(str(scores)).set_index("site_index")
+    assert len(llr) == 960
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    sites = pd.read_parquet(synthetic / "var" / "sites.parquet").head(3)
+    genome = Genome(synthetic / "src" / "genome.fa")
+
+    def loglik(seq: str) -> float:  # BOS + characters, every nucleotide scored
+        ids = torch.tensor([[tok.bos_token_id, *tok(seq, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        return float(lp.gather(-1, ids[0, 1:, None]).sum())
+
+    for s in sites.to_dict("records"):
+        ref, alt, _ = window_pair(genome, s, 64)
+        assert llr.loc[s["site_index"], "llr"] == pytest.approx(loglik(alt) - loglik(ref), abs=1e-3)
+    o = VariantsAnalyzeOptions(n_boot=200)
+    result = analyze_variants([str(scores)], [], [], tmp_path / "report", o)
+    table = pd.read_csv(tmp_path / "report" / "variants_results.csv")
+    assert {"all", "test"} <= set(table["subset"]) and table["auroc"].between(0, 1).all()
+    assert "quoted from the publication, not recomputed" in (tmp_path / "report" / "report.md").read_text()
+    assert result["table"]["kind"].eq("zero-shot").all()
