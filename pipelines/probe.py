@@ -28,7 +28,8 @@ class ProbeConfig(Options):
     setting: str = option(MISSING, choices=SETTINGS,
                           help="NABench: few-shot k in {5, 20, 50, 100} or supervised 5-fold CV; variants: chromosome-held-out AUROC")
     out: str = option(MISSING, help="report folder")
-    probes: list[str] = option(["ridge", "mlp"], parse=comma_list, choices=_probe_names, help="comma-separated: ridge, mlp, logistic")
+    probes: list[str] | None = option(None, parse=comma_list, choices=_probe_names,
+                                      help="comma-separated: ridge, mlp, logistic (default: ridge,mlp; variants: mlp,logistic)")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
     seed: int = option(0, help="seed of splits and fits")
     test_chroms: list[str] = option(["chr9", "chr10"], parse=comma_list, help="variants: test chromosomes")
@@ -73,7 +74,7 @@ def run_probes(cfg: ProbeConfig) -> dict:
         from pipelines.variant_learning import run_variant_probes
 
         return run_variant_probes(cfg)
-    setting, probes, seed, repeats, out = cfg.setting, cfg.probes, cfg.seed, cfg.repeats, cfg.out
+    setting, probes, seed, repeats, out = cfg.setting, cfg.probes or ["ridge", "mlp"], cfg.seed, cfg.repeats, cfg.out
     model, data = load_embeddings(Path(cfg.embeddings))
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats)
     if not ray.is_initialized():

@@ -185,7 +185,8 @@ def load_variant_embeddings(emb_dir: Path) -> tuple[str, pd.DataFrame, np.ndarra
 
 def run_variant_probes(cfg) -> dict:
     """``glmscore probe --setting variants`` (``cfg``: pipelines.probe.ProbeConfig)."""
-    bad = [p for p in cfg.probes if p not in VARIANT_PROBES]
+    probes = cfg.probes or list(VARIANT_PROBES)
+    bad = [p for p in probes if p not in VARIANT_PROBES]
     if bad:
         raise GlmscoreError(f"probe(s) {', '.join(bad)} do not classify; the variants setting runs {', '.join(VARIANT_PROBES)}.")
     model, sites, features = load_variant_embeddings(Path(cfg.embeddings))
@@ -194,10 +195,10 @@ def run_variant_probes(cfg) -> dict:
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
     _init_ray(cfg.address)
     out = Path(cfg.out)
-    pred = run_trials(_probe_trial, cfg.probes, cfg.folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
+    pred = run_trials(_probe_trial, probes, cfg.folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)
     settings = {"setting": "variants", "model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
-                "probes": ",".join(cfg.probes), "test_chroms": ",".join(cfg.test_chroms), "folds": cfg.folds,
+                "probes": ",".join(probes), "test_chroms": ",".join(cfg.test_chroms), "folds": cfg.folds,
                 "seed": cfg.seed, "shuffle_labels": cfg.shuffle_labels, "features": "log(|ref - alt| + 1e-6) + tissue one-hot"}
     return write_results(out, pred, "Causal-variant probes", settings)
 
@@ -262,7 +263,7 @@ def run_cnn(o: CNNOptions) -> dict:
     out = Path(o.out)
     pred = run_trials(_cnn_trial, ["cnn"], o.folds, o.seed, out / "tune", "cnn", resources, extra={"train": train},
                       data=data, ref=ref, alt=alt)
-    pred.insert(0, "model", "onehot-cnn")
+    pred.insert(0, "model", "onehot")
     settings = {**{k: v for k, v in asdict(o).items() if k not in ("address",)}, "window": record["window"],
                 "windows": str(Path(o.data).resolve())}
     return write_results(out, pred, "Causal-variant one-hot CNN", settings)

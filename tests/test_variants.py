@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
 from models.errors import GlmscoreError
-from pipelines.benchmarks.variants import BuildOptions, Variants, build_windows, window_pair
+from pipelines.benchmarks.variants import BuildOptions, build_windows, window_pair
 from pipelines.genome import Genome, read_tss, read_variants, reverse_complement
 from tests.conftest import shared_data
 
@@ -260,3 +260,48 @@ def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthe
     assert {"all", "test"} <= set(table["subset"]) and table["auroc"].between(0, 1).all()
     assert "quoted from the publication, not recomputed" in (tmp_path / "report" / "report.md").read_text()
     assert result["table"]["kind"].eq("zero-shot").all()
+
+
+@pytest.mark.ray
+def test_masked_marginal_at_the_variant_base_matches_a_hand_computation(synthetic, ray_cluster, tiny_bert, tmp_path):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from pipelines.score import ScoreConfig, run_score
+    from pipelines.variant_report import zero_shot_llr
+
+    scores = tmp_path / "scores"
+    run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_bert), reduction="focus",
+                          options={"mlm_mode": "pll"}, out=str(scores), limit=6))
+    llr = zero_shot_llr(str(scores)).set_index("site_index")
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert, dtype=torch.float32).eval()
+    genome = Genome(synthetic / "src" / "genome.fa")
+    for s in pd.read_parquet(synthetic / "var" / "sites.parquet").head(6).to_dict("records"):
+        ref, _, _ = window_pair(genome, s, 64)
+        ids = torch.tensor([tok(ref)["input_ids"]])  # [CLS] + 64 bases + [SEP]
+        ids[0, 1 + s["variant_offset"]] = tok.mask_token_id
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, 1 + s["variant_offset"]], -1)
+        expected = lp[tok.convert_tokens_to_ids(s["alt"])] - lp[tok.convert_tokens_to_ids(s["ref"])]
+        assert llr.loc[s["site_index"], "llr"] == pytest.approx(float(expected), abs=1e-4)
+    with pytest.raises(GlmscoreError, match="cannot score one position"):
+        run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model="kmer:3", reduction="focus",
+                              out=str(tmp_path / "k")))
+
+
+@pytest.mark.realdata
+def test_gene_view_without_a_gene_column_takes_the_nearest_tss_or_all_within_the_window(tmp_path):
+    data = shared_data("variants")
+    ann = str(data / "gencode_gene_tss.tsv.gz")
+    record, sites = _build(tmp_path, data, name="near", view="gene", annotation=ann)
+    assert len(sites) == 8 and sites.iloc[0]["gene"] == "DDX11L1" and sites.iloc[0]["tss"] == 12010  # 2,667 bp away
+    tss = read_tss(ann)
+    tss = tss[tss["chrom"] == "chr1"]
+    for s in sites.to_dict("records"):
+        assert abs(s["pos"] - s["tss"]) == (tss["tss"] - s["pos"]).abs().min()
+    record, every = _build(tmp_path, data, name="all", view="gene", annotation=ann, gene_rule="all")
+    expected = sum(int(((tss["tss"] - p).abs() <= 65_536).sum()) for p in sites["pos"])
+    assert len(every) <= expected and len(every) > 8 * 10
+    assert (every["variant_offset"].between(0, 131_071)).all()
+    assert json.loads((tmp_path / "all" / "build.json").read_text())["view"] == "gene"
