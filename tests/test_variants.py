@@ -305,3 +305,30 @@ def test_gene_view_without_a_gene_column_takes_the_nearest_tss_or_all_within_the
     assert len(every) <= expected and len(every) > 8 * 10
     assert (every["variant_offset"].between(0, 131_071)).all()
     assert json.loads((tmp_path / "all" / "build.json").read_text())["view"] == "gene"
+
+
+@pytest.mark.ray
+def test_tss_pooling_averages_the_384_bases_around_the_tss(synthetic, ray_cluster, tiny_bert, tmp_path):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from pipelines.score import ScoreConfig, run_score
+
+    emb = tmp_path / "emb"
+    run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model=str(tiny_bert),
+                          pooling="tss", out=str(emb), limit=3, options={"long": "truncate"}))  # 514 tokens > 512
+    table = pd.read_parquet(emb / "dataset=gene" / "group=alt").sort_values("pair_index")
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert, dtype=torch.float32).eval()
+    genome = Genome(synthetic / "src" / "genome.fa")
+    sites = pd.read_parquet(synthetic / "gene" / "sites.parquet").head(3)
+    for s, got in zip(sites.to_dict("records"), table["embedding"]):
+        _, alt, _ = window_pair(genome, s, 512)
+        with torch.no_grad():
+            ids = torch.tensor([tok(alt)["input_ids"][:512]])  # truncated as the job does: [SEP] and the last base go
+            hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]
+        expected = hidden[1 + 256 - 192: 1 + 256 + 192].mean(0)  # [CLS] first; the TSS at 256, 384 bases around it
+        np.testing.assert_allclose(np.asarray(got), expected.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(GlmscoreError, match="needs a gene-view windows folder"):
+        run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "var"), model="onehot",
+                              pooling="tss", out=str(tmp_path / "x")))
