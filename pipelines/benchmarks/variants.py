@@ -79,6 +79,8 @@ def build_windows(o: BuildOptions) -> dict:
     window = o.window or VIEWS[o.view]
     if o.view == "gene" and not o.annotation:
         raise GlmscoreError("--view gene needs --annotation (a TSS table or a GTF).")
+    if o.view == "gene" and o.tss_span > window:
+        raise GlmscoreError(f"--tss-span {o.tss_span} does not fit in a window of {window} bp.")
     genome = Genome(o.genome)
     table = read_variants(o.variants)
     frame, dropped = table.frame, dict(table.dropped)
