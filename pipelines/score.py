@@ -345,7 +345,7 @@ def run_score(cfg: ScoreConfig) -> dict:
               "fingerprint": plan.fingerprint}
     out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
-    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths)
+    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])
     pending = [u for u, p in zip(units, paths) if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows)]
 
     revisions = set()

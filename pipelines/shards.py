@@ -55,11 +55,13 @@ def is_complete(path: Path, fingerprint: str, crc: int, rows: int) -> bool:
     return bool(meta) and meta.get("fingerprint") == fingerprint and meta.get("crc") == crc and meta.get("rows") == rows
 
 
-def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shard_paths: list[Path]) -> None:
-    """Claim ``out`` for this run, whose shards are ``shard_paths``: refuse one that holds a different
-    run, or shards this run would not write (an earlier run of more rows or other datasets: the folder
-    would then mix two selections under one manifest); drop partial files and the old manifest (so an
-    interrupted rerun never looks complete)."""
+def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shard_paths: list[Path],
+                expected: list[tuple[int, int]] | None = None) -> None:
+    """Claim ``out`` for this run, whose shards are ``shard_paths`` (with ``expected`` (crc, rows) each):
+    refuse one that holds a different run, shards this run would not write (an earlier run of more rows
+    or other datasets: the folder would then mix two selections under one manifest), or shards of other
+    rows at this run's paths (a different --limit, or changed input), which a rerun would silently
+    replace; drop partial files and the old manifest (so an interrupted rerun never looks complete)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
@@ -77,6 +79,13 @@ def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shar
                 f"{out} holds {len(others)} shard(s) that this run would not write (an earlier run with a larger "
                 "--limit or other datasets); choose a new --out or pass --overwrite."
             )
+        for path, (crc, rows) in zip(shard_paths, expected or []):
+            meta = shard_meta(Path(path))
+            if meta and meta.get("fingerprint") == fingerprint and (meta.get("crc"), meta.get("rows")) != (crc, rows):
+                raise GlmscoreError(
+                    f"{out} holds a shard of {meta.get('rows')} rows where this run would write {rows} ({Path(path).name} in "
+                    f"{Path(path).parent.relative_to(out)}): a different --limit or changed input; choose a new --out or pass --overwrite."
+                )
     if overwrite and out.exists():
         for p in out.rglob("part-*.parquet"):
             p.unlink()

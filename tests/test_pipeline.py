@@ -71,6 +71,9 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
         run_score(_cfg(small_nullsette, "kmer:4", out, limit=4, chunk_rows=4))
     manifest = run_score(_cfg(small_nullsette, "kmer:4", out, limit=4, chunk_rows=4, overwrite=True))
     assert manifest["rows_total"] == 80 and len(pads.dataset(out, partitioning="hive").to_table()) == 80
+    # a smaller --limit that would cut the same shards short (4 rows -> 2) is refused, not silently replaced
+    with pytest.raises(GlmscoreError, match="holds a shard of 4 rows where this run would write 2"):
+        run_score(_cfg(small_nullsette, "kmer:4", out, limit=2, chunk_rows=4))
 
 
 def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):
