@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from dataclasses import MISSING
 
@@ -19,6 +20,7 @@ from models.options import base_type, choices_of, flag_of, option_fields
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def _declaring_class(cls, name: str):
@@ -156,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except GlmscoreError as exc:
         print(f"glmscore: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # a location the user named that cannot be written (read-only, no permission, disk full): one
+        # sentence; any other OSError is a bug and keeps its traceback
+        if exc.errno not in PATH_ERRNOS:
+            raise
+        print(f"glmscore: error: cannot write or read {exc.filename or 'the output'}: {exc.strerror}.", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

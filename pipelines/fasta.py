@@ -60,6 +60,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
                     chunk_start, chunk_first, crc, chunk_max = pos, n, 0, 0
                 if len(line.strip()) == 1:
                     raise GlmscoreError(f"{path}: line {lineno} is a header without a name.")
+                if n == 0:
+                    chunk_start = pos  # blank lines before the first header belong to no record
                 n += 1
                 seq_lines = 0
                 record_len = 0

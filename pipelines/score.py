@@ -337,13 +337,16 @@ def run_score(cfg: ScoreConfig) -> dict:
     started = shards.now()
     resolved = resolve_job(cfg)
     units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
+    if out.exists() and not out.is_dir():
+        raise GlmscoreError(f"--out {out} is a file, not a folder.")
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails here, before Ray starts
     if not ray.is_initialized():
         ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     config = {**asdict(cfg), "resolved_pooling": resolved.pooling, "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
-    out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
     shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])
     pending = [u for u, p in zip(units, paths) if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows)]

@@ -74,6 +74,10 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
     # a smaller --limit that would cut the same shards short (4 rows -> 2) is refused, not silently replaced
     with pytest.raises(GlmscoreError, match="holds a shard of 4 rows where this run would write 2"):
         run_score(_cfg(small_nullsette, "kmer:4", out, limit=2, chunk_rows=4))
+    # a report into an unwritable place is one sentence
+    from pipelines.cli import main
+
+    assert main(["analyze", "nullsette", "--scores", str(out), "--out", "/sys/glmscore_test_report", "--n-perm", "10"]) == 2
 
 
 def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):

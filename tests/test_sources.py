@@ -11,7 +11,7 @@ import pytest
 from models.errors import GlmscoreError
 from pipelines.demo import write_spec
 from pipelines.fasta import read_all
-from pipelines.benchmarks.nullsette import build, discover
+from pipelines.benchmarks.nullsette import Nullsette, build, discover
 from tests.conftest import ROOT, shared_data
 
 
@@ -67,6 +67,12 @@ def test_unpaired_and_malformed_files(small_nullsette, tmp_path):
     (folder / "nonmutant.txt").write_text(">a\nAC GT1\n" + good)
     with pytest.raises(GlmscoreError, match="not sequence letters"):
         discover(data)
+    # blank lines before the first header are not a record (they used to read as "changed while the job ran")
+    (folder / "nonmutant.txt").write_text("\n\n" + good)
+    bench = Nullsette(str(data))
+    unit = next(u for u in bench.units(chunk_rows=1024, limit=None, datasets=None) if u.group == "nonmutant")
+    assert bench.read(unit).sequences == read_all(folder / "nonmutant.txt")[1] and unit.n_rows == good.count(">")
+    (folder / "nonmutant.txt").write_text(good)
 
 
 def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
@@ -83,6 +89,16 @@ def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
     _assert_one_line_error(_run_cli("analyze", "nullsette", "--scores", str(tmp_path / "half"), "--out",
                                     str(tmp_path / "r")), "not a finished output folder")
     assert not (tmp_path / "o" / "_manifest.json").exists()
+
+
+def test_an_unwritable_out_is_one_sentence(tmp_path, small_nullsette):
+    """/sys refuses new folders even to root (an unwritable location the tests can rely on)."""
+    blocked = "/sys/glmscore_test_out"
+    spec = write_spec(tmp_path / "spec", 3)
+    for args in (("nullsette", "build", "--spec", str(spec), "--out", blocked),
+                 ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3", "--out", blocked),
+                 ("demo", "--out", blocked)):
+        _assert_one_line_error(_run_cli(*args), f"cannot write or read {blocked}")
 
 
 def test_bad_component_table(tmp_path):
