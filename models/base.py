@@ -137,6 +137,11 @@ class Backend(ABC):
             raise GlmscoreError(f"backend {cls.name} does not run {card.objective} models such as {card.id}.")
 
     @classmethod
+    def preflight(cls, card: ModelCard, options: Options, task: str, layer: int = -1) -> None:
+        """Check on the driver, before Ray starts, what an actor would otherwise find out late: that the
+        tokenizer loads, the weights exist, ``layer`` exists. Raises a user error."""
+
+    @classmethod
     def runtime(cls, card: ModelCard, options: Options, device: str, threads: int | None = None) -> Runtime:
         """Dtype and token limit for ``device``, decided once before any row is scored."""
         return Runtime(device=device, dtype="none", token_limit=None, threads=threads)

@@ -80,6 +80,23 @@ def hf_provenance(card: ModelCard) -> tuple[str | None, str | None]:
     return getattr(config, "_commit_hash", None) or card.revision, None
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
+    """The tokenizer loads, a local directory holds weights, and (embed) ``layer`` exists in the config."""
+    load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    path = Path(card.hf_id)
+    if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise GlmscoreError(f"model directory {path} has no weights ({' or '.join(WEIGHT_FILES[::2])}): write them with save_pretrained.")
+    if task == "embed":
+        config = load_config(card.hf_id, card.revision, card.trust_remote_code)
+        n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        if isinstance(n, int) and not -(n + 1) <= layer <= n:
+            raise GlmscoreError(f"--layer {layer} does not exist: model {card.id} has {n + 1} hidden-state layers "
+                                f"(0 = embeddings, {n} or -1 = last).")
+
+
 def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
     """``auto``: bf16 on a GPU (halves memory, same ranking accuracy), fp32 on CPU."""
     name = requested or card.dtype
@@ -95,6 +112,10 @@ class HFBackend(Backend):
     Options = LMOptions
     embeds = True
     can_use_gpu = True
+
+    @classmethod
+    def preflight(cls, card, options, task, layer=-1) -> None:
+        hf_preflight(card, task, layer)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:

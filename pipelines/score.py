@@ -121,12 +121,14 @@ def resolve_job(cfg: ScoreConfig) -> Resolved:
             raise GlmscoreError(f"--reduction focus needs a benchmark with a focus position; {benchmark.name} has none.")
         if not backend.scores_focus:
             raise GlmscoreError(f"backend {backend.name} cannot score one position (--reduction focus is for masked LMs).")
+    options = backend.Options.from_values(cfg.options, owner=f"backend {backend.name}")
+    backend.preflight(card, options, cfg.task, cfg.layer)
     pooling = benchmark.resolve_pooling(cfg.pooling) if cfg.task == "embed" else cfg.pooling
     if cfg.task == "embed":
         from models.pooling import Pooling
 
         Pooling.parse(pooling)
-    return Resolved(benchmark, backend, card, backend.Options.from_values(cfg.options, owner=f"backend {backend.name}"), pooling)
+    return Resolved(benchmark, backend, card, options, pooling)
 
 
 def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) -> Plan:
@@ -323,6 +325,19 @@ def _fit(plan: Plan, units: list[Unit]):
     return plan.backend.fit(plan.card, plan.options, references)
 
 
+def check_fits(plan: Plan, cluster: dict) -> None:
+    """On a cluster that cannot add nodes (the local one this job started), an actor pool that can never
+    be placed is a user error, not a job that waits for ever."""
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    if plan.gpus_per_actor > gpus:
+        raise GlmscoreError(f"each actor asks for {plan.gpus_per_actor:g} GPU(s) but this local cluster has {gpus:g}; "
+                            "drop --gpus-per-actor or pass --address of a cluster with GPUs.")
+    fit = min(int(cpus), int(gpus // plan.gpus_per_actor) if plan.gpus_per_actor else int(cpus))
+    if plan.actors[0] > fit:
+        raise GlmscoreError(f"--min-actors {plan.actors[0]} cannot start: this local cluster fits {fit} actor(s) "
+                            f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes 1 CPU and {plan.gpus_per_actor:g} GPU).")
+
+
 def ray_address(address: str | None) -> str:
     """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
     submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
@@ -341,10 +356,13 @@ def run_score(cfg: ScoreConfig) -> dict:
     if out.exists() and not out.is_dir():
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails here, before Ray starts
+    fixed_size = not ray.is_initialized() and ray_address(cfg.address) == "local"  # a cluster we start cannot grow
     if not ray.is_initialized():
         ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
+    if fixed_size:
+        check_fits(plan, ray.cluster_resources())
     config = {**asdict(cfg), "resolved_pooling": resolved.pooling, "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]

@@ -133,3 +133,29 @@ def test_build_all_five_real_datasets_byte_exact(tmp_path):
         assert not (tmp_path / "pd" / folder / f"mutant_translocation{k + 1}.txt").exists()
     groups = discover(tmp_path / "pd")
     assert sum(g.group != "nonmutant" for g in groups) == 71
+
+
+def test_model_problems_fail_before_ray_starts(tmp_path, small_nullsette, tiny_llama):
+    """A model folder without tokenizer or weights, or a --layer the model lacks: one sentence from the
+    driver's preflight, before any Ray process exists (no "Started a local Ray instance" line)."""
+    no_tok, no_weights = tmp_path / "no-tokenizer", tmp_path / "no-weights"
+    shutil.copytree(tiny_llama, no_tok)
+    shutil.copytree(tiny_llama, no_weights)
+    for f in no_tok.glob("tokenizer*"):
+        f.unlink()
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    base = ("--benchmark", "nullsette", "--data", str(small_nullsette), "--out", str(tmp_path / "o"))
+    for args, phrase in ((("score", "--model", str(no_tok)), "could not load the tokenizer"),
+                         (("score", "--model", str(no_weights)), "has no weights"),
+                         (("embed", "--model", str(tiny_llama), "--layer", "7"), "--layer 7 does not exist: model tiny-llama has 3")):
+        proc = _run_cli(*args, *base)
+        _assert_one_line_error(proc, phrase)
+        assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_actor_pools_a_local_cluster_can_never_place_are_refused(tmp_path, small_nullsette):
+    base = ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3", "--limit", "2",
+            "--out", str(tmp_path / "o"))
+    _assert_one_line_error(_run_cli(*base, "--gpus-per-actor", "1"), "each actor asks for 1 GPU(s) but this local cluster has 0")
+    _assert_one_line_error(_run_cli(*base, "--min-actors", "50"), "--min-actors 50 cannot start: this local cluster fits")

@@ -21,7 +21,7 @@ import numpy as np
 
 from models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runtime, causal_pieces, register_backend, rows_from_pieces
 from models.errors import GlmscoreError
-from models.hf_common import config_context, hf_provenance, resolve_dtype
+from models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
 from models.options import option
 from models.tokenization import TokenPolicy, token_policy
 
@@ -65,6 +65,10 @@ class VLLMCausal(Backend):
     @classmethod
     def available(cls) -> bool:
         return importlib.util.find_spec("vllm") is not None
+
+    @classmethod
+    def preflight(cls, card, options, task, layer=-1) -> None:
+        hf_preflight(card, task, layer)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
