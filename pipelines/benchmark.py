@@ -73,6 +73,7 @@ class Benchmark(ABC):
     def __init__(self, data: str, options: Options | None = None):
         self.data = data
         self.options = options if options is not None else type(self).Options()
+        self.warnings: list[str] = []  # what ``units`` found usable but suspicious: printed and kept in the manifest
 
     @abstractmethod
     def units(self, *, chunk_rows: int, limit: int | None, datasets: list[str] | None) -> list[Unit]:

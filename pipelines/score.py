@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import MISSING, asdict, dataclass
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -352,6 +353,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     started = shards.now()
     resolved = resolve_job(cfg)
     units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    for warning in resolved.benchmark.warnings:
+        print(f"glmscore: warning: {warning}", file=sys.stderr)
     out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     if out.exists() and not out.is_dir():
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
@@ -405,4 +408,5 @@ def run_score(cfg: ScoreConfig) -> dict:
     return shards.write_manifest(
         out, config=config, card=plan.card.to_dict(), resolved_revision=next(iter(revisions), plan.card.revision),
         rows=rows, started=started, skipped=len(units) - len(pending), computed=len(pending), provenance=plan.provenance,
+        warnings=resolved.benchmark.warnings,
     )

@@ -107,7 +107,7 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, rows: dict, started: str,
-                   skipped: int, computed: int, provenance: dict) -> dict:
+                   skipped: int, computed: int, provenance: dict, warnings: list[str] | None = None) -> dict:
     """``provenance``: what else identifies the result (weights identity, runtime, glmscore version)."""
     manifest = {
         "config": config,
@@ -119,6 +119,7 @@ def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, ro
         "rows_total": sum(rows.values()),
         "shards_computed": computed,
         "shards_reused": skipped,
+        "warnings": warnings or [],
         "started": started,
         "finished": now(),
     }

@@ -156,3 +156,29 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     # random folds always give a metric; a position-held-out fold can leave one-hot ridge with constant
     # predictions (the held-out positions never vary in training), where Spearman is undefined (NaN)
     assert len(res["summary"]) >= 1 and trials.loc[trials["split"] == "random", "metric"].notna().all()
+
+
+@pytest.mark.ray
+def test_non_numeric_scores_and_missing_metadata_are_counted_and_reported(ray_cluster, tmp_path, capsys):
+    from pipelines.benchmarks.nabench import NABench
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(1)
+    wt = "".join(rng.choice(list("ACGU"), 30))
+    rows = ["mutant,DMS_score,sequence", f",1.0,{wt}"]
+    for i in range(1, 30):
+        seq = wt[: i - 1] + ("A" if wt[i - 1] != "A" else "C") + wt[i:]
+        rows.append(f"{wt[i - 1]}{i}{seq[i - 1]},{'n/a' if i % 10 == 0 else round(float(rng.normal()), 3)},{seq}")
+    data = tmp_path / "nab"
+    data.mkdir()
+    (data / "Toy_2024_assay.csv").write_text("\n".join(rows) + "\n")
+    assert main(["score", "--benchmark", "nabench", "--data", str(data), "--model", "kmer:2", "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "glmscore: warning: " in err and "metadata.csv is missing" in err
+    assert "Toy_2024_assay.csv: 2 DMS_score value(s) are not numbers" in err
+    NABench.analyze([str(tmp_path / "s")], str(tmp_path / "r"), NABench.AnalyzeOptions(n_boot=50))
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Data notes" in report and "2 DMS_score value(s) are not numbers" in report
+    (data / "Toy_2024_assay.csv").write_text("mutant,DMS_score,sequence\n,x,ACGT\nA1C,y,CCGT\n")
+    with pytest.raises(GlmscoreError, match="no DMS_score is a number"):
+        discover(data)

@@ -76,16 +76,22 @@ def read_assay(path: Path, start: int = 0, n: int | None = None) -> pd.DataFrame
     bad = ~frame["sequence"].str.fullmatch(r"[A-Za-z]+")
     if bad.any():
         raise GlmscoreError(f"{path.name}: line {int(frame.index[bad][0]) + start + 2} has characters that are not sequence letters.")
-    frame["DMS_score"] = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
+    numeric = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
+    frame.attrs["non_numeric_scores"] = int((numeric.isna() & frame["DMS_score"].notna()).sum())
+    frame["DMS_score"] = numeric
     return frame
 
 
 def discover(data: Path, *, assays: list[str] | None = None, families: list[str] | None = None,
-             limit: int | None = None) -> list[Assay]:
+             limit: int | None = None, warnings: list[str] | None = None) -> list[Assay]:
+    """The assays under ``data``; what is usable but suspicious is appended to ``warnings``."""
     data = Path(data)
     if not data.is_dir():
         raise GlmscoreError(f"NABench data folder {data} does not exist.")
     meta = read_metadata(data)
+    warnings = warnings if warnings is not None else []
+    if not meta:
+        warnings.append(f"{data / 'metadata.csv'} is missing, so every assay's family is 'unknown'.")
     files = {p.stem: p for p in sorted(data.glob("*.csv")) if p.name not in ("metadata.csv", "metadata_rfam_id.csv")}
     if not files:
         raise GlmscoreError(f"no assay files (<DMS_ID>.csv) in {data}.")
@@ -106,6 +112,11 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         frame = read_assay(path)  # validates every row once
         if len(frame) == 0:
             raise GlmscoreError(f"{path.name} has no variants.")
+        if frame["DMS_score"].isna().all():
+            raise GlmscoreError(f"{path.name}: no DMS_score is a number, so nothing in it can be evaluated.")
+        if frame.attrs["non_numeric_scores"]:
+            warnings.append(f"{path.name}: {frame.attrs['non_numeric_scores']} DMS_score value(s) are not numbers; "
+                            "those rows are scored but carry no label.")
         n_rows = min(len(frame), limit) if limit else len(frame)
         out.append(Assay(dms_id, family, path, n_rows, zlib.crc32(raw), int(frame["sequence"].str.len().max())))
     if not out:
@@ -160,7 +171,8 @@ class NABench(Benchmark):
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
         wanted = sorted(set(self.options.assays or []) | set(datasets or [])) or None
         units = []
-        for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit):
+        for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit,
+                          warnings=self.warnings):
             for i, start in enumerate(range(0, a.n_rows, chunk_rows)):
                 n = min(chunk_rows, a.n_rows - start)
                 units.append(Unit(a.dms_id, a.family, i, n, start, a.crc, a.max_len, locator(path=str(a.path.resolve()))))
@@ -190,7 +202,10 @@ class NABench(Benchmark):
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
         columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
+        from pipelines.shards import read_manifest
+
         frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
+        notes = sorted({w for d in score_dirs for w in read_manifest(Path(d)).get("warnings", [])})
         scores = pd.concat(frames, ignore_index=True)
         if scores["label"].isna().all():
             raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
@@ -204,7 +219,8 @@ class NABench(Benchmark):
         plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
         report = write_table_report(
             "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
-                                         "Assays": assays}, plots, out_dir,
+                                         "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]})},
+            plots, out_dir,
             {"cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
              "seed": options.seed})
         return {"report": str(report), "table": summary}
