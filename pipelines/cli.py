@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import signal
+import threading
 import sys
 from dataclasses import MISSING
 
@@ -20,6 +22,7 @@ from models.options import base_type, choices_of, flag_of, option_fields
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
@@ -149,13 +152,30 @@ def score_config_from_args(args):
                        benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a scheduler, ``kill``), handled like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _dispatch(args)
-    except KeyboardInterrupt:
-        print("interrupted; completed shards are kept and a rerun resumes from them.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        try:
+            return _dispatch(args)
+        except SystemExit as exc:
+            # ray.init replaces our SIGTERM handler by one that calls sys.exit(SIGTERM)
+            if exc.code == signal.SIGTERM:
+                raise Terminated() from None
+            raise
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"glmscore: {what}; completed shards are kept and a rerun resumes from them.", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except GlmscoreError as exc:
         print(f"glmscore: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -353,20 +353,26 @@ def run_score(cfg: ScoreConfig) -> dict:
     started = shards.now()
     resolved = resolve_job(cfg)
     units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
-    for warning in resolved.benchmark.warnings:
-        print(f"glmscore: warning: {warning}", file=sys.stderr)
     out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
     if out.exists() and not out.is_dir():
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails here, before Ray starts
-    fixed_size = not ray.is_initialized() and ray_address(cfg.address) == "local"  # a cluster we start cannot grow
+    address = ray_address(cfg.address)
+    fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
+    where = ("the Ray cluster this process joined" if ray.is_initialized() else
+             "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
+    print(f"glmscore: {cfg.task} on {where}; output {out}", file=sys.stderr, flush=True)  # the first line
+    for warning in resolved.benchmark.warnings:
+        print(f"glmscore: warning: {warning}", file=sys.stderr)
     if not ray.is_initialized():
-        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, log_to_driver=True,
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True,
+                 include_dashboard=False if address == "local" else None,  # a local run needs no dashboard
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     if fixed_size:
         check_fits(plan, ray.cluster_resources())
-    config = {**asdict(cfg), "resolved_pooling": resolved.pooling, "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
+    config = {**asdict(cfg), "data": str(Path(cfg.data).resolve()), "out": str(out), "resolved_pooling": resolved.pooling,
+              "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
     shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])

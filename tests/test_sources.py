@@ -159,3 +159,20 @@ def test_actor_pools_a_local_cluster_can_never_place_are_refused(tmp_path, small
             "--out", str(tmp_path / "o"))
     _assert_one_line_error(_run_cli(*base, "--gpus-per-actor", "1"), "each actor asks for 1 GPU(s) but this local cluster has 0")
     _assert_one_line_error(_run_cli(*base, "--min-actors", "50"), "--min-actors 50 cannot start: this local cluster fits")
+
+
+def test_sigterm_ends_a_run_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                             str(small_nullsette), "--model", str(tiny_llama), "--chunk-rows", "1", "--out", str(tmp_path / "o")],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    first = proc.stderr.readline()  # our first line names the cluster and the output folder
+    assert first.startswith("glmscore: score on a new local Ray cluster") and str(tmp_path / "o") in first, first
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "glmscore: terminated; completed shards are kept" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "_manifest.json").exists()
