@@ -59,14 +59,15 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
 
 
 def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
-              cpus_per_trial: float = 1.0) -> pd.DataFrame:
+              cpus_per_trial: float = 1.0, callbacks: list | None = None) -> pd.DataFrame:
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(grid)},
-        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0),
+        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
+                                  callbacks=callbacks or []),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error]

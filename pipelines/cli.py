@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import signal
 import threading
 import sys
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.probe import ProbeConfig
 
     parser = argparse.ArgumentParser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's logs on the console (default: a log file)")
     sub = parser.add_subparsers(dest="command", required=True)
     _score_parser(sub, "score", "score a benchmark with a model on Ray")
     _score_parser(sub, "embed", "embed a benchmark's sequences on Ray (Parquet shards with an embedding column)")
@@ -162,6 +164,8 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["GLMSCORE_VERBOSE"] = "1"
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:

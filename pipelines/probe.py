@@ -80,10 +80,14 @@ def run_probes(cfg: ProbeConfig) -> dict:
     if not ray.is_initialized():
         from pipelines.score import ray_address
 
-        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True)
+        from pipelines.console import quiet_ray
+
+        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, **quiet_ray(Path(cfg.out)))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")
+    from pipelines.console import trial_progress
+
+    trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}", callbacks=[trial_progress(len(grid))])
     trials.insert(0, "model", model)
     trials.to_csv(out_dir / "probe_trials.csv", index=False)
     per = trials.assign(split=trials["split"].astype(str))

@@ -365,7 +365,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     for warning in resolved.benchmark.warnings:
         print(f"glmscore: warning: {warning}", file=sys.stderr)
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True,
+        from pipelines.console import quiet_ray
+
+        ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out),
                  include_dashboard=False if address == "local" else None,  # a local run needs no dashboard
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
@@ -394,10 +396,14 @@ def run_score(cfg: ScoreConfig) -> dict:
         ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow",
                             fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,
                                        "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint})
+        from pipelines.console import Progress
+
+        progress = Progress(sum(u.n_rows for u in pending), "rows")
         for row in ds.iter_rows():
             if row.get(ERROR):
                 raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
             revisions.add(row["resolved_revision"])
+            progress.update(row["rows"])
 
     rows: dict[str, int] = {}
     for u in units:

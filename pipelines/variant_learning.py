@@ -116,11 +116,14 @@ def run_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: 
     """One Ray Tune trial per (method, fold); returns all trials' predictions."""
     from ray import tune
 
+    from pipelines.console import trial_progress
+
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, **data), resources),
         param_space={"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
                      "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})},
-        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0),
+        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
+                                  callbacks=[trial_progress(len(methods) * n_folds)]),
     )
     results = tuner.fit()
     errors = [r.error for r in results if r.error]
@@ -148,13 +151,14 @@ def write_results(out: Path, pred: pd.DataFrame, title: str, settings: dict, *, 
     return {"report": str(report), "summary": summary}
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, out: Path) -> None:
     import ray
 
     if not ray.is_initialized():
+        from pipelines.console import quiet_ray
         from pipelines.score import ray_address
 
-        ray.init(address=ray_address(address), ignore_reinit_error=True)
+        ray.init(address=ray_address(address), ignore_reinit_error=True, **quiet_ray(out))
 
 
 # ---------------------------------------------------------------- probes on embeddings
@@ -193,8 +197,8 @@ def run_variant_probes(cfg) -> dict:
     data = split_rows(sites, cfg.test_chroms, cfg.folds, cfg.shuffle_labels, cfg.seed)
     r = data.rows
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
-    _init_ray(cfg.address)
     out = Path(cfg.out)
+    _init_ray(cfg.address, out)
     pred = run_trials(_probe_trial, probes, cfg.folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)
     settings = {"setting": "variants", "model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
@@ -256,7 +260,7 @@ def run_cnn(o: CNNOptions) -> dict:
         raise GlmscoreError("the CNN baseline takes variant-centred windows (variants build --view variant).")
     sites, ref, alt = window_codes(o.data)
     data = split_rows(sites, o.test_chroms, o.folds, o.shuffle_labels, o.seed)
-    _init_ray(o.address)
+    _init_ray(o.address, Path(o.out))
     train = {"filters": tuple(o.filters), "kernels": tuple(o.kernels), "hidden": tuple(o.hidden), "lr": o.lr,
              "batch_size": o.batch_size, "max_epochs": o.max_epochs, "patience": o.patience, "seed": o.seed}
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}

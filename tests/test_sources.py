@@ -80,6 +80,8 @@ def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
                                     "--model", "no-such-model", "--out", str(tmp_path / "o")), "unknown model")
     _assert_one_line_error(_run_cli("score", "--benchmark", "nullsette", "--data", str(tmp_path / "missing"),
                                     "--model", "kmer:3", "--out", str(tmp_path / "o")), "does not exist")
+    _assert_one_line_error(_run_cli("nullsette", "build", "--spec", str(tmp_path / "nope"), "--out",
+                                    str(tmp_path / "pd")), "is not a folder")
     (tmp_path / "spec").mkdir()
     _assert_one_line_error(_run_cli("nullsette", "build", "--spec", str(tmp_path / "spec"), "--out",
                                     str(tmp_path / "pd")), "translocations.json is missing")
@@ -176,3 +178,18 @@ def test_sigterm_ends_a_run_with_one_sentence(tmp_path, small_nullsette, tiny_ll
     assert proc.returncode == 143, err[-2000:]
     assert "glmscore: terminated; completed shards are kept" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "_manifest.json").exists()
+
+
+def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_path, small_nullsette):
+    base = ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3", "--limit", "4")
+    proc = _run_cli(*base, "--out", str(tmp_path / "q"))
+    assert proc.returncode == 0, proc.stderr
+    console = (proc.stdout + proc.stderr).splitlines()
+    ours = [line for line in console if line.startswith(("glmscore: ", "scored "))]
+    others = [line for line in console if line not in ours and "core_worker.cc" not in line]  # C++ log: see README
+    assert not others, others
+    assert proc.stderr.splitlines()[0].startswith("glmscore: score on a new local Ray cluster")
+    assert any(line.startswith("glmscore: 80/80 rows (100%)") for line in ours)
+    assert (tmp_path / "q" / "_logs" / "ray.log").stat().st_size > 0
+    loud = _run_cli("-v", *base, "--out", str(tmp_path / "v"))
+    assert loud.returncode == 0 and "INFO" in loud.stderr and "execution finished" in loud.stderr

@@ -86,6 +86,8 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
 
 
 def read_translocations(spec: Path) -> dict:
+    if not Path(spec).is_dir():
+        raise GlmscoreError(f"--spec {spec} is not a folder: it should hold translocations.json and <dataset>.tsv tables.")
     path = spec / "translocations.json"
     try:
         data = json.loads(path.read_text())

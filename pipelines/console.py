@@ -1,0 +1,98 @@
+"""What a person sees: a few lines of glmscore's own and one progress line per job; Ray's logs go to a
+file under the output folder (``-v``/``--verbose`` keeps them on the console).
+
+Quiet by default because Ray's INFO lines, the token-auth notice, Ray Data's own progress logging and
+Tune's result tables bury the one line a user wants (how far, how fast, how long to go).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve",
+               "ray._private.authentication")  # the token-auth notice does not reach the "ray" logger's handlers
+
+
+def verbose() -> bool:
+    return os.environ.get("GLMSCORE_VERBOSE") == "1"
+
+
+def quiet_ray(out: Path) -> dict:
+    """Send Ray's driver-side logs to ``<out>/_logs/ray.log`` (printed once) and return the extra
+    ``ray.init`` arguments that keep workers' output and Ray's own console logging off."""
+    if verbose():
+        return {"log_to_driver": True}
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy output honours verbose=0 (no result tables)
+    log_dir = Path(out) / "_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "ray.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    print(f"glmscore: Ray's logs: {log_dir / 'ray.log'} (-v shows them here)", file=sys.stderr)
+    return {"log_to_driver": False, "configure_logging": False}
+
+
+class Progress:
+    """Rows done of ``total`` with rows/s and ETA: a bar that redraws on a terminal, else one line every
+    ``every`` seconds (CI, ``ray job submit`` logs)."""
+
+    def __init__(self, total: int, what: str = "rows", every: float = 10.0, stream=None):
+        self.total, self.what, self.every = total, what, every
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty or now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            self._show(now)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return (f"glmscore: {self.done:,}/{self.total:,} {self.what} ({pct:.0f}%), {rate:,.1f} {self.what}/s, "
+                f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+
+    def _show(self, now: float) -> None:
+        if self.tty:
+            self.stream.write("\r" + self.line(now))
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(self.line(now) + "\n")
+        self.stream.flush()
+
+
+def trial_progress(total: int):
+    """A Ray Tune callback that shows trials done of ``total`` (as ``Progress``)."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.progress = Progress(total, "trials", every=5.0)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.progress.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.progress.update(1)
+
+    return TrialProgress()
