@@ -78,13 +78,19 @@ def aggregate(per_assay: pd.DataFrame, metrics=METRICS, n_boot: int = 1000, seed
         for f, values in groups.items():
             fam_rows.append({**dict(zip(by, key)), "family": f, "n_assays": len(values),
                              **{m: np.nanmean(values[:, j]) for j, m in enumerate(metrics)},
-                             **{f"{m}_se": np.nanstd(boot_fam[f][:, j], ddof=1) for j, m in enumerate(metrics)}})
+                             **{f"{m}_se": _se(boot_fam[f][:, j]) for j, m in enumerate(metrics)}})
         fam_means = np.stack([np.nanmean(v, axis=0) for v in groups.values()])
         boot_sum = np.nanmean(np.stack(list(boot_fam.values())), axis=0)
         sum_rows.append({**dict(zip(by, key)), "n_families": len(groups), "n_assays": len(frame),
                          **{m: np.nanmean(fam_means[:, j]) for j, m in enumerate(metrics)},
-                         **{f"{m}_se": np.nanstd(boot_sum[:, j], ddof=1) for j, m in enumerate(metrics)}})
+                         **{f"{m}_se": _se(boot_sum[:, j]) for j, m in enumerate(metrics)}})
     return pd.DataFrame(fam_rows), pd.DataFrame(sum_rows)
+
+
+def _se(boot: np.ndarray) -> float:
+    """Bootstrap SE, rounded at 1e-10: the resamples of a one-assay family are identical and their SD
+    is float noise (2.8e-17), which a report should show as 0."""
+    return float(np.round(np.nanstd(boot, ddof=1), 10))
 
 
 def zero_shot_table(scores: pd.DataFrame, cutoff: float | None = None) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from models.errors import GlmscoreError
 
 NONMUTANT = "nonmutant"
 TEST_COLUMNS = ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
-SUCCESS_COLUMNS = ["model", "dataset", "n_types", "n_significant", "success_rate"]
+SUCCESS_COLUMNS = ["model", "dataset", "n_pairs", "n_types", "n_significant", "success_rate"]
 
 
 def _type_key(group: str) -> int:
@@ -59,7 +59,7 @@ def nullsette_tests(scores: pd.DataFrame, *, n_perm: int = 10_000, seed: int = 0
 def success_rates(tests: pd.DataFrame) -> pd.DataFrame:
     """Fraction of mutant types detected per (model, dataset)."""
     g = tests.groupby(["model", "dataset"], sort=True)
-    out = g.agg(n_types=("group", "size"), n_significant=("significant", "sum")).reset_index()
+    out = g.agg(n_pairs=("n_pairs", "max"), n_types=("group", "size"), n_significant=("significant", "sum")).reset_index()
     out["n_significant"] = out["n_significant"].astype(int)
     out["success_rate"] = out["n_significant"] / out["n_types"]
     return out[SUCCESS_COLUMNS]

@@ -31,8 +31,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
-    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type."""
+def plot_differences(scores: pd.DataFrame, out: Path, tests: pd.DataFrame | None = None) -> list[Path]:
+    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type;
+    types significant in ``tests`` are starred and drawn in colour."""
     plt = _pyplot()
 
     diffs = paired_differences(scores)
@@ -41,11 +42,18 @@ def plot_differences(scores: pd.DataFrame, out: Path) -> list[Path]:
         by_md.setdefault((model, dataset), []).append((group, d[~np.isnan(d)]))
     paths = []
     for (model, dataset), items in by_md.items():
+        significant = set()
+        if tests is not None:
+            hit = tests[(tests["model"] == model) & (tests["dataset"] == dataset) & tests["significant"]]
+            significant = set(hit["group"])
         fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(items) + 2), 4))
-        ax.boxplot([d for _, d in items], showfliers=False)
-        ax.set_xticks(range(1, len(items) + 1), [g.replace("mutant_translocation", "") for g, _ in items])
+        boxes = ax.boxplot([d for _, d in items], showfliers=False, patch_artist=True)
+        for box, (g, _) in zip(boxes["boxes"], items):
+            box.set_facecolor("tab:orange" if g in significant else "white")
+        ax.set_xticks(range(1, len(items) + 1),
+                      [g.replace("mutant_translocation", "") + ("*" if g in significant else "") for g, _ in items])
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("mutant type (translocation k)")
+        ax.set_xlabel("mutant type (translocation k; * and orange: significant after correction)")
         ax.set_ylabel("score(mutant) - score(nonmutant)")
         ax.set_title(f"{model} on {dataset}")
         paths.append(_save(fig, out / f"differences_{_safe(model)}_{_safe(dataset)}.png"))
@@ -78,7 +86,7 @@ def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: p
     out.mkdir(parents=True, exist_ok=True)
     tests.to_csv(out / "nullsette_tests.csv", index=False)
     success.to_csv(out / "nullsette_success.csv", index=False)
-    plots = plot_differences(scores, out)
+    plots = plot_differences(scores, out, tests)
     heat = plot_success_heatmap(success, out)
     lines = ["# Nullsette report", ""]
     lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))

@@ -6,6 +6,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as pads
 
 from models.errors import GlmscoreError
@@ -89,16 +90,29 @@ def run_probes(cfg: ProbeConfig) -> dict:
 
     trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}", callbacks=[trial_progress(len(grid))])
     trials.insert(0, "model", model)
-    trials.to_csv(out_dir / "probe_trials.csv", index=False)
     per = trials.assign(split=trials["split"].astype(str))
     families, summary = aggregate(per, metrics=["metric"], by=("model", "setting", "probe", "split"), seed=seed)
     natural = lambda s: s.map(lambda v: (0, int(v), "") if str(v).isdigit() else (1, 0, str(v)))  # noqa: E731
     families = families.sort_values(["probe", "split", "family"], key=natural).reset_index(drop=True)
     summary = summary.sort_values(["probe", "split"], key=natural).reset_index(drop=True)
+    tables = []
+    for table in (summary, families, trials):
+        # say which metric each number is, and call the few-shot split what it is: the k training rows
+        table.insert(table.columns.get_loc("probe") + 1, "metric_name",
+                     np.where(table["probe"] == "logistic", "auc", "spearman"))
+        tables.append(table.rename(columns={"split": "k"}) if setting == "fewshot" else table)
+    summary, families, trials = tables
+    trials.to_csv(out_dir / "probe_trials.csv", index=False)
     families.to_csv(out_dir / "probe_families.csv", index=False)
     summary.to_csv(out_dir / "probe_summary.csv", index=False)
+    manifest = read_manifest(Path(cfg.embeddings))
+    provenance = pd.DataFrame([{"model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
+                                "card": manifest["model_card"].get("hf_id") or manifest["model_card"]["id"],
+                                "revision": manifest.get("resolved_revision"),
+                                "pooling": manifest.get("config", {}).get("resolved_pooling") or manifest.get("config", {}).get("pooling"),
+                                "layer": manifest.get("config", {}).get("layer"), "finished": manifest.get("finished")}])
     report = write_table_report(f"NABench {setting} probes", {"Summary": summary, "Families": families,
-                                                              "Trials": trials}, [], out_dir,
+                                                              "Trials": trials, "Provenance": provenance}, [], out_dir,
                                 {"setting": setting, "probes": ",".join(probes), "seed": seed, "repeats": repeats,
                                  "metric": "Spearman (AUC for logistic)"})
     return {"report": str(report), "summary": summary}

@@ -285,7 +285,11 @@ def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, p
 def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_columns: dict, fingerprint: str) -> pa.Table:
     embedding = None
     if "embedding" in batch.column_names:
-        embedding = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
+        rows_ = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
+        # stored as list<float32>: assays of different widths (one-hot) then read as one table
+        # (pd.read_parquet(folder)); the flat values are the same
+        width = rows_.type.list_size
+        embedding = pa.ListArray.from_arrays(pa.array(np.arange(len(rows_) + 1, dtype=np.int32) * width), rows_.flatten())
         batch = batch.drop_columns(["embedding"])
     row = batch.to_pylist()[0]
     table = unit_table(row, benchmark, model, extra_columns, embedding)

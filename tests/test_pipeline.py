@@ -122,8 +122,20 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     import pandas as pd
 
     tests = pd.read_csv(report / "nullsette_tests.csv")
-    assert list(tests.columns) == ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
+    assert list(tests.columns) == ["model", "dataset", "group", "order", "n_pairs", "mean_diff", "p_value", "p_adjusted",
+                                   "significant"]
     assert len(tests) == 38 and (tests["n_pairs"] == 12).all()
-    assert set(result["table"]["model"]) == {"kmer3", "kmer5"}
+    # mutant types are named by their component order (from the record `nullsette build` left beside the data)
+    first = tests[tests["group"] == "mutant_translocation1"]["order"].iloc[0]
+    assert first == "cds-promoter-rbs-start_codon-stop_codon-terminator"
+    assert set(result["table"]["model"]) == {"kmer3", "kmer5"} and (result["table"]["n_pairs"] == 12).all()
+    # one model twice under two labels, and a warning when the folders cover different --limit slices
+    run_score(_cfg(small_nullsette, "kmer:3", tmp_path / "k3small", limit=6))
+    again = Nullsette.analyze([dirs[0], str(tmp_path / "k3small")], str(tmp_path / "report2"),
+                              Nullsette.AnalyzeOptions(n_perm=200, labels=["k3 all", "k3 first 6"]))
+    assert set(again["table"]["model"]) == {"k3 all", "k3 first 6"}
+    assert "different --limit slices" in (tmp_path / "report2" / "report.md").read_text()
+    with pytest.raises(GlmscoreError, match="pass each model once or name them apart with --labels"):
+        Nullsette.analyze([dirs[0], dirs[0]], str(tmp_path / "report3"), Nullsette.AnalyzeOptions(n_perm=10))
     manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
     assert manifest["model_card"]["backend"] == "kmer"

@@ -205,7 +205,11 @@ class NABench(Benchmark):
         from pipelines.shards import read_manifest
 
         frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
-        notes = sorted({w for d in score_dirs for w in read_manifest(Path(d)).get("warnings", [])})
+        manifests = {d: read_manifest(Path(d)) for d in score_dirs}
+        notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
+        inputs = pd.DataFrame([{"model": f["model"].iloc[0], "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
+                                "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),
+                                "finished": m.get("finished")} for (d, m), f in zip(manifests.items(), frames)])
         scores = pd.concat(frames, ignore_index=True)
         if scores["label"].isna().all():
             raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
@@ -219,8 +223,10 @@ class NABench(Benchmark):
         plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
         report = write_table_report(
             "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
-                                         "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]})},
+                                         "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]}),
+                                         "Provenance": inputs},
             plots, out_dir,
-            {"cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
+            {"metrics": "Spearman (spearman), AUC and MCC at the cutoff, NDCG@10%, top-10% recall; *_se = bootstrap SE",
+             "cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
              "seed": options.seed})
         return {"report": str(report), "table": summary}

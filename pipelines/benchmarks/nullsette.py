@@ -17,6 +17,7 @@ import csv
 import json
 import re
 import shutil
+import sys
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from pipelines.benchmark import Benchmark, Rows, Unit, locator, register_benchma
 from pipelines.fasta import Chunk, read_chunk, scan, write_fasta
 
 NONMUTANT = "nonmutant"
+BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}}}, written by build
 _MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt$")
 # Released folder of each component table shipped with the benchmark; other tables use their file stem.
 RELEASED_FOLDERS = {"deboer_Abf1TATA": "deboer/Abf1TATA", "deboer_pTpA": "deboer/pTpA"}
@@ -124,6 +126,7 @@ def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str
         raise GlmscoreError(f"no component tables (*.tsv) in {spec}.")
     out.mkdir(parents=True, exist_ok=True)
     built = {}
+    record = json.loads((out / BUILD_RECORD).read_text()) if (out / BUILD_RECORD).is_file() else {}
     for path in paths:
         ids, columns, components = _read_table(path)
         kingdom = next((k for k, v in kingdoms.items() if sorted(v["nonmutant"]) == sorted(components)), None)
@@ -142,7 +145,10 @@ def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str
             write_fasta(tmp / f"{group}.txt", ids, seqs)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-        built[str(folder.relative_to(out)).replace("/", "_")] = len(ids)
+        name = str(folder.relative_to(out)).replace("/", "_")
+        built[name] = len(ids)
+        record[name] = {"kingdom": kingdom, "orders": dict(orders)}
+    (out / BUILD_RECORD).write_text(json.dumps(record, indent=1))  # names the mutant types in reports
     return built
 
 
@@ -174,6 +180,27 @@ def _read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]
     return ids, columns, components
 
 
+def mutant_orders(translocations: str | None, data_folders: set, tests) -> dict[tuple[str, str], str]:
+    """(dataset, group) -> component order ("terminator-promoter-rbs-..."): from a translocations.json
+    (a dataset takes the kingdom with its number of mutant types) or from the build record beside the data."""
+    out: dict[tuple[str, str], str] = {}
+    if translocations:
+        kingdoms = read_translocations(Path(translocations).parent) if Path(translocations).name == "translocations.json" \
+            else json.loads(Path(translocations).read_text())
+        for dataset, part in tests.groupby("dataset"):
+            match = [k for k in kingdoms.values() if len(k["mutants"]) == part["group"].nunique()]
+            if len(match) == 1:
+                for k, order in enumerate(match[0]["mutants"], start=1):
+                    out[(dataset, f"mutant_translocation{k}")] = "-".join(order)
+        return out
+    for folder in data_folders:
+        record = Path(folder or "") / BUILD_RECORD
+        if folder and record.is_file():
+            for dataset, entry in json.loads(record.read_text()).items():
+                out.update({(dataset, g): "-".join(order) for g, order in entry["orders"].items()})
+    return out
+
+
 # ---------------------------------------------------------------- the registered benchmark
 
 
@@ -184,6 +211,10 @@ class NullsetteAnalyzeOptions(Options):
     correction: str = option("bh", choices=("bh", "bonferroni", "holm", "none"), help="multiple-testing correction within (model, dataset)")
     estimator: str = option("plus_one", choices=("plus_one", "seed"), help="plus_one: (1+b)/(1+n); seed: b/n as the seed scripts")
     alpha: float = option(0.05, minimum=0.0, maximum=1.0, help="significance level of corrected p-values")
+    labels: list[str] | None = option(None, parse=comma_list, help="comma-separated names for the --scores folders, in order "
+                                                                  "(one model twice, e.g. mean,sum)")
+    translocations: str | None = option(None, help="translocations.json naming the mutant types (default: the record "
+                                                   "`nullsette build` leaves beside the data)")
 
 
 @dataclass(frozen=True)
@@ -238,23 +269,41 @@ class Nullsette(Benchmark):
 
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
-        frames, provenance = [], {}
-        for d in score_dirs:
+        if options.labels and len(options.labels) != len(score_dirs):
+            raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
+        frames, provenance, limits, datas = [], {}, {}, set()
+        for i, d in enumerate(score_dirs):
             frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"],
                                 what="score folder")
-            frames.append(frame)
             manifest = read_manifest(Path(d))
+            if options.labels:
+                frame["model"] = options.labels[i]
+            frames.append(frame)
+            config = manifest.get("config", {})
+            datas.add(config.get("data"))
             for model in frame["model"].unique():
+                limits[model] = config.get("limit")
                 provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
-                                     f"revision {manifest.get('resolved_revision')}, finished {manifest['finished']}")
+                                     f"revision {manifest.get('resolved_revision')}, --limit {config.get('limit')}, "
+                                     f"finished {manifest['finished']}")
+        notes = []
+        if len(set(limits.values())) > 1:
+            notes.append("the models were scored on different --limit slices (" + ", ".join(f"{m}: {v}" for m, v in limits.items())
+                         + "); their tests use different cassettes")
+            print(f"glmscore: warning: {notes[-1]}.", file=sys.stderr)
         scores = pd.concat(frames, ignore_index=True)
         if scores.duplicated(["model", "dataset", "group", "pair_index"]).any():
-            raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once.")
+            raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once "
+                                "or name them apart with --labels.")
         o = options
         tests = nullsette_tests(scores, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
                                 alpha=o.alpha)
+        orders = mutant_orders(o.translocations, datas, tests)
+        tests.insert(tests.columns.get_loc("group") + 1, "order",
+                     [orders.get((d, g), "") for d, g in zip(tests["dataset"], tests["group"])])
         success = success_rates(tests)
-        settings = {**o.to_dict(), "alternative": "less (mutant < nonmutant)"}
+        settings = {**{k: v for k, v in o.to_dict().items() if v is not None}, "alternative": "less (mutant < nonmutant)",
+                    **({"notes": "; ".join(notes)} if notes else {})}
         report = write_nullsette_report(scores, tests, success, Path(out), settings, provenance)
         return {"report": str(report), "table": success, "tests": tests}
 
