@@ -17,7 +17,7 @@ import numpy as np
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.tokenization import TokenPolicy, load_tokenizer, token_policy
+from models.tokenization import TokenPolicy, check_hub, load_tokenizer, token_policy
 
 # Measured (tests/benchmarks/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
 # (cache-bound) and ~4k tokens is best; GPUs want large batches.
@@ -31,6 +31,7 @@ def load_config(hf_id: str, revision: str | None, trust_remote_code: bool):
     """A model's transformers config (from a local directory, the hub cache or the hub), read once."""
     from transformers import AutoConfig
 
+    check_hub(hf_id, revision)
     try:
         return AutoConfig.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:  # transformers reports missing files, network and bad configs so

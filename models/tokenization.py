@@ -19,8 +19,12 @@ Shared by every backend of a card (transformers and vLLM see identical ids):
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -30,11 +34,37 @@ from models.cards import ModelCard
 from models.errors import GlmscoreError
 
 
+@lru_cache(maxsize=1)
+def _hub_reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub(hf_id: str, revision: str | None) -> None:
+    """A hub model that is not in the local cache needs the hub: without network, say so in one sentence
+    at once instead of letting huggingface_hub retry for a minute."""
+    if Path(hf_id).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(hf_id, "config.json", revision=revision), str):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if not _hub_reachable(endpoint.hostname or "huggingface.co", port):
+        raise GlmscoreError(f"model {hf_id} is not in the Hugging Face cache and {endpoint.hostname} cannot be reached; "
+                            "download it where there is network (`hf download`) or pass a local directory.")
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
     """The card's Hugging Face tokenizer, loaded once per process."""
     from transformers import AutoTokenizer
 
+    check_hub(hf_id, revision)
     try:
         return AutoTokenizer.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -193,3 +193,15 @@ def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_pat
     assert (tmp_path / "q" / "_logs" / "ray.log").stat().st_size > 0
     loud = _run_cli("-v", *base, "--out", str(tmp_path / "v"))
     assert loud.returncode == 0 and "INFO" in loud.stderr and "execution finished" in loud.stderr
+
+
+def test_a_hub_model_without_network_is_one_sentence_at_once(tmp_path, small_nullsette):
+    import os
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens on 9
+    for model in ("metagene-1", "some-org/some-model"):  # a card id and a bare hub id, neither cached
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                               str(small_nullsette), "--model", model, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        _assert_one_line_error(proc, "is not in the Hugging Face cache and 127.0.0.1 cannot be reached")
+        assert len(proc.stderr.splitlines()) <= 3, proc.stderr  # no minute of retry messages
