@@ -14,12 +14,12 @@ import dataclasses
 import errno
 import os
 import signal
-import threading
 import sys
 from dataclasses import MISSING
 
 from models.errors import GlmscoreError
 from models.options import base_type, choices_of, flag_of, option_fields
+from pipelines.console import Terminated, handle_sigterm
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -154,20 +154,11 @@ def score_config_from_args(args):
                        benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``ray job stop``, a scheduler, ``kill``), handled like Ctrl-C."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["GLMSCORE_VERBOSE"] = "1"
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    handle_sigterm()
     try:
         try:
             return _dispatch(args)

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve",
                "ray._private.authentication")  # the token-auth notice does not reach the "ray" logger's handlers
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a scheduler, ``kill``), handled like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises ``Terminated`` in the main thread. Called at start-up and again after ``ray.init``,
+    which installs its own handlers (Python: ``sys.exit(15)``; the C++ core: a stack dump that can end in
+    SIGABRT)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def verbose() -> bool:
@@ -50,10 +68,9 @@ class Progress:
     """Rows done of ``total`` with rows/s and ETA: a bar that redraws on a terminal, else one line every
     ``every`` seconds (CI, ``ray job submit`` logs)."""
 
-    def __init__(self, total: int, what: str = "rows", every: float = 10.0, stream=None):
+    def __init__(self, total: int, what: str = "rows", every: float = 10.0):
         self.total, self.what, self.every = total, what, every
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.tty = getattr(sys.stderr, "isatty", lambda: False)()
         self.done, self.start, self.last = 0, time.monotonic(), 0.0
 
     def update(self, n: int) -> None:
@@ -72,13 +89,15 @@ class Progress:
                 f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
 
     def _show(self, now: float) -> None:
+        # sys.stderr at the time of writing, never kept: Tune pickles its callbacks, and tests swap stderr
+        stream = sys.stderr
         if self.tty:
-            self.stream.write("\r" + self.line(now))
+            stream.write("\r" + self.line(now))
             if self.done >= self.total:
-                self.stream.write("\n")
+                stream.write("\n")
         else:
-            self.stream.write(self.line(now) + "\n")
-        self.stream.flush()
+            stream.write(self.line(now) + "\n")
+        stream.flush()
 
 
 def trial_progress(total: int):

@@ -81,9 +81,10 @@ def run_probes(cfg: ProbeConfig) -> dict:
     if not ray.is_initialized():
         from pipelines.score import ray_address
 
-        from pipelines.console import quiet_ray
+        from pipelines.console import handle_sigterm, quiet_ray
 
         ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, **quiet_ray(Path(cfg.out)))
+        handle_sigterm()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from pipelines.console import trial_progress

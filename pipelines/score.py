@@ -42,6 +42,7 @@ TASKS = ("score", "embed")
 REDUCTIONS = ("mean", "sum", "focus")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
+EXIT_CLUSTER_LOST = 3
 
 
 @dataclass
@@ -343,6 +344,37 @@ def check_fits(plan: Plan, cluster: dict) -> None:
                             f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes 1 CPU and {plan.gpus_per_actor:g} GPU).")
 
 
+def watch_cluster(every: float = 5.0, misses: int = 3):
+    """A daemon thread that, while the job runs, ends this process with one sentence when the Ray head
+    stops answering (``misses`` failed connections to its GCS, ``every`` seconds apart): without it a
+    driver blocked on a dead cluster waits for Ray's own minute-long reconnect timeout, then dies with
+    pages of C++ logs. Exit status 3: the cluster was lost, not the input. Returns an event to set when
+    the job is over (a cluster shut down afterwards is not a loss)."""
+    import socket
+    import threading
+
+    import ray
+
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+    done = threading.Event()
+
+    def watch():
+        failed = 0
+        while not done.wait(every):
+            try:
+                socket.create_connection((host, int(port)), timeout=every).close()
+                failed = 0
+            except OSError:
+                failed += 1
+                if failed >= misses and not done.is_set():
+                    print(f"glmscore: error: lost the Ray cluster (its head at {host}:{port} stopped answering); "
+                          "finished shards are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
+                    os._exit(EXIT_CLUSTER_LOST)
+
+    threading.Thread(target=watch, name="glmscore-cluster-watch", daemon=True).start()
+    return done
+
+
 def ray_address(address: str | None) -> str:
     """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
     submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
@@ -352,7 +384,6 @@ def ray_address(address: str | None) -> str:
 
 def run_score(cfg: ScoreConfig) -> dict:
     import ray
-    from ray.data import ActorPoolStrategy
 
     started = shards.now()
     resolved = resolve_job(cfg)
@@ -369,11 +400,25 @@ def run_score(cfg: ScoreConfig) -> dict:
     for warning in resolved.benchmark.warnings:
         print(f"glmscore: warning: {warning}", file=sys.stderr)
     if not ray.is_initialized():
-        from pipelines.console import quiet_ray
+        from pipelines.console import handle_sigterm, quiet_ray
 
         ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out),
                  include_dashboard=False if address == "local" else None,  # a local run needs no dashboard
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        handle_sigterm()
+    done = watch_cluster()
+    try:
+        return _score_on_ray(cfg, resolved, units, out, fixed_size, started)
+    finally:
+        done.set()
+
+
+def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: Path, fixed_size: bool,
+                  started: str) -> dict:
+    """The job once Ray is up: plan, claim --out, run the pending units, check and write the manifest."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     if fixed_size:
         check_fits(plan, ray.cluster_resources())

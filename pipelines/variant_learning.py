@@ -155,10 +155,11 @@ def _init_ray(address: str | None, out: Path) -> None:
     import ray
 
     if not ray.is_initialized():
-        from pipelines.console import quiet_ray
+        from pipelines.console import handle_sigterm, quiet_ray
         from pipelines.score import ray_address
 
         ray.init(address=ray_address(address), ignore_reinit_error=True, **quiet_ray(out))
+        handle_sigterm()
 
 
 # ---------------------------------------------------------------- probes on embeddings

@@ -122,7 +122,7 @@ def _end_head(proc: subprocess.Popen, port: int) -> tuple:
 @contextlib.contextmanager
 def ray_head(tmp_path: Path, env: dict, timeout: float = 120):
     """A Ray head of its own, ``ray start --head --block`` in a new session; yields (gcs port, dashboard
-    port) once it is up, and ends exactly that head's processes on exit."""
+    port, the `ray start` process) once it is up, and ends exactly that head's processes on exit."""
     port, dash, client = _free_port(), _free_port(), _free_port()
     # no 30 s drain on SIGTERM (nothing of a test cluster is worth waiting for); an unbuffered log
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PYTHONUNBUFFERED": "1"}
@@ -156,7 +156,7 @@ def ray_head(tmp_path: Path, env: dict, timeout: float = 120):
             if time.monotonic() > deadline:
                 pytest.fail(f"the Ray head did not come up within {timeout:.0f} s:\n{_tail(log_path)}")
             time.sleep(1)
-        yield port, dash
+        yield port, dash, proc
     except BaseException:
         _end_head(proc, port)  # the body's failure is the one to report
         raise
@@ -183,7 +183,7 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette, tiny_llama
            "RAY_AUTH_TOKEN": secrets.token_hex(32),
            # the job's `python` must be this environment's, as after activating the venv
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with ray_head(tmp_path, env) as (_port, dash):
+    with ray_head(tmp_path, env) as (_port, dash, _head):
         out = tmp_path / "scores"
         submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                   "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo_out", "bench_out"]}),
@@ -240,3 +240,21 @@ def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     zahm = scores[(scores["dataset"] == "zahm") & (scores["model"] == "tiny-llama")]
     # the Zahm terminator carries IUPAC-degenerate barcode letters: mapped to N and counted
     assert (zahm["n_ambiguous"] > 0).all() and len(zahm) == 12 * 3
+
+
+def test_a_run_whose_cluster_dies_stops_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    with ray_head(tmp_path, env) as (port, _dash, head):
+        run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                                str(small_nullsette), "--model", str(tiny_llama), "--chunk-rows", "1",
+                                "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "o")],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first = run.stderr.readline()
+        assert first.startswith(f"glmscore: score on the Ray cluster at 127.0.0.1:{port}"), first
+        time.sleep(8)  # scoring under way
+        os.killpg(head.pid, signal.SIGKILL)  # the head dies: GCS, raylet, dashboard
+        start = time.monotonic()
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 3, err[-3000:]
+        assert time.monotonic() - start < 60
+        assert "glmscore: error: lost the Ray cluster" in err and not (tmp_path / "o" / "_manifest.json").exists()
