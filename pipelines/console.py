@@ -45,6 +45,8 @@ def quiet_ray(out: Path) -> dict:
     if verbose():
         return {"log_to_driver": True}
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy output honours verbose=0 (no result tables)
+    from ray.data import DataContext  # first: importing Ray Data configures its console logging
+
     log_dir = Path(out) / "_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_dir / "ray.log")
@@ -57,8 +59,6 @@ def quiet_ray(out: Path) -> dict:
         if handler not in logger.handlers:
             logger.addHandler(handler)
         logger.propagate = False
-    from ray.data import DataContext
-
     DataContext.get_current().enable_progress_bars = False
     print(f"glmscore: Ray's logs: {log_dir / 'ray.log'} (-v shows them here)", file=sys.stderr)
     return {"log_to_driver": False, "configure_logging": False}
