@@ -31,6 +31,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def type_labels(groups: list[str], significant: set[str]) -> list[str]:
+    """Box-plot tick labels: the mutant type's number, starred when it is significant."""
+    return [g.replace("mutant_translocation", "") + ("*" if g in significant else "") for g in groups]
+
+
 def plot_differences(scores: pd.DataFrame, out: Path, tests: pd.DataFrame | None = None) -> list[Path]:
     """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type;
     types significant in ``tests`` are starred and drawn in colour."""
@@ -50,8 +55,7 @@ def plot_differences(scores: pd.DataFrame, out: Path, tests: pd.DataFrame | None
         boxes = ax.boxplot([d for _, d in items], showfliers=False, patch_artist=True)
         for box, (g, _) in zip(boxes["boxes"], items):
             box.set_facecolor("tab:orange" if g in significant else "white")
-        ax.set_xticks(range(1, len(items) + 1),
-                      [g.replace("mutant_translocation", "") + ("*" if g in significant else "") for g, _ in items])
+        ax.set_xticks(range(1, len(items) + 1), type_labels([g for g, _ in items], significant))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("mutant type (translocation k; * and orange: significant after correction)")
         ax.set_ylabel("score(mutant) - score(nonmutant)")

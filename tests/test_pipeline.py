@@ -137,5 +137,9 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     assert "different --limit slices" in (tmp_path / "report2" / "report.md").read_text()
     with pytest.raises(GlmscoreError, match="pass each model once or name them apart with --labels"):
         Nullsette.analyze([dirs[0], dirs[0]], str(tmp_path / "report3"), Nullsette.AnalyzeOptions(n_perm=10))
+    # a Nullsette folder given to the NABench analysis is one sentence, not ArrowInvalid
+    from pipelines.cli import main
+
+    assert main(["analyze", "nabench", "--scores", dirs[0], "--out", str(tmp_path / "r4")]) == 2
     manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
     assert manifest["model_card"]["backend"] == "kmer"

@@ -165,14 +165,15 @@ def test_actor_pools_a_local_cluster_can_never_place_are_refused(tmp_path, small
 
 def test_sigterm_ends_a_run_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
     import signal
-    import time
 
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
                              str(small_nullsette), "--model", str(tiny_llama), "--chunk-rows", "1", "--out", str(tmp_path / "o")],
                             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     first = proc.stderr.readline()  # our first line names the cluster and the output folder
     assert first.startswith("glmscore: score on a new local Ray cluster") and str(tmp_path / "o") in first, first
-    time.sleep(3)
+    for line in proc.stderr:  # scoring under way (a SIGTERM inside ray.init itself: see the README)
+        if " rows (" in line:
+            break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
@@ -182,8 +183,10 @@ def test_sigterm_ends_a_run_with_one_sentence(tmp_path, small_nullsette, tiny_ll
 
 def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_path, small_nullsette):
     base = ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3", "--limit", "4")
-    proc = _run_cli(*base, "--out", str(tmp_path / "q"))
+    proc = _run_cli(*base, "--out", "q", cwd=tmp_path)  # a relative --out: resolved on the driver
     assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "q" / "_manifest.json").read_text())["config"]
+    assert config["out"] == str(tmp_path / "q") and config["data"] == str(small_nullsette)
     console = (proc.stdout + proc.stderr).splitlines()
     ours = [line for line in console if line.startswith(("glmscore: ", "scored "))]
     others = [line for line in console if line not in ours and "core_worker.cc" not in line]  # C++ log: see README
@@ -205,3 +208,16 @@ def test_a_hub_model_without_network_is_one_sentence_at_once(tmp_path, small_nul
                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
         _assert_one_line_error(proc, "is not in the Hugging Face cache and 127.0.0.1 cannot be reached")
         assert len(proc.stderr.splitlines()) <= 3, proc.stderr  # no minute of retry messages
+
+
+def test_sigterm_ends_the_demo_too(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "demo", "--out", str(tmp_path / "demo")], cwd=ROOT,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:  # wait until the demo's first scoring job is under way
+        if " rows (" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "glmscore: terminated" in err and "Traceback" not in err, err[-2000:]

@@ -115,3 +115,9 @@ def test_pairs_join_on_pair_index_not_row_order():
     b = nullsette_tests(shuffled, n_perm=500)
     assert a["mean_diff"].iloc[0] == pytest.approx(b["mean_diff"].iloc[0])
     assert a["p_value"].iloc[0] == b["p_value"].iloc[0]
+
+
+def test_significant_mutant_types_are_starred_in_the_box_plots():
+    from analysis.report import type_labels
+
+    assert type_labels(["mutant_translocation1", "mutant_translocation2"], {"mutant_translocation2"}) == ["1", "2*"]

@@ -199,7 +199,7 @@ def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path):
+def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path, capsys):
     from pipelines.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
     from pipelines.variant_learning import CNNOptions, run_cnn
@@ -216,6 +216,7 @@ def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not
         cnn = run_cnn(CNNOptions(data=str(synthetic / "var"), out=str(tmp_path / f"cnn{shuffle}"), filters=[16, 32, 32, 48],
                                  hidden=[32, 16], lr=3e-3, patience=10, max_epochs=30, shuffle_labels=shuffle))
         results[shuffle] = (probes["summary"].iloc[0], cnn["summary"].iloc[0])
+    assert "glmscore: 5/5 trials (100%)" in capsys.readouterr().err  # Tune sweeps count trials
     for row in results[False]:
         assert row["ensemble_auroc"] > 0.75 and row["n_folds"] == 5, row.to_dict()
     for row in results[True]:

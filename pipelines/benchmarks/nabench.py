@@ -197,13 +197,11 @@ class NABench(Benchmark):
     def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:
         from analysis.fitness import aggregate, zero_shot_table
         from analysis.report import plot_best_worst, plot_family_bars, write_table_report
-        from pipelines.shards import read_scores
+        from pipelines.shards import read_manifest, read_scores
 
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
         columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
-        from pipelines.shards import read_manifest
-
         frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
         manifests = {d: read_manifest(Path(d)) for d in score_dirs}
         notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
