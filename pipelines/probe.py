@@ -65,7 +65,6 @@ def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
 
 
 def run_probes(cfg: ProbeConfig) -> dict:
-    import ray
 
     from analysis.fitness import aggregate
     from analysis.report import write_table_report
@@ -78,13 +77,9 @@ def run_probes(cfg: ProbeConfig) -> dict:
     setting, probes, seed, repeats, out = cfg.setting, cfg.probes or ["ridge", "mlp"], cfg.seed, cfg.repeats, cfg.out
     model, data = load_embeddings(Path(cfg.embeddings))
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats)
-    if not ray.is_initialized():
-        from pipelines.score import ray_address
+    from pipelines.score import ray_address, start_ray
 
-        from pipelines.console import handle_sigterm, quiet_ray
-
-        ray.init(address=ray_address(cfg.address), ignore_reinit_error=True, **quiet_ray(Path(cfg.out)))
-        handle_sigterm()
+    start_ray(ray_address(cfg.address), Path(cfg.out))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from pipelines.console import trial_progress

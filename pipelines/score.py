@@ -382,6 +382,20 @@ def ray_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def start_ray(address: str, out: Path, **init_args) -> None:
+    """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
+    ``out`` (``pipelines/console.py``), no dashboard for a local cluster, our SIGTERM handling restored."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from pipelines.console import handle_sigterm, quiet_ray
+
+    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out),
+             include_dashboard=False if address == "local" else None, **init_args)  # a local run needs no dashboard
+    handle_sigterm()  # ray.init installs handlers of its own
+
+
 def run_score(cfg: ScoreConfig) -> dict:
     import ray
 
@@ -399,13 +413,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     print(f"glmscore: {cfg.task} on {where}; output {out}", file=sys.stderr, flush=True)  # the first line
     for warning in resolved.benchmark.warnings:
         print(f"glmscore: warning: {warning}", file=sys.stderr)
-    if not ray.is_initialized():
-        from pipelines.console import handle_sigterm, quiet_ray
-
-        ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out),
-                 include_dashboard=False if address == "local" else None,  # a local run needs no dashboard
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-        handle_sigterm()
+    start_ray(address, out, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     done = watch_cluster()
     try:
         return _score_on_ray(cfg, resolved, units, out, fixed_size, started)

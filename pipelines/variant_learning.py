@@ -152,14 +152,9 @@ def write_results(out: Path, pred: pd.DataFrame, title: str, settings: dict, *, 
 
 
 def _init_ray(address: str | None, out: Path) -> None:
-    import ray
+    from pipelines.score import ray_address, start_ray
 
-    if not ray.is_initialized():
-        from pipelines.console import handle_sigterm, quiet_ray
-        from pipelines.score import ray_address
-
-        ray.init(address=ray_address(address), ignore_reinit_error=True, **quiet_ray(out))
-        handle_sigterm()
+    start_ray(ray_address(address), out)
 
 
 # ---------------------------------------------------------------- probes on embeddings
