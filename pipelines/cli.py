@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="few-shot or supervised probe sweep on embeddings (Ray Tune)")
     pr.set_defaults(fields=add_options(pr, ProbeConfig))
 
+    from pipelines.finetune import FinetuneConfig
+
+    ft = sub.add_parser("finetune", help="fine-tune a whole model on NABench assays (Ray Train, Ray Tune for sweeps)")
+    ft.set_defaults(fields=add_options(ft, FinetuneConfig))
+
     an = sub.add_parser("analyze", help="statistics, tables, plots and report from score folders")
     an_sub = an.add_subparsers(dest="benchmark", required=True)
     for cls in BENCHMARKS.classes():
@@ -210,6 +215,13 @@ def _dispatch(args) -> int:
         from pipelines.probe import ProbeConfig, run_probes
 
         result = run_probes(ProbeConfig(**given(args, args.fields)))
+        print(result["summary"].to_string(index=False))
+        print(f"report: {result['report']}")
+        return 0
+    if args.command == "finetune":
+        from pipelines.finetune import FinetuneConfig, run_finetune
+
+        result = run_finetune(FinetuneConfig(**given(args, args.fields)))
         print(result["summary"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0

@@ -382,17 +382,20 @@ def ray_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
-def start_ray(address: str, out: Path, **init_args) -> None:
+def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> None:
     """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
-    ``out`` (``pipelines/console.py``), no dashboard for a local cluster, our SIGTERM handling restored."""
+    ``out`` (``pipelines/console.py``), our SIGTERM handling restored. A local cluster gets no dashboard
+    (about 1 s of start-up) unless ``state_api``: Ray's state API is served by the dashboard, and Ray Train
+    polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
     import ray
 
     if ray.is_initialized():
         return
     from pipelines.console import handle_sigterm, quiet_ray
 
-    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out),
-             include_dashboard=False if address == "local" else None, **init_args)  # a local run needs no dashboard
+    dashboard = None if address != "local" else state_api
+    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out), include_dashboard=dashboard,
+             **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
     handle_sigterm()  # ray.init installs handlers of its own
 
 
