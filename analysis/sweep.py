@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.probes import FEWSHOT_K, run_fewshot, run_supervised
 
@@ -36,6 +37,14 @@ def _trial(config: dict, data: dict) -> dict:
     warnings.filterwarnings("ignore", category=LinAlgWarning)
     c = config["trial"]
     a: AssayArrays = data[c["assay"]]
+    if c["setting"] == "transfer":
+        from analysis.transfer import TransferTask, transfer_predict
+
+        pred = transfer_predict(c["probe"], data, TransferTask(c["assay"], tuple(c["train_assays"]), c["split"]), c["seed"])
+        # the held-out assay's labels are read here, after its predictions exist: to score them
+        metric = float(stats.spearmanr(a.y, pred).statistic) if np.ptp(pred) > 0 else np.nan
+        return {**{k: c[k] for k in ("assay", "setting", "probe", "split")}, "family": a.family, "metric": metric,
+                "n_splits": 1, "train_assays": ",".join(c["train_assays"])}
     if c["setting"] == "fewshot":
         res = run_fewshot(c["probe"], a.X, a.y, int(c["split"]), repeats=c["repeats"], seed=c["seed"], params=c["params"])
     else:
@@ -45,8 +54,15 @@ def _trial(config: dict, data: dict) -> dict:
 
 def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], seed: int = 0,
                ks=FEWSHOT_K, repeats: int = 5, schemes=("random", "modulo", "contiguous"),
-               fixed_params: dict | None = None) -> list[dict]:
+               fixed_params: dict | None = None, transfer_from=None, transfer_to=None) -> list[dict]:
     grid = []
+    if setting == "transfer":
+        from analysis.transfer import transfer_tasks
+
+        for task in transfer_tasks({a: d.family for a, d in data.items()}, transfer_from, transfer_to):
+            grid += [{"assay": task.test, "setting": setting, "probe": probe, "split": task.split, "seed": seed,
+                      "train_assays": list(task.train)} for probe in probes]
+        return grid
     for assay, a in sorted(data.items()):
         multi = any(len(p) > 1 for p in a.positions)
         splits = [k for k in ks if k < len(a.y)] if setting == "fewshot" else [
@@ -74,6 +90,7 @@ def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, nam
     if errors:
         raise errors[0]
     rows = [r.metrics for r in results]
-    keep = ["assay", "family", "setting", "probe", "split", "metric", "n_splits"]
+    keep = ["assay", "family", "setting", "probe", "split", "metric", "n_splits"] + (
+        ["train_assays"] if any("train_assays" in r for r in rows) else [])
     return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],
                                                                                  key=lambda s: s.astype(str))

@@ -68,3 +68,30 @@ def pooled_training_labels(labels: dict[str, np.ndarray], task: TransferTask) ->
     """The training assays' labels, each rank-normalised, concatenated in ``task.train`` order. Only the
     training assays are read: the held-out assay's labels are not an argument of the fit."""
     return np.concatenate([rank_normalise(labels[a]) for a in task.train])
+
+
+def transfer_predict(probe: str, data: dict, task: TransferTask, seed: int = 0) -> np.ndarray:
+    """Fit a fresh probe on the training assays' pooled embeddings (labels rank-normalised per assay)
+    and predict the held-out assay. Reads ``data[a].y`` for the training assays only; hyper-parameters
+    are chosen by leave-one-assay-out CV over the training assays when there are three or more."""
+    from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut
+
+    from analysis.probes import GRIDS, make_probe
+
+    widths = {a: data[a].X.shape[1] for a in (*task.train, task.test)}
+    if len(set(widths.values())) > 1:
+        raise GlmscoreError("transfer needs embeddings of one width for every assay (pooled model embeddings); "
+                            f"these differ ({', '.join(f'{a}: {w}' for a, w in sorted(widths.items()))}), "
+                            "as one-hot features of assays of different lengths do.")
+    if probe == "logistic":
+        raise GlmscoreError("transfer predicts a fitness ranking: use --probes ridge or mlp.")
+    X = np.concatenate([data[a].X for a in task.train])
+    y = pooled_training_labels({a: data[a].y for a in task.train}, task)
+    groups = np.concatenate([np.full(len(data[a].X), i) for i, a in enumerate(task.train)])
+    model = make_probe(probe, seed)
+    if len(task.train) >= 3:
+        model = GridSearchCV(model, GRIDS[probe], cv=LeaveOneGroupOut(), scoring="r2")
+        model.fit(X, y, groups=groups)
+    else:
+        model.fit(X, y)
+    return model.predict(data[task.test].X)

@@ -367,9 +367,11 @@ def _train_one(config: dict, fit: dict, data: dict, state: dict | None, start_se
     if rank == 0:
         rows = np.concatenate([fit["val"], fit["test"]]).astype(np.int64)
         pred = predict(inner, [data["ids"][i] for i in rows], [data["real"][i] for i in rows], data["pad_id"], device)
+        # the training rows are listed too (no prediction), so every fit's split can be audited
         _write_fit(Path(config["fits_dir"]) / f"{fit['name']}.parquet",
-                   pd.DataFrame({"row": rows, "role": ["val"] * len(fit["val"]) + ["test"] * len(fit["test"]),
-                                 "prediction": pred.astype(np.float64)}),
+                   pd.DataFrame({"row": np.concatenate([train, rows]).astype(np.int64),
+                                 "role": ["train"] * len(train) + ["val"] * len(fit["val"]) + ["test"] * len(fit["test"]),
+                                 "prediction": np.concatenate([np.full(len(train), np.nan), pred.astype(np.float64)])}),
                    {"name": fit["name"], "fingerprint": fit["fingerprint"], "initial_weights_sha256": initial_sha,
                     "final_weights_sha256": weights_sha256(inner.base), "history": history,
                     "load_seconds": load_seconds, "workers": world, "train_rows": len(train)})
@@ -510,6 +512,7 @@ def collect(table: Table, fits: list[Fit], fits_dir: Path, model: str, setting: 
         if got is None or got[1].get("fingerprint") != f.fingerprint:
             raise GlmscoreError(f"fit {f.name} has no predictions in {fits_dir}; rerun to compute it.")
         pred, info = got
+        pred = pred[pred["role"] != "train"]
         rows = pred["row"].to_numpy()
         preds.append(pred.assign(model=model, setting=setting, assay=table.assay[rows], family=table.family[rows],
                                  pair_index=table.pair_index[rows], label=table.label[rows], split=f.split, fold=f.fold,

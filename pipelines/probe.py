@@ -11,10 +11,10 @@ import pyarrow.dataset as pads
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
-from pipelines.benchmarks.nabench import positions
+from pipelines.benchmarks.nabench import family_list, positions
 from pipelines.shards import PARTITIONING, read_manifest
 
-SETTINGS = ("fewshot", "supervised", "variants")
+SETTINGS = ("fewshot", "supervised", "transfer", "variants")
 
 
 def _probe_names() -> list[str]:
@@ -27,7 +27,8 @@ def _probe_names() -> list[str]:
 class ProbeConfig(Options):
     embeddings: str = option(MISSING, help="an embedding folder written by `glmscore embed`")
     setting: str = option(MISSING, choices=SETTINGS,
-                          help="NABench: few-shot k in {5, 20, 50, 100} or supervised 5-fold CV; variants: chromosome-held-out AUROC")
+                          help="NABench: few-shot k in {5, 20, 50, 100}, supervised 5-fold CV, or transfer "
+                               "(leave one assay out within a family); variants: chromosome-held-out AUROC")
     out: str = option(MISSING, help="report folder")
     probes: list[str] | None = option(None, parse=comma_list, choices=_probe_names,
                                       help="comma-separated: ridge, mlp, logistic (default: ridge,mlp; variants: mlp,logistic)")
@@ -35,6 +36,8 @@ class ProbeConfig(Options):
     seed: int = option(0, help="seed of splits and fits")
     test_chroms: list[str] = option(["chr9", "chr10"], parse=comma_list, help="variants: test chromosomes")
     folds: int = option(5, minimum=2, help="variants: CV folds grouped by chromosome on the other chromosomes")
+    transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
+    transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")
     shuffle_labels: bool = option(False, help="variants: the control, labels permuted across rows (expect AUROC near 0.5)")
     address: str | None = option(None, help="Ray address")
 
@@ -76,7 +79,8 @@ def run_probes(cfg: ProbeConfig) -> dict:
         return run_variant_probes(cfg)
     setting, probes, seed, repeats, out = cfg.setting, cfg.probes or ["ridge", "mlp"], cfg.seed, cfg.repeats, cfg.out
     model, data = load_embeddings(Path(cfg.embeddings))
-    grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats)
+    grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats, transfer_from=cfg.transfer_from,
+                      transfer_to=cfg.transfer_to)
     from pipelines.score import ray_address, start_ray
 
     start_ray(ray_address(cfg.address), Path(cfg.out))
