@@ -523,7 +523,7 @@ def collect(table: Table, fits: list[Fit], fits_dir: Path, model: str, setting: 
                         "initial_weights_sha256": info["initial_weights_sha256"],
                         "final_weights_sha256": info["final_weights_sha256"],
                         "final_train_loss": history[-1]["train_loss"] if history else np.nan,
-                        "resumed_at_epoch": min((h["resumed_at"] for h in history), default=0)})
+                        "resumed_at_epoch": max((h["resumed_at"] for h in history), default=0)})
     return pd.concat(preds, ignore_index=True), pd.DataFrame(records)
 
 
