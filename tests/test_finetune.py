@@ -281,7 +281,7 @@ def test_label_shuffled_control_scores_near_zero(tmp_path, tiny_bert, killed_and
     assert proc.returncode == 0, log[-3000:]
     shuffled = pd.read_csv(tmp_path / "shuffled" / "finetune_summary.csv")["spearman"].iloc[0]
     real = pd.read_csv(killed_and_resumed[0] / "finetune_summary.csv")["spearman"].iloc[0]
-    assert abs(shuffled) < 0.15 and real - shuffled > 0.15
+    assert abs(shuffled) < 0.2 and real - shuffled > 0.2  # null SD of the mean over 5 folds x 2 assays: ~0.05
 
 
 @needs_data
