@@ -447,6 +447,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     warnings: list[str] = []
     table = load_table(cfg, card, warnings)
     fits = plan_fits(cfg, table)
+    if not fits:
+        raise GlmscoreError(f"nothing to fine-tune: no assay here allows {cfg.setting} splits of "
+                            f"{', '.join(cfg.schemes) if cfg.setting == 'supervised' else 'k = ' + ','.join(map(str, cfg.ks))} "
+                            "(modulo and contiguous folds need single mutants; k must be below the assay's rows).")
     for fit in fits:
         fit.fingerprint = fingerprint(cfg, card, table, fit)
     out = Path(cfg.out).resolve()

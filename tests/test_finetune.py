@@ -298,3 +298,7 @@ def test_finetune_transfer_and_user_errors(tmp_path, tiny_bert):
     bad = subprocess.run([*GLMSCORE, "finetune", "--data", str(NABENCH), "--model", "onehot", "--setting", "supervised",
                           "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "no weights to fine-tune" in bad.stderr and "Traceback" not in bad.stderr
+    none = subprocess.run([*GLMSCORE, "finetune", "--data", str(NABENCH), "--model", str(tiny_bert), "--setting",
+                           "supervised", "--assays", "Townshend_2015_4nt_aptamer", "--schemes", "modulo", "--out", str(tmp_path / "y")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert none.returncode == 2 and "nothing to fine-tune" in none.stderr and "Traceback" not in none.stderr
