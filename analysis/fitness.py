@@ -41,6 +41,15 @@ def top_recall(y_true: np.ndarray, y_score: np.ndarray, top: float = 0.1) -> flo
     return float((true_top & model_top).sum() / true_top.sum()) if true_top.sum() else 0.0
 
 
+def spearman(y_true, y_score) -> float:
+    """Spearman of the rows where both are present; NaN when either side is constant or fewer than 3 rows."""
+    y_true, y_score = np.asarray(y_true, float), np.asarray(y_score, float)
+    ok = ~(np.isnan(y_true) | np.isnan(y_score))
+    if ok.sum() < 3 or np.ptp(y_true[ok]) == 0 or np.ptp(y_score[ok]) == 0:
+        return np.nan
+    return float(stats.spearmanr(y_true[ok], y_score[ok]).statistic)
+
+
 def assay_metrics(y_true, y_score, cutoff: float | None = None) -> dict[str, float]:
     """All zero-shot metrics for one assay (rows with a missing label or score are dropped)."""
     y_true, y_score = np.asarray(y_true, float), np.asarray(y_score, float)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.probes import FEWSHOT_K, run_fewshot, run_supervised
 
@@ -38,11 +37,12 @@ def _trial(config: dict, data: dict) -> dict:
     c = config["trial"]
     a: AssayArrays = data[c["assay"]]
     if c["setting"] == "transfer":
+        from analysis.fitness import spearman
         from analysis.transfer import TransferTask, transfer_predict
 
         pred = transfer_predict(c["probe"], data, TransferTask(c["assay"], tuple(c["train_assays"]), c["split"]), c["seed"])
         # the held-out assay's labels are read here, after its predictions exist: to score them
-        metric = float(stats.spearmanr(a.y, pred).statistic) if np.ptp(pred) > 0 else np.nan
+        metric = spearman(a.y, pred)
         return {**{k: c[k] for k in ("assay", "setting", "probe", "split")}, "family": a.family, "metric": metric,
                 "n_splits": 1, "train_assays": ",".join(c["train_assays"])}
     if c["setting"] == "fewshot":

@@ -46,6 +46,7 @@ import pandas as pd
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
+from pipelines.benchmarks.nabench import family_list
 
 SETTINGS = ("supervised", "fewshot", "transfer")
 FITS = "fits"
@@ -66,12 +67,6 @@ def _ints(text: str) -> list[int]:
         raise GlmscoreError(f"{text!r} is not a comma-separated list of whole numbers.") from None
 
 
-def _families(text: str) -> list[str]:
-    from pipelines.benchmarks.nabench import family_list
-
-    return family_list(text)
-
-
 @dataclass(frozen=True)
 class FinetuneConfig(Options):
     data: str = option(MISSING, help="NABench data folder (metadata.csv + <DMS_ID>.csv)")
@@ -81,15 +76,15 @@ class FinetuneConfig(Options):
     out: str = option(MISSING, help="output folder (must be storage every node sees)")
     benchmark: str = option("nabench", choices=("nabench",), help="the benchmark (NABench fitness assays)")
     assays: list[str] | None = option(None, parse=comma_list, help="comma-separated DMS_IDs (default: all)")
-    families: list[str] | None = option(None, parse=_families, help="comma-separated families (case-insensitive RNA_TYPE)")
+    families: list[str] | None = option(None, parse=family_list, help="comma-separated families (case-insensitive RNA_TYPE)")
     limit: int | None = option(None, minimum=1, help="first N rows of each assay only")
     schemes: list[str] = option(["random", "modulo", "contiguous"], parse=comma_list,
                                 choices=("random", "modulo", "contiguous"),
                                 help="supervised fold schemes (multi-mutant assays: random only)")
     ks: list[int] = option([5, 20, 50, 100], parse=_ints, help="few-shot training rows")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
-    transfer_from: list[str] | None = option(None, parse=_families, help="transfer: train on these families ...")
-    transfer_to: list[str] | None = option(None, parse=_families, help="transfer: ... and predict each assay of these")
+    transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
+    transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")
     pooling: str = option("mean", choices=("mean", "cls", "last", "cls+mean"), help="pooling of the last hidden state")
     head: list[str] = option(["linear"], parse=comma_list, choices=("linear", "mlp"), help="regression head(s)")
     lr: list[float] = option([2e-5], parse=_floats, help="AdamW learning rate(s)")
@@ -531,21 +526,14 @@ def collect(table: Table, fits: list[Fit], fits_dir: Path, model: str, setting: 
     return pd.concat(preds, ignore_index=True), pd.DataFrame(records)
 
 
-def _spearman(y, p) -> float:
-    from scipy import stats
-
-    ok = ~(np.isnan(y) | np.isnan(p))
-    return float(stats.spearmanr(y[ok], p[ok]).statistic) if ok.sum() > 2 and np.ptp(p[ok]) > 0 and np.ptp(y[ok]) > 0 else np.nan
-
-
 def summarise(cfg: FinetuneConfig, card, table: Table, fits: list[Fit], out: Path, warnings: list[str]) -> dict:
-    from analysis.fitness import aggregate
+    from analysis.fitness import aggregate, spearman
     from analysis.report import write_table_report
 
     preds, records = collect(table, fits, out / FITS, card.id, cfg.setting)
     keys = ["assay", "family", "split", "fold"]
     per_fit = (preds.groupby(keys + ["lr", "epochs", "head", "role"], sort=True)
-               .apply(lambda g: _spearman(g["label"].to_numpy(), g["prediction"].to_numpy()), include_groups=False)
+               .apply(lambda g: spearman(g["label"].to_numpy(), g["prediction"].to_numpy()), include_groups=False)
                .unstack("role").reset_index())
     per_fit = per_fit.rename(columns={"test": "test_spearman", "val": "val_spearman"})
     if "val_spearman" not in per_fit:
@@ -557,7 +545,7 @@ def summarise(cfg: FinetuneConfig, card, table: Table, fits: list[Fit], out: Pat
     chosen = per_fit[per_fit["selected"]]
     sel = preds.merge(chosen[keys + ["lr", "epochs", "head"]], on=keys + ["lr", "epochs", "head"])
     pooled = (sel[sel["role"] == "test"].groupby(["assay", "split"])
-              .apply(lambda g: _spearman(g["label"].to_numpy(), g["prediction"].to_numpy()), include_groups=False)
+              .apply(lambda g: spearman(g["label"].to_numpy(), g["prediction"].to_numpy()), include_groups=False)
               .rename("pooled_spearman"))
     assays = (chosen.groupby(["assay", "family", "split"], sort=True)
               .agg(spearman=("test_spearman", "mean"), n_folds=("test_spearman", "size")).reset_index()
