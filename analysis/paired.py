@@ -7,8 +7,13 @@ alternative is ``less``.
 
 p-value estimators:
 - ``plus_one`` (default): p = (1 + #{perm <= obs}) / (1 + n_perm); never 0 and valid (Phipson & Smyth 2010).
-- ``seed``: p = #{perm <= obs} / n_perm, the seed scripts' estimator (can return 0), for exact reproduction.
-When 2**n <= n_perm every sign vector is enumerated and the exact p-value returned (as scipy does).
+- ``seed``: p = #{perm <= obs} / n_perm on glmscore's own draw of sign vectors (can return 0).
+- ``paper``: the published GLM-Nullsette-Benchmark function (``model/utils/paired_mutation_test.py``) bit
+  for bit: a fresh ``np.random.default_rng(seed)`` per test, per permutation
+  ``signs = rng.choice([-1, 1], size=n)``, ``mean(diffs * signs)``, p = mean(perm_means <= observed_mean)
+  with no tie tolerance, no enumeration, no dropping of NaNs (see ``published_pvalue``).
+When 2**n <= n_perm every sign vector is enumerated and the exact p-value returned (as scipy does), except
+under ``paper``.
 
 Vectorised: tests with the same number of pairs share one draw of sign vectors, and the statistic of
 every permutation for every test is one matrix product (n_perm x n) @ (n x tests), in chunks.
@@ -24,7 +29,7 @@ from scipy import stats
 
 from models.errors import GlmscoreError
 
-ESTIMATORS = ("plus_one", "seed")
+ESTIMATORS = ("plus_one", "seed", "paper")
 CORRECTIONS = ("bh", "bonferroni", "holm", "none")
 
 
@@ -36,6 +41,36 @@ def _signs_random(rng: np.random.Generator, n_perm: int, n: int) -> np.ndarray:
 
 def _signs_exact(n: int) -> np.ndarray:
     return np.array(list(itertools.product((1.0, -1.0), repeat=n)), dtype=np.float64).reshape(-1, n)
+
+
+def published_pvalue(diffs: np.ndarray, *, n_perm: int = 10_000, seed: int | None = 0, alternative: str = "less",
+                     chunk: int = 1000) -> float:
+    """The published paired permutation test, vectorised and equal to its loop bit for bit.
+
+    Why the vectorised form is the same computation: ``Generator.choice([-1, 1], size=n)`` draws its
+    indices with ``integers(0, 2)``, which takes exactly one 32-bit output of the bit generator per
+    index with no rejection (Lemire's method on a range of 2 never rejects) and keeps the bit
+    generator's half-used 64-bit word between calls; so one draw of ``(rows, n)`` indices consumes
+    the stream exactly as ``rows`` successive draws of ``n``. Each row's mean is a reduction over the
+    contiguous last axis, which numpy computes with the same pairwise summation as the 1-D ``np.mean``.
+    ``tests/test_statistics.py`` checks equality against the explicit loop on real score vectors.
+    """
+    diffs = np.asarray(diffs, dtype=np.float64)
+    observed = np.mean(diffs)
+    perm = published_permutation_means(diffs, n_perm=n_perm, seed=seed, chunk=chunk)
+    return float(np.mean(perm <= observed) if alternative == "less" else np.mean(perm >= observed))
+
+
+def published_permutation_means(diffs: np.ndarray, *, n_perm: int = 10_000, seed: int | None = 0,
+                                chunk: int = 1000) -> np.ndarray:
+    """The published function's ``permuted_means``, in its order (see ``published_pvalue``)."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_perm)
+    for start in range(0, n_perm, chunk):
+        rows = min(chunk, n_perm - start)
+        out[start : start + rows] = np.mean(diffs * rng.choice([-1, 1], size=(rows, len(diffs))), axis=1)
+    return out
 
 
 def signflip_pvalues(diffs: Sequence[np.ndarray], *, n_perm: int = 10_000, seed: int = 0,
@@ -50,6 +85,11 @@ def signflip_pvalues(diffs: Sequence[np.ndarray], *, n_perm: int = 10_000, seed:
         raise GlmscoreError(f"unknown alternative {alternative!r}: choose less, greater or two-sided.")
     if n_perm < 1:
         raise GlmscoreError("the number of permutations must be at least 1.")
+    if estimator == "paper":
+        if alternative not in ("less", "greater"):
+            raise GlmscoreError("the published estimator is one-sided: alternative less or greater.")
+        return np.array([published_pvalue(d, n_perm=n_perm, seed=seed, alternative=alternative) if len(d) else np.nan
+                         for d in diffs])
     clean = [np.asarray(d, dtype=np.float64) for d in diffs]
     clean = [d[~np.isnan(d)] for d in clean]
     out = np.full(len(clean), np.nan)

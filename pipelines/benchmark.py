@@ -65,6 +65,7 @@ class Benchmark(ABC):
 
     name: ClassVar[str] = ""
     data_help: ClassVar[str] = "benchmark data folder"
+    scores_help: ClassVar[str] = "one or more score folders (one per model)"  # what `analyze --scores` reads
     Options: ClassVar[type[Options]] = NoOptions  # flags of `glmscore score/embed --benchmark <name>`
     AnalyzeOptions: ClassVar[type[Options]] = NoOptions  # flags of `glmscore analyze <name>`
     extra_columns: ClassVar[dict[str, pa.DataType]] = {}  # shard columns beyond the shared contract

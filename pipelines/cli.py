@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     an_sub = an.add_subparsers(dest="benchmark", required=True)
     for cls in BENCHMARKS.classes():
         a = an_sub.add_parser(cls.name, help=f"analyse {cls.name} score folders")
-        a.add_argument("--scores", nargs="+", default=[], help="one or more score folders (one per model)")
+        a.add_argument("--scores", nargs="+", default=[], help=cls.scores_help)
         a.add_argument("--out", required=True, help="report folder")
         a.set_defaults(fields=add_options(a, cls.AnalyzeOptions, skip={"scores", "out"}))
 

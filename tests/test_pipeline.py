@@ -143,3 +143,40 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     assert main(["analyze", "nabench", "--scores", dirs[0], "--out", str(tmp_path / "r4")]) == 2
     manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
     assert manifest["model_card"]["backend"] == "kmer"
+
+
+def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path):
+    """Real shards (kmer:3 on the real kosuri and lagator cassettes) written out as the published scripts
+    write theirs (<out>/<model>/<dataset>/<file>.csv, tab-separated seqs, scores) analyse to the same table."""
+    import pandas as pd
+
+    from pipelines.benchmarks.nullsette import build
+    from pipelines.cli import main
+    from tests.conftest import shared_data
+
+    data = tmp_path / "pd"
+    build(shared_data("nullsette"), data, tables=["kosuri", "deboer_pTpA"])
+    run_score(_cfg(data, "kmer:3", tmp_path / "k3", limit=300))
+    shards = pads.dataset(tmp_path / "k3", partitioning="hive").to_table().to_pandas()
+    published = tmp_path / "output"
+    for (dataset, group), part in shards.groupby(["dataset", "group"]):
+        folder = published / "kmer3" / {"deboer_pTpA": "pTpA"}.get(dataset, dataset)  # as hyenadna.py names it
+        folder.mkdir(parents=True, exist_ok=True)
+        source = data / ("deboer/pTpA" if dataset == "deboer_pTpA" else dataset) / f"{group}.txt"
+        part = part.sort_values("pair_index")
+        seqs = read_all(source)[1][:300]
+        pd.DataFrame({"seqs": seqs, "scores": part["score"].to_numpy()}).to_csv(folder / f"{group}.csv", sep="\t", index=False)
+    opts = Nullsette.AnalyzeOptions(n_perm=500, estimator="paper")
+    ours = Nullsette.analyze([str(tmp_path / "k3")], str(tmp_path / "r1"), opts)["tests"]
+    theirs = Nullsette.analyze([str(published)], str(tmp_path / "r2"), opts)["tests"]
+    assert len(ours) == 30 and set(theirs["dataset"]) == {"kosuri", "deboer_pTpA"}
+    pd.testing.assert_frame_equal(ours.drop(columns="order"), theirs.drop(columns="order"))
+    # one model folder, renamed with --labels, through the CLI
+    assert main(["analyze", "nullsette", "--scores", str(published / "kmer3"), "--labels", "published k3",
+                 "--estimator", "paper", "--n-perm", "200", "--out", str(tmp_path / "r3")]) == 0
+    assert "published k3" in (tmp_path / "r3" / "nullsette_success.csv").read_text()
+    # a file that breaks the pairing is one sentence
+    broken = published / "kmer3" / "kosuri" / "mutant_translocation3.csv"
+    broken.write_text("\n".join(broken.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(GlmscoreError, match="must pair row by row"):
+        Nullsette.analyze([str(published)], str(tmp_path / "r4"), opts)

@@ -121,3 +121,78 @@ def test_significant_mutant_types_are_starred_in_the_box_plots():
     from analysis.report import type_labels
 
     assert type_labels(["mutant_translocation1", "mutant_translocation2"], {"mutant_translocation2"}) == ["1", "2*"]
+
+
+# ---------------------------------------------------------------- the published estimator (--estimator paper)
+
+
+def _published_loop(original, mutant, num_permutations=10_000, seed=0):
+    """The published GLM-Nullsette-Benchmark test as its script runs it: a Python loop, a fresh
+    default_rng(seed), rng.choice signs per permutation, p = mean(perm <= observed)."""
+    original, mutant = np.array(original), np.array(mutant)
+    rng = np.random.default_rng(seed)
+    diffs = mutant - original
+    observed = np.mean(diffs)
+    means = []
+    for _ in range(num_permutations):
+        signs = rng.choice([-1, 1], size=len(diffs))
+        means.append(np.mean(diffs * signs))
+    means = np.array(means)
+    return np.mean(means <= observed), means
+
+
+@pytest.fixture(scope="module")
+def real_kmer_scores(tmp_path_factory):
+    """k-mer (order 3) scores of the real kosuri cassettes, all 1,500 pairs and 19 mutant types."""
+    from models.backends.kmer import fit_counts, logprob_table
+    from models.cards import resolve_card
+    from models.loader import load_backend
+    from pipelines.benchmarks.nullsette import build
+    from pipelines.fasta import read_all
+    from tests.conftest import shared_data
+
+    data = tmp_path_factory.mktemp("real") / "pd"
+    build(shared_data("nullsette"), data, tables=["kosuri"])
+    files = sorted((data / "kosuri").glob("*.txt"))
+    seqs = {f.stem: read_all(f)[1] for f in files}
+    scorer = load_backend(resolve_card("kmer:3"), fitted={None: logprob_table(fit_counts(seqs["nonmutant"], 3))})
+    rows = []
+    for group, s in seqs.items():
+        score = scorer.loglik_sequences(s).mean
+        rows.append(pd.DataFrame({"model": "kmer3", "dataset": "kosuri", "group": group,
+                                  "pair_index": np.arange(len(s)), "score": score}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_paper_estimator_equals_the_published_loop_bit_for_bit_on_real_scores(real_kmer_scores):
+    from analysis.paired import published_permutation_means
+
+    frame = real_kmer_scores
+    base = frame[frame["group"] == "nonmutant"].sort_values("pair_index")["score"].to_numpy()
+    table = nullsette_tests(frame, n_perm=2000, seed=0, estimator="paper", correction="bonferroni")
+    assert len(table) == 19 and (table["n_pairs"] == 1500).all()
+    p_values = []
+    for group in table["group"]:
+        mut = frame[frame["group"] == group].sort_values("pair_index")["score"].to_numpy()
+        p, means = _published_loop(base, mut, num_permutations=2000, seed=0)
+        # every permuted mean, in order, equals the loop's: same RNG stream, same summation
+        assert np.array_equal(published_permutation_means(mut - base, n_perm=2000, seed=0), means)
+        p_values.append(p)
+    assert np.array_equal(table["p_value"].to_numpy(), np.array(p_values))
+    # a test where the mutants are not lower has a large p; the published estimator can return exactly 0
+    assert (table["p_value"] == 0).any() and (table["p_value"] > 0.05).any()
+    # the other estimators draw differently: plus_one is never 0
+    assert (nullsette_tests(frame, n_perm=2000, seed=0)["p_value"] > 0).all()
+
+
+def test_paper_estimator_one_sided_only_and_keeps_each_test_seeded_alike():
+    rng = np.random.default_rng(4)
+    d = rng.normal(-0.01, 1, 300)
+    # a fresh default_rng(seed) per test: the same vector twice gives the same p, wherever it sits
+    p = signflip_pvalues([d, rng.normal(size=40), d], n_perm=3000, seed=9, estimator="paper")
+    assert p[0] == p[2] == _published_loop(np.zeros(300), d, 3000, seed=9)[0]
+    greater = signflip_pvalues([d], n_perm=3000, seed=9, estimator="paper", alternative="greater")[0]
+    means = _published_loop(np.zeros(300), d, 3000, seed=9)[1]
+    assert greater == np.mean(means >= np.mean(d))
+    with pytest.raises(GlmscoreError, match="one-sided"):
+        signflip_pvalues([d], estimator="paper", alternative="two-sided")

@@ -201,6 +201,63 @@ def mutant_orders(translocations: str | None, data_folders: set, tests) -> dict[
     return out
 
 
+# ---------------------------------------------------------------- the published scripts' score files
+
+# Dataset folder names the published scripts write (hyenadna.py: the last path component) -> glmscore's
+PUBLISHED_DATASETS = {"Abf1TATA": "deboer_Abf1TATA", "pTpA": "deboer_pTpA"}
+_PUBLISHED_FILE = re.compile(r"^(nonmutant|mutant_translocation\d+)\.csv$")
+
+
+def is_published_layout(folder: Path) -> bool:
+    """A folder of the published scripts' outputs: ``<model>/<dataset>/nonmutant.csv`` (several models)
+    or ``<dataset>/nonmutant.csv`` (one model) under it, and no glmscore manifest."""
+    folder = Path(folder)
+    return folder.is_dir() and not (folder / "_manifest.json").exists() and (
+        any(folder.glob("*/nonmutant.csv")) or any(folder.glob("*/*/nonmutant.csv")))
+
+
+def read_published_scores(folder: Path):
+    """Scores written by the GLM-Nullsette-Benchmark scripts as a glmscore score table.
+
+    Layout ``<out>/<model>/<dataset>/{nonmutant,mutant_translocation<k>}.csv``, tab-separated, columns
+    ``seqs, scores``, row i of every file of a dataset = cassette i (the scripts keep FASTA order). Passing
+    ``<out>/<model>`` reads one model named after its folder. Returns (model, dataset, group, pair_index,
+    score) rows; every file of a dataset must have the nonmutant file's rows, else one sentence.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    single = any(folder.glob("*/nonmutant.csv"))
+    models = [(folder.name, folder)] if single else sorted(
+        (p.name, p) for p in folder.iterdir() if p.is_dir() and any(p.glob("*/nonmutant.csv")))
+    frames = []
+    for model, model_dir in models:
+        for data_dir in sorted(p.parent for p in model_dir.glob("*/nonmutant.csv")):
+            dataset = PUBLISHED_DATASETS.get(data_dir.name, data_dir.name)
+            files = sorted(p for p in data_dir.iterdir() if _PUBLISHED_FILE.match(p.name))
+            n_rows = None
+            for path in sorted(files, key=lambda p: p.name != "nonmutant.csv"):
+                try:
+                    table = pd.read_csv(path, sep="\t", dtype={"seqs": str})
+                except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+                    raise GlmscoreError(f"{path} is not a tab-separated score file ({str(exc).splitlines()[0]}).") from None
+                if list(table.columns) != ["seqs", "scores"]:
+                    raise GlmscoreError(f"{path}: expected the published columns seqs, scores (tab-separated), "
+                                        f"found {', '.join(map(str, table.columns))}.")
+                scores = pd.to_numeric(table["scores"], errors="coerce")
+                if scores.isna().any():
+                    raise GlmscoreError(f"{path}: {int(scores.isna().sum())} score(s) are not numbers.")
+                if n_rows is None:
+                    n_rows = len(table)
+                elif len(table) != n_rows:
+                    raise GlmscoreError(f"{path} has {len(table)} rows but nonmutant.csv has {n_rows}; "
+                                        "the files of a dataset must pair row by row.")
+                frames.append(pd.DataFrame({"model": model, "dataset": dataset, "group": path.stem,
+                                            "pair_index": np.arange(len(table), dtype=np.int32),
+                                            "score": scores.to_numpy(np.float64)}))
+    return pd.concat(frames, ignore_index=True)
+
+
 # ---------------------------------------------------------------- the registered benchmark
 
 
@@ -209,7 +266,9 @@ class NullsetteAnalyzeOptions(Options):
     n_perm: int = option(10_000, minimum=1, help="sign-flip permutations per test")
     seed: int = option(0, help="permutation seed")
     correction: str = option("bh", choices=("bh", "bonferroni", "holm", "none"), help="multiple-testing correction within (model, dataset)")
-    estimator: str = option("plus_one", choices=("plus_one", "seed"), help="plus_one: (1+b)/(1+n); seed: b/n as the seed scripts")
+    estimator: str = option("plus_one", choices=("plus_one", "seed", "paper"),
+                            help="plus_one: (1+b)/(1+n); seed: b/n on glmscore's draw; paper: the published "
+                                 "function bit for bit (fresh default_rng(seed) per test, rng.choice signs, b/n)")
     alpha: float = option(0.05, minimum=0.0, maximum=1.0, help="significance level of corrected p-values")
     labels: list[str] | None = option(None, parse=comma_list, help="comma-separated names for the --scores folders, in order "
                                                                   "(one model twice, e.g. mean,sum)")
@@ -229,6 +288,8 @@ class Nullsette(Benchmark):
     """Rows are FASTA records; record i of every file of a dataset is cassette i (``pair_index``)."""
 
     data_help = "Nullsette: the released layout <dataset>/{nonmutant,mutant_translocation<k>}.txt"
+    scores_help = ("glmscore score folders, or the published scripts' outputs <out>[/<model>]/<dataset>/"
+                   "{nonmutant,mutant_translocation<k>}.csv (tab-separated seqs, scores)")
 
     AnalyzeOptions = NullsetteAnalyzeOptions
 
@@ -273,6 +334,18 @@ class Nullsette(Benchmark):
             raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
         frames, provenance, limits, datas = [], {}, {}, set()
         for i, d in enumerate(score_dirs):
+            if is_published_layout(Path(d)):
+                frame = read_published_scores(Path(d))
+                if options.labels:
+                    if frame["model"].nunique() > 1:
+                        raise GlmscoreError(f"{d} holds {frame['model'].nunique()} models; --labels names one per folder, "
+                                            "so pass <out>/<model> folders one by one.")
+                    frame["model"] = options.labels[i]
+                frames.append(frame)
+                for model in frame["model"].unique():
+                    limits[model] = None
+                    provenance[model] = f"{d}, the published scripts' score files (seqs, scores)"
+                continue
             frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"],
                                 what="score folder")
             manifest = read_manifest(Path(d))
