@@ -37,6 +37,11 @@ class ModelCard:
     trust_remote_code: bool = False
     vllm: bool = False
     requires: tuple[str, ...] = ()
+    # scoring protocols the card supports: glmscore (the default) and, where the benchmark's published
+    # scripts scored this model, paper (``--protocol paper``, see models/tokenization.py)
+    protocols: tuple[str, ...] = ("glmscore",)
+    paper_pad_to_max_length: bool = False  # paper: pad every sequence to tokenizer.model_max_length (NT.py)
+    paper_prepend_id: int | None = None  # paper: a token id the script prepends (Evo's end-of-document, 0)
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -59,6 +64,7 @@ def registry() -> dict[str, ModelCard]:
     for card_id, fields in raw.items():
         fields = dict(fields)
         fields["requires"] = tuple(fields.get("requires") or ())
+        fields["protocols"] = tuple(fields.get("protocols") or ("glmscore",))
         cards[card_id] = ModelCard(id=card_id, **fields)
     return cards
 

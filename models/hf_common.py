@@ -14,10 +14,13 @@ from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.tokenization import TokenPolicy, check_hub, load_tokenizer, token_policy
+from models.options import option
+from models.tokenization import PROTOCOLS, TokenPolicy, check_hub, check_protocol, load_tokenizer, token_policy
 
 # Measured (tests/benchmarks/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
 # (cache-bound) and ~4k tokens is best; GPUs want large batches.
@@ -55,9 +58,11 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
     if not any(a.endswith(suffixes) for a in archs):
         return None
     # max_context stays None: the backend reads the limit from the config (one rule for every card
-    # without a declared context, see HFBackend.token_limit).
+    # without a declared context, see HFBackend.token_limit). The published protocol's generic rule
+    # (the tokenizer's own special tokens, every position scored) applies to any such model.
     return ModelCard(id=path.name if path.is_dir() else spec.replace("/", "__"), hf_id=hf_id, revision=revision,
-                     backend=backend, objective=objective, vllm=objective == "clm", notes=note)
+                     backend=backend, objective=objective, vllm=objective == "clm", protocols=("glmscore", "paper"),
+                     notes=note)
 
 
 def config_context(card: ModelCard) -> int | None:
@@ -106,22 +111,38 @@ def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class HFOptions(LMOptions):
+    """Language models (transformers backends)"""
+
+    protocol: str = option("glmscore", choices=PROTOCOLS,
+                           help="glmscore: score real nucleotide tokens (default); paper: the published Nullsette "
+                                "scripts' tokenization and averaging, fp32 (cards say which support it)")
+
+
 class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""
 
     auto_class: ClassVar[str] = ""
-    Options = LMOptions
+    Options = HFOptions
     embeds = True
     can_use_gpu = True
 
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:
+        if options.protocol == "paper":
+            check_protocol(card, options.protocol)
+            if task != "score":
+                raise GlmscoreError("--protocol paper reproduces the published scoring scripts; embeddings have no "
+                                    "published protocol in glmscore (use --protocol glmscore).")
+            if options.dtype not in (None, "float32"):
+                raise GlmscoreError("--protocol paper runs in float32, as the published scripts did; drop --dtype.")
         hf_preflight(card, task, layer)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
-        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
-                       token_limit=config_context(card), threads=threads)
+        dtype = "float32" if options.protocol == "paper" else resolve_dtype(options.dtype, card, device)
+        return Runtime(device=device, dtype=dtype, token_limit=config_context(card), threads=threads)
 
     @classmethod
     def provenance(cls, card):
@@ -154,7 +175,11 @@ class HFBackend(Backend):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def padded(self, rows: Sequence[np.ndarray]):
-        """Right-padded ids and attention mask (right padding keeps causal positions unchanged)."""
+        """Right-padded ids and attention mask (right padding keeps causal positions unchanged).
+
+        Under ``--protocol paper`` a masked LM also masks the pad tokens inside a row, as the published
+        scripts' ``attention_mask = input_ids != pad_token_id`` does (Nucleotide Transformer's rows are
+        padded to max_length by the protocol itself)."""
         import torch
 
         width = max(len(r) for r in rows)
@@ -163,6 +188,8 @@ class HFBackend(Backend):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
             mask[i, : len(r)] = 1
+        if self.card.objective == "mlm" and getattr(self.options, "protocol", "glmscore") == "paper":
+            mask[ids == self.pad_id] = 0
         return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     def run_batches(self, rows: Sequence[np.ndarray], fn: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:

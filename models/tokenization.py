@@ -15,6 +15,17 @@ Shared by every backend of a card (transformers and vLLM see identical ids):
    windows of ``limit`` tokens, scored by the backend).
 
 ``TokenPolicy`` is the encoder of the transformers and vLLM backends: it runs in the CPU prepare stage.
+
+``--protocol paper`` (transformers backends, cards listing ``paper`` in ``protocols``) encodes as the
+published GLM-Nullsette-Benchmark scripts did instead: the letters go to the tokenizer unchanged (no
+alphabet mapping, no k-mer trimming; letters outside the alphabet are still counted in ``n_ambiguous``),
+with the tokenizer's default special tokens (``add_special_tokens=True``: HyenaDNA's trailing [SEP],
+GENERator's ``<s>``, ``<oov>`` remainder and ``</s>``, DNABERT-2's [CLS]/[SEP]), after the card's
+``paper_prepend_id`` (Evo's end-of-document token) and, where the card says so, padded to the tokenizer's
+``model_max_length`` (Nucleotide Transformer). Every position is then scored: a CLM's positions 1..n-1
+(all but the first, which nothing predicts), an MLM's every position, special and protocol pad tokens
+included. The published means over those positions are what this reproduces; glmscore's default scores
+real nucleotide tokens only.
 """
 
 from __future__ import annotations
@@ -71,19 +82,34 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
         raise GlmscoreError(f"could not load the tokenizer of {hf_id}: {str(exc).splitlines()[0]}") from None
 
 
+PROTOCOLS = ("glmscore", "paper")
+
+
 def token_policy(card: ModelCard, options, runtime) -> "TokenPolicy":
     """The encoder of a tokenizer-based backend: the card's tokenizer, the runtime's token limit, the
-    options' ``long`` mode (``Backend.make_encoder`` of the transformers and vLLM backends)."""
+    options' ``long`` mode and protocol (``Backend.make_encoder`` of the transformers and vLLM backends)."""
     tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
-    return TokenPolicy(card, tokenizer, runtime.token_limit, options.long)
+    return TokenPolicy(card, tokenizer, runtime.token_limit, options.long, getattr(options, "protocol", "glmscore"))
+
+
+def check_protocol(card: ModelCard, protocol: str) -> None:
+    """A card scores under ``paper`` only where it says the published scripts covered it."""
+    if protocol not in PROTOCOLS:
+        raise GlmscoreError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}.")
+    if protocol not in card.protocols:
+        raise GlmscoreError(f"model card {card.id} has no published protocol (the published scripts did not score it); "
+                            "use --protocol glmscore.")
 
 
 class TokenPolicy:
     """Encodes sequences for one card (see the module docstring for the rules)."""
 
-    def __init__(self, card: ModelCard, tokenizer, max_context: int | None, long: str = "error"):
+    def __init__(self, card: ModelCard, tokenizer, max_context: int | None, long: str = "error",
+                 protocol: str = "glmscore"):
         if long not in LONG_MODES:
             raise GlmscoreError(f"--long must be one of {', '.join(LONG_MODES)}, not {long!r}.")
+        check_protocol(card, protocol)
+        self.protocol = protocol
         self.card = card
         self.tokenizer = tokenizer
         self.max_context = max_context
@@ -108,7 +134,26 @@ class TokenPolicy:
             return seq + "N" * (k - rem)
         return seq[rem:]
 
+    def _encode_paper(self, seqs: Sequence[str]) -> list[Encoded]:
+        """The published scripts' ids: see the module docstring."""
+        pad = self.card.paper_pad_to_max_length
+        if pad and self.tokenizer.pad_token_id is None:
+            raise GlmscoreError(f"model card {self.card.id} pads to max_length but its tokenizer has no pad token.")
+        kwargs = {"padding": "max_length", "max_length": self.tokenizer.model_max_length} if pad else {}
+        toks = self.tokenizer(list(seqs), add_special_tokens=True, **kwargs)["input_ids"]
+        prefix = [] if self.card.paper_prepend_id is None else [self.card.paper_prepend_id]
+        out = []
+        for seq, ids in zip(seqs, toks):
+            ids = np.asarray(prefix + list(ids), dtype=np.int64)
+            real = np.ones(len(ids), dtype=bool)
+            if self.card.objective == "clm":
+                real[0] = False  # nothing predicts the first id; the causal backends score 1..n-1
+            out.append(Encoded(ids=ids, real=real, n_ambiguous=normalise(seq, self.card.alphabet)[1]))
+        return out
+
     def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
+        if self.protocol == "paper":
+            return apply_context(self._encode_paper(seqs), self.max_context, self.long, self.card.objective == "clm", row_names)
         mapped = [normalise(s, self.card.alphabet) for s in seqs]
         texts = [self._kmer_cut(m[0]) for m in mapped]
         clm = self.card.objective == "clm"

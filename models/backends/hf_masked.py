@@ -13,16 +13,16 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Context, Encoded, LMOptions, LoglikResult, register_backend, rows_from_pieces
+from models.base import Context, Encoded, LoglikResult, register_backend, rows_from_pieces
 from models.errors import GlmscoreError
-from models.hf_common import HFBackend, card_for_architecture, token_logprobs
+from models.hf_common import HFBackend, HFOptions, card_for_architecture, token_logprobs
 from models.options import option
 
 MLM_MODES = ("unmasked", "pll")
 
 
 @dataclass(frozen=True)
-class MaskedOptions(LMOptions):
+class MaskedOptions(HFOptions):
     """Masked-LM scoring (backend hf_masked)"""
 
     mlm_mode: str = option("unmasked", flag="--mlm-scoring", choices=MLM_MODES,
@@ -40,6 +40,12 @@ class HFMasked(HFBackend):
     def card_for(cls, spec):
         return card_for_architecture(spec, ("ForMaskedLM",), cls.name, "mlm")
 
+    @classmethod
+    def preflight(cls, card, options, task, layer=-1) -> None:
+        if options.protocol == "paper" and options.mlm_mode != "unmasked":
+            raise GlmscoreError("--protocol paper is the published single unmasked pass; drop --mlm-scoring pll.")
+        super().preflight(card, options, task, layer)
+
     def __init__(self, card, options, runtime, fitted=None):
         super().__init__(card, options, runtime, fitted)
         if options.mlm_mode == "pll" and self.tokenizer.mask_token_id is None:
@@ -47,6 +53,8 @@ class HFMasked(HFBackend):
 
     def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
         if context is not None and context.focus is not None:
+            if self.options.protocol == "paper":
+                raise GlmscoreError("--reduction focus has no published protocol; use --protocol glmscore.")
             return self._focus(encoded, context.focus, keep_positions)
         if self.options.mlm_mode == "pll":
             return self._pll(encoded, keep_positions)

@@ -1,0 +1,271 @@
+"""``--protocol paper``: the published Nullsette scripts' tokenization and averaging, per tokenizer shape.
+
+Each tiny model is built with the shape of the tokenizer a published script used (no download):
+HyenaDNA (characters, [SEP] appended), GENERator (<s>, 6-mers from the 5' end, the 1-5 base remainder as
+one <oov>, </s>), Nucleotide Transformer (ESM, <cls>, 6-mers then single bases, padded to 1,000 tokens),
+DNABERT-2 (BPE with [CLS]/[SEP]) and Evo (characters after a prepended end-of-document id). The reference
+in every test is a hand-written forward pass of the published rule, batch size 1, fp32.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from models.cards import resolve_card
+from models.errors import GlmscoreError
+from models.loader import load_backend
+
+# lengths 887..928 in kosuri: most are not a multiple of 6; one Zahm-style IUPAC letter (B) goes in unchanged
+SEQS = ["ACGTTGCAACGTAGCTAGGATCCAT", "TTGACAATTAATCATCGGCTCGTATAATGTGTGG", "GGGCCCATGAAACGTTAA",
+        "ACGTACGTBACGTTGCA", "ATGCATGCATGCAT"]
+
+
+def _fast(vocab, pre, post=None, unk="[UNK]", **kw):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pre), behavior="isolated")
+    if post:
+        tok.post_processor = processors.TemplateProcessing(single=post, special_tokens=[
+            (t, vocab[t]) for t in post.split() if t != "$A"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **kw)
+
+
+def _llama(path, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hyena_like(tmp_path_factory):
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "C", "G", "T", "N"])}
+    tok = _fast(vocab, ".", "$A [SEP]", pad_token="[PAD]", sep_token="[SEP]", cls_token="[CLS]", mask_token="[MASK]")
+    return _llama(tmp_path_factory.mktemp("m") / "hyena-like", tok)
+
+
+@pytest.fixture(scope="module")
+def generator_like(tmp_path_factory):
+    words = ["<pad>", "<s>", "</s>", "<oov>"] + ["".join(w) for w in itertools.product("ACGT", repeat=6)]
+    vocab = {t: i for i, t in enumerate(words)}
+    tok = _fast(vocab, ".{1,6}", "<s> $A </s>", unk="<oov>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    path = _llama(tmp_path_factory.mktemp("m") / "generator-like", tok)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nt_like(tmp_path_factory):
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    words = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"] + \
+        ["".join(w) for w in itertools.product("ACGT", repeat=6)] + list("ACGTN")
+    vocab = {t: i for i, t in enumerate(words)}
+    # NT: <cls>, 6-mers from the 5' end, the remainder as single bases; model_max_length 1,000
+    tok = _fast(vocab, "[ACGT]{6}|.", "<cls> $A", unk="<unk>", pad_token="<pad>", mask_token="<mask>",
+                cls_token="<cls>", eos_token="<eos>", model_max_length=1000)
+    torch.manual_seed(0)
+    config = EsmConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=1026, pad_token_id=vocab["<pad>"],
+                       mask_token_id=vocab["<mask>"], position_embedding_type="absolute")
+    path = tmp_path_factory.mktemp("m") / "nt-like"
+    model = EsmForMaskedLM(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dnabert2_like(tmp_path_factory):
+    from tokenizers import Tokenizer, models, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    rng = np.random.default_rng(0)
+    corpus = ["".join(rng.choice(list("ACGT"), 200)) for _ in range(200)] + SEQS
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=specials))
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", bpe.token_to_id("[CLS]")), ("[SEP]", bpe.token_to_id("[SEP]"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("m") / "dnabert2-like"
+    BertForMaskedLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------- the published rules, by hand
+
+
+def _published_clm(path, seq, prepend=None):
+    """compute_ll_clm: the tokenizer's ids with its default special tokens (after ``prepend``), one
+    unpadded row, mean of log p(id_t | ids_<t) over t = 1..n-1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tok(seq, return_tensors="pt", add_special_tokens=True)["input_ids"]
+    if prepend is not None:
+        ids = torch.cat([torch.tensor([[prepend]]), ids], dim=1)
+    with torch.no_grad():
+        logits = model(ids).logits
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return lp.mean().item(), ids[0].tolist()
+
+
+def _published_mlm(path, seq, pad_to_max_length=False):
+    """compute_llr_mlm: one unmasked pass, attention_mask = ids != pad, mean of log p(id) over every
+    position of input_ids (special tokens and the protocol's own padding included)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32).eval()
+    kw = {"padding": "max_length", "max_length": tok.model_max_length} if pad_to_max_length else {}
+    ids = tok([seq], return_tensors="pt", **kw)["input_ids"]  # NT.py: batch_encode_plus (gone in transformers 5)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=ids != tok.pad_token_id).logits
+    return torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1).mean().item(), ids[0].tolist()
+
+
+def _check(scorer, expected: list[float]):
+    together = scorer.loglik_sequences(SEQS).mean
+    np.testing.assert_allclose(together, expected, rtol=0, atol=2e-5)
+    # batch-exact: one row per forward pass gives the same scores as mixed-length batches
+    scorer.batch_tokens = 1
+    np.testing.assert_allclose(scorer.loglik_sequences(SEQS).mean, together, rtol=0, atol=2e-5)
+
+
+def test_hyenadna_shape_scores_every_base_after_the_first_and_the_appended_sep(hyena_like):
+    card = resolve_card(str(hyena_like))
+    scorer = load_backend(card, protocol="paper")
+    expected = [_published_clm(hyena_like, s)[0] for s in SEQS]
+    _check(scorer, expected)
+    enc = scorer.encode(SEQS[:1])[0]
+    assert enc.ids[-1] == scorer.tokenizer.sep_token_id and len(enc.ids) == len(SEQS[0]) + 1
+    assert scorer.loglik_sequences(SEQS[:1]).n_scored[0] == len(SEQS[0])  # bases 2..L and [SEP]
+    # the IUPAC letter reaches the tokenizer unchanged (its unknown token), and is still counted
+    b = scorer.encode([SEQS[3]])[0]
+    assert b.ids[SEQS[3].index("B")] == scorer.tokenizer.unk_token_id and b.n_ambiguous == 1
+    # glmscore's default maps B to N and scores no [SEP]: a different number
+    default = load_backend(card).loglik_sequences(SEQS).mean
+    assert not np.allclose(default, expected, atol=1e-3)
+
+
+def test_generator_shape_keeps_the_5prime_kmers_and_the_oov_remainder(generator_like):
+    card = resolve_card(str(generator_like)).with_(kmer=6, add_bos=True)
+    scorer = load_backend(card, protocol="paper")
+    expected, ids = zip(*[_published_clm(generator_like, s) for s in SEQS])
+    _check(scorer, list(expected))
+    tok = scorer.tokenizer
+    for s, e, ref in zip(SEQS, scorer.encode(SEQS), ids):
+        assert e.ids.tolist() == ref
+        assert ref[0] == tok.bos_token_id and ref[-1] == tok.eos_token_id
+        # 6-mers read from the 5' end; a 1-5 base remainder (or a word with B) is one <oov>
+        assert tok.convert_ids_to_tokens(ref[1])  == s[:6] or "B" in s[:6]
+        assert (ref[-2] == tok.convert_tokens_to_ids("<oov>")) == (len(s) % 6 != 0 or "B" in s[-6:])
+    # glmscore's default trims the 5' remainder instead: every 6-mer moves, so the tokens differ
+    default = load_backend(card).encode(SEQS[:1])[0]
+    assert default.ids.tolist() != ids[0]
+
+
+def test_nucleotide_transformer_shape_averages_over_1000_padded_positions(nt_like):
+    card = resolve_card(str(nt_like)).with_(paper_pad_to_max_length=True, kmer=6)
+    scorer = load_backend(card, protocol="paper")
+    expected = [_published_mlm(nt_like, s, pad_to_max_length=True)[0] for s in SEQS]
+    _check(scorer, expected)
+    res = scorer.loglik_sequences(SEQS)
+    assert (res.n_scored == 1000).all()  # <cls>, the real tokens and the pad positions
+    # the pads are masked from attention but scored: unpadded, the same rule gives another number
+    unpadded = [_published_mlm(nt_like, s)[0] for s in SEQS]
+    assert not np.allclose(unpadded, expected, atol=1e-3)
+    # glmscore's default: real tokens only, no protocol padding
+    default = load_backend(card).loglik_sequences(SEQS)
+    assert (default.n_scored < 20).all()
+
+
+def test_dnabert2_shape_includes_cls_and_sep_in_the_mean(dnabert2_like):
+    card = resolve_card(str(dnabert2_like))
+    scorer = load_backend(card, protocol="paper")
+    expected, ids = zip(*[_published_mlm(dnabert2_like, s) for s in SEQS])
+    _check(scorer, list(expected))
+    res = scorer.loglik_sequences(SEQS)
+    assert res.n_scored.tolist() == [len(i) for i in ids]
+    # glmscore's default leaves out [CLS] and [SEP] (and the [UNK] that B becomes in row 3)
+    default = load_backend(card).loglik_sequences(SEQS).n_scored
+    assert (default == res.n_scored - 2 - np.array([0, 0, 0, 1, 0])).all()
+
+
+def test_evo_shape_prepends_the_end_of_document_id_and_scores_all_bases(tiny_llama_nobos):
+    eod = 3  # the tiny tokenizer's [EOS] stands in for Evo's end-of-document id (0 in the real card)
+    card = resolve_card(str(tiny_llama_nobos)).with_(paper_prepend_id=eod)
+    scorer = load_backend(card, protocol="paper")
+    expected = [_published_clm(tiny_llama_nobos, s, prepend=eod)[0] for s in SEQS]
+    _check(scorer, expected)
+    assert scorer.loglik_sequences(SEQS).n_scored.tolist() == [len(s) for s in SEQS]
+
+
+def test_protocol_user_errors_are_one_sentence(tiny_bert):
+    from models.backends.hf_masked import HFMasked
+
+    with pytest.raises(GlmscoreError, match="no published protocol"):
+        HFMasked.preflight(resolve_card("caduceus-ph-131k"), HFMasked.Options(protocol="paper"), "score")
+    card = resolve_card(str(tiny_bert))
+    with pytest.raises(GlmscoreError, match="float32"):
+        HFMasked.preflight(card, HFMasked.Options(protocol="paper", dtype="bfloat16"), "score")
+    with pytest.raises(GlmscoreError, match="pll"):
+        HFMasked.preflight(card, HFMasked.Options(protocol="paper", mlm_mode="pll"), "score")
+    with pytest.raises(GlmscoreError, match="embeddings have no published protocol"):
+        HFMasked.preflight(card, HFMasked.Options(protocol="paper"), "embed")
+    with pytest.raises(GlmscoreError, match="does not apply to backend kmer"):
+        load_backend(resolve_card("kmer:3"), protocol="paper")
+    # paper always runs in fp32, whatever the card's dtype
+    assert HFMasked.runtime(card.with_(dtype="bfloat16"), HFMasked.Options(protocol="paper"), "cuda").dtype == "float32"
+
+
+def test_score_job_under_the_published_protocol(ray_cluster, small_nullsette, hyena_like, tmp_path, capsys):
+    """`glmscore score --protocol paper` on Ray: the shards hold the published rule's numbers, the manifest
+    and the fingerprint record the protocol, and the default's shards are not reused for it."""
+    import json
+
+    import pyarrow.dataset as pads
+
+    from pipelines.cli import main
+    from pipelines.fasta import read_all
+
+    args = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(hyena_like),
+            "--limit", "3", "--datasets", "synthetic_ecoli"]
+    assert main(args + ["--out", str(tmp_path / "paper"), "--protocol", "paper"]) == 0
+    assert main(args + ["--out", str(tmp_path / "default")]) == 0
+    paper = pads.dataset(tmp_path / "paper", partitioning="hive").to_table().to_pandas()
+    default = pads.dataset(tmp_path / "default", partitioning="hive").to_table().to_pandas()
+    assert len(paper) == 3 * 20
+    for group in ("nonmutant", "mutant_translocation7"):
+        seqs = read_all(small_nullsette / "synthetic_ecoli" / f"{group}.txt")[1][:3]
+        got = paper[paper["group"] == group].sort_values("pair_index")["score"].to_numpy()
+        np.testing.assert_allclose(got, [_published_clm(hyena_like, s)[0] for s in seqs], rtol=0, atol=2e-5)
+    assert not np.allclose(paper["score"].sort_values(), default["score"].sort_values(), atol=1e-4)
+    manifest = json.loads((tmp_path / "paper" / "_manifest.json").read_text())
+    assert manifest["config"]["options"]["protocol"] == "paper"
+    assert json.loads((tmp_path / "default" / "_manifest.json").read_text())["config"]["fingerprint"] != manifest["config"]["fingerprint"]
+    # a backend without the protocol: one sentence, exit 2, no traceback
+    capsys.readouterr()
+    assert main(args[:5] + ["--model", "kmer:3", "--out", str(tmp_path / "k"), "--protocol", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol does not apply to backend kmer" in err and "Traceback" not in err
