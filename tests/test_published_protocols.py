@@ -9,8 +9,6 @@ in every test is a hand-written forward pass of the published rule, batch size 1
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -18,97 +16,31 @@ import torch
 from models.cards import resolve_card
 from models.errors import GlmscoreError
 from models.loader import load_backend
+from tests.tiny_models import make_dnabert2_like, make_generator_like, make_hyena_like, make_nt_like
 
 # lengths 887..928 in kosuri: most are not a multiple of 6; one Zahm-style IUPAC letter (B) goes in unchanged
 SEQS = ["ACGTTGCAACGTAGCTAGGATCCAT", "TTGACAATTAATCATCGGCTCGTATAATGTGTGG", "GGGCCCATGAAACGTTAA",
         "ACGTACGTBACGTTGCA", "ATGCATGCATGCAT"]
 
 
-def _fast(vocab, pre, post=None, unk="[UNK]", **kw):
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pre), behavior="isolated")
-    if post:
-        tok.post_processor = processors.TemplateProcessing(single=post, special_tokens=[
-            (t, vocab[t]) for t in post.split() if t != "$A"])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **kw)
-
-
-def _llama(path, tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def hyena_like(tmp_path_factory):
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "C", "G", "T", "N"])}
-    tok = _fast(vocab, ".", "$A [SEP]", pad_token="[PAD]", sep_token="[SEP]", cls_token="[CLS]", mask_token="[MASK]")
-    return _llama(tmp_path_factory.mktemp("m") / "hyena-like", tok)
+    return make_hyena_like(tmp_path_factory.mktemp("m") / "hyena-like")
 
 
 @pytest.fixture(scope="module")
 def generator_like(tmp_path_factory):
-    words = ["<pad>", "<s>", "</s>", "<oov>"] + ["".join(w) for w in itertools.product("ACGT", repeat=6)]
-    vocab = {t: i for i, t in enumerate(words)}
-    tok = _fast(vocab, ".{1,6}", "<s> $A </s>", unk="<oov>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    path = _llama(tmp_path_factory.mktemp("m") / "generator-like", tok)
-    return path
+    return make_generator_like(tmp_path_factory.mktemp("m") / "generator-like")
 
 
 @pytest.fixture(scope="module")
 def nt_like(tmp_path_factory):
-    from transformers import EsmConfig, EsmForMaskedLM
-
-    words = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"] + \
-        ["".join(w) for w in itertools.product("ACGT", repeat=6)] + list("ACGTN")
-    vocab = {t: i for i, t in enumerate(words)}
-    # NT: <cls>, 6-mers from the 5' end, the remainder as single bases; model_max_length 1,000
-    tok = _fast(vocab, "[ACGT]{6}|.", "<cls> $A", unk="<unk>", pad_token="<pad>", mask_token="<mask>",
-                cls_token="<cls>", eos_token="<eos>", model_max_length=1000)
-    torch.manual_seed(0)
-    config = EsmConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=1026, pad_token_id=vocab["<pad>"],
-                       mask_token_id=vocab["<mask>"], position_embedding_type="absolute")
-    path = tmp_path_factory.mktemp("m") / "nt-like"
-    model = EsmForMaskedLM(config)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_nt_like(tmp_path_factory.mktemp("m") / "nt-like")
 
 
 @pytest.fixture(scope="module")
 def dnabert2_like(tmp_path_factory):
-    from tokenizers import Tokenizer, models, processors, trainers
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
-    rng = np.random.default_rng(0)
-    corpus = ["".join(rng.choice(list("ACGT"), 200)) for _ in range(200)] + SEQS
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=specials))
-    bpe.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", bpe.token_to_id("[CLS]")), ("[SEP]", bpe.token_to_id("[SEP]"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("m") / "dnabert2-like"
-    BertForMaskedLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_dnabert2_like(tmp_path_factory.mktemp("m") / "dnabert2-like", SEQS)
 
 
 # ---------------------------------------------------------------- the published rules, by hand
