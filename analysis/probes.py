@@ -9,7 +9,10 @@
   of mutated positions cut into 5 consecutive segments); ``modulo``/``contiguous`` need single mutants
   (multi-mutant assays: random only; the wild type has no position and is left out of them).
   Hyper-parameters are chosen by an inner 3-fold CV on the training part only.
+- Given folds (``glmscore probe --folds``): a distributed fold column's values held out in turn, with the
+  supervised rule above (``given_folds``, ``run_supervised_given``).
 Every fold's model is fitted from scratch; the metric is Spearman on the held-out rows (AUC for logistic).
+The published NABench rules (``--protocol paper``) are in ``analysis/published_probes.py``.
 """
 
 from __future__ import annotations
@@ -115,5 +118,24 @@ def run_fewshot(probe: str, X, y, k: int, repeats: int = 5, seed: int = 0, param
 
 def run_supervised(probe: str, X, y, positions, scheme: str, seed: int = 0) -> dict:
     folds = supervised_folds(positions, scheme, seed=seed)
+    vals = [fit_eval(probe, X, y, tr, te, inner_cv=True, seed=seed) for tr, te in folds]
+    return {"metric": float(np.nanmean(vals)) if vals else np.nan, "n_splits": len(vals)}
+
+
+def given_folds(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) pairs from a per-row fold label (a distributed fold column; NaN = the row is in no fold):
+    each fold value held out in turn, in sorted order; a fold with no training row is left out."""
+    fold = np.asarray(fold, dtype=float)
+    rows = np.flatnonzero(~np.isnan(fold))
+    out = []
+    for f in np.unique(fold[rows]):
+        test, train = rows[fold[rows] == f], rows[fold[rows] != f]
+        if len(train):
+            out.append((train, test))
+    return out
+
+
+def run_supervised_given(probe: str, X, y, folds: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
+    """``run_supervised``'s rule (inner-CV hyper-parameters, mean over folds) on given folds."""
     vals = [fit_eval(probe, X, y, tr, te, inner_cv=True, seed=seed) for tr, te in folds]
     return {"metric": float(np.nanmean(vals)) if vals else np.nan, "n_splits": len(vals)}

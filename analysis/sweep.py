@@ -2,18 +2,21 @@
 
 The arrays go to the object store once (``tune.with_parameters``); trials only carry their config.
 Trials are an explicit grid of valid combinations (multi-mutant assays get random folds only); no
-configuration is ever chosen by its test score: every trial's result is reported.
+configuration is ever chosen by its test score: every trial's result is reported. A trial runs under the
+``glmscore`` protocol (``analysis/probes.py``) or the published ``paper`` rules
+(``analysis/published_probes.py``); an assay with distributed folds (``AssayArrays.folds``) gets one
+supervised trial per fold column instead of the generated schemes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.probes import FEWSHOT_K, run_fewshot, run_supervised
+from analysis.probes import FEWSHOT_K, given_folds, run_fewshot, run_supervised, run_supervised_given
 
 
 @dataclass
@@ -22,6 +25,9 @@ class AssayArrays:
     y: np.ndarray
     positions: list[list[int]]
     family: str
+    # distributed fold columns (``--folds``): column name -> per-row fold label (NaN: in no fold)
+    folds: dict[str, np.ndarray] = field(default_factory=dict)
+    fold_source: str = "generated"
 
 
 def _trial(config: dict, data: dict) -> dict:
@@ -45,8 +51,19 @@ def _trial(config: dict, data: dict) -> dict:
         metric = spearman(a.y, pred)
         return {**{k: c[k] for k in ("assay", "setting", "probe", "split")}, "family": a.family, "metric": metric,
                 "n_splits": 1, "train_assays": ",".join(c["train_assays"])}
-    if c["setting"] == "fewshot":
+    paper = c.get("protocol", "glmscore") == "paper"
+    given = given_folds(a.folds[c["split"]]) if c["setting"] == "supervised" and c["split"] in a.folds else None
+    if paper:
+        from analysis.published_probes import paper_fewshot, paper_supervised
+
+        if c["setting"] == "fewshot":
+            res = paper_fewshot(a.X, a.y, int(c["split"]), repeats=c["repeats"])
+        else:
+            res = paper_supervised(a.X, a.y, a.positions, c["split"], given)
+    elif c["setting"] == "fewshot":
         res = run_fewshot(c["probe"], a.X, a.y, int(c["split"]), repeats=c["repeats"], seed=c["seed"], params=c["params"])
+    elif given is not None:
+        res = run_supervised_given(c["probe"], a.X, a.y, given, seed=c["seed"])
     else:
         res = run_supervised(c["probe"], a.X, a.y, a.positions, c["split"], seed=c["seed"])
     return {**{k: c[k] for k in ("assay", "setting", "probe", "split")}, "family": a.family, **res}
@@ -54,7 +71,10 @@ def _trial(config: dict, data: dict) -> dict:
 
 def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], seed: int = 0,
                ks=FEWSHOT_K, repeats: int = 5, schemes=("random", "modulo", "contiguous"),
-               fixed_params: dict | None = None, transfer_from=None, transfer_to=None) -> list[dict]:
+               fixed_params: dict | None = None, transfer_from=None, transfer_to=None,
+               protocol: str = "glmscore") -> list[dict]:
+    """One config per trial. ``protocol="paper"``: the published schemes (random and contiguous, multi-mutant
+    assays included); an assay with distributed folds gets its fold columns as supervised splits."""
     grid = []
     if setting == "transfer":
         from analysis.transfer import transfer_tasks
@@ -65,12 +85,21 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
         return grid
     for assay, a in sorted(data.items()):
         multi = any(len(p) > 1 for p in a.positions)
-        splits = [k for k in ks if k < len(a.y)] if setting == "fewshot" else [
-            s for s in schemes if s == "random" or not multi]
+        if setting == "fewshot":
+            splits = [k for k in ks if k < len(a.y)]
+        elif a.folds:
+            splits = list(a.folds)
+        elif protocol == "paper":
+            from analysis.published_probes import PAPER_SCHEMES
+
+            splits = [s for s in schemes if s in PAPER_SCHEMES]
+        else:
+            splits = [s for s in schemes if s == "random" or not multi]
         for probe in probes:
             for split in splits:
                 grid.append({"assay": assay, "setting": setting, "probe": probe, "split": split, "seed": seed,
-                             "repeats": repeats, "params": (fixed_params or {}).get(probe, {})})
+                             "repeats": repeats, "params": (fixed_params or {}).get(probe, {}),
+                             **({"protocol": protocol} if protocol != "glmscore" else {})})
     return grid
 
 
@@ -90,7 +119,8 @@ def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, nam
     if errors:
         raise errors[0]
     rows = [r.metrics for r in results]
-    keep = ["assay", "family", "setting", "probe", "split", "metric", "n_splits"] + (
+    keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
+        ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (
         ["train_assays"] if any("train_assays" in r for r in rows) else [])
     return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],
                                                                                  key=lambda s: s.astype(str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from pipelines.benchmarks.nabench import family_list, positions
 from pipelines.shards import PARTITIONING, read_manifest
 
 SETTINGS = ("fewshot", "supervised", "transfer", "variants")
+PROTOCOLS = ("glmscore", "paper")
+WILDTYPE = ("keep", "drop")
 
 
 def _probe_names() -> list[str]:
@@ -32,18 +35,34 @@ class ProbeConfig(Options):
     out: str = option(MISSING, help="report folder")
     probes: list[str] | None = option(None, parse=comma_list, choices=_probe_names,
                                       help="comma-separated: ridge, mlp, logistic (default: ridge,mlp; variants: mlp,logistic)")
+    protocol: str = option("glmscore", choices=PROTOCOLS,
+                           help="fewshot/supervised: glmscore (standardised features, inner-CV grids, mean over "
+                                "folds) or paper (the published NABench scripts: ridge on unscaled features, "
+                                "np.random.seed(42) draws, KFold(5, shuffle, 42) + RidgeCV, pooled out-of-fold Spearman)")
+    folds: str | None = option(None, help="supervised: distributed folds instead of generated ones: a fold CSV, or a "
+                                          "folder of <DMS_ID>.csv, with mutant + fold_* columns (fold_random_5, "
+                                          "fold_modulo_5, fold_contiguous_5: each present one is a scheme), joined by mutant")
+    wildtype: str = option("keep", choices=WILDTYPE, help="keep or drop the wild-type rows (empty mutant) before any split")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
-    seed: int = option(0, help="seed of splits and fits")
+    seed: int = option(0, help="seed of splits and fits (under --protocol paper the published split seeds are used "
+                               "and this seeds only the bootstrap)")
     test_chroms: list[str] = option(["chr9", "chr10"], parse=comma_list, help="variants: test chromosomes")
-    folds: int = option(5, minimum=2, help="variants: CV folds grouped by chromosome on the other chromosomes")
+    chrom_folds: int = option(5, minimum=2, help="variants: CV folds grouped by chromosome on the other chromosomes")
     transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
     transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")
     shuffle_labels: bool = option(False, help="variants: the control, labels permuted across rows (expect AUROC near 0.5)")
     address: str | None = option(None, help="Ray address")
 
 
-def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
-    """Per-assay arrays from an embedding folder (each assay read on its own: one-hot widths differ)."""
+def load_embeddings(emb_dir: Path, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
+    """Per-assay arrays from an embedding folder (each assay read on its own: one-hot widths differ).
+
+    Rows are in assay-file order (``pair_index``); rows without a label are left out, and with
+    ``wildtype="drop"`` the wild type too (an empty ``mutant``). ``keys``, if given, receives per assay
+    the kept rows' mutants and occurrence numbers (to join distributed folds).
+    """
+    from pipelines.fold_files import occurrence
+
     from analysis.sweep import AssayArrays
 
     emb_dir = Path(emb_dir)
@@ -58,6 +77,11 @@ def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
         order = np.argsort(frame["pair_index"].to_numpy())
         frame, X = frame.iloc[order].reset_index(drop=True), X[order]
         keep = ~frame["label"].isna().to_numpy()
+        mutants = frame["mutant"].fillna("").astype(str).str.strip()
+        if wildtype == "drop":
+            keep &= (mutants != "").to_numpy()
+        if keys is not None:
+            keys[folder.name.split("=", 1)[1]] = (mutants[keep].tolist(), occurrence(mutants)[keep])
         model = frame["model"].iloc[0]
         data[folder.name.split("=", 1)[1]] = AssayArrays(
             X=X[keep], y=frame["label"].to_numpy()[keep],
@@ -67,20 +91,54 @@ def load_embeddings(emb_dir: Path) -> tuple[str, dict]:
     return model, data
 
 
+def check_protocol(cfg: ProbeConfig) -> None:
+    """Refuse combinations that have no meaning, each in one sentence, before anything is read."""
+    if cfg.protocol == "paper" and cfg.setting not in ("fewshot", "supervised"):
+        raise GlmscoreError(f"--protocol paper covers --setting fewshot and supervised only; {cfg.setting} has no "
+                            "published NABench rule here, so run it with --protocol glmscore.")
+    if cfg.protocol == "paper" and cfg.probes and set(cfg.probes) != {"ridge"}:
+        others = sorted(set(cfg.probes) - {"ridge"})
+        raise GlmscoreError(f"--protocol paper fits the published ridge only, not {', '.join(others)}; leave out "
+                            "--probes or use --protocol glmscore.")
+    if cfg.folds is not None and cfg.setting != "supervised":
+        raise GlmscoreError(f"--folds gives supervised cross-validation folds and does not apply to --setting {cfg.setting}.")
+    if cfg.wildtype != "keep" and cfg.setting == "variants":
+        raise GlmscoreError("--wildtype applies to the NABench settings (fewshot, supervised, transfer), not to variants.")
+
+
+def attach_folds(data: dict, keys: dict, folds: str) -> None:
+    """Distributed fold columns of each assay (``--folds``) into its ``AssayArrays``."""
+    from pipelines.fold_files import fold_files_for, join_folds
+
+    for assay, path in fold_files_for(Path(folds), sorted(data)).items():
+        mutants, occ = keys[assay]
+        data[assay].folds = join_folds(assay, mutants, occ, path)
+        data[assay].fold_source = str(path.resolve())
+
+
 def run_probes(cfg: ProbeConfig) -> dict:
 
     from analysis.fitness import aggregate
     from analysis.report import write_table_report
     from analysis.sweep import run_sweep, trial_grid
 
+    check_protocol(cfg)
     if cfg.setting == "variants":
         from pipelines.variant_learning import run_variant_probes
 
         return run_variant_probes(cfg)
-    setting, probes, seed, repeats, out = cfg.setting, cfg.probes or ["ridge", "mlp"], cfg.seed, cfg.repeats, cfg.out
-    model, data = load_embeddings(Path(cfg.embeddings))
+    paper = cfg.protocol == "paper"
+    setting, seed, repeats, out = cfg.setting, cfg.seed, cfg.repeats, cfg.out
+    probes = cfg.probes or (["ridge"] if paper else ["ridge", "mlp"])
+    keys: dict = {}
+    model, data = load_embeddings(Path(cfg.embeddings), wildtype=cfg.wildtype, keys=keys)
+    if cfg.folds is not None:
+        attach_folds(data, keys, cfg.folds)
+    folds_label = str(Path(cfg.folds).resolve()) if cfg.folds is not None else "generated"
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats, transfer_from=cfg.transfer_from,
-                      transfer_to=cfg.transfer_to)
+                      transfer_to=cfg.transfer_to, protocol=cfg.protocol)
+    if not grid:
+        raise GlmscoreError(f"no {setting} trial fits these embeddings (few-shot k must be below an assay's rows).")
     from pipelines.score import ray_address, start_ray
 
     start_ray(ray_address(cfg.address), Path(cfg.out))
@@ -91,7 +149,13 @@ def run_probes(cfg: ProbeConfig) -> dict:
     trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}", callbacks=[trial_progress(len(grid))])
     trials.insert(0, "model", model)
     per = trials.assign(split=trials["split"].astype(str))
-    families, summary = aggregate(per, metrics=["metric"], by=("model", "setting", "probe", "split"), seed=seed)
+    metrics = ["metric", "metric_std"] if "metric_std" in per.columns else ["metric"]
+    with warnings.catch_warnings():
+        # metric_std is NaN for pooled out-of-fold trials: its mean over them is an empty slice, and NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        families, summary = aggregate(per, metrics=metrics, by=("model", "setting", "probe", "split"), seed=seed)
+    # metric_std is a spread already; a bootstrap SE of its mean would only add noise to the tables
+    families, summary = (t.drop(columns=["metric_std_se"], errors="ignore") for t in (families, summary))
     natural = lambda s: s.map(lambda v: (0, int(v), "") if str(v).isdigit() else (1, 0, str(v)))  # noqa: E731
     families = families.sort_values(["probe", "split", "family"], key=natural).reset_index(drop=True)
     summary = summary.sort_values(["probe", "split"], key=natural).reset_index(drop=True)
@@ -100,6 +164,12 @@ def run_probes(cfg: ProbeConfig) -> dict:
         # say which metric each number is, and call the few-shot split what it is: the k training rows
         table.insert(table.columns.get_loc("probe") + 1, "metric_name",
                      np.where(table["probe"] == "logistic", "auc", "spearman"))
+        # and which rules, folds and rows produced it
+        at = table.columns.get_loc("setting") + 1
+        table.insert(at, "protocol", cfg.protocol)
+        table.insert(at + 1, "folds", table["assay"].map(lambda a: data[a].fold_source) if "assay" in table.columns
+                     else folds_label)
+        table.insert(at + 2, "wildtype", cfg.wildtype)
         tables.append(table.rename(columns={"split": "k"}) if setting == "fewshot" else table)
     summary, families, trials = tables
     trials.to_csv(out_dir / "probe_trials.csv", index=False)
@@ -111,8 +181,19 @@ def run_probes(cfg: ProbeConfig) -> dict:
                                 "revision": manifest.get("resolved_revision"),
                                 "pooling": manifest.get("config", {}).get("resolved_pooling") or manifest.get("config", {}).get("pooling"),
                                 "layer": manifest.get("config", {}).get("layer"), "finished": manifest.get("finished")}])
+    settings = {"setting": setting, "protocol": cfg.protocol, "folds": folds_label, "wildtype": cfg.wildtype,
+                "probes": ",".join(probes), "seed": seed, "repeats": repeats}
+    if paper:
+        from analysis.published_probes import PAPER_SEED, SOURCE
+
+        settings |= {"metric": "Spearman (few-shot: mean over repeats and metric_std their SD with ddof 0; supervised "
+                               "random and fold-file folds: one Spearman of the pooled out-of-fold predictions; "
+                               "contiguous: mean over folds and metric_std their SD; families and summary: means of both)",
+                     "split seeds": f"published ({PAPER_SEED}; contiguous truncation 0; --seed seeds only the bootstrap)",
+                     "rules": SOURCE}
+    else:
+        settings["metric"] = "Spearman (AUC for logistic)"
     report = write_table_report(f"NABench {setting} probes", {"Summary": summary, "Families": families,
                                                               "Trials": trials, "Provenance": provenance}, [], out_dir,
-                                {"setting": setting, "probes": ",".join(probes), "seed": seed, "repeats": repeats,
-                                 "metric": "Spearman (AUC for logistic)"})
+                                settings)
     return {"report": str(report), "summary": summary}

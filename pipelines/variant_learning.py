@@ -190,15 +190,15 @@ def run_variant_probes(cfg) -> dict:
     if bad:
         raise GlmscoreError(f"probe(s) {', '.join(bad)} do not classify; the variants setting runs {', '.join(VARIANT_PROBES)}.")
     model, sites, features = load_variant_embeddings(Path(cfg.embeddings))
-    data = split_rows(sites, cfg.test_chroms, cfg.folds, cfg.shuffle_labels, cfg.seed)
+    data = split_rows(sites, cfg.test_chroms, cfg.chrom_folds, cfg.shuffle_labels, cfg.seed)
     r = data.rows
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
     out = Path(cfg.out)
     _init_ray(cfg.address, out)
-    pred = run_trials(_probe_trial, probes, cfg.folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
+    pred = run_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)
     settings = {"setting": "variants", "model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
-                "probes": ",".join(probes), "test_chroms": ",".join(cfg.test_chroms), "folds": cfg.folds,
+                "probes": ",".join(probes), "test_chroms": ",".join(cfg.test_chroms), "chrom_folds": cfg.chrom_folds,
                 "seed": cfg.seed, "shuffle_labels": cfg.shuffle_labels, "features": "log(|ref - alt| + 1e-6) + tissue one-hot"}
     return write_results(out, pred, "Causal-variant probes", settings)
 
