@@ -119,6 +119,14 @@ class HFOptions(LMOptions):
                            help="glmscore: score real nucleotide tokens (default); paper: the published Nullsette "
                                 "scripts' tokenization and averaging, fp32 (cards say which support it)")
 
+    def result_fields(self) -> dict:
+        # the default protocol stays out of the fingerprint, so score folders written before the option
+        # existed still resume and are not refused as another configuration
+        fields = super().result_fields()
+        if fields.get("protocol") == "glmscore":
+            del fields["protocol"]
+        return fields
+
 
 class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""

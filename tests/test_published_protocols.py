@@ -167,6 +167,9 @@ def test_protocol_user_errors_are_one_sentence(tiny_bert):
         HFMasked.preflight(card, HFMasked.Options(protocol="paper"), "embed")
     with pytest.raises(GlmscoreError, match="does not apply to backend kmer"):
         load_backend(resolve_card("kmer:3"), protocol="paper")
+    # the default protocol leaves the fingerprint of existing score folders unchanged; paper changes it
+    assert "protocol" not in HFMasked.Options().result_fields()
+    assert HFMasked.Options(protocol="paper").result_fields()["protocol"] == "paper"
     # paper always runs in fp32, whatever the card's dtype
     assert HFMasked.runtime(card.with_(dtype="bfloat16"), HFMasked.Options(protocol="paper"), "cuda").dtype == "float32"
 
