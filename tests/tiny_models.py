@@ -37,11 +37,12 @@ def dna_tokenizer(kmer: int = 1, with_bos: bool = True, mlm: bool = False):
 
 
 def make_tiny_llama(path: Path, *, kmer: int = 1, with_bos: bool = True, hidden: int = 128, layers: int = 2,
-                    heads: int = 2, max_positions: int = 4096, seed: int = 0) -> Path:
+                    heads: int = 2, max_positions: int = 4096, seed: int = 0, tokenizer=None) -> Path:
+    """A random Llama with ``tokenizer`` (default: the character or k-mer DNA tokenizer above)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = dna_tokenizer(kmer=kmer, with_bos=with_bos)
+    tok = tokenizer if tokenizer is not None else dna_tokenizer(kmer=kmer, with_bos=with_bos)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
@@ -90,27 +91,11 @@ def _fast(vocab, pre, post=None, unk="[UNK]", **kw):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **kw)
 
 
-def _small_llama(path: Path, tok) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def make_hyena_like(path: Path) -> Path:
     """HyenaDNA's shape: one token per character, [SEP] appended by the tokenizer."""
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "C", "G", "T", "N"])}
     tok = _fast(vocab, ".", "$A [SEP]", pad_token="[PAD]", sep_token="[SEP]", cls_token="[CLS]", mask_token="[MASK]")
-    return _small_llama(path, tok)
+    return make_tiny_llama(path, tokenizer=tok, hidden=64)
 
 
 def make_generator_like(path: Path) -> Path:
@@ -120,7 +105,7 @@ def make_generator_like(path: Path) -> Path:
     words = ["<pad>", "<s>", "</s>", "<oov>"] + ["".join(w) for w in itertools.product("ACGT", repeat=6)]
     vocab = {t: i for i, t in enumerate(words)}
     tok = _fast(vocab, ".{1,6}", "<s> $A </s>", unk="<oov>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    return _small_llama(path, tok)
+    return make_tiny_llama(path, tokenizer=tok, hidden=64)
 
 
 def make_nt_like(path: Path) -> Path:
