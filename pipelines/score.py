@@ -109,11 +109,21 @@ class Resolved:
     pooling: str  # the embed pooling in generic form (``Benchmark.resolve_pooling``)
 
 
+def _option_names(backend: type[Backend]) -> set[str]:
+    return {f.name for f in option_fields(backend.Options)}
+
+
 def resolve_job(cfg: ScoreConfig) -> Resolved:
     bench_cls = BENCHMARKS.get(cfg.benchmark)
     benchmark = bench_cls(cfg.data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
     card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
     backend = BACKENDS.get(card.backend)
+    given = {k for k, v in cfg.options.items() if v is not None}
+    if not cfg.backend and card.fallback_backend and not given <= _option_names(backend) \
+            and given <= _option_names(BACKENDS.get(card.fallback_backend)):
+        # options only the card's fallback backend has (``--protocol paper`` on a vLLM card) pick it
+        card = card.with_(backend=card.fallback_backend)
+        backend = BACKENDS.get(card.backend)
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:

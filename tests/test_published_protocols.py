@@ -204,3 +204,18 @@ def test_score_job_under_the_published_protocol(ray_cluster, small_nullsette, hy
     assert main(args[:5] + ["--model", "kmer:3", "--out", str(tmp_path / "k"), "--protocol", "paper"]) == 2
     err = capsys.readouterr().err
     assert "--protocol does not apply to backend kmer" in err and "Traceback" not in err
+
+
+def test_paper_on_a_vllm_card_runs_on_its_transformers_fallback(tiny_llama, small_nullsette, monkeypatch):
+    """GENERator and METAGENE-1 cards default to vLLM, which has no published protocol: ``--protocol paper``
+    picks the card's fallback backend (hf_causal) instead of refusing the flag."""
+    from models import cards
+    from pipelines.score import ScoreConfig, resolve_job
+
+    vllm_card = resolve_card(str(tiny_llama)).with_(id="vllm-card", backend="vllm_causal", fallback_backend="hf_causal")
+    monkeypatch.setattr(cards, "registry", lambda: {"vllm-card": vllm_card})
+    cfg = dict(benchmark="nullsette", data=str(small_nullsette), model="vllm-card", out="unused")
+    assert resolve_job(ScoreConfig(**cfg, options={"protocol": "paper"})).backend.name == "hf_causal"
+    assert resolve_job(ScoreConfig(**cfg)).backend.name == "vllm_causal"
+    with pytest.raises(GlmscoreError, match="--protocol does not apply to backend vllm_causal"):
+        resolve_job(ScoreConfig(**cfg, backend="vllm_causal", options={"protocol": "paper"}))
