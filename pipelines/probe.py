@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
 from pipelines.benchmarks.nabench import family_list, positions
-from pipelines.shards import PARTITIONING, read_manifest
+from pipelines.shards import datasets_of, read_manifest, read_table
 
 SETTINGS = ("fewshot", "supervised", "transfer", "variants")
 PROTOCOLS = ("glmscore", "paper")
@@ -66,10 +65,10 @@ def load_embeddings(emb_dir: Path, wildtype: str = "keep", keys: dict | None = N
     from analysis.sweep import AssayArrays
 
     emb_dir = Path(emb_dir)
-    read_manifest(emb_dir)
     data, model = {}, None
-    for folder in sorted(emb_dir.glob("dataset=*")):
-        t = pads.dataset(folder, format="parquet", partitioning=PARTITIONING, ignore_prefixes=[".", "_"]).to_table()
+    for name in datasets_of(emb_dir):
+        folder = emb_dir / f"dataset={name}"
+        t = read_table(emb_dir, datasets=[name])
         if "embedding" not in t.column_names or "label" not in t.column_names:
             raise GlmscoreError(f"{folder} holds no NABench embeddings with labels.")
         frame = t.select(["pair_index", "label", "mutant", "model", "group"]).to_pandas()

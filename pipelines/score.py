@@ -40,6 +40,7 @@ from pipelines.provenance import content_digest, glmscore_version
 
 TASKS = ("score", "embed")
 REDUCTIONS = ("mean", "sum", "focus")
+DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
 EXIT_CLUSTER_LOST = 3
@@ -72,7 +73,11 @@ class ScoreConfig(Options):
     address: str | None = option(None, affects_result=False, help="Ray address (default: RAY_ADDRESS, as set by `ray job submit`, else a new local cluster)")
     min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
     max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
-    gpus_per_actor: float | None = option(None, minimum=0, affects_result=False, help="default: 1 when the backend can use a GPU and the cluster has GPUs, else 0")
+    device: str = option("auto", choices=DEVICES, affects_result=False,
+                         help="gpu: GPU actors even when the cluster has no GPU node yet (an autoscaler adds them); "
+                              "cpu: never; auto: GPU actors when the cluster has GPUs at start and the backend can use them")
+    gpus_per_actor: float | None = option(None, minimum=0, affects_result=False,
+                                          help="GPUs per actor, fractions to share a GPU (default: 1 on GPU, 0 on CPU)")
     threads_per_actor: int | None = option(None, minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
     options: dict = option({}, cli=False, affects_result=False, help="backend options by field name")
     benchmark_options: dict = option({}, cli=False, affects_result=False, help="benchmark options by field name")
@@ -293,7 +298,8 @@ def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, p
 
 
 @errors_as_rows
-def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_columns: dict, fingerprint: str) -> pa.Table:
+def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_columns: dict, fingerprint: str,
+               references: dict[str, str]) -> pa.Table:
     embedding = None
     if "embedding" in batch.column_names:
         rows_ = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
@@ -306,7 +312,7 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_colu
     table = unit_table(row, benchmark, model, extra_columns, embedding)
     path = shards.shard_path(Path(out), row["dataset"], row["group"], row["chunk"])
     shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
-                                     "resolved_revision": row["resolved_revision"]})
+                                     "reference": references.get(row["dataset"]), "resolved_revision": row["resolved_revision"]})
     return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [table.num_rows],
                      "resolved_revision": [row["resolved_revision"]]})
 
@@ -316,8 +322,18 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_colu
 def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict) -> tuple[float, int, int, int | None]:
     """(gpus per actor, min actors, max actors, torch threads per actor) for this cluster."""
     gpus = cfg.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if backend.can_use_gpu and cluster.get("GPU", 0) >= 1 else 0.0
+    if cfg.device == "cpu":
+        if gpus:
+            raise GlmscoreError("--device cpu asks for no GPU; drop --gpus-per-actor.")
+        gpus = 0.0
+    elif cfg.device == "gpu" and not backend.can_use_gpu and not gpus:
+        raise GlmscoreError(f"backend {backend.name} runs on CPU only; drop --device gpu.")
+    elif gpus is None:
+        # "gpu" asks for GPU actors whatever the cluster has now: on an autoscaling cluster whose GPU
+        # workers are at zero, the pending actors are what make the autoscaler add GPU nodes
+        gpus = 1.0 if cfg.device == "gpu" or (backend.can_use_gpu and cluster.get("GPU", 0) >= 1) else 0.0
+    elif cfg.device == "gpu" and gpus == 0:
+        raise GlmscoreError("--device gpu needs --gpus-per-actor above 0.")
     max_actors = cfg.max_actors
     if max_actors is None:
         max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) // gpus) if gpus else 1)
@@ -329,16 +345,28 @@ def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict) -> tuple
     return gpus, cfg.min_actors, max_actors, threads
 
 
-def _fit(plan: Plan, units: list[Unit]):
-    """The backend's fitted state: on its own reference FASTA, or on the benchmark's reference sequences."""
+def _references(plan: Plan, units: list[Unit]) -> dict[str | None, list[str]]:
+    """What a fitted backend learns from: its own reference FASTA (key None), or the benchmark's
+    reference sequences per dataset."""
     from pipelines.fasta import read_all
 
     path = plan.backend.reference_file(plan.card)
     if path:
-        references = {None: read_all(Path(path))[1]}
-    else:
-        references = {d: plan.benchmark.reference_sequences(units, d) for d in sorted({u.dataset for u in units})}
-    return plan.backend.fit(plan.card, plan.options, references)
+        return {None: read_all(Path(path))[1]}
+    return {d: plan.benchmark.reference_sequences(units, d) for d in sorted({u.dataset for u in units})}
+
+
+def reference_digests(references: dict[str | None, list[str]], units: list[Unit]) -> dict[str, str]:
+    """Per dataset, a digest of the sequences its fitted table came from: a shard's scores depend on
+    every reference sequence, not only on its own chunk (editing one nonmutant changes every k-mer
+    crossfit score of that dataset), so resume compares this too."""
+    digests = {}
+    for key, seqs in references.items():
+        h = hashlib.blake2b(digest_size=12)
+        for seq in seqs:
+            h.update(seq.encode() + b"\n")
+        digests[key] = h.hexdigest()
+    return {u.dataset: digests.get(u.dataset, digests.get(None)) for u in units}
 
 
 def check_fits(plan: Plan, cluster: dict) -> None:
@@ -438,7 +466,6 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
                   started: str) -> dict:
     """The job once Ray is up: plan, claim --out, run the pending units, check and write the manifest."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     if fixed_size:
@@ -447,25 +474,44 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
               "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
-    shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])
-    pending = [u for u, p in zip(units, paths) if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows)]
+    with shards.locked(out):
+        shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])
+        references = _references(plan, units) if plan.backend.fits_on_reference else {}
+        digests = reference_digests(references, units) if references else {}
+        pending = [u for u, p in zip(units, paths)
+                   if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows, digests.get(u.dataset))]
+        return _run_pending(cfg, resolved, plan, config, units, pending, references, digests, out, started)
+
+
+def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict, units: list[Unit], pending: list[Unit],
+                 references: dict, digests: dict, out: Path, started: str) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy
 
     revisions = set()
     if pending:
-        fitted = _fit(plan, units) if plan.backend.fits_on_reference else None
+        fitted = plan.backend.fit(plan.card, plan.options, references) if plan.backend.fits_on_reference else None
         ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", fn_kwargs={"plan": plan})
+        # prepare and write are light beside a forward pass: fractional CPUs let them run next to an actor
+        # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU write tasks
+        # left writes waiting for minutes on a small cluster)
+        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+                            fn_kwargs={"plan": plan})
         actor_args = plan.backend.actor_resources(plan.card, plan.options) or {"num_gpus": plan.gpus_per_actor}
         ds = ds.map_batches(
             ScoreActor, batch_size=1, batch_format="pyarrow",
             compute=ActorPoolStrategy(min_size=plan.actors[0], max_size=plan.actors[1]),
+            # a killed actor (its process, or its node) is restarted and its unit retried: Ray Data creates
+            # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
+            # tests/test_faults.py and tests/test_node_loss.py hold it to that
             num_cpus=1, **actor_args,
             fn_constructor_kwargs={"plan": plan, "fitted": fitted, "task": cfg.task, "reduction": cfg.reduction,
                                    "pooling": resolved.pooling, "layer": cfg.layer},
         )
-        ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow",
+        ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=0.1,
                             fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,
-                                       "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint})
+                                       "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint,
+                                       "references": digests})
         from pipelines.console import Progress
 
         progress = Progress(sum(u.n_rows for u in pending), "rows")
@@ -476,13 +522,16 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
             progress.update(row["rows"])
 
     rows: dict[str, int] = {}
+    listed = []
     for u in units:
-        meta = shards.shard_meta(shards.shard_path(out, u.dataset, u.group, u.chunk)) or {}
+        path = shards.shard_path(out, u.dataset, u.group, u.chunk)
+        meta = shards.shard_meta(path) or {}
         if meta.get("fingerprint") != plan.fingerprint or meta.get("rows") != u.n_rows:
             raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
         revisions.add(meta.get("resolved_revision", ""))
         key = f"dataset={u.dataset}/group={u.group}"
         rows[key] = rows.get(key, 0) + u.n_rows
+        listed.append({"path": str(path.relative_to(out)), "rows": u.n_rows, "digest": meta["digest"]})
     revisions.discard("")
     if len(revisions) > 1:
         raise GlmscoreError(f"the shards in {out} were scored with different model revisions ({', '.join(sorted(revisions))}); "
@@ -490,5 +539,5 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
     return shards.write_manifest(
         out, config=config, card=plan.card.to_dict(), resolved_revision=next(iter(revisions), plan.card.revision),
         rows=rows, started=started, skipped=len(units) - len(pending), computed=len(pending), provenance=plan.provenance,
-        warnings=resolved.benchmark.warnings,
+        shards=listed, warnings=resolved.benchmark.warnings,
     )

@@ -1,22 +1,33 @@
-"""Shard layout, atomic writes, completeness checks and the manifest (DESIGN.md's shard contract).
+"""Shard layout, atomic writes, content checksums, completeness checks, the manifest and the lock.
 
 Layout: ``<out>/dataset=<d>/group=<g>/part-<chunk:05d>.parquet`` (hive partitions; the partition values
 are not repeated inside the files) and ``<out>/_manifest.json``. File names are a function of the input
-chunk, so a rerun knows which shards exist. A shard is written to a hidden temporary name and renamed,
-so a file with a final name is always complete; a shard counts as done only if its metadata carries
-this run's fingerprint, its input chunk's CRC and the expected row count.
+chunk, so a rerun knows which shards exist. A shard is written to a temporary name and renamed, so a
+file with a final name is whole; its Parquet metadata carries this run's fingerprint, its input chunk's
+CRC, its row count, the digest of the reference a fitted backend learnt from, and a checksum of its
+content. A shard counts as done only if all of these match and the content still hashes to its checksum
+(the Parquet footer alone let most one-bit flips in the data read as other numbers). The manifest lists
+every shard with its checksum, and readers read exactly those files, verified: stray or stale files
+in the folder are never read. One run at a time holds ``<out>``'s lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import socket
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -24,6 +35,7 @@ from models.errors import GlmscoreError
 
 MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
+LOCK_FILE = ".glmscore.lock"
 META_KEY = b"glmscore"
 
 PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
@@ -33,13 +45,62 @@ def shard_path(out: Path, dataset: str, group: str, chunk: int) -> Path:
     return Path(out) / f"dataset={dataset}" / f"group={group}" / f"part-{chunk:05d}.parquet"
 
 
+def _hash_array(h, arr: pa.Array) -> None:
+    """Feed an array's logical content (type, nulls, values; not its memory layout, which a Parquet
+    round trip may change) into ``h``."""
+    h.update(str(arr.type).encode())
+    if arr.null_count:
+        h.update(np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes())
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        h.update(pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64).tobytes())
+        _hash_array(h, arr.flatten())
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        h.update(pc.fill_null(pc.binary_length(arr), 0).to_numpy().astype(np.int64).tobytes())
+        values = arr.drop_null().to_pylist()
+        h.update(b"".join(values) if pa.types.is_binary(t) or pa.types.is_large_binary(t) else "".join(values).encode())
+    elif pa.types.is_dictionary(t):
+        _hash_array(h, arr.dictionary_decode())
+    else:  # fixed-width: numbers, booleans, timestamps
+        h.update(np.ascontiguousarray(arr.fill_null(pa.scalar(0, t) if not pa.types.is_boolean(t) else False)
+                                      .to_numpy(zero_copy_only=False)).tobytes())
+
+
+def table_digest(table: pa.Table) -> str:
+    """A checksum of a table's content: column names, types, nulls and values."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, column in zip(table.column_names, table.columns):
+        h.update(name.encode() + b"\0")
+        _hash_array(h, column.combine_chunks())
+    return h.hexdigest()
+
+
+def _io_error(exc: OSError, what: str) -> GlmscoreError:
+    return GlmscoreError(f"cannot {what}: {exc.strerror or exc}.")
+
+
 def write_shard(path: Path, table: pa.Table, meta: dict) -> None:
-    """Write atomically, with ``meta`` (fingerprint, chunk CRC, rows) in the Parquet key-value metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically, with ``meta`` (fingerprint, chunk CRC, rows...) and the content's checksum in the
+    Parquet key-value metadata. A full disk or a read-only store is one sentence (travels as data)."""
+    meta = {**meta, "digest": table_digest(table)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with _suppress_os_error():
+            tmp.unlink(missing_ok=True)
+        raise _io_error(exc, f"write {path}") from None
+
+
+@contextmanager
+def _suppress_os_error():
+    try:
+        yield
+    except OSError:
+        pass
 
 
 def shard_meta(path: Path) -> dict | None:
@@ -50,24 +111,110 @@ def shard_meta(path: Path) -> dict | None:
         return None
 
 
-def is_complete(path: Path, fingerprint: str, crc: int, rows: int) -> bool:
+class CorruptShard(GlmscoreError):
+    pass
+
+
+def read_shard(path: Path) -> pa.Table:
+    """A shard's table, its content verified against the checksum written with it."""
+    def corrupt(why: str):
+        return CorruptShard(f"shard {path} is damaged ({why}); rerun the same `glmscore score`/`embed` command to "
+                            "recompute it.")
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise CorruptShard(f"shard {path} is missing; rerun the same `glmscore score`/`embed` command to recompute it.") from None
+    except OSError as exc:
+        if exc.errno is not None:
+            raise _io_error(exc, f"read {path}") from None
+        raise corrupt("not a readable Parquet file") from None
+    except (pa.ArrowException, ValueError):
+        raise corrupt("not a readable Parquet file") from None
+    try:
+        meta = json.loads((table.schema.metadata or {})[META_KEY])
+        expected = meta["digest"]
+    except (KeyError, ValueError, TypeError):
+        raise corrupt("its metadata is unreadable") from None
+    try:
+        actual = table_digest(table)
+    except (pa.ArrowException, ValueError, UnicodeDecodeError):
+        raise corrupt("its content is unreadable") from None
+    if actual != expected:
+        raise corrupt("its content does not match the checksum written with it")
+    return table
+
+
+def is_complete(path: Path, fingerprint: str, crc: int, rows: int, reference: str | None = None) -> bool:
+    """Done: written by this run's configuration from this input chunk (and this reference, for a
+    fitted backend), with the expected rows, and its content intact."""
     meta = shard_meta(path) if path.exists() else None
-    return bool(meta) and meta.get("fingerprint") == fingerprint and meta.get("crc") == crc and meta.get("rows") == rows
+    if not meta or meta.get("fingerprint") != fingerprint or meta.get("crc") != crc or meta.get("rows") != rows \
+            or meta.get("reference") != reference:
+        return False
+    try:
+        read_shard(path)
+    except CorruptShard:
+        return False
+    return True
+
+
+@contextmanager
+def locked(out: Path):
+    """Hold ``out`` for one run: a second run into the same folder stops with one sentence instead of
+    deleting the first one's temporary files. The lock (``flock``) dies with its process, so a killed
+    run never leaves a folder locked."""
+    path = Path(out) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise GlmscoreError(f"{out} is in use by another glmscore run ({holder}); wait for it to finish or choose another --out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {now()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_run_file(out: Path) -> str | None:
+    """The fingerprint in ``out``'s run record; None when there is none or it is unreadable (then each
+    shard's own fingerprint decides what is reused)."""
+    try:
+        return json.loads((Path(out) / RUN_FILE).read_text()).get("fingerprint")
+    except FileNotFoundError:
+        return None
+    except (ValueError, AttributeError):
+        return None
 
 
 def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shard_paths: list[Path],
                 expected: list[tuple[int, int]] | None = None) -> None:
-    """Claim ``out`` for this run, whose shards are ``shard_paths`` (with ``expected`` (crc, rows) each):
-    refuse one that holds a different run, shards this run would not write (an earlier run of more rows
-    or other datasets: the folder would then mix two selections under one manifest), or shards of other
-    rows at this run's paths (a different --limit, or changed input), which a rerun would silently
-    replace; drop partial files and the old manifest (so an interrupted rerun never looks complete)."""
+    """Claim ``out`` (whose lock the caller holds) for this run, whose shards are ``shard_paths`` (with
+    ``expected`` (crc, rows) each): refuse one that holds a different run, shards this run would not write
+    (an earlier run of more rows or other datasets: the folder would then mix two selections under one
+    manifest), or shards of other rows at this run's paths (a different --limit, or changed input), which
+    a rerun would silently replace; drop temporary files of dead runs and the old manifest (so an
+    interrupted rerun never looks complete)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
     run_file = out / RUN_FILE
     if run_file.exists() and not overwrite:
-        previous = json.loads(run_file.read_text()).get("fingerprint")
+        previous = read_run_file(out)
+        if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
+            found = {(shard_meta(p) or {}).get("fingerprint") for p in out.rglob("part-*.parquet")} - {None}
+            previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
             raise GlmscoreError(
                 f"{out} holds scores from a different model, data or configuration; choose a new --out or pass --overwrite."
@@ -90,10 +237,12 @@ def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shar
         for p in out.rglob("part-*.parquet"):
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    for p in out.rglob(".part-*.tmp"):
-        p.unlink()
+    # under the lock no other run writes here: every temporary file is a dead run's (or a stray copy)
+    for pattern in (".part-*.tmp", "part-*.tmp", f".{MANIFEST}*.tmp", f".{RUN_FILE}*.tmp"):
+        for p in out.rglob(pattern):
+            p.unlink()
     (out / MANIFEST).unlink(missing_ok=True)
-    run_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config}, indent=2, default=str))
+    write_json(run_file, {"fingerprint": fingerprint, "config": config})
 
 
 def package_versions() -> dict[str, str]:
@@ -107,8 +256,10 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, rows: dict, started: str,
-                   skipped: int, computed: int, provenance: dict, warnings: list[str] | None = None) -> dict:
-    """``provenance``: what else identifies the result (weights identity, runtime, glmscore version)."""
+                   skipped: int, computed: int, provenance: dict, shards: list[dict],
+                   warnings: list[str] | None = None) -> dict:
+    """``provenance``: what else identifies the result (weights identity, runtime, glmscore version);
+    ``shards``: every shard of the result (path relative to ``out``, rows, checksum), which readers read."""
     manifest = {
         "config": config,
         "model_card": card,
@@ -122,10 +273,9 @@ def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, ro
         "warnings": warnings or [],
         "started": started,
         "finished": now(),
+        "shards": shards,
     }
-    tmp = Path(out) / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(Path(out) / MANIFEST)
+    write_json(Path(out) / MANIFEST, manifest)
     return manifest
 
 
@@ -141,16 +291,53 @@ def read_manifest(path: Path) -> dict:
         return json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise GlmscoreError(f"{path} is not a finished output folder (no {MANIFEST}); run or resume `glmscore score` first.") from None
+    except ValueError:
+        raise GlmscoreError(f"{path / MANIFEST} is damaged; rerun the same `glmscore score`/`embed` command to rewrite it.") from None
+
+
+def _listed(path: Path) -> list[str]:
+    """The shard files of a finished folder, relative to it: the manifest's list (older manifests: the
+    folder's ``part-*.parquet`` files)."""
+    listed = read_manifest(path).get("shards")
+    if listed is not None:
+        return [entry["path"] for entry in listed]
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("part-*.parquet"))
+
+
+def _partitions(rel: str) -> dict:
+    return dict(part.split("=", 1) for part in Path(rel).parent.parts if "=" in part)
+
+
+def datasets_of(path: Path) -> list[str]:
+    """The datasets a finished folder holds."""
+    return sorted({_partitions(rel).get("dataset") for rel in _listed(Path(path))} - {None})
+
+
+def read_table(path: Path, datasets: list[str] | None = None) -> pa.Table:
+    """A finished folder's shards (those its manifest lists, each verified against its checksum; only
+    ``datasets`` if given) as one Arrow table with ``dataset`` and ``group`` columns from the layout.
+    A manifest from before shards were listed reads the folder's ``part-*.parquet`` files."""
+    path = Path(path)
+    tables = []
+    for rel in _listed(path):
+        parts = _partitions(rel)
+        if datasets is not None and parts.get("dataset") not in datasets:
+            continue
+        table = read_shard(path / rel).replace_schema_metadata(None)
+        n = table.num_rows
+        tables.append(table.append_column("dataset", pa.array([parts.get("dataset")] * n, pa.string()))
+                      .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
+    if not tables:
+        return pa.table({"dataset": pa.array([], pa.string()), "group": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def read_scores(path: Path, columns: list[str] | None = None, what: str = "score folder"):
     """A finished folder as a pandas DataFrame (with ``dataset`` and ``group`` from the partitions);
     a folder without the needed ``columns`` is a user error naming ``what`` was expected."""
     path = Path(path)
-    read_manifest(path)
-    ds = pads.dataset(path, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False,
-                      ignore_prefixes=[".", "_"])
-    missing = [c for c in columns or [] if c not in ds.schema.names]
+    table = read_table(path)
+    missing = [c for c in columns or [] if c not in table.column_names]
     if missing:
         raise GlmscoreError(f"{path} is not a {what}: it has no {', '.join(missing)} column(s).")
-    return ds.to_table(columns=columns).to_pandas()
+    return (table.select(columns) if columns else table).to_pandas()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
 
 from analysis.variants import (
     TEST_CHROMS,
@@ -33,7 +32,7 @@ from analysis.variants import (
 )
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
-from pipelines.shards import PARTITIONING, read_manifest
+from pipelines.shards import datasets_of, read_table
 
 PREDICTIONS = "predictions.parquet"
 
@@ -163,11 +162,10 @@ def _init_ray(address: str | None, out: Path) -> None:
 def load_variant_embeddings(emb_dir: Path) -> tuple[str, pd.DataFrame, np.ndarray]:
     """(model, sites, features): one row per site with log|ref - alt| of its two embeddings."""
     emb_dir = Path(emb_dir)
-    read_manifest(emb_dir)
-    folders = sorted(emb_dir.glob("dataset=*"))
-    if not folders:
+    views = datasets_of(emb_dir)
+    if not views:
         raise GlmscoreError(f"{emb_dir} has no dataset=<view> folder.")
-    t = pads.dataset(folders[0], format="parquet", partitioning=PARTITIONING, ignore_prefixes=[".", "_"]).to_table()
+    t = read_table(emb_dir, datasets=views[:1])
     if "embedding" not in t.column_names or "variant_id" not in t.column_names:
         raise GlmscoreError(f"{emb_dir} holds no causal-variant embeddings (run `glmscore embed --benchmark variants`).")
     frame = t.drop_columns(["embedding"]).to_pandas()
