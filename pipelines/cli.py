@@ -15,7 +15,9 @@ import errno
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import MISSING
+from pathlib import Path
 
 from models.errors import GlmscoreError
 from models.options import base_type, choices_of, flag_of, option_fields
@@ -146,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         c = bl_sub.add_parser(name, help=help_)
         c.set_defaults(fields=add_options(c, options_cls))
 
+    sw = sub.add_parser("sweep", help="score models x benchmarks from a YAML file in one Ray job, then one combined report")
+    sw.add_argument("file", help="sweep file (README: Sweeps)")
+    sw.add_argument("--check", action="store_true", help="only check the file and list the runs (nothing starts)")
+
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.set_defaults(fields=add_options(d, DemoOptions))
     sub.add_parser("models", help="list the model cards and backends")
@@ -188,8 +194,37 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
+def _analyze_to(cls, args) -> dict:
+    """``analyze``, its report written to a local folder or, for an object-store ``--out``, written locally
+    and then uploaded (plots and tables are written by libraries that need a local file)."""
+    from pipelines import store
+
+    options = cls.AnalyzeOptions(**given(args, args.fields))
+    if not store.is_uri(args.out):
+        return cls.analyze(args.scores, args.out, options)
+    with tempfile.TemporaryDirectory(prefix="glmscore-report-") as tmp:
+        result = cls.analyze(args.scores, tmp, options)
+        store.upload_folder(Path(tmp), args.out)
+    return {**result, "report": str(result["report"]).replace(tmp, args.out.rstrip("/"))}
+
+
+def _local_only(args) -> None:
+    """Commands whose outputs are written by local-file libraries take local folders only (an s3:// path
+    given to them would otherwise become a local folder named ``s3:``)."""
+    from pipelines import store
+
+    if args.command not in ("score", "embed", "analyze", "sweep"):
+        for name in ("out", "embeddings", "data"):
+            value = getattr(args, name, None)
+            if isinstance(value, str) and store.is_uri(value):
+                raise GlmscoreError(f"`glmscore {args.command}` reads and writes local or shared folders; --{name} {value} "
+                                    "is in object storage (score, embed and analyze take s3:// locations).")
+
+
 def _dispatch(args) -> int:
     from pipelines.benchmark import BENCHMARKS
+
+    _local_only(args)
 
     if args.command == "models":
         from models.base import BACKENDS
@@ -228,7 +263,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "analyze":
         cls = BENCHMARKS.get(args.benchmark)
-        result = cls.analyze(args.scores, args.out, cls.AnalyzeOptions(**given(args, args.fields)))
+        result = _analyze_to(cls, args)
         print(result["table"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
@@ -240,6 +275,10 @@ def _dispatch(args) -> int:
         print(result["summary"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
+    if args.command == "sweep":
+        from pipelines.sweep import main_sweep
+
+        return main_sweep(args.file, check=args.check)
     if args.command == "demo":
         from pipelines.demo import DemoOptions, run_demo
 

@@ -12,6 +12,7 @@ import pandas as pd
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
 from pipelines.benchmarks.nabench import family_list, positions
+from pipelines import store
 from pipelines.shards import datasets_of, read_manifest, read_table
 
 SETTINGS = ("fewshot", "supervised", "transfer", "variants")
@@ -53,7 +54,7 @@ class ProbeConfig(Options):
     address: str | None = option(None, help="Ray address")
 
 
-def load_embeddings(emb_dir: Path, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
+def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
     """Per-assay arrays from an embedding folder (each assay read on its own: one-hot widths differ).
 
     Rows are in assay-file order (``pair_index``); rows without a label are left out, and with
@@ -64,10 +65,9 @@ def load_embeddings(emb_dir: Path, wildtype: str = "keep", keys: dict | None = N
 
     from analysis.sweep import AssayArrays
 
-    emb_dir = Path(emb_dir)
     data, model = {}, None
     for name in datasets_of(emb_dir):
-        folder = emb_dir / f"dataset={name}"
+        folder = store.join(emb_dir, f"dataset={name}")
         t = read_table(emb_dir, datasets=[name])
         if "embedding" not in t.column_names or "label" not in t.column_names:
             raise GlmscoreError(f"{folder} holds no NABench embeddings with labels.")
@@ -80,9 +80,9 @@ def load_embeddings(emb_dir: Path, wildtype: str = "keep", keys: dict | None = N
         if wildtype == "drop":
             keep &= (mutants != "").to_numpy()
         if keys is not None:
-            keys[folder.name.split("=", 1)[1]] = (mutants[keep].tolist(), occurrence(mutants)[keep])
+            keys[name] = (mutants[keep].tolist(), occurrence(mutants)[keep])
         model = frame["model"].iloc[0]
-        data[folder.name.split("=", 1)[1]] = AssayArrays(
+        data[name] = AssayArrays(
             X=X[keep], y=frame["label"].to_numpy()[keep],
             positions=[positions(m) for m in frame["mutant"][keep]], family=frame["group"].iloc[0])
     if not data:
@@ -130,7 +130,7 @@ def run_probes(cfg: ProbeConfig) -> dict:
     setting, seed, repeats, out = cfg.setting, cfg.seed, cfg.repeats, cfg.out
     probes = cfg.probes or (["ridge"] if paper else ["ridge", "mlp"])
     keys: dict = {}
-    model, data = load_embeddings(Path(cfg.embeddings), wildtype=cfg.wildtype, keys=keys)
+    model, data = load_embeddings(cfg.embeddings, wildtype=cfg.wildtype, keys=keys)
     if cfg.folds is not None:
         attach_folds(data, keys, cfg.folds)
     folds_label = str(Path(cfg.folds).resolve()) if cfg.folds is not None else "generated"
@@ -174,8 +174,8 @@ def run_probes(cfg: ProbeConfig) -> dict:
     trials.to_csv(out_dir / "probe_trials.csv", index=False)
     families.to_csv(out_dir / "probe_families.csv", index=False)
     summary.to_csv(out_dir / "probe_summary.csv", index=False)
-    manifest = read_manifest(Path(cfg.embeddings))
-    provenance = pd.DataFrame([{"model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
+    manifest = read_manifest(cfg.embeddings)
+    provenance = pd.DataFrame([{"model": model, "embeddings": str(store.absolute(cfg.embeddings)),
                                 "card": manifest["model_card"].get("hf_id") or manifest["model_card"]["id"],
                                 "revision": manifest.get("resolved_revision"),
                                 "pooling": manifest.get("config", {}).get("resolved_pooling") or manifest.get("config", {}).get("pooling"),

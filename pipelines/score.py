@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from dataclasses import MISSING, asdict, dataclass
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -34,7 +35,7 @@ from models.base import BACKENDS, Backend, Context, Encoded, Runtime
 from models.cards import ModelCard, resolve_card
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, option_fields
-from pipelines import shards
+from pipelines import shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
 from pipelines.provenance import content_digest, glmscore_version
 
@@ -119,6 +120,9 @@ def _option_names(backend: type[Backend]) -> set[str]:
 
 
 def resolve_job(cfg: ScoreConfig) -> Resolved:
+    if store.is_uri(cfg.data):
+        raise GlmscoreError(f"--data {cfg.data}: benchmark inputs are read from a local or shared folder (genome "
+                            "indexes and tables are read by random access); copy them there first, e.g. `aws s3 sync`.")
     bench_cls = BENCHMARKS.get(cfg.benchmark)
     benchmark = bench_cls(cfg.data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
     card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
@@ -310,7 +314,7 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_colu
         batch = batch.drop_columns(["embedding"])
     row = batch.to_pylist()[0]
     table = unit_table(row, benchmark, model, extra_columns, embedding)
-    path = shards.shard_path(Path(out), row["dataset"], row["group"], row["chunk"])
+    path = shards.shard_path(out, row["dataset"], row["group"], row["chunk"])
     shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
                                      "reference": references.get(row["dataset"]), "resolved_revision": row["resolved_revision"]})
     return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [table.num_rows],
@@ -432,7 +436,9 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     from pipelines.console import handle_sigterm, quiet_ray
 
     dashboard = None if address != "local" else state_api
-    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(out), include_dashboard=dashboard,
+    # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
+    logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
+    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
              **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
     handle_sigterm()  # ray.init installs handlers of its own
 
@@ -443,10 +449,10 @@ def run_score(cfg: ScoreConfig) -> dict:
     started = shards.now()
     resolved = resolve_job(cfg)
     units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
-    out = Path(cfg.out).resolve()  # workers may run in another working directory: they get absolute paths
-    if out.exists() and not out.is_dir():
+    out = store.absolute(cfg.out)  # workers may run in another working directory: they get absolute paths
+    if store.is_file(out):
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
-    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails here, before Ray starts
+    store.makedirs(out)  # an unwritable --out (or an unreachable store) fails here, before Ray starts
     address = ray_address(cfg.address)
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     where = ("the Ray cluster this process joined" if ray.is_initialized() else
@@ -462,7 +468,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         done.set()
 
 
-def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: Path, fixed_size: bool,
+def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out, fixed_size: bool,
                   started: str) -> dict:
     """The job once Ray is up: plan, claim --out, run the pending units, check and write the manifest."""
     import ray
@@ -475,7 +481,8 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
               "fingerprint": plan.fingerprint}
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
     with shards.locked(out):
-        shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, paths, [(u.crc, u.n_rows) for u in units])
+        shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, [shards.shard_rel(u.dataset, u.group, u.chunk) for u in units],
+                           [(u.crc, u.n_rows) for u in units])
         references = _references(plan, units) if plan.backend.fits_on_reference else {}
         digests = reference_digests(references, units) if references else {}
         pending = [u for u, p in zip(units, paths)
@@ -484,7 +491,7 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out: 
 
 
 def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict, units: list[Unit], pending: list[Unit],
-                 references: dict, digests: dict, out: Path, started: str) -> dict:
+                 references: dict, digests: dict, out, started: str) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -531,7 +538,7 @@ def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict,
         revisions.add(meta.get("resolved_revision", ""))
         key = f"dataset={u.dataset}/group={u.group}"
         rows[key] = rows.get(key, 0) + u.n_rows
-        listed.append({"path": str(path.relative_to(out)), "rows": u.n_rows, "digest": meta["digest"]})
+        listed.append({"path": shards.shard_rel(u.dataset, u.group, u.chunk), "rows": u.n_rows, "digest": meta["digest"]})
     revisions.discard("")
     if len(revisions) > 1:
         raise GlmscoreError(f"the shards in {out} were scored with different model revisions ({', '.join(sorted(revisions))}); "

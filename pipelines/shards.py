@@ -8,7 +8,10 @@ CRC, its row count, the digest of the reference a fitted backend learnt from, an
 content. A shard counts as done only if all of these match and the content still hashes to its checksum
 (the Parquet footer alone let most one-bit flips in the data read as other numbers). The manifest lists
 every shard with its checksum, and readers read exactly those files, verified: stray or stale files
-in the folder are never read. One run at a time holds ``<out>``'s lock.
+in the folder are never read. One run at a time holds a local ``<out>``'s lock.
+
+``<out>`` is a local folder or an object-store prefix (``pipelines/store.py``); shard paths here are
+locations in the same sense (``Path`` or URI string).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from models.errors import GlmscoreError
+from pipelines import store
 
 MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
@@ -41,8 +45,12 @@ META_KEY = b"glmscore"
 PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
 
 
-def shard_path(out: Path, dataset: str, group: str, chunk: int) -> Path:
-    return Path(out) / f"dataset={dataset}" / f"group={group}" / f"part-{chunk:05d}.parquet"
+def shard_rel(dataset: str, group: str, chunk: int) -> str:
+    return f"dataset={dataset}/group={group}/part-{chunk:05d}.parquet"
+
+
+def shard_path(out, dataset: str, group: str, chunk: int):
+    return store.join(out, *shard_rel(dataset, group, chunk).split("/"))
 
 
 def _hash_array(h, arr: pa.Array) -> None:
@@ -75,39 +83,21 @@ def table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def _io_error(exc: OSError, what: str) -> GlmscoreError:
-    return GlmscoreError(f"cannot {what}: {exc.strerror or exc}.")
-
-
-def write_shard(path: Path, table: pa.Table, meta: dict) -> None:
+def write_shard(path, table: pa.Table, meta: dict) -> None:
     """Write atomically, with ``meta`` (fingerprint, chunk CRC, rows...) and the content's checksum in the
-    Parquet key-value metadata. A full disk or a read-only store is one sentence (travels as data)."""
+    Parquet key-value metadata. A full disk or an unreachable store is one sentence (travels as data)."""
     meta = {**meta, "digest": table_digest(table)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    store.write_with(path, lambda fs, target: pq.write_table(table, target, filesystem=fs, compression="zstd"))
+
+
+def shard_meta(path) -> dict | None:
+    """The metadata written with a shard (its footer only is read); None if there is no readable one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with _suppress_os_error():
-            tmp.unlink(missing_ok=True)
-        raise _io_error(exc, f"write {path}") from None
-
-
-@contextmanager
-def _suppress_os_error():
-    try:
-        yield
-    except OSError:
-        pass
-
-
-def shard_meta(path: Path) -> dict | None:
-    try:
-        md = pq.read_schema(path).metadata or {}
+        fs, where = store.resolve(path)
+        md = pq.read_schema(where, filesystem=fs).metadata or {}
         return json.loads(md[META_KEY])
-    except (OSError, KeyError, ValueError, pa.ArrowInvalid):
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid, GlmscoreError):
         return None
 
 
@@ -121,14 +111,12 @@ def read_shard(path: Path) -> pa.Table:
         return CorruptShard(f"shard {path} is damaged ({why}); rerun the same `glmscore score`/`embed` command to "
                             "recompute it.")
     try:
-        table = pq.read_table(path)
+        data = store.read_bytes(path)
     except FileNotFoundError:
         raise CorruptShard(f"shard {path} is missing; rerun the same `glmscore score`/`embed` command to recompute it.") from None
-    except OSError as exc:
-        if exc.errno is not None:
-            raise _io_error(exc, f"read {path}") from None
-        raise corrupt("not a readable Parquet file") from None
-    except (pa.ArrowException, ValueError):
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError):
         raise corrupt("not a readable Parquet file") from None
     try:
         meta = json.loads((table.schema.metadata or {})[META_KEY])
@@ -147,7 +135,7 @@ def read_shard(path: Path) -> pa.Table:
 def is_complete(path: Path, fingerprint: str, crc: int, rows: int, reference: str | None = None) -> bool:
     """Done: written by this run's configuration from this input chunk (and this reference, for a
     fitted backend), with the expected rows, and its content intact."""
-    meta = shard_meta(path) if path.exists() else None
+    meta = shard_meta(path)
     if not meta or meta.get("fingerprint") != fingerprint or meta.get("crc") != crc or meta.get("rows") != rows \
             or meta.get("reference") != reference:
         return False
@@ -159,10 +147,14 @@ def is_complete(path: Path, fingerprint: str, crc: int, rows: int, reference: st
 
 
 @contextmanager
-def locked(out: Path):
-    """Hold ``out`` for one run: a second run into the same folder stops with one sentence instead of
-    deleting the first one's temporary files. The lock (``flock``) dies with its process, so a killed
-    run never leaves a folder locked."""
+def locked(out):
+    """Hold a local ``out`` for one run: a second run into the same folder stops with one sentence instead
+    of deleting the first one's temporary files. The lock (``flock``) dies with its process, so a killed
+    run never leaves a folder locked. Object stores have no such lock (and no temporary files to lose:
+    objects are written once under their final names); two runs into one prefix are the user's to avoid."""
+    if store.is_uri(out):
+        yield
+        return
     path = Path(out) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -180,69 +172,67 @@ def locked(out: Path):
         os.close(fd)  # releases the lock
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path, payload: dict) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    store.write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
 
 
-def read_run_file(out: Path) -> str | None:
+def read_run_file(out) -> str | None:
     """The fingerprint in ``out``'s run record; None when there is none or it is unreadable (then each
     shard's own fingerprint decides what is reused)."""
     try:
-        return json.loads((Path(out) / RUN_FILE).read_text()).get("fingerprint")
+        return json.loads(store.read_bytes(store.join(out, RUN_FILE))).get("fingerprint")
     except FileNotFoundError:
         return None
     except (ValueError, AttributeError):
         return None
 
 
-def prepare_out(out: Path, fingerprint: str, config: dict, overwrite: bool, shard_paths: list[Path],
+def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels: list[str],
                 expected: list[tuple[int, int]] | None = None) -> None:
-    """Claim ``out`` (whose lock the caller holds) for this run, whose shards are ``shard_paths`` (with
-    ``expected`` (crc, rows) each): refuse one that holds a different run, shards this run would not write
-    (an earlier run of more rows or other datasets: the folder would then mix two selections under one
-    manifest), or shards of other rows at this run's paths (a different --limit, or changed input), which
-    a rerun would silently replace; drop temporary files of dead runs and the old manifest (so an
-    interrupted rerun never looks complete)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
+    """Claim ``out`` (whose lock the caller holds) for this run, whose shards are ``shard_rels`` (paths
+    relative to ``out``, with ``expected`` (crc, rows) each): refuse one that holds a different run,
+    shards this run would not write (an earlier run of more rows or other datasets: the folder would then
+    mix two selections under one manifest), or shards of other rows at this run's paths (a different
+    --limit, or changed input), which a rerun would silently replace; drop temporary files of dead runs
+    and the old manifest (so an interrupted rerun never looks complete)."""
+    if store.is_file(out):
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
-    run_file = out / RUN_FILE
-    if run_file.exists() and not overwrite:
+    existing = store.files(out, "part-*.parquet")
+    if store.exists(store.join(out, RUN_FILE)) and not overwrite:
         previous = read_run_file(out)
         if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
-            found = {(shard_meta(p) or {}).get("fingerprint") for p in out.rglob("part-*.parquet")} - {None}
+            found = {(shard_meta(store.join(out, *p.split("/"))) or {}).get("fingerprint") for p in existing} - {None}
             previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
             raise GlmscoreError(
                 f"{out} holds scores from a different model, data or configuration; choose a new --out or pass --overwrite."
             )
-        mine = {Path(p).resolve() for p in shard_paths}
-        others = [p for p in out.rglob("part-*.parquet") if p.resolve() not in mine]
+        others = sorted(set(existing) - set(shard_rels))
         if others:
             raise GlmscoreError(
                 f"{out} holds {len(others)} shard(s) that this run would not write (an earlier run with a larger "
                 "--limit or other datasets); choose a new --out or pass --overwrite."
             )
-        for path, (crc, rows) in zip(shard_paths, expected or []):
-            meta = shard_meta(Path(path))
+        for rel, (crc, rows) in zip(shard_rels, expected or []):
+            meta = shard_meta(store.join(out, *rel.split("/"))) if rel in existing else None
             if meta and meta.get("fingerprint") == fingerprint and (meta.get("crc"), meta.get("rows")) != (crc, rows):
+                folder, name = rel.rsplit("/", 1)
                 raise GlmscoreError(
-                    f"{out} holds a shard of {meta.get('rows')} rows where this run would write {rows} ({Path(path).name} in "
-                    f"{Path(path).parent.relative_to(out)}): a different --limit or changed input; choose a new --out or pass --overwrite."
+                    f"{out} holds a shard of {meta.get('rows')} rows where this run would write {rows} ({name} in "
+                    f"{folder}): a different --limit or changed input; choose a new --out or pass --overwrite."
                 )
-    if overwrite and out.exists():
-        for p in out.rglob("part-*.parquet"):
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for rel in existing:
+            store.delete(store.join(out, *rel.split("/")))
+    store.makedirs(out)
     # under the lock no other run writes here: every temporary file is a dead run's (or a stray copy)
-    for pattern in (".part-*.tmp", "part-*.tmp", f".{MANIFEST}*.tmp", f".{RUN_FILE}*.tmp"):
-        for p in out.rglob(pattern):
-            p.unlink()
-    (out / MANIFEST).unlink(missing_ok=True)
-    write_json(run_file, {"fingerprint": fingerprint, "config": config})
+    for rel in store.files(out, "*.tmp"):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(("part-", ".part-", f".{MANIFEST}", f".{RUN_FILE}")):
+            store.delete(store.join(out, *rel.split("/")))
+    store.delete(store.join(out, MANIFEST))
+    write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config})
 
 
 def package_versions() -> dict[str, str]:
@@ -275,7 +265,7 @@ def write_manifest(out: Path, *, config: dict, card: dict, resolved_revision, ro
         "finished": now(),
         "shards": shards,
     }
-    write_json(Path(out) / MANIFEST, manifest)
+    write_json(store.join(out, MANIFEST), manifest)
     return manifest
 
 
@@ -283,47 +273,45 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_manifest(path: Path) -> dict:
-    path = Path(path)
-    if not path.exists():
+def read_manifest(path) -> dict:
+    if not store.exists(path):
         raise GlmscoreError(f"{path} does not exist.")
     try:
-        return json.loads((path / MANIFEST).read_text())
+        return json.loads(store.read_bytes(store.join(path, MANIFEST)))
     except FileNotFoundError:
         raise GlmscoreError(f"{path} is not a finished output folder (no {MANIFEST}); run or resume `glmscore score` first.") from None
     except ValueError:
-        raise GlmscoreError(f"{path / MANIFEST} is damaged; rerun the same `glmscore score`/`embed` command to rewrite it.") from None
+        raise GlmscoreError(f"{store.join(path, MANIFEST)} is damaged; rerun the same `glmscore score`/`embed` command to rewrite it.") from None
 
 
-def _listed(path: Path) -> list[str]:
+def _listed(path) -> list[str]:
     """The shard files of a finished folder, relative to it: the manifest's list (older manifests: the
     folder's ``part-*.parquet`` files)."""
     listed = read_manifest(path).get("shards")
     if listed is not None:
         return [entry["path"] for entry in listed]
-    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("part-*.parquet"))
+    return store.files(path, "part-*.parquet")
 
 
 def _partitions(rel: str) -> dict:
-    return dict(part.split("=", 1) for part in Path(rel).parent.parts if "=" in part)
+    return dict(part.split("=", 1) for part in rel.split("/")[:-1] if "=" in part)
 
 
-def datasets_of(path: Path) -> list[str]:
+def datasets_of(path) -> list[str]:
     """The datasets a finished folder holds."""
-    return sorted({_partitions(rel).get("dataset") for rel in _listed(Path(path))} - {None})
+    return sorted({_partitions(rel).get("dataset") for rel in _listed(path)} - {None})
 
 
-def read_table(path: Path, datasets: list[str] | None = None) -> pa.Table:
+def read_table(path, datasets: list[str] | None = None) -> pa.Table:
     """A finished folder's shards (those its manifest lists, each verified against its checksum; only
     ``datasets`` if given) as one Arrow table with ``dataset`` and ``group`` columns from the layout.
     A manifest from before shards were listed reads the folder's ``part-*.parquet`` files."""
-    path = Path(path)
     tables = []
     for rel in _listed(path):
         parts = _partitions(rel)
         if datasets is not None and parts.get("dataset") not in datasets:
             continue
-        table = read_shard(path / rel).replace_schema_metadata(None)
+        table = read_shard(store.join(path, *rel.split("/"))).replace_schema_metadata(None)
         n = table.num_rows
         tables.append(table.append_column("dataset", pa.array([parts.get("dataset")] * n, pa.string()))
                       .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
@@ -332,10 +320,10 @@ def read_table(path: Path, datasets: list[str] | None = None) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_scores(path: Path, columns: list[str] | None = None, what: str = "score folder"):
-    """A finished folder as a pandas DataFrame (with ``dataset`` and ``group`` from the partitions);
-    a folder without the needed ``columns`` is a user error naming ``what`` was expected."""
-    path = Path(path)
+def read_scores(path, columns: list[str] | None = None, what: str = "score folder"):
+    """A finished folder (local or in object storage) as a pandas DataFrame (with ``dataset`` and
+    ``group`` from the partitions); a folder without the needed ``columns`` is a user error naming
+    ``what`` was expected."""
     table = read_table(path)
     missing = [c for c in columns or [] if c not in table.column_names]
     if missing:

@@ -24,7 +24,7 @@ SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom",
 
 def zero_shot_llr(score_dir: str) -> pd.DataFrame:
     """Per site: LLR = score(alt) - score(ref), with the site's chromosome and tissue/label lists."""
-    scores = read_scores(Path(score_dir), columns=SCORE_COLUMNS, what="causal-variant score folder")
+    scores = read_scores(score_dir, columns=SCORE_COLUMNS, what="causal-variant score folder")
     ref = scores[scores["group"] == "ref"].set_index("pair_index")
     alt = scores[scores["group"] == "alt"].set_index("pair_index")
     if not ref.index.equals(alt.index.sort_values()) and set(ref.index) != set(alt.index):
@@ -46,7 +46,7 @@ def analyze_variants(score_dirs: list[str], probe_dirs: list[str], cnn_dirs: lis
     for d in score_dirs:
         sites = zero_shot_llr(d)
         model = str(sites["model"].iloc[0])
-        manifest = read_manifest(Path(d))
+        manifest = read_manifest(d)
         reduction = manifest.get("config", {}).get("reduction", "mean")
         provenance.append(f"{model}: zero-shot, {d} (LLR of the window {reduction}; revision {manifest.get('resolved_revision')})")
         llr_tables.append(sites.drop(columns=["tissue", "label"]))

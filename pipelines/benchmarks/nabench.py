@@ -202,8 +202,8 @@ class NABench(Benchmark):
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
         columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
-        frames = [read_scores(Path(d), columns=columns, what="NABench score folder") for d in score_dirs]
-        manifests = {d: read_manifest(Path(d)) for d in score_dirs}
+        frames = [read_scores(d, columns=columns, what="NABench score folder") for d in score_dirs]
+        manifests = {d: read_manifest(d) for d in score_dirs}
         notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
         inputs = pd.DataFrame([{"model": f["model"].iloc[0], "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
                                 "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),

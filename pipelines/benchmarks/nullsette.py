@@ -326,6 +326,7 @@ class Nullsette(Benchmark):
 
         from analysis.nullsette import nullsette_tests, success_rates
         from analysis.report import write_nullsette_report
+        from pipelines import store
         from pipelines.shards import read_manifest, read_scores
 
         if not score_dirs:
@@ -334,7 +335,7 @@ class Nullsette(Benchmark):
             raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
         frames, provenance, limits, datas = [], {}, {}, set()
         for i, d in enumerate(score_dirs):
-            if is_published_layout(Path(d)):
+            if not store.is_uri(d) and is_published_layout(Path(d)):
                 frame = read_published_scores(Path(d))
                 if options.labels:
                     if frame["model"].nunique() > 1:
@@ -346,9 +347,9 @@ class Nullsette(Benchmark):
                     limits[model] = None
                     provenance[model] = f"{d}, the published scripts' score files (seqs, scores)"
                 continue
-            frame = read_scores(Path(d), columns=["model", "dataset", "group", "pair_index", "score"],
+            frame = read_scores(d, columns=["model", "dataset", "group", "pair_index", "score"],
                                 what="score folder")
-            manifest = read_manifest(Path(d))
+            manifest = read_manifest(d)
             if options.labels:
                 frame["model"] = options.labels[i]
             frames.append(frame)

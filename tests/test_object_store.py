@@ -1,0 +1,163 @@
+"""Score folders in object storage: a real S3 API on loopback (moto's server), pyarrow's S3 filesystem,
+a real local Ray cluster whose workers write shards straight to the store.
+
+The store is found only through the standard variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_REGION); no glmscore option names an endpoint or a key.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from models.errors import GlmscoreError
+from pipelines import shards, store
+from pipelines.score import ScoreConfig, run_score
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.ray
+BUCKET = "glmscore-test"
+SECRET = "not-a-real-secret-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; the process environment points at it (workers of
+    the Ray cluster started below inherit it, as they would inherit a real machine's credentials)."""
+    pytest.importorskip("moto")
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True).create_dir(BUCKET)
+    store._filesystem.cache_clear()
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        store._filesystem.cache_clear()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_s3(s3):
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+def _cfg(data, out, **kw):
+    return ScoreConfig(benchmark="nullsette", data=str(data), model="kmer:3", out=str(out), limit=4, chunk_rows=4, **kw)
+
+
+def test_score_analyze_and_resume_on_s3(ray_s3, s3, small_nullsette, tmp_path):
+    from pipelines.cli import main
+
+    uri = f"s3://{BUCKET}/runs/kmer3"
+    manifest = run_score(_cfg(small_nullsette, uri))
+    assert manifest["rows_total"] == 20 * 4 and manifest["config"]["out"] == uri
+    listed = store.files(uri, "part-*.parquet")
+    assert len(listed) == 20 and listed == sorted(e["path"] for e in manifest["shards"])
+    assert not store.files(uri, "*.tmp")  # objects are written once under their final names
+
+    # the same job into a local folder gives the same shards, byte for byte
+    local = tmp_path / "local"
+    run_score(_cfg(small_nullsette, local))
+    for rel in listed:
+        assert store.read_bytes(store.join(uri, *rel.split("/"))) == (local / rel).read_bytes(), rel
+
+    # analyze reads the store and writes its report to the store
+    assert main(["analyze", "nullsette", "--scores", uri, "--out", f"s3://{BUCKET}/reports/kmer3", "--n-perm", "200"]) == 0
+    assert main(["analyze", "nullsette", "--scores", str(local), "--out", str(tmp_path / "report"), "--n-perm", "200"]) == 0
+    remote = pd.read_csv(pd.io.common.BytesIO(store.read_bytes(f"s3://{BUCKET}/reports/kmer3/nullsette_tests.csv")))
+    assert remote.equals(pd.read_csv(tmp_path / "report" / "nullsette_tests.csv"))
+    assert store.exists(f"s3://{BUCKET}/reports/kmer3/report.md")
+
+    # resume: a lost object is recomputed, nothing else
+    victim = store.join(uri, *listed[3].split("/"))
+    before = store.read_bytes(victim)
+    store.delete(victim)
+    again = run_score(_cfg(small_nullsette, uri))
+    assert again["shards_computed"] == 1 and again["shards_reused"] == 19
+    assert store.read_bytes(victim) == before
+
+    # a damaged object: analyze refuses it in one sentence, a rerun recomputes it
+    data = bytearray(before)
+    for at in range(len(data) // 10, len(data)):
+        data[at] ^= 0x10
+        store.write_bytes(victim, bytes(data))
+        try:
+            shards.read_shard(victim)
+        except shards.CorruptShard:
+            break
+        data[at] ^= 0x10
+    with pytest.raises(GlmscoreError, match="is damaged"):
+        shards.read_scores(uri)
+    assert run_score(_cfg(small_nullsette, uri))["shards_computed"] == 1
+    assert store.read_bytes(victim) == before
+
+    # no credential in what the run wrote
+    for rel in ("_manifest.json", "_run.json"):
+        text = store.read_bytes(store.join(uri, rel)).decode()
+        assert SECRET not in text and "testing" not in json.dumps(json.loads(text)["config"])
+
+
+def test_a_store_that_cannot_be_reached_is_one_sentence(ray_s3, s3, small_nullsette, tmp_path):
+    import ray
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    # the driver cannot reach the store: one sentence before Ray starts
+    env = {**os.environ, "AWS_ENDPOINT_URL": dead, "AWS_MAX_ATTEMPTS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                           str(small_nullsette), "--model", "kmer:3", "--out", f"s3://{BUCKET}/runs/dead", "--limit", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"glmscore: error: cannot reach s3://{BUCKET}/runs/dead"), proc.stderr
+    assert SECRET not in proc.stderr
+
+    # the driver reaches it, the workers cannot: the job stops with one sentence and writes no manifest
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"AWS_ENDPOINT_URL": dead, "AWS_MAX_ATTEMPTS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    uri = f"s3://{BUCKET}/runs/workers-cut-off"
+    try:
+        with pytest.raises(GlmscoreError, match=f"^cannot write {uri}/dataset=.*\\.parquet: "):
+            run_score(_cfg(small_nullsette, uri))
+    finally:
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+    assert not store.exists(store.join(uri, shards.MANIFEST))
+    assert not store.files(uri, "part-*.parquet")
+
+
+def test_local_only_commands_refuse_object_store_paths(s3, tmp_path):
+    from pipelines.cli import main
+
+    assert main(["probe", "--embeddings", f"s3://{BUCKET}/emb", "--out", str(tmp_path / "p")]) == 2
+    with pytest.raises(GlmscoreError, match="local or shared folder"):
+        run_score(ScoreConfig(benchmark="nullsette", data=f"s3://{BUCKET}/data", model="kmer:3", out=str(tmp_path / "o")))
