@@ -1,0 +1,152 @@
+"""The combined report of a sweep: each benchmark's own analysis tables set side by side for all models,
+heatmaps of them, and every run's provenance. Nothing here recomputes a statistic: the inputs are the
+tables that each benchmark's ``analyze`` returned or wrote (``pipelines/sweep.py`` runs them).
+
+A *part* is one ``analyze`` call: ``{"result": what analyze returned, "dir": its output folder,
+"names": {model value in its tables: the sweep's model name}}``. A benchmark whose analysis takes
+``--labels`` (Nullsette) is analysed in one part with the sweep's names as labels; the others tell
+models apart by card id, so models sharing a card id go to separate parts and are renamed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.report import _pyplot, _save
+
+
+def plot_grid(grid: pd.DataFrame, path: Path, title: str, label: str, vmin: float, vmax: float, cmap: str) -> Path:
+    """A models x columns heatmap with each value written in its cell (NaN cells left blank)."""
+    plt = _pyplot()
+    values = grid.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(min(0.9 * grid.shape[1] + 3.5, 30), 0.55 * grid.shape[0] + 2.2))
+    im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
+    if grid.shape[1] <= 40:
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = values[i, j]
+                if not np.isnan(v):
+                    light = (v - vmin) / (vmax - vmin) < 0.6 if cmap == "viridis" else abs(v) > 0.6 * max(abs(vmin), abs(vmax))
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if light else "black")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _ordered(grid: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    return grid.reindex([m for m in order if m in grid.index])
+
+
+def nullsette_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """Success rate, models x datasets (``nullsette_success.csv`` of the analysis, pivoted)."""
+    success = pd.concat([p["result"]["table"].assign(model=lambda t, p=p: t["model"].map(p["names"]).fillna(t["model"]))
+                         for p in parts], ignore_index=True)
+    grid = _ordered(success.pivot(index="model", columns="dataset", values="success_rate"), order)
+    grid.columns.name = None
+    csv = out / f"{bid}_success_rate.csv"
+    grid.reset_index().to_csv(csv, index=False)
+    png = plot_grid(grid, out / f"{bid}_success_heatmap.png", f"{bid}: Nullsette success rate", "success rate", 0, 1, "viridis")
+    return [(f"{bid}: Nullsette success rate (fraction of mutant types with corrected p < alpha), models x datasets",
+             grid.reset_index(), [csv, png])]
+
+
+def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """Zero-shot Spearman per assay (``nabench_assays.csv``), models x assays, and the summary table."""
+    assays, summary = [], []
+    for p in parts:
+        a = pd.read_csv(Path(p["dir"]) / "nabench_assays.csv")
+        assays.append(a.assign(model=a["model"].map(p["names"]).fillna(a["model"])))
+        s = p["result"]["table"]
+        summary.append(s.assign(model=s["model"].map(p["names"]).fillna(s["model"])))
+    grid = _ordered(pd.concat(assays, ignore_index=True).pivot(index="model", columns="assay", values="spearman"), order)
+    grid.columns.name = None
+    summary_ = pd.concat(summary, ignore_index=True).set_index("model")
+    summary_ = summary_.reindex([m for m in order if m in summary_.index]).reset_index()
+    csv, sum_csv = out / f"{bid}_spearman.csv", out / f"{bid}_summary.csv"
+    grid.reset_index().to_csv(csv, index=False)
+    summary_.to_csv(sum_csv, index=False)
+    png = plot_grid(grid, out / f"{bid}_spearman_heatmap.png", f"{bid}: NABench zero-shot Spearman", "Spearman", -1, 1, "coolwarm")
+    return [(f"{bid}: NABench summary (unweighted mean over families, bootstrap SEs)", summary_, [sum_csv]),
+            (f"{bid}: NABench zero-shot Spearman, models x assays", grid.reset_index(), [csv, png])]
+
+
+def variants_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """Zero-shot AUROCs (the analysis's ``method`` is '<card> zero-shot <statistic>')."""
+    rows = []
+    for p in parts:
+        table = p["result"]["table"]
+        for card, name in p["names"].items():
+            prefix = f"{card} zero-shot "
+            mine = table[table["method"].astype(str).str.startswith(prefix)]
+            rows.append(mine.assign(model=name, statistic=mine["method"].str[len(prefix):]).drop(columns=["method", "kind"]))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "statistic", "subset"])
+    table["_o"] = table["model"].map({m: i for i, m in enumerate(order)})
+    cols = ["model", "statistic", "subset", "n", "n_pos", "auroc", "ci_low", "ci_high"]
+    table = table.sort_values(["_o", "statistic", "subset"], kind="stable").reindex(columns=cols)
+    csv = out / f"{bid}_auroc.csv"
+    table.to_csv(csv, index=False)
+    return [(f"{bid}: causal-variant zero-shot AUROC (95% CI: cluster bootstrap)", table, [csv])]
+
+
+def generic_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """A benchmark without a combiner: the table its analysis returned, as it is."""
+    table = pd.concat([p["result"]["table"] for p in parts], ignore_index=True)
+    csv = out / f"{bid}_table.csv"
+    table.to_csv(csv, index=False)
+    return [(f"{bid}: analysis table", table, [csv])]
+
+
+COMBINERS = {"nullsette": nullsette_tables, "nabench": nabench_tables, "variants": variants_tables}
+
+
+def provenance_table(entries: list[tuple[str, str, dict]]) -> pd.DataFrame:
+    """One row per finished run from its ``_manifest.json``: (model name, benchmark id, manifest)."""
+    rows = []
+    for model, bench, m in entries:
+        card, config = m.get("model_card", {}), m.get("config", {})
+        glm = m.get("glmscore") or {}
+        rows.append({
+            "model": model, "benchmark": bench, "card": card.get("id"), "weights_from": card.get("hf_id") or card.get("id"),
+            "backend": card.get("backend"), "revision": m.get("resolved_revision"), "fingerprint": config.get("fingerprint"),
+            "weights_digest": m.get("weights"), "device": m.get("device"), "dtype": m.get("dtype"),
+            "token_limit": m.get("token_limit"), "limit": config.get("limit"),
+            "glmscore": f"{glm.get('version')} ({glm.get('git_commit')})",
+            "packages": ", ".join(f"{k} {v}" for k, v in sorted((m.get("packages") or {}).items())),
+            "rows": m.get("rows_total"), "finished": m.get("finished"), "folder": config.get("out"),
+        })
+    return pd.DataFrame(rows)
+
+
+def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, list[Path]]], provenance: pd.DataFrame,
+                          runs: pd.DataFrame, notes: list[str], analyses: dict[str, list[str]]) -> Path:
+    """``report.md`` with the runs, every section's table (and plot), the per-benchmark reports and provenance."""
+    out.mkdir(parents=True, exist_ok=True)
+    provenance.to_csv(out / "provenance.csv", index=False)
+    failed = runs[runs["status"] != "ok"]
+    lines = ["# Sweep report", "", f"{len(runs)} runs: {len(runs) - len(failed)} finished, {len(failed)} failed.", ""]
+    if len(failed):
+        lines += ["## Failed runs", "", failed[["model", "benchmark", "error"]].to_markdown(index=False), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    for title, table, files in sections:
+        lines += [f"## {title}", "", table.to_markdown(index=False, floatfmt=".4g"), ""]
+        for f in files:
+            lines.append(f"![{f.stem}]({f.name})" if f.suffix == ".png" else f"Table: [{f.name}]({f.name})")
+        lines.append("")
+    if analyses:
+        lines += ["## Each benchmark's own report (its `glmscore analyze` output)", ""]
+        for bid, reports in analyses.items():
+            lines += [f"- {bid}: " + ", ".join(f"[{Path(r).relative_to(out)}]({Path(r).relative_to(out)})" for r in reports)]
+        lines.append("")
+    lines += ["## Provenance (each run's _manifest.json)", "",
+              provenance.drop(columns=["packages", "folder"], errors="ignore").to_markdown(index=False), "",
+              "Packages: " + "; ".join(sorted(set(provenance.get("packages", pd.Series(dtype=str)).dropna()))), "",
+              "Table: [provenance.csv](provenance.csv)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,669 @@
+"""``glmscore sweep sweep.yaml``: models x benchmarks as score runs in one Ray job, then one combined report.
+
+The file (YAML, read with ``yaml.safe_load``)::
+
+    out: /data/sweeps/june                # output root (relative paths: from the sweep file's folder)
+    max_parallel: 2                       # runs at once (default 2)
+    address: null                         # default: RAY_ADDRESS (ray job submit), else a new local cluster
+    local_cpus: null                      # logical CPUs of a new local cluster (default: the machine's)
+    overwrite: false                      # passed to every run (--overwrite)
+    defaults: {device: gpu}               # options of every model (defaults < benchmark < model)
+    models:
+      - kmer:3                            # a name alone, or a mapping:
+      - model: metagene-1                 # card id | local save_pretrained dir | hub id | kmer:K
+        name: metagene                    # folder and report label (default: the card id the spec gives)
+        gpus_per_actor: 1                 # score-job options (ScoreConfig fields) ...
+        tensor_parallel_size: 2           # ... and backend options, by field name
+    benchmarks:
+      - name: nullsette                   # a registered benchmark
+        id: nullsette                     # folder and report name (default: name); unique
+        data: /data/nullsette/processed_data
+        limit: 200                        # score-job options (limit, datasets, chunk_rows, reduction...)
+        datasets: [kosuri, lagator]       # ... the benchmark's own options (NABench assays/families) ...
+        analyze: {n_perm: 10000}          # ... and its analyze options
+
+Each (model, benchmark) run is ``pipelines.score.run_score`` with its own ``ScoreConfig`` (an option
+set in several places: the model's beats the benchmark's, which beats ``defaults``) writing ``<out>/scores/<model>/<benchmark id>``, so every run resumes on its
+own: a rerun of the sweep reuses every finished shard. Runs go through a pool of ``max_parallel`` threads
+in this one driver process, each with its own Ray Data actor pool, on the one cluster this process
+connects to (``start_ray``, once). On a new local cluster (which cannot grow) a run also waits until
+its ``min_actors`` actors (1 CPU + its GPUs each) and 1 CPU for its prepare/write tasks fit beside the
+runs in flight (two pools holding every CPU would leave neither a CPU for its tasks); an actor pool that
+the local cluster can never place fails that run with one sentence. On a cluster it joins, Ray queues
+what does not fit and an autoscaler adds nodes.
+
+Failures: the whole file is checked before anything runs (unknown keys, benchmarks or options, bad
+values, missing data folders); every problem is one sentence and the exit status is 2. A run that
+raises ``GlmscoreError`` (a model that is not a model, a card that needs remote code the sweep turned
+off, an option its backend lacks...) fails alone; the others go on; the summary (printed,
+``<out>/sweep_summary.csv`` and ``.md``) says which failed and why, and the exit status is 4. Any
+other exception is a bug: the run is marked failed, the other runs finish, the summary and report are
+written, and then the first such exception is re-raised with its traceback.
+
+The combined report (``<out>/report``) runs each benchmark's own ``analyze`` on the finished runs'
+score folders (``report/<benchmark id>/``) and sets their tables side by side (``analysis/combined.py``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import queue
+import re
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.errors import GlmscoreError
+from models.options import base_type, flag_of, option_fields
+
+EXIT_RUNS_FAILED = 4
+EXIT_INVALID = 2
+TOP_KEYS = ("out", "models", "benchmarks", "max_parallel", "address", "local_cpus", "overwrite", "defaults")
+# ScoreConfig fields the sweep sets itself (or that belong to `glmscore embed`)
+MANAGED = {"benchmark", "data", "model", "out", "task", "options", "benchmark_options", "address", "overwrite",
+           "pooling", "layer"}
+RUNTIME_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+
+
+class SweepFileError(GlmscoreError):
+    """Problems in a sweep file, one sentence each (``problems``)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(" ".join(problems))
+
+
+@dataclass
+class SweepModel:
+    name: str
+    spec: str
+    job: dict  # ScoreConfig fields
+    options: dict  # backend options by field name
+
+
+@dataclass
+class SweepBenchmark:
+    id: str
+    name: str
+    data: str
+    job: dict
+    options: dict  # the benchmark's own options
+    analyze: dict  # its analyze options
+
+
+@dataclass
+class Sweep:
+    path: Path
+    out: Path
+    models: list[SweepModel]
+    benchmarks: list[SweepBenchmark]
+    max_parallel: int = 2
+    address: str | None = None
+    local_cpus: int | None = None
+    overwrite: bool = False
+    default_job: dict = field(default_factory=dict)  # `defaults`: score-job options of every model
+    default_options: dict = field(default_factory=dict)  # `defaults`: backend options of every model
+
+    def runs(self) -> list["Run"]:
+        return [Run(m, b, self.config(m, b)) for m in self.models for b in self.benchmarks]
+
+    def run_dir(self, model: SweepModel, bench: SweepBenchmark) -> Path:
+        return self.out / "scores" / model.name / bench.id
+
+    def config(self, model: SweepModel, bench: SweepBenchmark):
+        from pipelines.score import ScoreConfig
+
+        return ScoreConfig(benchmark=bench.name, data=bench.data, model=model.spec, out=str(self.run_dir(model, bench)),
+                           address=self.address, overwrite=self.overwrite, options={**self.default_options, **model.options},
+                           benchmark_options=dict(bench.options), **{**self.default_job, **bench.job, **model.job})
+
+
+@dataclass
+class Run:
+    model: SweepModel
+    bench: SweepBenchmark
+    cfg: object  # ScoreConfig
+    status: str = "pending"  # pending | ok | failed
+    error: str = ""
+    manifest: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    bug: BaseException | None = None
+    resolved: object = None  # pipelines.score.Resolved, once the model and benchmark resolve
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} x {self.bench.id}"
+
+
+# ---------------------------------------------------------------- reading and checking the file
+
+
+def _suggest(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
+    """``values`` (from YAML) for option class ``cls``: lists/strings through the field's CLI parser
+    (``a,b`` or ``[a, b]``), types checked (a YAML value cannot be re-parsed from text like a flag)."""
+    fields_ = {f.name: f for f in option_fields(cls)}
+    out = {}
+    for key, value in values.items():
+        f = fields_.get(key)
+        if f is None or value is None:
+            out[key] = value
+            continue
+        typ = base_type(cls, f)
+        parse = f.metadata.get("parse")
+        if parse is not None and isinstance(value, (str, list)):
+            value = parse(",".join(map(str, value)) if isinstance(value, list) else value)
+        elif typ is bool and not isinstance(value, bool):
+            problems.append(f"{where}: {key} must be true or false, not {value!r}.")
+            continue
+        elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{where}: {key} must be a whole number, not {value!r}.")
+            continue
+        elif typ is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"{where}: {key} must be a number, not {value!r}.")
+            continue
+        elif typ is str and not isinstance(value, str):
+            value = str(value)  # e.g. `backend: 5` -> "5", then refused by its choices
+        out[key] = value
+    return out
+
+
+def _yaml_names(text: str) -> str:
+    """An option sentence in the sweep file's terms: ``--mlm-scoring`` -> ``mlm_mode`` (the field name)."""
+    from models.base import BACKENDS
+    from pipelines.benchmark import BENCHMARKS
+    from pipelines.score import ScoreConfig
+
+    classes = [ScoreConfig] + [c.Options for c in BACKENDS.classes()] + \
+        [o for c in BENCHMARKS.classes() for o in (c.Options, c.AnalyzeOptions)]
+    names = {flag_of(f): f.name for cls in classes for f in option_fields(cls)}
+    return re.sub(r"--[a-z0-9][a-z0-9-]*", lambda m: names.get(m.group(0), m.group(0)), text)
+
+
+def _check(build, where: str, problems: list[str]) -> None:
+    """Run an option class's own validation; its sentence, prefixed with where it comes from."""
+    try:
+        build()
+    except GlmscoreError as exc:
+        problems.append(f"{where}: {_yaml_names(str(exc))}")
+    except TypeError as exc:  # a value of a shape the dataclass cannot take
+        problems.append(f"{where}: {exc}.")
+
+
+def _resolve_path(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _model_spec(base: Path, spec: str) -> str:
+    """A local model directory relative to the sweep file's folder becomes absolute; other names stay."""
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and (base / path).is_dir():
+        return str((base / path).resolve())
+    return spec
+
+
+def default_name(spec: str) -> str:
+    """The card id ``spec`` gets (``resolve_card``): a card id as is, a local directory's name, a hub
+    id with '/' -> '__', ``kmer:K`` -> ``kmerK``; usable as a folder name."""
+    from models.cards import registry
+
+    path = Path(spec)
+    base = spec if spec in registry() else path.name if path.is_dir() else spec.replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9._+-]", "", base) or "model"
+
+
+def _job_fields() -> set[str]:
+    from pipelines.score import ScoreConfig
+
+    return {f.name for f in option_fields(ScoreConfig)} - MANAGED
+
+
+def _check_job(job: dict, where: str, problems: list[str]) -> dict:
+    from pipelines.score import ScoreConfig
+
+    job = _typed(ScoreConfig, job, where, problems)
+    _check(lambda: ScoreConfig(benchmark="nullsette", data=".", model="m", out=".", **job), where, problems)
+    return job
+
+
+def _check_backend_options(options: dict, backend: str | None, where: str, problems: list[str]) -> dict:
+    """Backend options must belong to one backend (the model's ``backend`` when it names one); their values
+    are checked by that backend's Options (whether they apply to the model's backend is known only once
+    the model resolves, when its runs start)."""
+    from models.base import BACKENDS
+
+    if not options:
+        return options
+    if backend:
+        try:
+            candidates = [BACKENDS.get(backend)]
+        except GlmscoreError:
+            return options  # the backend's own sentence comes from the job check
+    else:
+        candidates = [c for c in BACKENDS.classes() if set(options) <= {f.name for f in option_fields(c.Options)}]
+    if not candidates:
+        owners = {k: [c.name for c in BACKENDS.classes() if k in {f.name for f in option_fields(c.Options)}] for k in options}
+        problems.append(f"{where}: backend options {', '.join(sorted(options))} belong to no single backend ("
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(owners.items())) + ").")
+        return options
+    errors = []
+    for cls in candidates:
+        sub: list[str] = []
+        typed = _typed(cls.Options, options, where, sub)
+        _check(lambda: cls.Options.from_values(typed, owner=f"backend {cls.name}"), where, sub)
+        if not sub:
+            return typed
+        errors.append(sub)
+    problems.extend(errors[0])
+    return options
+
+
+def _as_mapping(value, where: str, problems: list[str]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{where} must be a mapping of option: value, not {type(value).__name__}.")
+        return {}
+    return value
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a sweep file; every problem is one sentence in ``SweepFileError.problems``."""
+    import yaml
+
+    from models.base import BACKENDS
+    from pipelines.benchmark import BENCHMARKS
+
+    BACKENDS.names(), BENCHMARKS.names()  # load the registries here, never first in a run's thread
+    path = Path(path)
+    name = path.name
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SweepFileError([f"sweep file {path} does not exist."]) from None
+    except IsADirectoryError:
+        raise SweepFileError([f"sweep file {path} is a folder, not a YAML file."]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SweepFileError([f"{name} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}."]) from None
+    if not isinstance(raw, dict):
+        raise SweepFileError([f"{name} must be a mapping with keys out, models and benchmarks."])
+    base = path.resolve().parent
+    problems: list[str] = []
+    for key in sorted(set(raw) - set(TOP_KEYS)):
+        problems.append(f"{name}: unknown key {key!r}{_suggest(key, TOP_KEYS)}; a sweep file has {', '.join(TOP_KEYS)}.")
+    for key in ("out", "models", "benchmarks"):
+        if raw.get(key) in (None, "", []):
+            problems.append(f"{name}: {key} is missing" + (" (the output root)." if key == "out" else " (a non-empty list)."))
+    out = base
+    if isinstance(raw.get("out"), str) and raw["out"]:
+        out = Path(_resolve_path(base, raw["out"]))
+        if out.exists() and not out.is_dir():
+            problems.append(f"{name}: out {out} is a file, not a folder.")
+    elif raw.get("out") not in (None, ""):
+        problems.append(f"{name}: out must be a folder path.")
+    settings = {}
+    for key, typ, minimum in (("max_parallel", int, 1), ("local_cpus", int, 1), ("overwrite", bool, None),
+                              ("address", str, None)):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            problems.append(f"{name}: {key} must be {'a whole number' if typ is int else 'true or false' if typ is bool else 'text'}, not {value!r}.")
+        elif minimum is not None and value < minimum:
+            problems.append(f"{name}: {key} must be at least {minimum}, not {value}.")
+        else:
+            settings[key] = value
+
+    job_keys = _job_fields()
+    backend_keys = {f.name for c in BACKENDS.classes() for f in option_fields(c.Options)}
+    defaults = _as_mapping(raw.get("defaults"), f"{name}: defaults", problems)
+    for key in sorted(set(defaults) - job_keys - backend_keys):
+        problems.append(f"{name}: defaults: {key!r} is not a model option{_suggest(key, job_keys | backend_keys)}.")
+    default_job = _check_job({k: v for k, v in defaults.items() if k in job_keys}, f"{name}: defaults", problems)
+    default_options = {k: v for k, v in defaults.items() if k in backend_keys and k not in job_keys}
+
+    models: list[SweepModel] = []
+    for i, entry in enumerate(raw.get("models") or [] if isinstance(raw.get("models"), list) else [], start=1):
+        entry = {"model": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) or not entry["model"]:
+            problems.append(f"{name}: model {i} must be a model name or a mapping with a 'model' key.")
+            continue
+        where = f"{name}: model {i} ({entry['model']})"
+        allowed = {"model", "name"} | job_keys | backend_keys
+        for key in sorted(set(entry) - allowed):
+            problems.append(f"{where}: {key!r} is not a model option{_suggest(key, allowed)}; a model takes name, model, "
+                            "score-job options (backend, gpus_per_actor, min_actors...) and backend options by field name.")
+        job = _check_job({k: v for k, v in entry.items() if k in job_keys}, where, problems)
+        own = {k: v for k, v in entry.items() if k in backend_keys and k not in job_keys}
+        typed = _check_backend_options({**default_options, **own}, job.get("backend") or default_job.get("backend"),
+                                       where, problems)
+        options = {k: typed[k] for k in own}
+        spec = _model_spec(base, entry["model"])
+        label = entry.get("name") or default_name(spec)
+        if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", label) or label in (".", ".."):
+            problems.append(f"{where}: name {label!r} must be letters, digits and . _ + - (it names a folder).")
+            continue
+        models.append(SweepModel(label, spec, job, options))
+    if raw.get("models") is not None and not isinstance(raw.get("models"), list):
+        problems.append(f"{name}: models must be a list.")
+    seen: dict[str, str] = {}
+    for m in models:
+        if m.name in seen:
+            problems.append(f"{name}: models {seen[m.name]} and {m.spec} are both named {m.name!r}; give one a different name.")
+        seen.setdefault(m.name, m.spec)
+
+    benchmarks: list[SweepBenchmark] = []
+    for i, entry in enumerate(raw.get("benchmarks") or [] if isinstance(raw.get("benchmarks"), list) else [], start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            problems.append(f"{name}: benchmark {i} must be a mapping with a 'name' key ({', '.join(BENCHMARKS.names())}).")
+            continue
+        where = f"{name}: benchmark {i} ({entry['name']})"
+        if entry["name"] not in BENCHMARKS.names():
+            problems.append(f"{where}: unknown benchmark {entry['name']!r}{_suggest(entry['name'], BENCHMARKS.names())}; "
+                            f"choose one of {', '.join(BENCHMARKS.names())}.")
+            continue
+        cls = BENCHMARKS.get(entry["name"])
+        bench_keys = {f.name for f in option_fields(cls.Options)}
+        allowed = {"name", "id", "data", "analyze"} | job_keys | bench_keys
+        for key in sorted(set(entry) - allowed):
+            problems.append(f"{where}: {key!r} is not a benchmark option{_suggest(key, allowed)}; a benchmark takes name, id, "
+                            f"data, analyze, score-job options (limit, datasets, chunk_rows, reduction...)"
+                            + (f" and its own options ({', '.join(sorted(bench_keys))})" if bench_keys else "") + ".")
+        data = entry.get("data")
+        if not isinstance(data, str) or not data:
+            problems.append(f"{where}: data is missing (the benchmark's data folder).")
+            data = ""
+        else:
+            data = _resolve_path(base, data)
+            if not Path(data).exists():
+                problems.append(f"{where}: data folder {data} does not exist.")
+        job = _check_job({k: v for k, v in entry.items() if k in job_keys}, where, problems)
+        options = _typed(cls.Options, {k: v for k, v in entry.items() if k in bench_keys and k not in job_keys}, where, problems)
+        _check(lambda: cls.Options.from_values(options, owner=f"benchmark {cls.name}"), where, problems)
+        analyze = _as_mapping(entry.get("analyze"), f"{where}: analyze", problems)
+        analyze_keys = {f.name for f in option_fields(cls.AnalyzeOptions)}
+        if "labels" in analyze:
+            problems.append(f"{where}: analyze: labels are the sweep's model names; name the models instead.")
+            analyze = {k: v for k, v in analyze.items() if k != "labels"}
+        for key in sorted(set(analyze) - analyze_keys):
+            problems.append(f"{where}: analyze: {key!r} is not an option of `glmscore analyze {cls.name}`"
+                            f"{_suggest(key, analyze_keys)}" + (f" ({', '.join(sorted(analyze_keys - {'labels'}))})." if analyze_keys else "."))
+        analyze = _typed(cls.AnalyzeOptions, {k: v for k, v in analyze.items() if k in analyze_keys}, where, problems)
+        _check(lambda: cls.AnalyzeOptions.from_values(analyze, owner=f"`glmscore analyze {cls.name}`"), f"{where}: analyze", problems)
+        bid = entry.get("id") or cls.name
+        if not isinstance(bid, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", bid) or bid in (".", ".."):
+            problems.append(f"{where}: id {bid!r} must be letters, digits and . _ + - (it names a folder).")
+            continue
+        benchmarks.append(SweepBenchmark(bid, cls.name, data, job, options, analyze))
+    if raw.get("benchmarks") is not None and not isinstance(raw.get("benchmarks"), list):
+        problems.append(f"{name}: benchmarks must be a list.")
+    ids = [b.id for b in benchmarks]
+    for bid in sorted({b for b in ids if ids.count(b) > 1}):
+        problems.append(f"{name}: {ids.count(bid)} benchmarks have the id {bid!r}; give each its own id.")
+
+    default_options = _check_backend_options(default_options, default_job.get("backend"), f"{name}: defaults", problems)
+    sweep = Sweep(path, out, models, benchmarks, **settings, default_job=default_job, default_options=default_options)
+    if not problems:
+        for run in sweep.runs():  # what only the merged options show (--max-actors below --min-actors...)
+            _check(lambda: sweep.config(run.model, run.bench), f"{name}: {run.label}", problems)
+    if problems:
+        raise SweepFileError(list(dict.fromkeys(problems)))
+    return sweep
+
+
+# ---------------------------------------------------------------- running
+
+
+def _reservation(run: Run, cluster: dict) -> tuple[float, float]:
+    """(CPUs, GPUs) a run holds on a fixed-size cluster: its min_actors actors (1 CPU and its GPUs
+    each) and 1 CPU for its prepare and write tasks. Raises the run's user error when the cluster can
+    never place its actor pool (``check_fits``, which run_score skips on a cluster it did not start)."""
+    from pipelines import score
+
+    gpus, min_actors, max_actors, _ = score._resources(run.cfg, run.resolved.backend, cluster)
+    score.check_fits(_Placement(gpus, (min_actors, max_actors)), cluster)
+    tp = getattr(run.resolved.options, "tensor_parallel_size", None) or 1
+    return min_actors + 1.0, min_actors * max(gpus, float(tp) if gpus else 0.0)
+
+
+@dataclass(frozen=True)
+class _Placement:  # what check_fits reads of a Plan
+    gpus_per_actor: float
+    actors: tuple[int, int]
+
+
+def _say(text: str) -> None:
+    print(f"glmscore: sweep: {text}", file=sys.stderr, flush=True)
+
+
+def _execute(run: Run, results: queue.Queue) -> None:
+    from pipelines.score import run_score
+
+    start = time.monotonic()
+    try:
+        run.manifest = run_score(run.cfg)
+        run.status = "ok"
+    except GlmscoreError as exc:
+        run.status, run.error = "failed", str(exc)
+    except BaseException as exc:  # a bug: kept with its traceback, re-raised once the sweep is done
+        run.status, run.error, run.bug = "failed", f"bug: {type(exc).__name__}: {exc}", exc
+        traceback.print_exc()
+    run.seconds = time.monotonic() - start
+    results.put(run)
+
+
+def _finished(run: Run, done: int, total: int) -> None:
+    if run.status == "ok":
+        m = run.manifest
+        _say(f"[{done}/{total}] {run.label}: {m['rows_total']:,} rows ({m['shards_computed']} shards computed, "
+             f"{m['shards_reused']} reused) in {run.seconds:.0f} s")
+    else:
+        _say(f"[{done}/{total}] {run.label} failed: {run.error}")
+
+
+def run_sweep(sweep: Sweep) -> list[Run]:
+    """Resolve every run (before Ray starts), then run them on one Ray cluster, ``max_parallel`` at a
+    time; returns the runs with their status. The caller writes the summary and the report."""
+    import ray
+
+    from pipelines.score import ray_address, resolve_job, start_ray
+
+    runs = sweep.runs()
+    total = len(runs)
+    done = 0
+    for run in runs:
+        try:
+            run.resolved = resolve_job(run.cfg)
+        except GlmscoreError as exc:
+            run.status, run.error = "failed", str(exc)
+            done += 1
+            _finished(run, done, total)
+    todo = [r for r in runs if r.status == "pending"]
+    if not todo:
+        return runs
+    address = ray_address(sweep.address)
+    started_here = not ray.is_initialized()
+    fixed = started_here and address == "local"
+    where = ("the Ray cluster this process joined" if not started_here else
+             "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
+    _say(f"{len(todo)} run(s) on {where}, up to {sweep.max_parallel} at once; output {sweep.out}")
+    start_ray(address, sweep.out, runtime_env=RUNTIME_ENV, **({"num_cpus": sweep.local_cpus} if fixed and sweep.local_cpus else {}))
+    try:
+        cluster = ray.cluster_resources()
+        results: queue.Queue = queue.Queue()
+        free = {"CPU": cluster.get("CPU", 0.0), "GPU": cluster.get("GPU", 0.0)}
+        held: dict[int, tuple[float, float]] = {}
+        in_flight = 0
+        while todo or in_flight:
+            for run in list(todo):
+                if in_flight >= sweep.max_parallel:
+                    break
+                need = (0.0, 0.0)
+                if fixed:
+                    try:
+                        need = _reservation(run, cluster)
+                    except GlmscoreError as exc:
+                        todo.remove(run)
+                        run.status, run.error = "failed", str(exc)
+                        done += 1
+                        _finished(run, done, total)
+                        continue
+                    # a run alone on the cluster always starts (its pool fits, check_fits said so)
+                    if in_flight and (need[0] > free["CPU"] + 1e-9 or need[1] > free["GPU"] + 1e-9):
+                        continue
+                todo.remove(run)
+                held[id(run)] = need
+                free["CPU"] -= need[0]
+                free["GPU"] -= need[1]
+                in_flight += 1
+                _say(f"start {run.label} -> {run.cfg.out}")
+                threading.Thread(target=_execute, args=(run, results), name=f"glmscore-sweep-{run.label}",
+                                 daemon=True).start()  # daemon: Ctrl-C ends the sweep without waiting for runs
+            if not in_flight:
+                continue
+            try:
+                run = results.get(timeout=0.5)  # a timeout, so Ctrl-C and SIGTERM reach this thread
+            except queue.Empty:
+                continue
+            in_flight -= 1
+            cpu, gpu = held.pop(id(run))
+            free["CPU"] += cpu
+            free["GPU"] += gpu
+            done += 1
+            _finished(run, done, total)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return runs
+
+
+# ---------------------------------------------------------------- summary, report, entry point
+
+
+def _analysis_parts(runs: list[Run], takes_labels: bool) -> list[list[Run]]:
+    """Runs analysed together: all of them when the analysis takes labels (the sweep's names);
+    otherwise groups in which no card id repeats (such an analysis tells models apart by card id)."""
+    if takes_labels:
+        return [runs]
+    parts: list[list[Run]] = []
+    for run in runs:
+        card = run.manifest["model_card"]["id"]
+        part = next((p for p in parts if all(r.manifest["model_card"]["id"] != card for r in p)), None)
+        if part is None:
+            parts.append(part := [])
+        part.append(run)
+    return parts
+
+
+def write_report(sweep: Sweep, runs: list[Run]) -> list[str]:
+    """``<out>/report``: each benchmark's ``analyze`` on its finished runs (``report/<benchmark id>/``),
+    the combined tables and heatmaps, the provenance of every run and ``report.md``. Returns the
+    report's problems (a benchmark whose analysis refused its runs: one sentence each)."""
+    from analysis.combined import COMBINERS, generic_tables, provenance_table, write_combined_report
+    from pipelines.benchmark import BENCHMARKS
+
+    out = sweep.out / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    order = [m.name for m in sweep.models]
+    sections, problems, notes, analyses = [], [], [], {}
+    for bench in sweep.benchmarks:
+        finished = [r for r in runs if r.bench is bench and r.status == "ok"]
+        if not finished:
+            notes.append(f"{bench.id}: no finished run, so no analysis.")
+            continue
+        cls = BENCHMARKS.get(bench.name)
+        takes_labels = "labels" in {f.name for f in option_fields(cls.AnalyzeOptions)}
+        groups = _analysis_parts(finished, takes_labels)
+        parts = []
+        try:
+            for k, group in enumerate(groups, start=1):
+                folder = out / bench.id if len(groups) == 1 else out / bench.id / f"part{k}"
+                values = {**bench.analyze, **({"labels": [r.model.name for r in group]} if takes_labels else {})}
+                options = cls.AnalyzeOptions.from_values(values, owner=f"`glmscore analyze {cls.name}`")
+                result = cls.analyze([r.cfg.out for r in group], str(folder), options)
+                names = {(r.model.name if takes_labels else r.manifest["model_card"]["id"]): r.model.name for r in group}
+                parts.append({"result": result, "dir": folder, "names": names})
+                analyses.setdefault(bench.id, []).append(result["report"])
+            if len(groups) > 1:
+                notes.append(f"{bench.id}: models that share a card id were analysed in separate parts "
+                             f"({', '.join(str(out / bench.id / f'part{k}') for k in range(1, len(groups) + 1))}).")
+            sections += COMBINERS.get(cls.name, generic_tables)(parts, order, out, bench.id)
+        except GlmscoreError as exc:
+            problems.append(f"report for {bench.id}: {exc}")
+            notes.append(f"{bench.id}: no analysis: {exc}")
+    provenance = provenance_table([(r.model.name, r.bench.id, r.manifest) for r in runs if r.status == "ok"])
+    write_combined_report(out, sections, provenance, summary_table(runs), notes, analyses)
+    return problems
+
+
+def summary_table(runs: list[Run]):
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        m = r.manifest
+        rows.append({"model": r.model.name, "benchmark": r.bench.id, "status": r.status,
+                     "rows": m.get("rows_total"), "shards_computed": m.get("shards_computed"),
+                     "shards_reused": m.get("shards_reused"), "seconds": round(r.seconds, 1),
+                     "out": r.cfg.out, "error": r.error})
+    table = pd.DataFrame(rows, columns=["model", "benchmark", "status", "rows", "shards_computed", "shards_reused",
+                                        "seconds", "out", "error"])
+    return table.astype({"rows": "Int64", "shards_computed": "Int64", "shards_reused": "Int64"})
+
+
+def write_summary(sweep: Sweep, runs: list[Run], wall: float, report_problems: list[str] = ()):
+    table = summary_table(runs)
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(sweep.out / "sweep_summary.csv", index=False)
+    failed = table[table["status"] != "ok"]
+    lines = ["# Sweep summary", "", f"Sweep file: `{sweep.path.resolve()}`; {len(table)} runs, {len(table) - len(failed)} ok, "
+             f"{len(failed)} failed; wall time {wall:.0f} s.", "", table.to_markdown(index=False), ""]
+    if report_problems:
+        lines += ["Report problems:", ""] + [f"- {p}" for p in report_problems] + [""]
+    (sweep.out / "sweep_summary.md").write_text("\n".join(lines))
+    return table
+
+
+def main_sweep(file: str, check: bool = False) -> int:
+    """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
+    the report) failed, 2 when the file is invalid (nothing ran)."""
+    import pandas as pd
+
+    try:
+        sweep = load_sweep(file)
+    except SweepFileError as exc:
+        for problem in exc.problems:
+            print(f"glmscore: error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if check:
+        for run in sweep.runs():
+            print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
+        print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
+        return 0
+    started = time.monotonic()
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    (sweep.out / "_sweep.json").write_text(json.dumps({"file": str(sweep.path.resolve()), "text": sweep.path.read_text()}, indent=1))
+    runs = run_sweep(sweep)
+    write_summary(sweep, runs, time.monotonic() - started)  # before the report: a bug there leaves it written
+    report_problems = write_report(sweep, runs)
+    table = write_summary(sweep, runs, time.monotonic() - started, report_problems)
+    with pd.option_context("display.max_colwidth", 120, "display.width", 200):
+        print(table.drop(columns=["out"]).to_string(index=False))
+    for problem in report_problems:
+        print(f"glmscore: error: {problem}", file=sys.stderr)
+    print(f"summary: {sweep.out / 'sweep_summary.md'}\nreport: {sweep.out / 'report' / 'report.md'}")
+    bug = next((r.bug for r in runs if r.bug is not None), None)
+    if bug is not None:
+        raise bug
+    return EXIT_RUNS_FAILED if report_problems or (table["status"] != "ok").any() else 0
