@@ -158,6 +158,6 @@ def test_a_store_that_cannot_be_reached_is_one_sentence(ray_s3, s3, small_nullse
 def test_local_only_commands_refuse_object_store_paths(s3, tmp_path):
     from pipelines.cli import main
 
-    assert main(["probe", "--embeddings", f"s3://{BUCKET}/emb", "--out", str(tmp_path / "p")]) == 2
+    assert main(["probe", "--embeddings", f"s3://{BUCKET}/emb", "--setting", "supervised", "--out", str(tmp_path / "p")]) == 2
     with pytest.raises(GlmscoreError, match="local or shared folder"):
         run_score(ScoreConfig(benchmark="nullsette", data=f"s3://{BUCKET}/data", model="kmer:3", out=str(tmp_path / "o")))
