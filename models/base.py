@@ -90,6 +90,7 @@ class Runtime:
     dtype: str = "float32"  # resolved, never "auto"
     token_limit: int | None = None  # tokens per sequence (or rolling window); None = no limit
     threads: int | None = None  # torch CPU threads per actor
+    gpu_share: float = 1.0  # the fraction of a GPU each actor holds (below 1 when actors share one)
 
 
 class Encoder(Protocol):

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import MISSING, asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, replace
 from functools import lru_cache, wraps
 from pathlib import Path
 
@@ -78,7 +78,11 @@ class ScoreConfig(Options):
                          help="gpu: GPU actors even when the cluster has no GPU node yet (an autoscaler adds them); "
                               "cpu: never; auto: GPU actors when the cluster has GPUs at start and the backend can use them")
     gpus_per_actor: float | None = option(None, minimum=0, affects_result=False,
-                                          help="GPUs per actor, fractions to share a GPU (default: 1 on GPU, 0 on CPU)")
+                                          help="GPUs per actor, fractions to share a GPU (default: 1 on GPU, 0 on CPU; "
+                                               "see --gpu-memory-gb)")
+    gpu_memory_gb: float | None = option(None, minimum=1, affects_result=False,
+                                         help="memory of one of the cluster's GPUs: a card whose gpu_memory_gb fits k >= 2 "
+                                              "times gets 1/k GPU per actor, so k actors share a GPU (default: one per GPU)")
     threads_per_actor: int | None = option(None, minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
     options: dict = option({}, cli=False, affects_result=False, help="backend options by field name")
     benchmark_options: dict = option({}, cli=False, affects_result=False, help="benchmark options by field name")
@@ -157,7 +161,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
     fingerprint: everything that changes a score is in the fingerprint."""
     r = resolved or resolve_job(cfg)
     benchmark, backend, card, options = r.benchmark, r.backend, r.card, r.options
-    gpus, min_actors, max_actors, threads = _resources(cfg, backend, cluster)
+    gpus, min_actors, max_actors, threads = _resources(cfg, backend, cluster, card)
     device = "cuda" if gpus else "cpu"
     if backend.needs_gpu and device == "cpu":
         raise GlmscoreError(f"backend {backend.name} needs a GPU; pass --gpus-per-actor or use a cluster with GPUs.")
@@ -165,6 +169,8 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
     if revision:
         card = card.with_(revision=revision)  # every actor loads the commit resolved here
     runtime = backend.runtime(card, options, device, threads)
+    if 0 < gpus < 1:
+        runtime = replace(runtime, gpu_share=gpus)
     version = glmscore_version()
     provenance = {"weights": content_digest(local) if local else None, "device": device, "dtype": runtime.dtype,
                   "token_limit": runtime.token_limit, "glmscore": version}
@@ -323,8 +329,10 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_colu
 
 # ---------------------------------------------------------------- driver
 
-def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict) -> tuple[float, int, int, int | None]:
-    """(gpus per actor, min actors, max actors, torch threads per actor) for this cluster."""
+def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict,
+               card: ModelCard | None = None) -> tuple[float, int, int, int | None]:
+    """(gpus per actor, min actors, max actors, torch threads per actor) for this cluster. Actors share a
+    GPU only when the card says how much memory one needs and --gpu-memory-gb says it fits twice or more."""
     gpus = cfg.gpus_per_actor
     if cfg.device == "cpu":
         if gpus:
@@ -338,9 +346,13 @@ def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict) -> tuple
         gpus = 1.0 if cfg.device == "gpu" or (backend.can_use_gpu and cluster.get("GPU", 0) >= 1) else 0.0
     elif cfg.device == "gpu" and gpus == 0:
         raise GlmscoreError("--device gpu needs --gpus-per-actor above 0.")
+    if cfg.gpus_per_actor is None and gpus and cfg.gpu_memory_gb and card is not None and card.gpu_memory_gb > 0:
+        fits = int(cfg.gpu_memory_gb // card.gpu_memory_gb)
+        if fits >= 2:
+            gpus = 1.0 / fits
     max_actors = cfg.max_actors
     if max_actors is None:
-        max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) // gpus) if gpus else 1)
+        max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) / gpus + 1e-9) if gpus else 1)
     threads = cfg.threads_per_actor
     if threads is None and not gpus:
         # An actor reserves 1 CPU so the prepare/write tasks can run beside it, but torch should use
@@ -380,7 +392,7 @@ def check_fits(plan: Plan, cluster: dict) -> None:
     if plan.gpus_per_actor > gpus:
         raise GlmscoreError(f"each actor asks for {plan.gpus_per_actor:g} GPU(s) but this local cluster has {gpus:g}; "
                             "drop --gpus-per-actor or pass --address of a cluster with GPUs.")
-    fit = min(int(cpus), int(gpus // plan.gpus_per_actor) if plan.gpus_per_actor else int(cpus))
+    fit = min(int(cpus), int(gpus / plan.gpus_per_actor + 1e-9) if plan.gpus_per_actor else int(cpus))
     if plan.actors[0] > fit:
         raise GlmscoreError(f"--min-actors {plan.actors[0]} cannot start: this local cluster fits {fit} actor(s) "
                             f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes 1 CPU and {plan.gpus_per_actor:g} GPU).")

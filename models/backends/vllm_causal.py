@@ -46,6 +46,11 @@ class VLLMOptions(LMOptions):
     enforce_eager: bool | None = option(None, affects_result=False, help="vLLM: no CUDA graphs (less memory, slower)")
 
 
+def gpu_memory_utilization(runtime) -> float:
+    """vLLM reserves this fraction of the whole GPU: an actor that shares its GPU takes its share of it."""
+    return GPU_MEMORY_UTILIZATION[runtime.device] * min(1.0, runtime.gpu_share)
+
+
 def engine_settings(card, options: VLLMOptions) -> dict:
     """The card's engine settings overridden by the flags that were given."""
     settings = dict(card.vllm_engine)
@@ -99,7 +104,7 @@ class VLLMCausal(Backend):
 
         settings = engine_settings(card, options)
         settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced
-        settings.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION[runtime.device])
+        settings.setdefault("gpu_memory_utilization", gpu_memory_utilization(runtime))
         if (settings.get("tensor_parallel_size") or 1) > 1:
             # workers go into the actor's placement group (tensor_parallel_bundle)
             settings["distributed_executor_backend"] = "ray"

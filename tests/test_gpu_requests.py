@@ -1,0 +1,57 @@
+"""GPU requests come from the model card and the flags, not from the GPUs a cluster has at start; actors
+share a GPU only when the card says they fit (no GPU or Ray needed: these are the numbers handed to Ray)."""
+
+import pytest
+
+from models.backends.vllm_causal import VLLMCausal, gpu_memory_utilization
+from models.base import Runtime
+from models.cards import registry
+from models.errors import GlmscoreError
+from pipelines.score import ScoreConfig, _resources
+
+NO_GPU = {"CPU": 2.0}
+
+
+def _cfg(**kw):
+    return ScoreConfig(benchmark="nullsette", data="d", model="m", out="o", **kw)
+
+
+def _card(gb: float):
+    return next(c for c in registry().values() if c.backend == "vllm_causal").with_(gpu_memory_gb=gb)
+
+
+def test_gpu_actors_are_requested_before_any_gpu_node_exists():
+    gpus, lo, hi, threads = _resources(_cfg(device="gpu", max_actors=4), VLLMCausal, NO_GPU)
+    assert (gpus, lo, hi, threads) == (1.0, 1, 4, None)
+    assert _resources(_cfg(), VLLMCausal, NO_GPU)[0] == 0.0  # auto: no GPU now, none asked
+    assert _resources(_cfg(), VLLMCausal, {"CPU": 8.0, "GPU": 2.0})[:3] == (1.0, 1, 2)
+    assert _resources(_cfg(device="cpu"), VLLMCausal, {"CPU": 8.0, "GPU": 2.0})[0] == 0.0
+
+
+def test_actors_share_a_gpu_only_when_the_card_says_they_fit():
+    card = _card(12)
+    # an 80 GB GPU holds six 12 GB actors: 1/6 GPU each, and the pool's default size follows
+    gpus, _, hi, _ = _resources(_cfg(device="gpu", gpu_memory_gb=80), VLLMCausal, {"GPU": 2.0}, card)
+    assert gpus == pytest.approx(1 / 6) and hi == 12
+    # a 24 GB card on a 40 GB GPU fits once: a whole GPU
+    assert _resources(_cfg(device="gpu", gpu_memory_gb=40), VLLMCausal, NO_GPU, _card(24))[0] == 1.0
+    # a card that declares no memory never shares; neither does a job without --gpu-memory-gb
+    assert _resources(_cfg(device="gpu", gpu_memory_gb=80), VLLMCausal, NO_GPU, _card(0))[0] == 1.0
+    assert _resources(_cfg(device="gpu"), VLLMCausal, NO_GPU, card)[0] == 1.0
+    # an explicit --gpus-per-actor wins
+    assert _resources(_cfg(device="gpu", gpu_memory_gb=80, gpus_per_actor=0.5), VLLMCausal, NO_GPU, card)[0] == 0.5
+    # vLLM then reserves only its share of the GPU's memory
+    assert gpu_memory_utilization(Runtime(device="cuda", gpu_share=1 / 6)) == pytest.approx(0.9 / 6)
+    assert gpu_memory_utilization(Runtime(device="cuda")) == pytest.approx(0.9)
+
+
+def test_gpu_flags_that_contradict_each_other_are_one_sentence():
+    from models.base import BACKENDS
+
+    kmer = BACKENDS.get("kmer")
+    with pytest.raises(GlmscoreError, match="--device cpu asks for no GPU"):
+        _resources(_cfg(device="cpu", gpus_per_actor=1), VLLMCausal, NO_GPU)
+    with pytest.raises(GlmscoreError, match="runs on CPU only"):
+        _resources(_cfg(device="gpu"), kmer, NO_GPU)
+    with pytest.raises(GlmscoreError, match="needs --gpus-per-actor above 0"):
+        _resources(_cfg(device="gpu", gpus_per_actor=0), VLLMCausal, NO_GPU)
