@@ -122,6 +122,11 @@ def provenance_table(entries: list[tuple[str, str, dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _blank(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as empty cells (a k-mer baseline has no weights digest, a local model no revision)."""
+    return table.astype(object).where(table.notna(), "")
+
+
 def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, list[Path]]], provenance: pd.DataFrame,
                           runs: pd.DataFrame, notes: list[str], analyses: dict[str, list[str]]) -> Path:
     """``report.md`` with the runs, every section's table (and plot), the per-benchmark reports and provenance."""
@@ -144,7 +149,7 @@ def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, lis
             lines += [f"- {bid}: " + ", ".join(f"[{Path(r).relative_to(out)}]({Path(r).relative_to(out)})" for r in reports)]
         lines.append("")
     lines += ["## Provenance (each run's _manifest.json)", "",
-              provenance.drop(columns=["packages", "folder"], errors="ignore").to_markdown(index=False), "",
+              _blank(provenance.drop(columns=["packages", "folder"], errors="ignore")).to_markdown(index=False), "",
               "Packages: " + "; ".join(sorted(set(provenance.get("packages", pd.Series(dtype=str)).dropna()))), "",
               "Table: [provenance.csv](provenance.csv)", ""]
     path = out / "report.md"

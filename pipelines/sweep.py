@@ -50,7 +50,9 @@ import difflib
 import json
 import queue
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -98,7 +100,7 @@ class SweepBenchmark:
 @dataclass
 class Sweep:
     path: Path
-    out: Path
+    out: Path | str  # a local (or shared) folder, or an object-store prefix (s3://bucket/prefix)
     models: list[SweepModel]
     benchmarks: list[SweepBenchmark]
     max_parallel: int = 2
@@ -111,8 +113,10 @@ class Sweep:
     def runs(self) -> list["Run"]:
         return [Run(m, b, self.config(m, b)) for m in self.models for b in self.benchmarks]
 
-    def run_dir(self, model: SweepModel, bench: SweepBenchmark) -> Path:
-        return self.out / "scores" / model.name / bench.id
+    def run_dir(self, model: SweepModel, bench: SweepBenchmark) -> Path | str:
+        from pipelines import store
+
+        return store.join(self.out, "scores", model.name, bench.id)
 
     def config(self, model: SweepModel, bench: SweepBenchmark):
         from pipelines.score import ScoreConfig
@@ -281,6 +285,7 @@ def load_sweep(path: str | Path) -> Sweep:
     import yaml
 
     from models.base import BACKENDS
+    from pipelines import store
     from pipelines.benchmark import BENCHMARKS
 
     BACKENDS.names(), BENCHMARKS.names()  # load the registries here, never first in a run's thread
@@ -305,8 +310,10 @@ def load_sweep(path: str | Path) -> Sweep:
     for key in ("out", "models", "benchmarks"):
         if raw.get(key) in (None, "", []):
             problems.append(f"{name}: {key} is missing" + (" (the output root)." if key == "out" else " (a non-empty list)."))
-    out = base
-    if isinstance(raw.get("out"), str) and raw["out"]:
+    out: Path | str = base
+    if isinstance(raw.get("out"), str) and store.is_uri(raw["out"]):
+        out = raw["out"].rstrip("/")  # object storage: runs write there; the summary and report are uploaded
+    elif isinstance(raw.get("out"), str) and raw["out"]:
         out = Path(_resolve_path(base, raw["out"]))
         if out.exists() and not out.is_dir():
             problems.append(f"{name}: out {out} is a file, not a folder.")
@@ -566,14 +573,13 @@ def _analysis_parts(runs: list[Run], takes_labels: bool) -> list[list[Run]]:
     return parts
 
 
-def write_report(sweep: Sweep, runs: list[Run]) -> list[str]:
-    """``<out>/report``: each benchmark's ``analyze`` on its finished runs (``report/<benchmark id>/``),
+def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
+    """The report folder ``out`` (``<out>/report``, local; uploaded by the caller for object storage): each benchmark's ``analyze`` on its finished runs (``report/<benchmark id>/``),
     the combined tables and heatmaps, the provenance of every run and ``report.md``. Returns the
     report's problems (a benchmark whose analysis refused its runs: one sentence each)."""
     from analysis.combined import COMBINERS, generic_tables, provenance_table, write_combined_report
     from pipelines.benchmark import BENCHMARKS
 
-    out = sweep.out / "report"
     out.mkdir(parents=True, exist_ok=True)
     order = [m.name for m in sweep.models]
     sections, problems, notes, analyses = [], [], [], {}
@@ -616,22 +622,23 @@ def summary_table(runs: list[Run]):
         rows.append({"model": r.model.name, "benchmark": r.bench.id, "status": r.status,
                      "rows": m.get("rows_total"), "shards_computed": m.get("shards_computed"),
                      "shards_reused": m.get("shards_reused"), "seconds": round(r.seconds, 1),
-                     "out": r.cfg.out, "error": r.error})
+                     "out": str(r.cfg.out), "error": r.error})
     table = pd.DataFrame(rows, columns=["model", "benchmark", "status", "rows", "shards_computed", "shards_reused",
                                         "seconds", "out", "error"])
     return table.astype({"rows": "Int64", "shards_computed": "Int64", "shards_reused": "Int64"})
 
 
-def write_summary(sweep: Sweep, runs: list[Run], wall: float, report_problems: list[str] = ()):
+def write_summary(sweep: Sweep, runs: list[Run], wall: float, local: Path, report_problems: list[str] = ()):
+    """``sweep_summary.csv`` and ``.md`` in ``local`` (the output root, or its staging folder)."""
     table = summary_table(runs)
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(sweep.out / "sweep_summary.csv", index=False)
+    local.mkdir(parents=True, exist_ok=True)
+    table.to_csv(local / "sweep_summary.csv", index=False)
     failed = table[table["status"] != "ok"]
     lines = ["# Sweep summary", "", f"Sweep file: `{sweep.path.resolve()}`; {len(table)} runs, {len(table) - len(failed)} ok, "
              f"{len(failed)} failed; wall time {wall:.0f} s.", "", table.to_markdown(index=False), ""]
     if report_problems:
         lines += ["Report problems:", ""] + [f"- {p}" for p in report_problems] + [""]
-    (sweep.out / "sweep_summary.md").write_text("\n".join(lines))
+    (local / "sweep_summary.md").write_text("\n".join(lines))
     return table
 
 
@@ -651,18 +658,35 @@ def main_sweep(file: str, check: bool = False) -> int:
             print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
         print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
         return 0
+    from pipelines import store
+
     started = time.monotonic()
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    (sweep.out / "_sweep.json").write_text(json.dumps({"file": str(sweep.path.resolve()), "text": sweep.path.read_text()}, indent=1))
-    runs = run_sweep(sweep)
-    write_summary(sweep, runs, time.monotonic() - started)  # before the report: a bug there leaves it written
-    report_problems = write_report(sweep, runs)
-    table = write_summary(sweep, runs, time.monotonic() - started, report_problems)
+    remote = store.is_uri(sweep.out)
+    # the sweep's own files are written locally: into the output root, or (object storage) a staging
+    # folder uploaded after the summary and again after the report
+    local = Path(tempfile.mkdtemp(prefix="glmscore-sweep-")) if remote else sweep.out
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "_sweep.json").write_text(json.dumps({"file": str(sweep.path.resolve()), "text": sweep.path.read_text()}, indent=1))
+        if remote:
+            store.upload_folder(local, sweep.out)  # an unreachable store fails here, before Ray starts
+        runs = run_sweep(sweep)
+        write_summary(sweep, runs, time.monotonic() - started, local)  # before the report: a bug there leaves it written
+        if remote:
+            store.upload_folder(local, sweep.out)
+        report_problems = write_report(sweep, runs, local / "report")
+        table = write_summary(sweep, runs, time.monotonic() - started, local, report_problems)
+        if remote:
+            store.upload_folder(local, sweep.out)
+    finally:
+        if remote:
+            shutil.rmtree(local, ignore_errors=True)
     with pd.option_context("display.max_colwidth", 120, "display.width", 200):
-        print(table.drop(columns=["out"]).to_string(index=False))
+        shown = table.drop(columns=["out"])
+        print(shown.astype(object).where(shown.notna(), "").to_string(index=False))
     for problem in report_problems:
         print(f"glmscore: error: {problem}", file=sys.stderr)
-    print(f"summary: {sweep.out / 'sweep_summary.md'}\nreport: {sweep.out / 'report' / 'report.md'}")
+    print(f"summary: {store.join(sweep.out, 'sweep_summary.md')}\nreport: {store.join(sweep.out, 'report', 'report.md')}")
     bug = next((r.bug for r in runs if r.bug is not None), None)
     if bug is not None:
         raise bug

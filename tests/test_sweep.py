@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -15,6 +16,7 @@ from pipelines.cli import main
 from pipelines.shards import read_manifest
 from pipelines.sweep import EXIT_RUNS_FAILED, SweepFileError, load_sweep, main_sweep
 from tests.conftest import ROOT, shared_data
+from tests.test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
 N_PERM = 2000
 
@@ -250,7 +252,7 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
     monkeypatch.setattr(score, "start_ray", lambda *a, **k: None)
     monkeypatch.setattr(score, "run_score", fake_run_score)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr(sweep, "write_report", lambda s, runs: [])
+    monkeypatch.setattr(sweep, "write_report", lambda s, runs, out: [])
     with pytest.raises(ZeroDivisionError, match="a bug in a run"):
         main_sweep(str(path))
     assert done == ["kmer:3"]
@@ -258,3 +260,41 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
     assert summary["status"].to_dict() == {"kmer3": "ok", "kmer4": "failed", "kmer5": "failed"}
     assert summary.loc["kmer4", "error"] == "bug: ZeroDivisionError: a bug in a run"
     assert summary.loc["kmer5", "error"] == "a user mistake."
+
+
+@pytest.mark.usefixtures("s3")
+def test_output_root_in_object_storage(tmp_path, monkeypatch):
+    """out: s3://...: every run writes there, and the sweep's summary and report are uploaded (without Ray:
+    run_score and the report replaced by stand-ins; the score job on S3 is tested in test_object_store)."""
+    import ray
+
+    from pipelines import score, store, sweep
+
+    (tmp_path / "d").mkdir()
+    path = _write(tmp_path / "s.yaml", {"out": f"s3://{BUCKET}/sweeps/one/", "address": "auto",
+                                        "models": ["kmer:3", "kmer:4"], "benchmarks": [{"name": "nullsette", "data": "d"}]})
+    outs, staged = [], []
+
+    def fake_run_score(cfg):
+        outs.append(cfg.out)
+        return {"rows_total": 1, "shards_computed": 1, "shards_reused": 0, "model_card": {"id": cfg.model}}
+
+    def fake_report(s, runs, out):
+        staged.append(out)
+        out.mkdir(parents=True)
+        (out / "report.md").write_text("# Sweep report\n")
+        return []
+
+    monkeypatch.setattr(score, "resolve_job", lambda cfg: None)
+    monkeypatch.setattr(score, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(score, "run_score", fake_run_score)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(sweep, "write_report", fake_report)
+    assert main_sweep(str(path)) == 0
+    root = f"s3://{BUCKET}/sweeps/one"
+    assert sorted(outs) == [f"{root}/scores/kmer3/nullsette", f"{root}/scores/kmer4/nullsette"]
+    summary = pd.read_csv(pa.BufferReader(store.read_bytes(f"{root}/sweep_summary.csv")))
+    assert summary["status"].tolist() == ["ok", "ok"]
+    assert store.read_bytes(f"{root}/report/report.md").startswith(b"# Sweep report")
+    assert b"kmer:4" in store.read_bytes(f"{root}/_sweep.json")
+    assert not staged[0].exists()  # the local staging folder is gone
