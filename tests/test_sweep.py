@@ -298,3 +298,44 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
     assert store.read_bytes(f"{root}/report/report.md").startswith(b"# Sweep report")
     assert b"kmer:4" in store.read_bytes(f"{root}/_sweep.json")
     assert not staged[0].exists()  # the local staging folder is gone
+
+
+def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
+    """The combiners set each analysis's own tables side by side (analysis parts as pipelines/sweep.py makes them)."""
+    from analysis.combined import nabench_tables, nullsette_tables, variants_tables
+
+    order = ["k3", "llama-mean", "llama-sum"]
+    success = pd.DataFrame({"model": ["llama-mean", "k3", "llama-sum", "k3"], "dataset": ["kosuri", "kosuri", "kosuri", "zahm"],
+                            "success_rate": [0.25, 0.5, 0.75, 1.0]})
+    [(_, grid, files)] = nullsette_tables([{"result": {"table": success}, "names": {m: m for m in order}}], order, tmp_path, "ns")
+    assert grid["model"].tolist() == order and grid.loc[0, "zahm"] == 1.0 and pd.isna(grid.loc[1, "zahm"])
+    assert [f.name for f in files] == ["ns_success_rate.csv", "ns_success_heatmap.png"]
+
+    parts = []  # two runs of card "tiny" (mean and sum) go to two analyses
+    for k, rows in enumerate([[("kmer3", "k3", 0.1), ("tiny", "llama-mean", 0.2)], [("tiny", "llama-sum", 0.3)]]):
+        folder = tmp_path / f"part{k}"
+        folder.mkdir()
+        pd.DataFrame([{"model": card, "assay": "A1", "family": "f", "spearman": rho} for card, _, rho in rows]) \
+            .to_csv(folder / "nabench_assays.csv", index=False)
+        summary = pd.DataFrame([{"model": card, "spearman": rho} for card, _, rho in rows])
+        parts.append({"result": {"table": summary}, "dir": folder, "names": {card: name for card, name, _ in rows}})
+    (_, summary, _), (_, grid, _) = nabench_tables(parts, order, tmp_path, "nb")
+    assert summary["model"].tolist() == order and summary["spearman"].tolist() == [0.1, 0.2, 0.3]
+    assert grid.set_index("model")["A1"].to_dict() == {"k3": 0.1, "llama-mean": 0.2, "llama-sum": 0.3}
+
+    table = pd.DataFrame({"method": ["tiny zero-shot -LLR", "tiny zero-shot |LLR|", "tiny probe ridge"],
+                          "kind": ["zero-shot", "zero-shot", "probe"], "subset": "all", "n": 10, "n_pos": 5,
+                          "auroc": [0.6, 0.55, 0.9], "ci_low": 0.5, "ci_high": 0.7})
+    [(_, aurocs, _)] = variants_tables([{"result": {"table": table}, "names": {"tiny": "llama-mean"}}], order, tmp_path, "v")
+    assert aurocs[["model", "statistic", "auroc"]].values.tolist() == [["llama-mean", "-LLR", 0.6], ["llama-mean", "|LLR|", 0.55]]
+
+
+def test_runs_of_one_card_go_to_separate_analyses():
+    from types import SimpleNamespace
+
+    from pipelines.sweep import _analysis_parts
+
+    runs = [SimpleNamespace(name=n, manifest={"model_card": {"id": c}}) for n, c in
+            (("k3", "kmer3"), ("mean", "tiny"), ("sum", "tiny"), ("k4", "kmer4"))]
+    assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=False)] == [["k3", "mean", "k4"], ["sum"]]
+    assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=True)] == [["k3", "mean", "sum", "k4"]]
