@@ -438,7 +438,7 @@ def _reservation(run: Run, cluster: dict) -> tuple[float, float]:
     never place its actor pool (``check_fits``, which run_score skips on a cluster it did not start)."""
     from pipelines import score
 
-    gpus, min_actors, max_actors, _ = score._resources(run.cfg, run.resolved.backend, cluster)
+    gpus, min_actors, max_actors, _ = score._resources(run.cfg, run.resolved.backend, cluster, run.resolved.card)
     score.check_fits(_Placement(gpus, (min_actors, max_actors)), cluster)
     tp = getattr(run.resolved.options, "tensor_parallel_size", None) or 1
     return min_actors + 1.0, min_actors * max(gpus, float(tp) if gpus else 0.0)
