@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Generic, TypeVar
 
 from models.errors import GlmscoreError
@@ -22,6 +23,8 @@ class Registry(Generic[T]):
         self._classes: dict[str, type[T]] = {}
         self._aliases: dict[str, str] = {}
         self._loaded = False
+        self._loading = False
+        self._lock = threading.RLock()
 
     def register(self, name: str, *, aliases: tuple[str, ...] = ()):
         """Class decorator: ``@register_backend("hf_causal")``; sets ``cls.name``."""
@@ -45,12 +48,23 @@ class Registry(Generic[T]):
         self._aliases = {a: n for a, n in self._aliases.items() if n != name}
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            pkg = importlib.import_module(self.package)
-            for info in pkgutil.iter_modules(pkg.__path__):
-                if not info.name.startswith("_"):
-                    importlib.import_module(f"{self.package}.{info.name}")
+        """Import every module of the package once. Other threads wait until the imports are done (a
+        sweep looks registries up from several threads); the importing thread itself may look the
+        registry up from a module being imported (re-entrant lock) and then sees what is registered."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                pkg = importlib.import_module(self.package)
+                for info in pkgutil.iter_modules(pkg.__path__):
+                    if not info.name.startswith("_"):
+                        importlib.import_module(f"{self.package}.{info.name}")
+                self._loaded = True
+            finally:
+                self._loading = False
 
     def names(self, *, aliases: bool = False) -> list[str]:
         self._load()

@@ -53,10 +53,19 @@ def shard_path(out, dataset: str, group: str, chunk: int):
     return store.join(out, *shard_rel(dataset, group, chunk).split("/"))
 
 
+def _type_name(t: pa.DataType) -> str:
+    """A type without its list fields' names (a Parquet round trip renames ``item`` to ``element``)."""
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{_type_name(t.value_type)}>[{t.list_size}]"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    return str(t)
+
+
 def _hash_array(h, arr: pa.Array) -> None:
-    """Feed an array's logical content (type, nulls, values; not its memory layout, which a Parquet
-    round trip may change) into ``h``."""
-    h.update(str(arr.type).encode())
+    """Feed an array's logical content (type, nulls, values; not its memory layout or list field names,
+    which a Parquet round trip may change) into ``h``."""
+    h.update(_type_name(arr.type).encode())
     if arr.null_count:
         h.update(np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes())
     t = arr.type
