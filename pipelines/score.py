@@ -45,6 +45,11 @@ DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
 EXIT_CLUSTER_LOST = 3
+# CPUs each stage reserves: an actor holds one (its torch threads use the cores it shares with the tasks);
+# prepare and write are light beside a forward pass, and fractions let them run next to an actor that
+# holds a node's only whole CPU (a restarted actor plus whole-CPU write tasks stalled writes for minutes)
+ACTOR_CPUS, PREPARE_CPUS, WRITE_CPUS = 1.0, 0.5, 0.1
+TASK_CPUS = PREPARE_CPUS + WRITE_CPUS
 
 
 @dataclass
@@ -385,17 +390,31 @@ def reference_digests(references: dict[str | None, list[str]], units: list[Unit]
     return {u.dataset: digests.get(u.dataset, digests.get(None)) for u in units}
 
 
-def check_fits(plan: Plan, cluster: dict) -> None:
+def check_fits(plan: Plan, cluster: dict) -> Plan:
     """On a cluster that cannot add nodes (the local one this job started), an actor pool that can never
-    be placed is a user error, not a job that waits for ever."""
+    be placed is a user error, not a job that waits for ever; so is one that would hold every CPU, which
+    leaves none for the prepare and write tasks beside it (the job would hang without a word). Returns
+    the plan with the pool's largest size capped to what fits."""
     gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
     if plan.gpus_per_actor > gpus:
         raise GlmscoreError(f"each actor asks for {plan.gpus_per_actor:g} GPU(s) but this local cluster has {gpus:g}; "
                             "drop --gpus-per-actor or pass --address of a cluster with GPUs.")
-    fit = min(int(cpus), int(gpus / plan.gpus_per_actor + 1e-9) if plan.gpus_per_actor else int(cpus))
+    by_cpu = int((cpus - TASK_CPUS) / ACTOR_CPUS + 1e-9)
+    fit = min(by_cpu, int(gpus / plan.gpus_per_actor + 1e-9) if plan.gpus_per_actor else by_cpu)
     if plan.actors[0] > fit:
-        raise GlmscoreError(f"--min-actors {plan.actors[0]} cannot start: this local cluster fits {fit} actor(s) "
-                            f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes 1 CPU and {plan.gpus_per_actor:g} GPU).")
+        raise GlmscoreError(f"--min-actors {plan.actors[0]} cannot start: this local cluster fits {max(fit, 0)} actor(s) "
+                            f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes {ACTOR_CPUS:g} CPU and {plan.gpus_per_actor:g} GPU, "
+                            f"and its prepare and write tasks {TASK_CPUS:g} CPU beside them).")
+    return replace(plan, actors=(plan.actors[0], min(plan.actors[1], fit)))
+
+
+def warn_if_starved(plan: Plan, cluster: dict) -> None:
+    """On a cluster this job joined, an autoscaler may still add nodes: a pool that leaves no CPU for the
+    tasks beside it is a warning, not an error."""
+    if cluster.get("CPU", 0) < plan.actors[0] * ACTOR_CPUS + TASK_CPUS:
+        print(f"glmscore: warning: the cluster has {cluster.get('CPU', 0):g} CPUs now; {plan.actors[0]} actor(s) and their "
+              f"prepare/write tasks need {plan.actors[0] * ACTOR_CPUS + TASK_CPUS:g}: the job waits until nodes are added.",
+              file=sys.stderr)
 
 
 def watch_cluster(every: float = 5.0, misses: int = 3):
@@ -487,7 +506,9 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out, 
 
     plan = plan_job(cfg, ray.cluster_resources(), resolved)
     if fixed_size:
-        check_fits(plan, ray.cluster_resources())
+        plan = check_fits(plan, ray.cluster_resources())
+    else:
+        warn_if_starved(plan, ray.cluster_resources())
     config = {**asdict(cfg), "data": str(Path(cfg.data).resolve()), "out": str(out), "resolved_pooling": resolved.pooling,
               "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
@@ -514,7 +535,7 @@ def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict,
         # prepare and write are light beside a forward pass: fractional CPUs let them run next to an actor
         # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU write tasks
         # left writes waiting for minutes on a small cluster)
-        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS,
                             fn_kwargs={"plan": plan})
         actor_args = plan.backend.actor_resources(plan.card, plan.options) or {"num_gpus": plan.gpus_per_actor}
         ds = ds.map_batches(
@@ -523,11 +544,11 @@ def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict,
             # a killed actor (its process, or its node) is restarted and its unit retried: Ray Data creates
             # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
             # tests/test_faults.py and tests/test_node_loss.py hold it to that
-            num_cpus=1, **actor_args,
+            num_cpus=ACTOR_CPUS, **actor_args,
             fn_constructor_kwargs={"plan": plan, "fitted": fitted, "task": cfg.task, "reduction": cfg.reduction,
                                    "pooling": resolved.pooling, "layer": cfg.layer},
         )
-        ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=0.1,
+        ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
                             fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,
                                        "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint,
                                        "references": digests})

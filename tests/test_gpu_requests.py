@@ -55,3 +55,15 @@ def test_gpu_flags_that_contradict_each_other_are_one_sentence():
         _resources(_cfg(device="gpu"), kmer, NO_GPU)
     with pytest.raises(GlmscoreError, match="needs --gpus-per-actor above 0"):
         _resources(_cfg(device="gpu", gpus_per_actor=0), VLLMCausal, NO_GPU)
+
+
+def test_a_local_pool_leaves_cpus_for_its_prepare_and_write_tasks():
+    """A pool holding every CPU of a cluster that cannot grow would starve the tasks beside it and hang
+    without a word: it is capped, or refused when --min-actors asks for it."""
+    from pipelines.score import Plan, check_fits
+
+    plan = Plan(None, None, None, None, Runtime(), "f", {}, 0.0, (1, 4))
+    assert check_fits(plan, {"CPU": 2.0}).actors == (1, 1)  # 2 CPUs: one actor (1) + its tasks (0.6)
+    assert check_fits(plan, {"CPU": 8.0}).actors == (1, 4)
+    with pytest.raises(GlmscoreError, match="--min-actors 2 cannot start: this local cluster fits 1 actor"):
+        check_fits(Plan(None, None, None, None, Runtime(), "f", {}, 0.0, (2, 2)), {"CPU": 2.0})
