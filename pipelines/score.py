@@ -167,7 +167,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
     r = resolved or resolve_job(cfg)
     benchmark, backend, card, options = r.benchmark, r.backend, r.card, r.options
     gpus, min_actors, max_actors, threads = _resources(cfg, backend, cluster, card)
-    device = "cuda" if gpus else "cpu"
+    device = "cuda" if gpus and backend.can_use_gpu else "cpu"  # a CPU-only backend holding a GPU still runs on CPU
     if backend.needs_gpu and device == "cpu":
         raise GlmscoreError(f"backend {backend.name} needs a GPU; pass --gpus-per-actor or use a cluster with GPUs.")
     revision, local = backend.provenance(card)
