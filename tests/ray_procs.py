@@ -128,6 +128,15 @@ def dashboard_nodes(dash: int, env: dict, timeout: float = 5) -> list[dict]:
         return json.loads(r.read())["data"]["result"]["result"]
 
 
+def _ray_start(args: list[str], log_path: Path, env: dict, temp_dir=None) -> subprocess.Popen:
+    """``ray start --block ...`` in a session of its own (so the test can end exactly its processes),
+    its output to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([RAY, "start", "--block", *args, *([f"--temp-dir={temp_dir}"] if temp_dir else []),
+                                 "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
 @contextlib.contextmanager
 def ray_head(tmp_path: Path, env: dict, timeout: float = 120, args: tuple = ("--num-cpus=2",),
              temp_dir: str | None = None, port: int | None = None):
@@ -140,14 +149,8 @@ def ray_head(tmp_path: Path, env: dict, timeout: float = 120, args: tuple = ("--
     # no 30 s drain on SIGTERM (nothing of a test cluster is worth waiting for); an unbuffered log
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "ray_head.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", *args,
-                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                                 f"--ray-client-server-port={client}", "--include-dashboard=true",
-                                 *([f"--temp-dir={temp_dir}"] if temp_dir else []),
-                                 "--disable-usage-stats"],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+    proc = _ray_start(["--head", f"--port={port}", *args, "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                       f"--ray-client-server-port={client}", "--include-dashboard=true"], log_path, env, temp_dir)
     try:
         # ready once `ray start` says so and the dashboard lists the head's raylet alive. Not earlier: the
         # raylet shows alive while `ray start` still waits in a GCS call that a SIGTERM cannot interrupt
@@ -222,12 +225,8 @@ def ray_worker(tmp_path: Path, env: dict, port: int, dash: int, args: tuple = ("
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PYTHONUNBUFFERED": "1"}
     alive_before = sum(n.get("state") == "ALIVE" for n in dashboard_nodes(dash, env))
     log_path = tmp_path / "ray_worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", "--block", *args,
-                                 f"--dashboard-agent-listen-port={_free_port()}",
-                                 *([f"--temp-dir={temp_dir}"] if temp_dir else []), "--disable-usage-stats"],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+    proc = _ray_start([f"--address=127.0.0.1:{port}", *args, f"--dashboard-agent-listen-port={_free_port()}"],
+                      log_path, env, temp_dir)
     try:
         deadline = time.monotonic() + timeout
         while True:
