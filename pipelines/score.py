@@ -111,6 +111,7 @@ class Plan:
     provenance: dict
     gpus_per_actor: float
     actors: tuple[int, int]  # (min, max)
+    staged: tuple[str, str, str] | None = None  # --data in object storage: (URI, version, copy root) per node
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Resolved:
     card: ModelCard
     options: Options
     pooling: str  # the embed pooling in generic form (``Benchmark.resolve_pooling``)
+    staged: tuple[str, str, str] | None = None  # (URI, version, copy root) of --data in object storage
 
 
 def _option_names(backend: type[Backend]) -> set[str]:
@@ -129,11 +131,12 @@ def _option_names(backend: type[Backend]) -> set[str]:
 
 
 def resolve_job(cfg: ScoreConfig) -> Resolved:
-    if store.is_uri(cfg.data):
-        raise GlmscoreError(f"--data {cfg.data}: benchmark inputs are read from a local or shared folder (genome "
-                            "indexes and tables are read by random access); copy them there first, e.g. `aws s3 sync`.")
+    staged, data = None, cfg.data
+    if store.is_uri(cfg.data):  # an object-store folder: read from a local copy on each node (store.stage)
+        staged = (cfg.data.rstrip("/"), store.data_version(cfg.data), str(store.cache_root()))
+        data = str(store.stage(*staged))
     bench_cls = BENCHMARKS.get(cfg.benchmark)
-    benchmark = bench_cls(cfg.data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
+    benchmark = bench_cls(data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
     card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
     backend = BACKENDS.get(card.backend)
     given = {k for k, v in cfg.options.items() if v is not None}
@@ -158,7 +161,7 @@ def resolve_job(cfg: ScoreConfig) -> Resolved:
         from models.pooling import Pooling
 
         Pooling.parse(pooling)
-    return Resolved(benchmark, backend, card, options, pooling)
+    return Resolved(benchmark, backend, card, options, pooling, staged)
 
 
 def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) -> Plan:
@@ -186,7 +189,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
                        "weights": provenance["weights"], "glmscore": version["version"]}, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return Plan(benchmark, backend, card, options, runtime, fingerprint, provenance, gpus, (min_actors, max_actors))
+    return Plan(benchmark, backend, card, options, runtime, fingerprint, provenance, gpus, (min_actors, max_actors), r.staged)
 
 
 # ---------------------------------------------------------------- Ray Data stages (run in workers)
@@ -215,6 +218,8 @@ def _encoder(backend: type[Backend], card: ModelCard, options: Options, runtime:
 
 @errors_as_rows
 def prepare_unit(batch: pa.Table, plan: Plan) -> pa.Table:
+    if plan.staged:
+        store.stage(*plan.staged)  # this node's copy of --data, at the path the driver's units name
     row = batch.to_pylist()[0]
     unit = Unit(**row)
     rows = plan.benchmark.read(unit)
@@ -509,7 +514,7 @@ def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out, 
         plan = check_fits(plan, ray.cluster_resources())
     else:
         warn_if_starved(plan, ray.cluster_resources())
-    config = {**asdict(cfg), "data": str(Path(cfg.data).resolve()), "out": str(out), "resolved_pooling": resolved.pooling,
+    config = {**asdict(cfg), "data": cfg.data if resolved.staged else str(Path(cfg.data).resolve()), "out": str(out), "resolved_pooling": resolved.pooling,
               "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
               "fingerprint": plan.fingerprint}
     paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]

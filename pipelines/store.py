@@ -14,9 +14,13 @@ whole when its upload completes (and has no rename), so objects are written once
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import re
+import shutil
 import socket
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,7 +74,10 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The reason, once: pyarrow's local errors repeat the path before the OS's words
+    ("Cannot create directory '/x'. Detail: [errno 1] Operation not permitted"); keep the OS's words."""
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    text = re.split(r"Detail: \[errno \d+\] ", text)[-1]
     return text.strip().splitlines()[0].rstrip(".")
 
 
@@ -166,3 +173,58 @@ def upload_folder(local: Path, location) -> None:
     """Copy a finished local folder (a report) to ``location``."""
     for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
         write_bytes(join(location, *path.relative_to(local).parts), path.read_bytes())
+
+
+# ---------------------------------------------------------------- inputs from object storage
+
+def _listing(location) -> list[tuple[str, int, int]]:
+    fs, root = resolve(location)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:
+        raise GlmscoreError(f"{location} does not exist.") from None
+    except OSError as exc:
+        raise io_error(exc, f"list {location}") from None
+    return sorted((f.path[len(root) + 1:], f.size, f.mtime_ns or 0) for f in found if f.type == pafs.FileType.File)
+
+
+def data_version(location) -> str:
+    """A digest of an object-store folder's listing (names, sizes, modification times): the key of its
+    local copies, so a changed object is never read from a stale copy."""
+    blob = json.dumps([str(location).rstrip("/"), _listing(location)])
+    return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
+
+
+def cache_root() -> Path:
+    """Where the driver keeps local copies of object-store inputs (``GLMSCORE_CACHE``, else the temp folder)."""
+    return Path(os.environ.get("GLMSCORE_CACHE") or Path(tempfile.gettempdir()) / "glmscore-cache") / "data"
+
+
+def stage(location, version: str, root: str | Path | None = None) -> Path:
+    """A local copy of the object-store folder ``location`` as of ``version`` (``data_version``) under
+    ``root`` (default ``cache_root()``), made once per machine: benchmark inputs are read by random access
+    (genome indexes, tables), which local files do well and object stores do not. Workers are given the
+    driver's ``root``, so every node's copy lies at the path the driver's units name. The copy is streamed
+    beside its final name and renamed when complete (a lock keeps two processes of one machine from
+    downloading it twice); a folder that changed since the job started is an error, not a mixed copy."""
+    import fcntl
+
+    final = Path(root or cache_root()) / version
+    if final.is_dir():
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(final.parent / f"{version}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if final.is_dir():
+                return final
+            if data_version(location) != version:
+                raise GlmscoreError(f"the data at {location} changed after the job started; run it again.")
+            partial = final.parent / f"{version}.partial-{socket.gethostname()}-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            fs, path = resolve(location)
+            pafs.copy_files(path, str(partial), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            os.rename(partial, final)
+    except OSError as exc:
+        raise io_error(exc, f"copy {location} to {final}") from None
+    return final

@@ -391,6 +391,13 @@ def load_sweep(path: str | Path) -> Sweep:
         if not isinstance(data, str) or not data:
             problems.append(f"{where}: data is missing (the benchmark's data folder).")
             data = ""
+        elif store.is_uri(data):  # object storage: each node reads a local copy (store.stage)
+            data = data.rstrip("/")
+            try:
+                if not store.exists(data):
+                    problems.append(f"{where}: data {data} does not exist.")
+            except GlmscoreError as exc:
+                problems.append(f"{where}: {exc}")
         else:
             data = _resolve_path(base, data)
             if not Path(data).exists():

@@ -36,7 +36,7 @@ from tests.ray_procs import _end_session, _free_port, _tail, dashboard_actors, d
 LIMIT = 8  # pairs per dataset: 20 groups x 8 = 160 rows, one unit (shard) each
 ROWS = 20 * LIMIT
 IDLE_TIMEOUT_MIN = 0.1  # 6 s: fractional minutes are accepted (the schema says "number")
-RELEASE_BOUND_S = 90
+RELEASE_BOUND_S = 240
 
 
 # ---------------------------------------------------------------- placement rules (no cluster)

@@ -159,5 +159,32 @@ def test_local_only_commands_refuse_object_store_paths(s3, tmp_path):
     from pipelines.cli import main
 
     assert main(["probe", "--embeddings", f"s3://{BUCKET}/emb", "--setting", "supervised", "--out", str(tmp_path / "p")]) == 2
-    with pytest.raises(GlmscoreError, match="local or shared folder"):
-        run_score(ScoreConfig(benchmark="nullsette", data=f"s3://{BUCKET}/data", model="kmer:3", out=str(tmp_path / "o")))
+    with pytest.raises(GlmscoreError, match=f"s3://{BUCKET}/no-such-data does not exist"):
+        run_score(ScoreConfig(benchmark="nullsette", data=f"s3://{BUCKET}/no-such-data", model="kmer:3", out=str(tmp_path / "o")))
+
+
+def test_data_in_object_storage_is_read_from_a_local_copy(ray_s3, s3, small_nullsette, tmp_path, monkeypatch):
+    """--data s3://...: each node reads a local copy keyed by the folder's listing; the shards equal those
+    of the same data on disk, and a changed object makes a new copy instead of reading a stale one."""
+    monkeypatch.setenv("GLMSCORE_CACHE", str(tmp_path / "cache"))
+    data = f"s3://{BUCKET}/data/processed_data"
+    for path in sorted(p for p in small_nullsette.rglob("*") if p.is_file()):
+        store.write_bytes(store.join(data, *path.relative_to(small_nullsette).parts), path.read_bytes())
+    manifest = run_score(_cfg(data, tmp_path / "from-s3"))
+    run_score(_cfg(small_nullsette, tmp_path / "from-disk"))
+    assert manifest["config"]["data"] == data
+    from_s3 = {p.relative_to(tmp_path / "from-s3"): p.read_bytes() for p in (tmp_path / "from-s3").rglob("part-*.parquet")}
+    from_disk = {p.relative_to(tmp_path / "from-disk"): p.read_bytes() for p in (tmp_path / "from-disk").rglob("part-*.parquet")}
+    assert from_s3 == from_disk and len(from_s3) == 20
+    copies = [p for p in (tmp_path / "cache" / "data").iterdir() if p.is_dir()]
+    assert len(copies) == 1 and not list((tmp_path / "cache" / "data").glob("*.partial-*"))
+    version = store.data_version(data)
+    # an object changes: a new version, a new copy; the old copy is never read for it
+    first = store.join(data, "synthetic_ecoli", "nonmutant.txt")
+    store.write_bytes(first, store.read_bytes(first).replace(b"A", b"C", 1))
+    assert store.data_version(data) != version
+    with pytest.raises(GlmscoreError, match="changed after the job started"):
+        store.stage(data, version + "0")
+    again = run_score(_cfg(data, tmp_path / "from-s3-2"))
+    assert again["rows_total"] == manifest["rows_total"]
+    assert len([p for p in (tmp_path / "cache" / "data").iterdir() if p.is_dir()]) == 2
