@@ -28,7 +28,7 @@ def _submit(cmd: list, env: dict, timeout: float, agent_wait: float = 0) -> subp
         time.sleep(2)
 
 
-def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette, tiny_llama):
+def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
     # token authentication on, as in cluster/: the head and the submitting client share the token
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -40,7 +40,7 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette, tiny_llama
                   "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo_out", "bench_out"]}),
                   "--", "python", "-m", "pipelines.cli", "score", "--benchmark", "nullsette",
                   "--data", str(small_nullsette), "--model", "kmer:4", "--out", str(out), "--limit", "5"]
-        proc = _submit(submit, env, timeout=300, agent_wait=60)
+        proc = _submit(submit, env, timeout=300, agent_wait=180)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "scored 100 rows" in proc.stdout
         manifest = json.loads((out / "_manifest.json").read_text())
@@ -48,19 +48,6 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette, tiny_llama
         # the same submission again reuses every shard
         proc = _submit(submit, env, timeout=300)
         assert proc.returncode == 0 and "20 reused" in proc.stdout
-        # the vLLM backend as a job entrypoint (CPU engine inside the job's actor)
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            vllm_ok = False
-        else:
-            vllm_ok = True
-        if vllm_ok:
-            v = submit[: submit.index("--model") + 1] + [str(tiny_llama), "--backend", "vllm", "--max-model-len", "1024",
-                                                         "--out", str(tmp_path / "vllm"), "--limit", "2"]
-            proc = _submit(v, env, timeout=600)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            assert json.loads((tmp_path / "vllm" / "_manifest.json").read_text())["model_card"]["backend"] == "vllm_causal"
         # a user error inside a job: non-zero status and the one-sentence message in the job's log
         bad = submit[: submit.index("--model") + 1] + ["no-such-model", "--out", str(tmp_path / "bad")]
         proc = _submit(bad, env, timeout=300)

@@ -339,3 +339,20 @@ def test_runs_of_one_card_go_to_separate_analyses():
             (("k3", "kmer3"), ("mean", "tiny"), ("sum", "tiny"), ("k4", "kmer4"))]
     assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=False)] == [["k3", "mean", "k4"], ["sum"]]
     assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=True)] == [["k3", "mean", "sum", "k4"]]
+
+
+@pytest.mark.usefixtures("s3")
+def test_data_in_object_storage_is_checked_in_the_store(tmp_path):
+    """data: s3://...: a folder with objects is accepted as given (runs read it from local copies); a
+    prefix with nothing under it is one sentence, as a missing local folder is."""
+    from pipelines import store
+
+    store.write_bytes(f"s3://{BUCKET}/inputs/nab/metadata.csv", b"DMS_id\n")
+    path = _write(tmp_path / "s.yaml", {"out": "o", "models": ["kmer:3"],
+                                        "benchmarks": [{"name": "nabench", "data": f"s3://{BUCKET}/inputs/nab/"}]})
+    assert load_sweep(path).runs()[0].cfg.data == f"s3://{BUCKET}/inputs/nab"
+    path = _write(tmp_path / "s.yaml", {"out": "o", "models": ["kmer:3"],
+                                        "benchmarks": [{"name": "nabench", "data": f"s3://{BUCKET}/inputs/none"}]})
+    with pytest.raises(SweepFileError) as err:
+        load_sweep(path)
+    assert err.value.problems == [f"s.yaml: benchmark 1 (nabench): data s3://{BUCKET}/inputs/none does not exist."]
