@@ -197,7 +197,7 @@ def data_version(location) -> str:
 
 def cache_root() -> Path:
     """Where the driver keeps local copies of object-store inputs (``GLMSCORE_CACHE``, else the temp folder)."""
-    return Path(os.environ.get("GLMSCORE_CACHE") or Path(tempfile.gettempdir()) / "glmscore-cache") / "data"
+    return (Path(os.environ.get("GLMSCORE_CACHE") or Path(tempfile.gettempdir()) / "glmscore-cache") / "data").resolve()
 
 
 def stage(location, version: str, root: str | Path | None = None) -> Path:
