@@ -225,6 +225,7 @@ def killed_and_resumed(tmp_path_factory, tiny_bert):
     return out, log
 
 
+@pytest.mark.slow
 @needs_data
 def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_bert):
     from models.cards import resolve_card
@@ -238,6 +239,7 @@ def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_
     assert fits["final_weights_sha256"].nunique() == 10 and pretrained not in set(fits["final_weights_sha256"])
 
 
+@pytest.mark.slow
 @needs_data
 def test_test_rows_are_predicted_once_and_never_trained_on(killed_and_resumed):
     from pipelines.finetune import read_fit
@@ -259,6 +261,7 @@ def test_test_rows_are_predicted_once_and_never_trained_on(killed_and_resumed):
     assert folds["selected"].all() and len(folds) == 10
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_killed_run_resumes_from_its_checkpoint(killed_and_resumed):
     out, log = killed_and_resumed
@@ -274,6 +277,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(killed_and_resumed):
     assert summary["spearman"].iloc[0] > 0.2  # a learnable signal: the control below must lose it
 
 
+@pytest.mark.slow
 @needs_data
 def test_label_shuffled_control_scores_near_zero(tmp_path, tiny_bert, killed_and_resumed):
     proc = _finetune(tmp_path / "shuffled", "--model", str(tiny_bert), "--epochs", "4", "--shuffle-labels")
@@ -284,6 +288,7 @@ def test_label_shuffled_control_scores_near_zero(tmp_path, tiny_bert, killed_and
     assert abs(shuffled) < 0.2 and real - shuffled > 0.2  # null SD of the mean over 5 folds x 2 assays: ~0.05
 
 
+@pytest.mark.slow
 @needs_data
 def test_finetune_transfer_and_user_errors(tmp_path, tiny_bert):
     proc = _finetune(tmp_path / "t", "--model", str(tiny_bert), "--setting", "transfer", "--epochs", "1",

@@ -54,6 +54,7 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
         assert proc.returncode != 0 and "glmscore: error: unknown model" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     import pandas as pd
