@@ -244,11 +244,23 @@ def _session_pids(sid: int, needle: str) -> list[int]:
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process of its session, and return once none is left: Ray's workers sit in
+    process groups of their own, and one that outlived the driver could still rename a shard into place
+    after the test has counted them."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    deadline = time.monotonic() + 30
+    while left := _session_pids(proc.pid, ""):
+        assert time.monotonic() < deadline, f"processes of the killed run still alive: {left}"
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
