@@ -112,13 +112,20 @@ def makedirs(location) -> None:
 
 def files(root, pattern: str = "*") -> list[str]:
     """Files under ``root`` whose name matches ``pattern``, as sorted paths relative to ``root``."""
+    return sorted(rel for rel, info in _file_infos(root, allow_not_found=True)
+                  if fnmatch.fnmatchcase(info.base_name, pattern))
+
+
+def _file_infos(root, allow_not_found: bool) -> list[tuple[str, pafs.FileInfo]]:
+    """(path relative to ``root``, info) of every file under ``root``; I/O errors as one sentence."""
     fs, path = resolve(root)
     try:
-        found = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        found = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=allow_not_found))
+    except FileNotFoundError:
+        raise GlmscoreError(f"{root} does not exist.") from None
     except OSError as exc:
         raise io_error(exc, f"list {root}") from None
-    return sorted(f.path[len(path) + 1:] for f in found
-                  if f.type == pafs.FileType.File and fnmatch.fnmatchcase(f.base_name, pattern))
+    return [(f.path[len(path) + 1:], f) for f in found if f.type == pafs.FileType.File]
 
 
 def read_bytes(location) -> bytes:
@@ -177,21 +184,11 @@ def upload_folder(local: Path, location) -> None:
 
 # ---------------------------------------------------------------- inputs from object storage
 
-def _listing(location) -> list[tuple[str, int, int]]:
-    fs, root = resolve(location)
-    try:
-        found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    except FileNotFoundError:
-        raise GlmscoreError(f"{location} does not exist.") from None
-    except OSError as exc:
-        raise io_error(exc, f"list {location}") from None
-    return sorted((f.path[len(root) + 1:], f.size, f.mtime_ns or 0) for f in found if f.type == pafs.FileType.File)
-
-
 def data_version(location) -> str:
     """A digest of an object-store folder's listing (names, sizes, modification times): the key of its
     local copies, so a changed object is never read from a stale copy."""
-    blob = json.dumps([str(location).rstrip("/"), _listing(location)])
+    listing = sorted((rel, f.size, f.mtime_ns or 0) for rel, f in _file_infos(location, allow_not_found=False))
+    blob = json.dumps([str(location).rstrip("/"), listing])
     return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
 
 
