@@ -22,7 +22,7 @@ from models.errors import GlmscoreError
 from models.options import option
 from models.tokenization import PROTOCOLS, TokenPolicy, check_hub, check_protocol, load_tokenizer, token_policy
 
-# Measured (tests/benchmarks/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
+# Measured (tests/bench/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
 # (cache-bound) and ~4k tokens is best; GPUs want large batches.
 CPU_BATCH_TOKENS = 4096
 GPU_BATCH_TOKENS = 32768

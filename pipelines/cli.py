@@ -107,7 +107,7 @@ def _score_parser(sub, command: str, help_: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.benchmark import BENCHMARKS
     from pipelines.demo import DemoOptions
-    from pipelines.probe import ProbeConfig
+    from pipelines.benchmarks.nabench.probe import ProbeConfig
 
     parser = argparse.ArgumentParser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's logs on the console (default: a log file)")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="few-shot or supervised probe sweep on embeddings (Ray Tune)")
     pr.set_defaults(fields=add_options(pr, ProbeConfig))
 
-    from pipelines.finetune import FinetuneConfig
+    from pipelines.benchmarks.nabench.finetune import FinetuneConfig
 
     ft = sub.add_parser("finetune", help="fine-tune a whole model on NABench assays (Ray Train, Ray Tune for sweeps)")
     ft.set_defaults(fields=add_options(ft, FinetuneConfig))
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                 c = b_sub.add_parser(name, help=help_)
                 c.set_defaults(fields=add_options(c, options_cls))
 
-    from pipelines.variant_learning import BASELINES
+    from pipelines.benchmarks.variants.learning import BASELINES
 
     bl = sub.add_parser("baseline", help="train a baseline model of a benchmark (Ray Tune)")
     bl_sub = bl.add_subparsers(dest="baseline", required=True)
@@ -248,14 +248,14 @@ def _dispatch(args) -> int:
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
         return 0
     if args.command == "probe":
-        from pipelines.probe import ProbeConfig, run_probes
+        from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
 
         result = run_probes(ProbeConfig(**given(args, args.fields)))
         print(result["summary"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
     if args.command == "finetune":
-        from pipelines.finetune import FinetuneConfig, run_finetune
+        from pipelines.benchmarks.nabench.finetune import FinetuneConfig, run_finetune
 
         result = run_finetune(FinetuneConfig(**given(args, args.fields)))
         print(result["summary"].to_string(index=False))
@@ -268,7 +268,7 @@ def _dispatch(args) -> int:
         print(f"report: {result['report']}")
         return 0
     if args.command == "baseline":
-        from pipelines.variant_learning import BASELINES
+        from pipelines.benchmarks.variants.learning import BASELINES
 
         options_cls, run, _ = BASELINES[args.baseline]
         result = run(options_cls(**given(args, args.fields)))

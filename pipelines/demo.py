@@ -84,11 +84,11 @@ def run_variants_demo(out: Path) -> None:
     windows -> one-hot TSS embeddings (Ray Data) -> probes and the one-hot CNN on chromosome folds (Ray
     Tune; test = chr9 + chr10) -> report. The CNN is the paper's architecture with fewer filters (16, 32,
     32, 48) so that it trains in a minute on 2 cores; the default command trains the full one."""
-    from pipelines.benchmarks.variants import BuildOptions, Variants, build_windows
-    from pipelines.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.variants.benchmark import BuildOptions, Variants, build_windows
+    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.synthetic_variants import make_synthetic
-    from pipelines.variant_learning import CNNOptions, run_cnn
+    from pipelines.benchmarks.variants.synthetic import make_synthetic
+    from pipelines.benchmarks.variants.learning import CNNOptions, run_cnn
 
     src = make_synthetic(out / "synthetic")
     print(f"[1/4] synthetic set: {src['n_variants']} variants, {src['n_rows']} variant x tissue rows in {out / 'synthetic'}")
@@ -112,7 +112,7 @@ def run_variants_demo(out: Path) -> None:
 def run_demo(options: DemoOptions = DemoOptions()) -> None:
     if options.benchmark == "variants":
         return run_variants_demo(Path(options.out))
-    from pipelines.benchmarks.nullsette import Nullsette, build
+    from pipelines.benchmarks.nullsette.benchmark import Nullsette, build
     from pipelines.score import ScoreConfig, run_score
 
     out = Path(options.out)

@@ -85,7 +85,7 @@ def test_models_without_weights_cannot_be_finetuned():
 
 
 def _table(assays, families, n=40, seed=0):
-    from pipelines.finetune import Table
+    from pipelines.benchmarks.nabench.finetune import Table
 
     rng = np.random.default_rng(seed)
     rows = [(a, f, i) for a, f in zip(assays, families) for i in range(n)]
@@ -95,13 +95,13 @@ def _table(assays, families, n=40, seed=0):
 
 
 def _cfg(**kw):
-    from pipelines.finetune import FinetuneConfig
+    from pipelines.benchmarks.nabench.finetune import FinetuneConfig
 
     return FinetuneConfig(data="d", model="m", out="o", **kw)
 
 
 def test_supervised_and_sweep_plans_keep_test_rows_out_of_training_and_validation():
-    from pipelines.finetune import plan_fits
+    from pipelines.benchmarks.nabench.finetune import plan_fits
 
     table = _table(["a1", "a2"], ["f", "f"])
     for cfg in (_cfg(setting="supervised"), _cfg(setting="supervised", lr=[1e-5, 1e-4], head=["linear", "mlp"])):
@@ -121,7 +121,7 @@ def test_supervised_and_sweep_plans_keep_test_rows_out_of_training_and_validatio
 
 
 def test_transfer_plan_never_reads_the_held_out_assays_labels():
-    from pipelines.finetune import plan_fits
+    from pipelines.benchmarks.nabench.finetune import plan_fits
 
     table = _table(["a1", "a2", "a3", "b1"], ["f", "f", "f", "g"])
     fits = plan_fits(_cfg(setting="transfer"), table)
@@ -172,9 +172,9 @@ def _kmer_features(seqs, k=3):
 
 @needs_data
 def test_probe_transfer_on_real_assays_never_reads_held_out_labels():
-    from analysis.sweep import AssayArrays
+    from analysis.probe_trials import AssayArrays
     from analysis.transfer import TransferTask, transfer_predict
-    from pipelines.benchmarks.nabench import read_assay
+    from pipelines.benchmarks.nabench.benchmark import read_assay
 
     data = {}
     for name in ("Townshend_2015_4nt_aptamer", "Townshend_2015_5nt_aptamer", "Tome_2014_GFP_aptamer"):
@@ -242,7 +242,7 @@ def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_
 @pytest.mark.slow
 @needs_data
 def test_test_rows_are_predicted_once_and_never_trained_on(killed_and_resumed):
-    from pipelines.finetune import read_fit
+    from pipelines.benchmarks.nabench.finetune import read_fit
 
     out, _ = killed_and_resumed
     pred = pd.read_parquet(out / "finetune_predictions.parquet")
@@ -268,7 +268,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(killed_and_resumed):
     fits = pd.read_csv(out / "finetune_fits.csv")
     resumed = fits[fits["resumed_at_epoch"] > 0]
     assert len(resumed) == 1 and 1 <= int(resumed["resumed_at_epoch"].iloc[0]) <= 3
-    from pipelines.finetune import read_fit
+    from pipelines.benchmarks.nabench.finetune import read_fit
 
     _, info = read_fit(out / "fits" / f"{resumed['fit'].iloc[0]}.parquet")
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2, 3]  # no epoch lost or repeated

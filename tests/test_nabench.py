@@ -9,7 +9,7 @@ from sklearn.metrics import matthews_corrcoef, ndcg_score, roc_auc_score
 from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall
 from analysis.probes import fewshot_splits, fit_eval, supervised_folds
 from models.errors import GlmscoreError
-from pipelines.benchmarks.nabench import discover, family_of, positions, read_assay, read_metadata
+from pipelines.benchmarks.nabench.benchmark import discover, family_of, positions, read_assay, read_metadata
 from tests.conftest import shared_data
 
 RNG = np.random.default_rng(0)
@@ -115,8 +115,8 @@ def test_real_assays_quirks():
 def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama):
     import pyarrow.dataset as pads
 
-    from pipelines.benchmarks.nabench import NABench
-    from pipelines.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.nabench.benchmark import NABench
+    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
 
     data = shared_data("nabench")
@@ -165,7 +165,7 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
 
 @pytest.mark.ray
 def test_non_numeric_scores_and_missing_metadata_are_counted_and_reported(ray_cluster, tmp_path, capsys):
-    from pipelines.benchmarks.nabench import NABench
+    from pipelines.benchmarks.nabench.benchmark import NABench
     from pipelines.cli import main
 
     rng = np.random.default_rng(1)

@@ -11,7 +11,7 @@ import pytest
 from models.cards import resolve_card
 from models.errors import GlmscoreError
 from models.loader import load_backend
-from pipelines.benchmarks.nullsette import Nullsette
+from pipelines.benchmarks.nullsette.benchmark import Nullsette
 from pipelines.fasta import read_all
 from pipelines.score import ScoreConfig, run_score
 from pipelines.shards import MANIFEST
@@ -150,7 +150,7 @@ def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path
     write theirs (<out>/<model>/<dataset>/<file>.csv, tab-separated seqs, scores) analyse to the same table."""
     import pandas as pd
 
-    from pipelines.benchmarks.nullsette import build
+    from pipelines.benchmarks.nullsette.benchmark import build
     from pipelines.cli import main
     from tests.conftest import shared_data
 

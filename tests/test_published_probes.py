@@ -184,7 +184,7 @@ def test_contiguous_folds_follow_the_script(name):
     """Single mutants (Pitt) and multi-mutants with a wild type (Janzen): candidates, the 20% cap, the skip rule.
     (3-mer counts: with a one-hot, held-out positions never vary in training and predictions are constant.)"""
     from analysis.published_probes import paper_contiguous, paper_contiguous_folds
-    from pipelines.benchmarks.nabench import positions
+    from pipelines.benchmarks.nabench.benchmark import positions
 
     frame = real_assay(name)
     X, y = kmer_counts(frame["sequence"]), frame["DMS_score"].to_numpy(float)
@@ -203,7 +203,7 @@ def test_contiguous_folds_follow_the_script(name):
 def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
     from analysis.probes import fit_eval, given_folds, run_supervised_given
     from analysis.published_probes import pooled_oof
-    from pipelines.fold_files import join_folds, occurrence
+    from pipelines.benchmarks.nabench.folds import join_folds, occurrence
 
     frame = real_assay("Pitt_2010_ribozyme")  # 24 repeated mutants: matched by occurrence order
     assert frame["mutant"].duplicated().sum() == 24
@@ -232,7 +232,7 @@ def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
 
 
 def test_fold_file_errors_are_one_sentence(tmp_path):
-    from pipelines.fold_files import fold_files_for, join_folds, occurrence, read_fold_file
+    from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence, read_fold_file
 
     frame = real_assay("Ke_2017_mRNA")  # has a wild-type row (empty mutant)
     table = fold_table(frame)

@@ -11,7 +11,7 @@ import pytest
 from models.errors import GlmscoreError
 from pipelines.demo import write_spec
 from pipelines.fasta import read_all
-from pipelines.benchmarks.nullsette import Nullsette, build, discover
+from pipelines.benchmarks.nullsette.benchmark import Nullsette, build, discover
 from tests.conftest import ROOT, shared_data
 
 

@@ -29,7 +29,7 @@ def _write(path: Path, doc: dict) -> Path:
 @pytest.fixture(scope="module")
 def kosuri(tmp_path_factory) -> Path:
     """The real kosuri cassettes (../shared/data/nullsette) in the released layout."""
-    from pipelines.benchmarks.nullsette import build
+    from pipelines.benchmarks.nullsette.benchmark import build
 
     out = tmp_path_factory.mktemp("nullsette") / "processed_data"
     build(shared_data("nullsette"), out, tables=["kosuri"])

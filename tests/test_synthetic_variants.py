@@ -10,7 +10,7 @@ import pysam
 import pytest
 
 from models.errors import GlmscoreError
-from pipelines.synthetic_variants import SyntheticOptions, make_synthetic, run_synthetic
+from pipelines.benchmarks.variants.synthetic import SyntheticOptions, make_synthetic, run_synthetic
 
 MOTIF = "TATAAAAGGC"
 _COMP = str.maketrans("ACGT", "TGCA")

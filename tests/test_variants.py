@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
 from models.errors import GlmscoreError
-from pipelines.benchmarks.variants import BuildOptions, build_windows, window_pair
-from pipelines.genome import Genome, read_tss, read_variants, reverse_complement
+from pipelines.benchmarks.variants.benchmark import BuildOptions, build_windows, window_pair
+from pipelines.benchmarks.variants.genome import Genome, read_tss, read_variants, reverse_complement
 from tests.conftest import shared_data
 
 GTEX_VCF = "gtex_b38_chr1_snvs.vcf"
@@ -164,7 +164,7 @@ def test_auroc_and_bootstrap_against_scikit_learn():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    """The planted-mechanism set (12 chromosomes, 960 variants; see pipelines/synthetic_variants.py) built
+    """The planted-mechanism set (12 chromosomes, 960 variants; see pipelines/benchmarks/variants/synthetic.py) built
     as 64 bp variant-centred windows (CNN, zero-shot) and 512 bp TSS-centred windows (embeddings)."""
     from pipelines.cli import main
 
@@ -200,9 +200,9 @@ def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path, capsys):
-    from pipelines.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.variant_learning import CNNOptions, run_cnn
+    from pipelines.benchmarks.variants.learning import CNNOptions, run_cnn
 
     emb = tmp_path / "emb"
     run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model="onehot", pooling="tss",
@@ -232,9 +232,9 @@ def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthe
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.benchmarks.variants import VariantsAnalyzeOptions
+    from pipelines.benchmarks.variants.benchmark import VariantsAnalyzeOptions
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.variant_report import analyze_variants, zero_shot_llr
+    from pipelines.benchmarks.variants.report import analyze_variants, zero_shot_llr
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_llama), reduction="sum",
@@ -269,7 +269,7 @@ def test_masked_marginal_at_the_variant_base_matches_a_hand_computation(syntheti
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.variant_report import zero_shot_llr
+    from pipelines.benchmarks.variants.report import zero_shot_llr
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_bert), reduction="focus",

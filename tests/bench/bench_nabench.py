@@ -1,6 +1,6 @@
 """NABench pipeline benchmark (a script, not a timed test). Prints a Markdown table.
 
-    .venv/bin/python -m tests.benchmarks.bench_nabench [--out bench_out/nabench]
+    .venv/bin/python -m tests.bench.bench_nabench [--out bench_out/nabench]
 
 Rows/s through the score pipeline (k-mer baseline) and the embed pipeline (one-hot featurizer) over
 all assays in ../shared/data/nabench, peak memory (driver + Ray), and the wall time of the supervised
@@ -24,10 +24,10 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipelines.benchmarks.nabench import discover
-    from pipelines.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.nabench.benchmark import discover
+    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
     from pipelines.score import ScoreConfig, run_score
-    from tests.benchmarks.bench_nullsette import PeakRSS
+    from tests.bench.bench_nullsette import PeakRSS
 
     data = ROOT.parent / "shared" / "data" / "nabench"
     out = Path(args.out)

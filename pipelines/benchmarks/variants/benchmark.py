@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
 from pipelines.benchmark import Benchmark, Rows, Unit, locator, register_benchmark
-from pipelines.genome import (
+from pipelines.benchmarks.variants.genome import (
     Genome,
     open_genome,
     read_tss,
@@ -306,13 +306,13 @@ class Variants(Benchmark):
 
     @classmethod
     def analyze(cls, score_dirs: list[str], out: str, options: VariantsAnalyzeOptions) -> dict:
-        from pipelines.variant_report import analyze_variants
+        from pipelines.benchmarks.variants.report import analyze_variants
 
         return analyze_variants(score_dirs, options.probes or [], options.cnn or [], Path(out), options)
 
     @classmethod
     def commands(cls):
-        from pipelines.synthetic_variants import SyntheticOptions, run_synthetic
+        from pipelines.benchmarks.variants.synthetic import SyntheticOptions, run_synthetic
 
         def run_build(o: BuildOptions) -> str:
             r = build_windows(o)

@@ -1,9 +1,9 @@
 """vLLM vs transformers throughput on the same model and sequences (a script, not a timed test).
 
-    .venv/bin/python -m tests.benchmarks.bench_vllm [--n 200] [--hidden 256 --layers 4] [--device cpu|cuda]
+    .venv/bin/python -m tests.bench.bench_vllm [--n 200] [--hidden 256 --layers 4] [--device cpu|cuda]
 
 CPU (here): a random Llama (hidden 256, 4 layers) on Nullsette kosuri nonmutants, fp32.
-GPU: `.venv/bin/python -m tests.benchmarks.bench_vllm --device cuda --hidden 1024 --layers 16 --n 4000`
+GPU: `.venv/bin/python -m tests.bench.bench_vllm --device cuda --hidden 1024 --layers 16 --n 4000`
 (a ~200M-parameter Llama, bf16); prints tokens/s and model-FLOP utilisation against --peak-tflops.
 """
 

@@ -1,6 +1,6 @@
 """Published protocols vs glmscore's defaults on the real Nullsette cassettes (a script, not a test).
 
-    .venv/bin/python -m tests.benchmarks.bench_protocols [--pairs 150] [--out bench_out/protocols]
+    .venv/bin/python -m tests.bench.bench_protocols [--pairs 150] [--out bench_out/protocols]
 
 (a) statistics: the k-mer baseline (kmer:3, crossfit) scored on all 7,500 real cassettes and their 71 mutant
     types on local Ray, then success rates under every estimator x correction, and how far the published
@@ -119,7 +119,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocols_"))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    from pipelines.benchmarks.nullsette import build
+    from pipelines.benchmarks.nullsette.benchmark import build
 
     build(SHARED, out / "pd")
     statistics(out / "pd", out, args.n_perm)

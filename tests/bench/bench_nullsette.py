@@ -1,6 +1,6 @@
 """Nullsette pipeline benchmark (a script, not a timed test). Prints a Markdown table of ratios.
 
-    .venv/bin/python -m tests.benchmarks.bench_nullsette [--pairs 40] [--out bench_out/nullsette]
+    .venv/bin/python -m tests.bench.bench_nullsette [--pairs 40] [--out bench_out/nullsette]
 
 (a) sequences/s of the Ray pipeline vs an in-process loop over the same backend and batches;
 (b) vs a seed-style loop (one sequence per forward pass);
@@ -68,7 +68,7 @@ def main() -> None:
     from models.cards import resolve_card
     from models.loader import load_backend
     from pipelines.fasta import read_all
-    from pipelines.benchmarks.nullsette import build, discover
+    from pipelines.benchmarks.nullsette.benchmark import build, discover
     from pipelines.score import ScoreConfig, run_score
     from tests.tiny_models import make_tiny_llama
 

@@ -1,7 +1,7 @@
 """Fine-tuning throughput: Ray Train (1 and 2 workers) vs a plain torch loop, same tiny model, same data,
 same recipe (AdamW, global batch 16, 3 epochs, mean pooling, linear head), side by side in one run.
 
-    .venv/bin/python -m tests.benchmarks.bench_finetune [--rows 500] [--hidden 128] [--device cpu|cuda]
+    .venv/bin/python -m tests.bench.bench_finetune [--rows 500] [--hidden 128] [--device cpu|cuda]
 
 One fit = ``glmscore finetune --setting fewshot --ks ROWS --repeats 1`` on a real assay (the training part
 is ROWS rows, the rest is predicted). Training samples/s counts the epochs only (Ray Train: summed over
@@ -32,7 +32,7 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
     from models.hf_common import config_context
     from models.regression import load_base, make_regressor, pad_batch
     from models.tokenization import TokenPolicy, load_tokenizer
-    from pipelines.benchmarks.nabench import read_assay
+    from pipelines.benchmarks.nabench.benchmark import read_assay
 
     torch.set_num_threads(threads)
     card = resolve_card(str(model_dir))
@@ -64,7 +64,7 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
 
 def ray_train(model_dir: Path, rows: int, workers: int, out: Path, use_gpu: bool) -> tuple[float, float]:
     """(training samples/s over all workers, wall seconds of the whole command)."""
-    from pipelines.finetune import FinetuneConfig, read_fit, run_finetune
+    from pipelines.benchmarks.nabench.finetune import FinetuneConfig, read_fit, run_finetune
 
     cfg = FinetuneConfig(data=str(shared_data("nabench")), model=str(model_dir), setting="fewshot", out=str(out),
                          assays=[ASSAY], ks=[rows], repeats=1, workers=workers, use_gpu=use_gpu)

@@ -1,4 +1,4 @@
-"""Probe sweeps: embedding shards with labels -> Ray Tune trials (``analysis/sweep.py``) -> report."""
+"""Probe sweeps: embedding shards with labels -> Ray Tune trials (``analysis/probe_trials.py``) -> report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
-from pipelines.benchmarks.nabench import family_list, positions
+from pipelines.benchmarks.nabench.benchmark import family_list, positions
 from pipelines import store
 from pipelines.shards import datasets_of, read_manifest, read_table
 
@@ -61,9 +61,9 @@ def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -
     ``wildtype="drop"`` the wild type too (an empty ``mutant``). ``keys``, if given, receives per assay
     the kept rows' mutants and occurrence numbers (to join distributed folds).
     """
-    from pipelines.fold_files import occurrence
+    from pipelines.benchmarks.nabench.folds import occurrence
 
-    from analysis.sweep import AssayArrays
+    from analysis.probe_trials import AssayArrays
 
     data, model = {}, None
     for name in datasets_of(emb_dir):
@@ -107,7 +107,7 @@ def check_protocol(cfg: ProbeConfig) -> None:
 
 def attach_folds(data: dict, keys: dict, folds: str) -> None:
     """Distributed fold columns of each assay (``--folds``) into its ``AssayArrays``."""
-    from pipelines.fold_files import fold_files_for, join_folds
+    from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds
 
     for assay, path in fold_files_for(Path(folds), sorted(data)).items():
         mutants, occ = keys[assay]
@@ -119,11 +119,11 @@ def run_probes(cfg: ProbeConfig) -> dict:
 
     from analysis.fitness import aggregate
     from analysis.report import write_table_report
-    from analysis.sweep import run_sweep, trial_grid
+    from analysis.probe_trials import run_sweep, trial_grid
 
     check_protocol(cfg)
     if cfg.setting == "variants":
-        from pipelines.variant_learning import run_variant_probes
+        from pipelines.benchmarks.variants.learning import run_variant_probes
 
         return run_variant_probes(cfg)
     paper = cfg.protocol == "paper"

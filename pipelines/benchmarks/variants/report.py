@@ -17,7 +17,7 @@ from analysis.variants import (
 )
 from models.errors import GlmscoreError
 from pipelines.shards import read_manifest, read_scores
-from pipelines.variant_learning import PREDICTIONS
+from pipelines.benchmarks.variants.learning import PREDICTIONS
 
 SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom", "tissue", "label"]
 

@@ -46,7 +46,7 @@ import pandas as pd
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option
-from pipelines.benchmarks.nabench import family_list
+from pipelines.benchmarks.nabench.benchmark import family_list
 
 SETTINGS = ("supervised", "fewshot", "transfer")
 FITS = "fits"
@@ -166,7 +166,7 @@ class Fit:
 def load_table(cfg: FinetuneConfig, card, warnings: list[str]) -> Table:
     from models.hf_common import config_context
     from models.tokenization import TokenPolicy, load_tokenizer
-    from pipelines.benchmarks.nabench import discover, read_assay
+    from pipelines.benchmarks.nabench.benchmark import discover, read_assay
 
     assays = discover(Path(cfg.data), assays=cfg.assays, families=cfg.families, limit=cfg.limit, warnings=warnings)
     parts = []
@@ -202,7 +202,7 @@ def plan_fits(cfg: FinetuneConfig, table: Table) -> list[Fit]:
     """Every fit of the run: outer splits (folds, few-shot draws, held-out assays) x hyper-parameters."""
     from analysis.probes import fewshot_splits, supervised_folds
     from analysis.transfer import rank_normalise, transfer_tasks
-    from pipelines.benchmarks.nabench import positions
+    from pipelines.benchmarks.nabench.benchmark import positions
 
     outer: list[tuple[str, str, str, int, np.ndarray, np.ndarray, np.ndarray]] = []  # assay, family, split, fold, train, test, target
     assays = sorted(set(table.assay.tolist()))

@@ -182,7 +182,7 @@ def load_variant_embeddings(emb_dir: Path) -> tuple[str, pd.DataFrame, np.ndarra
 
 
 def run_variant_probes(cfg) -> dict:
-    """``glmscore probe --setting variants`` (``cfg``: pipelines.probe.ProbeConfig)."""
+    """``glmscore probe --setting variants`` (``cfg``: pipelines.benchmarks.nabench.probe.ProbeConfig)."""
     probes = cfg.probes or list(VARIANT_PROBES)
     bad = [p for p in probes if p not in VARIANT_PROBES]
     if bad:
@@ -232,7 +232,7 @@ class CNNOptions(Options):
 def window_codes(data: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(sites, ref codes, alt codes): every site's windows as base codes (A,C,G,T,N = 0..4, int8)."""
     from models.alphabet import codes
-    from pipelines.benchmarks.variants import Variants
+    from pipelines.benchmarks.variants.benchmark import Variants
 
     bench = Variants(data)
     units = bench.units(chunk_rows=1 << 30, limit=None, datasets=None)
@@ -247,7 +247,7 @@ def window_codes(data: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 
 
 def run_cnn(o: CNNOptions) -> dict:
-    from pipelines.benchmarks.variants import read_build
+    from pipelines.benchmarks.variants.benchmark import read_build
 
     record, _ = read_build(Path(o.data))
     if record["view"] != "variant":

@@ -1,6 +1,6 @@
 """glmscore's probe protocol vs the published NABench rules on real assays (a script, not a timed test).
 
-    .venv/bin/python -m tests.benchmarks.bench_probe_protocols [--assays A,B,...]
+    .venv/bin/python -m tests.bench.bench_probe_protocols [--assays A,B,...]
 
 Features: position x base one-hot of each variant's sequence (U read as T, zero-padded to the assay's
 longest sequence), a cheap stand-in for a model's embeddings. Wild type kept, rows with a NaN label left
@@ -62,7 +62,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from analysis.probes import run_fewshot, run_supervised
     from analysis.published_probes import paper_fewshot, paper_random
-    from pipelines.benchmarks.nabench import positions, read_assay
+    from pipelines.benchmarks.nabench.benchmark import positions, read_assay
 
     data = ROOT.parent / "shared" / "data" / "nabench"
     rows, t0 = [], time.perf_counter()

@@ -1,6 +1,6 @@
 """Causal-variant benchmark timings (a script, not a timed test). Prints a Markdown table.
 
-    .venv/bin/python -m tests.benchmarks.bench_variants [--out bench_out/variants] [--sites 8]
+    .venv/bin/python -m tests.bench.bench_variants [--out bench_out/variants] [--sites 8]
 
 1. ``variants build``: variants/s for the variant view (1,500 bp) and the gene view (131,072 bp) on a
    synthetic genome (12 x 1 Mb, 4,800 genes, 9,600 variants, 19,000 variant x tissue rows);
@@ -26,10 +26,10 @@ def main() -> None:
 
     from models.cards import resolve_card
     from models.loader import load_backend
-    from pipelines.benchmarks.variants import BuildOptions, Variants, build_windows
+    from pipelines.benchmarks.variants.benchmark import BuildOptions, Variants, build_windows
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.synthetic_variants import make_synthetic
-    from tests.benchmarks.bench_nullsette import PeakRSS
+    from pipelines.benchmarks.variants.synthetic import make_synthetic
+    from tests.bench.bench_nullsette import PeakRSS
     from tests.tiny_models import make_tiny_llama
 
     out = Path(args.out)

@@ -1,0 +1,5 @@
+"""The nabench benchmark: its source, commands, learners and reports, all in this package.
+
+Deleting this folder removes the benchmark; the registry and the CLI work without it."""
+
+from pipelines.benchmarks.nabench.benchmark import NABench  # noqa: F401  (importing the package registers it)

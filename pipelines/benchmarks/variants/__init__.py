@@ -1,0 +1,5 @@
+"""The variants benchmark: its source, commands, learners and reports, all in this package.
+
+Deleting this folder removes the benchmark; the registry and the CLI work without it."""
+
+from pipelines.benchmarks.variants.benchmark import Variants  # noqa: F401  (importing the package registers it)
