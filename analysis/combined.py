@@ -1,6 +1,8 @@
 """The combined report of a sweep: each benchmark's own analysis tables set side by side for all models,
 heatmaps of them, and every run's provenance. Nothing here recomputes a statistic: the inputs are the
-tables that each benchmark's ``analyze`` returned or wrote (``pipelines/sweep.py`` runs them).
+tables that each benchmark's ``analyze`` returned or wrote (``pipelines/sweep.py`` runs them); each
+benchmark turns its own into sections (``Benchmark.combined_tables``), with ``plot_grid`` and ``ordered``
+from here; ``generic_tables`` is the default.
 
 A *part* is one ``analyze`` call: ``{"result": what analyze returned, "dir": its output folder,
 "names": {model value in its tables: the sweep's model name}}``. A benchmark whose analysis takes
@@ -38,59 +40,8 @@ def plot_grid(grid: pd.DataFrame, path: Path, title: str, label: str, vmin: floa
     return _save(fig, path)
 
 
-def _ordered(grid: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+def ordered(grid: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return grid.reindex([m for m in order if m in grid.index])
-
-
-def nullsette_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
-    """Success rate, models x datasets (``nullsette_success.csv`` of the analysis, pivoted)."""
-    success = pd.concat([p["result"]["table"].assign(model=lambda t, p=p: t["model"].map(p["names"]).fillna(t["model"]))
-                         for p in parts], ignore_index=True)
-    grid = _ordered(success.pivot(index="model", columns="dataset", values="success_rate"), order)
-    grid.columns.name = None
-    csv = out / f"{bid}_success_rate.csv"
-    grid.reset_index().to_csv(csv, index=False)
-    png = plot_grid(grid, out / f"{bid}_success_heatmap.png", f"{bid}: Nullsette success rate", "success rate", 0, 1, "viridis")
-    return [(f"{bid}: Nullsette success rate (fraction of mutant types with corrected p < alpha), models x datasets",
-             grid.reset_index(), [csv, png])]
-
-
-def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
-    """Zero-shot Spearman per assay (``nabench_assays.csv``), models x assays, and the summary table."""
-    assays, summary = [], []
-    for p in parts:
-        a = pd.read_csv(Path(p["dir"]) / "nabench_assays.csv")
-        assays.append(a.assign(model=a["model"].map(p["names"]).fillna(a["model"])))
-        s = p["result"]["table"]
-        summary.append(s.assign(model=s["model"].map(p["names"]).fillna(s["model"])))
-    grid = _ordered(pd.concat(assays, ignore_index=True).pivot(index="model", columns="assay", values="spearman"), order)
-    grid.columns.name = None
-    summary_ = pd.concat(summary, ignore_index=True).set_index("model")
-    summary_ = summary_.reindex([m for m in order if m in summary_.index]).reset_index()
-    csv, sum_csv = out / f"{bid}_spearman.csv", out / f"{bid}_summary.csv"
-    grid.reset_index().to_csv(csv, index=False)
-    summary_.to_csv(sum_csv, index=False)
-    png = plot_grid(grid, out / f"{bid}_spearman_heatmap.png", f"{bid}: NABench zero-shot Spearman", "Spearman", -1, 1, "coolwarm")
-    return [(f"{bid}: NABench summary (unweighted mean over families, bootstrap SEs)", summary_, [sum_csv]),
-            (f"{bid}: NABench zero-shot Spearman, models x assays", grid.reset_index(), [csv, png])]
-
-
-def variants_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
-    """Zero-shot AUROCs (the analysis's ``method`` is '<card> zero-shot <statistic>')."""
-    rows = []
-    for p in parts:
-        table = p["result"]["table"]
-        for card, name in p["names"].items():
-            prefix = f"{card} zero-shot "
-            mine = table[table["method"].astype(str).str.startswith(prefix)]
-            rows.append(mine.assign(model=name, statistic=mine["method"].str[len(prefix):]).drop(columns=["method", "kind"]))
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "statistic", "subset"])
-    table["_o"] = table["model"].map({m: i for i, m in enumerate(order)})
-    cols = ["model", "statistic", "subset", "n", "n_pos", "auroc", "ci_low", "ci_high"]
-    table = table.sort_values(["_o", "statistic", "subset"], kind="stable").reindex(columns=cols)
-    csv = out / f"{bid}_auroc.csv"
-    table.to_csv(csv, index=False)
-    return [(f"{bid}: causal-variant zero-shot AUROC (95% CI: cluster bootstrap)", table, [csv])]
 
 
 def generic_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
@@ -99,9 +50,6 @@ def generic_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> 
     csv = out / f"{bid}_table.csv"
     table.to_csv(csv, index=False)
     return [(f"{bid}: analysis table", table, [csv])]
-
-
-COMBINERS = {"nullsette": nullsette_tables, "nabench": nabench_tables, "variants": variants_tables}
 
 
 def provenance_table(entries: list[tuple[str, str, dict]]) -> pd.DataFrame:

@@ -1,6 +1,7 @@
-"""Ray Tune sweep runner for probes: one trial per (assay, probe, split), each fits its folds from scratch.
+"""Probe trials: one per (assay, probe, split), each fits its folds from scratch (pure functions: the
+NABench probe command runs them as Ray Tune trials, ``pipelines/benchmarks/nabench/probe.py``).
 
-The arrays go to the object store once (``tune.with_parameters``); trials only carry their config.
+``probe_trial(config, data)`` is one trial; ``trial_grid`` lists them.
 Trials are an explicit grid of valid combinations (multi-mutant assays get random folds only); no
 configuration is ever chosen by its test score: every trial's result is reported. A trial runs under the
 ``glmscore`` protocol (``analysis/probes.py``) or the published ``paper`` rules
@@ -10,13 +11,17 @@ supervised trial per fold column instead of the generated schemes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from scipy.linalg import LinAlgWarning
+from sklearn.exceptions import ConvergenceWarning
 
+from analysis.fitness import spearman
 from analysis.probes import FEWSHOT_K, given_folds, run_fewshot, run_supervised, run_supervised_given
+from analysis.published_probes import PAPER_SCHEMES, paper_fewshot, paper_supervised
+from analysis.transfer import TransferTask, transfer_predict, transfer_tasks
 
 
 @dataclass
@@ -30,11 +35,7 @@ class AssayArrays:
     fold_source: str = "generated"
 
 
-def _trial(config: dict, data: dict) -> dict:
-    import warnings
-
-    from scipy.linalg import LinAlgWarning
-    from sklearn.exceptions import ConvergenceWarning
+def probe_trial(config: dict, data: dict) -> dict:
 
     # small-data MLP fits stop at max_iter by design, and constant one-hot columns make ridge
     # ill-conditioned; both are expected and would flood the driver's log
@@ -43,9 +44,6 @@ def _trial(config: dict, data: dict) -> dict:
     c = config["trial"]
     a: AssayArrays = data[c["assay"]]
     if c["setting"] == "transfer":
-        from analysis.fitness import spearman
-        from analysis.transfer import TransferTask, transfer_predict
-
         pred = transfer_predict(c["probe"], data, TransferTask(c["assay"], tuple(c["train_assays"]), c["split"]), c["seed"])
         # the held-out assay's labels are read here, after its predictions exist: to score them
         metric = spearman(a.y, pred)
@@ -54,8 +52,6 @@ def _trial(config: dict, data: dict) -> dict:
     paper = c.get("protocol", "glmscore") == "paper"
     given = given_folds(a.folds[c["split"]]) if c["setting"] == "supervised" and c["split"] in a.folds else None
     if paper:
-        from analysis.published_probes import paper_fewshot, paper_supervised
-
         if c["setting"] == "fewshot":
             res = paper_fewshot(a.X, a.y, int(c["split"]), repeats=c["repeats"])
         else:
@@ -77,8 +73,6 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
     assays included); an assay with distributed folds gets its fold columns as supervised splits."""
     grid = []
     if setting == "transfer":
-        from analysis.transfer import transfer_tasks
-
         for task in transfer_tasks({a: d.family for a, d in data.items()}, transfer_from, transfer_to):
             grid += [{"assay": task.test, "setting": setting, "probe": probe, "split": task.split, "seed": seed,
                       "train_assays": list(task.train)} for probe in probes]
@@ -90,8 +84,6 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
         elif a.folds:
             splits = list(a.folds)
         elif protocol == "paper":
-            from analysis.published_probes import PAPER_SCHEMES
-
             splits = [s for s in schemes if s in PAPER_SCHEMES]
         else:
             splits = [s for s in schemes if s == "random" or not multi]
@@ -101,26 +93,3 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
                              "repeats": repeats, "params": (fixed_params or {}).get(probe, {}),
                              **({"protocol": protocol} if protocol != "glmscore" else {})})
     return grid
-
-
-def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
-              cpus_per_trial: float = 1.0, callbacks: list | None = None) -> pd.DataFrame:
-    from ray import tune
-
-    trainable = tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": cpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(grid)},
-        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
-                                  callbacks=callbacks or []),
-    )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise errors[0]
-    rows = [r.metrics for r in results]
-    keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
-        ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (
-        ["train_assays"] if any("train_assays" in r for r in rows) else [])
-    return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],
-                                                                                 key=lambda s: s.astype(str))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from analysis.nullsette import paired_differences
 
@@ -161,8 +162,6 @@ def write_table_report(title: str, tables: dict[str, pd.DataFrame], plots: list[
 
 def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: str) -> Path | None:
     """ROC curves, one per method: ``{label: (y, score)}`` (higher score = more likely positive)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     curves = {k: v for k, v in curves.items() if 0 < np.sum(v[0]) < len(v[0])}
     if not curves:
         return None

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut
 
+from analysis.probes import GRIDS, make_probe
 from models.errors import GlmscoreError
 
 
@@ -74,9 +76,7 @@ def transfer_predict(probe: str, data: dict, task: TransferTask, seed: int = 0) 
     """Fit a fresh probe on the training assays' pooled embeddings (labels rank-normalised per assay)
     and predict the held-out assay. Reads ``data[a].y`` for the training assays only; hyper-parameters
     are chosen by leave-one-assay-out CV over the training assays when there are three or more."""
-    from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut
 
-    from analysis.probes import GRIDS, make_probe
 
     widths = {a: data[a].X.shape[1] for a in (*task.train, task.test)}
     if len(set(widths.values())) > 1:

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from models.base import Encoded
 from models.errors import GlmscoreError
 
 Alphabet = Literal["DNA", "RNA"]
@@ -56,8 +57,6 @@ class BaseEncoder:
     base (``real`` = not N). Has no context limit."""
 
     def encode(self, seqs, row_names=None) -> list:
-        from models.base import Encoded
-
         out = []
         for s in seqs:
             norm, n_amb = normalise(s, "DNA")

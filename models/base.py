@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from models.cards import ModelCard
+from models.cards import ModelCard, registry
 from models.errors import GlmscoreError
 from models.options import NoOptions, Options, option
 from models.registry import Registry
@@ -47,7 +48,6 @@ class Encoded:
 @dataclass
 class LoglikResult:
     """Per-sequence log-likelihoods: the sum over scored tokens and their count."""
-
     loglik_sum: np.ndarray  # float64
     n_scored: np.ndarray  # int32
     per_position: list[np.ndarray] | None = None
@@ -98,9 +98,15 @@ class Encoder(Protocol):
 
 
 @dataclass(frozen=True)
+class ActorResources:
+    """Ray remote arguments of one model actor and the GPUs it holds with them."""
+    remote_args: dict
+    gpus: float
+
+
+@dataclass(frozen=True)
 class LMOptions(Options):
     """Language models (transformers and vLLM backends)"""
-
     dtype: str | None = option(None, choices=DTYPES, help="model dtype (default: the card's; auto = bf16 on GPU, fp32 on CPU)")
     long: str = option("error", choices=LONG_MODES, help="sequences longer than the context: error (naming the rows), truncate, or window (causal models: rolling windows)")
     batch_tokens: int | None = option(None, minimum=1, affects_result=False,
@@ -109,7 +115,6 @@ class LMOptions(Options):
 
 class Backend(ABC):
     """A way to run a model. Subclasses are registered with ``@register_backend(name)``."""
-
     name: ClassVar[str] = ""
     Options: ClassVar[type[Options]] = NoOptions
     scores: ClassVar[bool] = True  # gives log-likelihoods (``glmscore score``)
@@ -153,9 +158,11 @@ class Backend(ABC):
         return None, None
 
     @classmethod
-    def actor_resources(cls, card: ModelCard, options: Options) -> dict | None:
-        """Ray remote arguments replacing the default one-GPU-per-actor request (e.g. a placement group)."""
-        return None
+    def actor_resources(cls, card: ModelCard, options: Options, gpus_per_actor: float) -> ActorResources:
+        """What one actor asks Ray for, given the GPUs per actor the job decided: by default those GPUs;
+        a backend that places its actors otherwise (vLLM's tensor-parallel placement group) says so here,
+        and how many GPUs an actor then holds (a sweep reserves that many per actor)."""
+        return ActorResources({"num_gpus": gpus_per_actor}, gpus_per_actor)
 
     @classmethod
     def reference_file(cls, card: ModelCard) -> str | None:
@@ -196,6 +203,37 @@ class Backend(ABC):
 
     def loglik_sequences(self, seqs: Sequence[str]) -> LoglikResult:
         return self.loglik(self.encode(seqs))
+
+
+def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bool | None = None) -> ModelCard:
+    """Turn a model name from the command line into a card.
+
+    A card id from ``cards.yaml`` first; otherwise each registered backend may claim the name
+    (``kmer:5``, ``onehot``, a local ``save_pretrained`` directory or a hub id whose architecture it
+    runs). ``backend`` overrides the card's backend (e.g. ``vllm``); a card whose backend is not
+    installed falls back to its ``fallback_backend``. ``trust_remote_code`` can only be turned on here
+    by an explicit flag, never by a default.
+    """
+    if spec in registry():
+        card = registry()[spec]
+    else:
+        card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
+        if card is None:
+            known = ", ".join(sorted(registry()))
+            what = "local directory whose architecture" if Path(spec).is_dir() else "name that"
+            raise GlmscoreError(
+                f"unknown model {spec!r}: give a card id ({known}), a local save_pretrained directory, a hub id, "
+                f"or a {what} a backend ({', '.join(BACKENDS.names())}) runs."
+            )
+    if backend:
+        cls = BACKENDS.get(backend)
+        cls.check_card(card)
+        card = card.with_(backend=cls.name)
+    elif not BACKENDS.get(card.backend).available() and card.fallback_backend:
+        card = card.with_(backend=card.fallback_backend)
+    if trust_remote_code is not None:
+        card = card.with_(trust_remote_code=trust_remote_code)
+    return card
 
 
 def token_budget_batches(lengths: Sequence[int], budget: int) -> list[np.ndarray]:

@@ -12,11 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 import yaml
-
-from models.errors import GlmscoreError
 
 
 @dataclass(frozen=True)
@@ -67,36 +64,3 @@ def registry() -> dict[str, ModelCard]:
         fields["protocols"] = tuple(fields.get("protocols") or ("glmscore",))
         cards[card_id] = ModelCard(id=card_id, **fields)
     return cards
-
-
-def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bool | None = None) -> ModelCard:
-    """Turn a model name from the command line into a card.
-
-    A card id from ``cards.yaml`` first; otherwise each registered backend may claim the name
-    (``kmer:5``, ``onehot``, a local ``save_pretrained`` directory or a hub id whose architecture it
-    runs). ``backend`` overrides the card's backend (e.g. ``vllm``); a card whose backend is not
-    installed falls back to its ``fallback_backend``. ``trust_remote_code`` can only be turned on here
-    by an explicit flag, never by a default.
-    """
-    from models.base import BACKENDS
-
-    if spec in registry():
-        card = registry()[spec]
-    else:
-        card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
-        if card is None:
-            known = ", ".join(sorted(registry()))
-            what = "local directory whose architecture" if Path(spec).is_dir() else "name that"
-            raise GlmscoreError(
-                f"unknown model {spec!r}: give a card id ({known}), a local save_pretrained directory, a hub id, "
-                f"or a {what} a backend ({', '.join(BACKENDS.names())}) runs."
-            )
-    if backend:
-        cls = BACKENDS.get(backend)
-        cls.check_card(card)
-        card = card.with_(backend=cls.name)
-    elif not BACKENDS.get(card.backend).available() and card.fallback_backend:
-        card = card.with_(backend=card.fallback_backend)
-    if trust_remote_code is not None:
-        card = card.with_(trust_remote_code=trust_remote_code)
-    return card

@@ -51,7 +51,6 @@ def one_hot(codes: np.ndarray) -> torch.Tensor:
 
 class ConvBlock(nn.Module):
     """Spatial conv -> GELU -> pointwise conv -> GELU -> max-pool 2."""
-
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
         self.spatial = nn.Conv1d(in_channels, out_channels, kernel_size=kernel_size, padding="same")
@@ -65,7 +64,6 @@ class ConvBlock(nn.Module):
 
 class VariantCNN(nn.Module):
     """Siamese one-hot CNN over (ref, alt) windows plus a tissue one-hot -> one logit per example."""
-
     def __init__(
         self,
         n_tissues: int,
@@ -121,7 +119,6 @@ class VariantCNN(nn.Module):
 @dataclass(frozen=True)
 class CNNTrainConfig:
     """Architecture and training settings of :func:`train_cnn` (defaults: the paper's architecture)."""
-
     filters: tuple[int, ...] = (192, 384, 576, 768)
     kernels: tuple[int, ...] = (7, 3, 3, 5)
     hidden: tuple[int, ...] = (256, 64)

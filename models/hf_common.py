@@ -8,18 +8,18 @@ cheap, and baseline actors never load torch.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
-from dataclasses import dataclass
-
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.options import option
+from models.pooling import pool
 from models.tokenization import PROTOCOLS, TokenPolicy, check_hub, check_protocol, load_tokenizer, token_policy
 
 # Measured (tests/bench/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
@@ -114,7 +114,6 @@ def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
 @dataclass(frozen=True)
 class HFOptions(LMOptions):
     """Language models (transformers backends)"""
-
     protocol: str = option("glmscore", choices=PROTOCOLS,
                            help="glmscore: score real nucleotide tokens (default); paper: the published Nullsette "
                                 "scripts' tokenization and averaging, fp32 (cards say which support it)")
@@ -130,7 +129,6 @@ class HFOptions(LMOptions):
 
 class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""
-
     auto_class: ClassVar[str] = ""
     Options = HFOptions
     embeds = True
@@ -227,7 +225,6 @@ class HFBackend(Backend):
 
     def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
         """Pooled hidden states of ``layer`` (default: last), float32 (rows x dim)."""
-        from models.pooling import pool
 
         k = max(1, self.card.kmer)
         if pooling.kind == "window" and getattr(self.tokenizer, "is_fast", False) and self.card.kmer == 0:

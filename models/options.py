@@ -95,7 +95,6 @@ def flag_for(name: str) -> str:
 
 class Options:
     """Base of option dataclasses: validated on construction; built from a dict of set values."""
-
     def __post_init__(self):
         validate(self)
 
@@ -123,3 +122,24 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class NoOptions(Options):
     """For things that have no options."""
+
+# Options many commands share, declared once: each command's options class makes its field with these.
+ADDRESS_HELP = ("Ray address (default: RAY_ADDRESS, as set by `ray job submit`, else a new local cluster; "
+                "`auto` joins the running one)")
+
+
+def address_option():
+    return option(None, affects_result=False, help=ADDRESS_HELP)
+
+
+def out_option(what: str = "output folder"):
+    return option(MISSING, affects_result=False, help=what)
+
+
+def seed_option(what: str = "seed of splits and fits"):
+    return option(0, help=what)
+
+
+def test_chroms_option():
+    """The causal-variant test chromosomes (chr9 + chr10, the benchmark's split)."""
+    return option(["chr9", "chr10"], parse=comma_list, help="test chromosomes (comma-separated)")

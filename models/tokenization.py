@@ -38,6 +38,7 @@ from typing import Sequence
 from urllib.parse import urlparse
 
 import numpy as np
+from huggingface_hub import try_to_load_from_cache
 
 from models.alphabet import normalise
 from models.base import LONG_MODES, Encoded
@@ -59,7 +60,6 @@ def check_hub(hf_id: str, revision: str | None) -> None:
     at once instead of letting huggingface_hub retry for a minute."""
     if Path(hf_id).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
         return
-    from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(hf_id, "config.json", revision=revision), str):
         return
@@ -103,7 +103,6 @@ def check_protocol(card: ModelCard, protocol: str) -> None:
 
 class TokenPolicy:
     """Encodes sequences for one card (see the module docstring for the rules)."""
-
     def __init__(self, card: ModelCard, tokenizer, max_context: int | None, long: str = "error",
                  protocol: str = "glmscore"):
         if long not in LONG_MODES:

@@ -4,7 +4,7 @@ A benchmark turns a data folder into *units* (chunks of rows that become one Par
 a unit's rows in a Ray task, says which extra columns its shards carry, gives the reference sequences
 a baseline may be fitted on, declares its own CLI options, and analyses finished score folders. The
 score job (``pipelines/score.py``) knows nothing else about it. To add a benchmark, write one module in
-``pipelines/benchmarks/`` (see docs/architecture.md).
+``pipelines/benchmarks/<name>/`` (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from analysis.combined import generic_tables
 from models.errors import GlmscoreError
 from models.options import NoOptions, Options
 from models.registry import Registry
@@ -48,6 +50,23 @@ def locator(**fields_) -> str:
     return json.dumps(fields_, sort_keys=True)
 
 
+class Command(NamedTuple):
+    """A sub-command of a benchmark, ``glmscore <benchmark> <name>``: its options class, the function that
+    runs it and returns what to print, one line of help, and optionally the words of a shorter name the CLI
+    also gives it (``("probe",)`` -> ``glmscore probe``; commands of several benchmarks may share one:
+    the first whose options accept the given values runs)."""
+
+    options: type[Options]
+    run: Callable[[Any], str]
+    help: str
+    alias: tuple[str, ...] = ()
+
+
+def result_text(result: dict) -> str:
+    """What a learner command prints: its summary table and where its report is."""
+    return f"{result['summary'].to_string(index=False)}\nreport: {result['report']}"
+
+
 @dataclass
 class Rows:
     """One unit's rows. ``seq_ids`` are unique within the benchmark; ``names`` are what an error
@@ -62,7 +81,6 @@ class Rows:
 
 class Benchmark(ABC):
     """A benchmark family. Subclasses are registered with ``@register_benchmark(name)``."""
-
     name: ClassVar[str] = ""
     data_help: ClassVar[str] = "benchmark data folder"
     scores_help: ClassVar[str] = "one or more score folders (one per model)"  # what `analyze --scores` reads
@@ -101,7 +119,18 @@ class Benchmark(ABC):
         raise GlmscoreError(f"benchmark {cls.name} has no analysis.")
 
     @classmethod
-    def commands(cls) -> dict[str, tuple[type[Options], Callable[[Any], str], str]]:
-        """Extra sub-commands, ``glmscore <name> <command>``: (options class, a function that runs it
-        and returns what to print, one line of help)."""
+    def commands(cls) -> dict[str, Command]:
+        """Extra sub-commands, ``glmscore <name> <command>`` (data tools, probes, fine-tuning, baselines)."""
         return {}
+
+    @classmethod
+    def combined_tables(cls, parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, Any, list[Path]]]:
+        """This benchmark's sections of a sweep's combined report, from its ``analyze`` results (``parts``,
+        see ``analysis/combined.py``): (title, table, files) each, models in ``order``. The default sets the
+        analysis tables side by side."""
+        return generic_tables(parts, order, out, bid)
+
+    @classmethod
+    def demo(cls, out: Path, cassettes: int) -> None:
+        """``glmscore demo --benchmark <name>``: this benchmark's whole chain on embedded synthetic data."""
+        raise GlmscoreError(f"benchmark {cls.name} has no demo.")

@@ -19,9 +19,16 @@ import tempfile
 from dataclasses import MISSING
 from pathlib import Path
 
+from models.base import BACKENDS
+from models.cards import registry
 from models.errors import GlmscoreError
 from models.options import base_type, choices_of, flag_of, option_fields
+from pipelines import store
+from pipelines.benchmark import BENCHMARKS, Command
 from pipelines.console import Terminated, handle_sigterm
+from pipelines.demo import DemoOptions, run_demo
+from pipelines.score import ScoreConfig, run_score
+from pipelines.sweep import main_sweep
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -75,10 +82,6 @@ def given(args, names) -> dict:
 
 
 def _score_parser(sub, command: str, help_: str) -> None:
-    from models.base import BACKENDS
-    from pipelines.benchmark import BENCHMARKS
-    from pipelines.score import ScoreConfig
-
     p = sub.add_parser(command, help=help_)
     job = add_options(p, ScoreConfig, command=command)
     data = next(a for a in p._actions if a.dest == "data")
@@ -104,24 +107,55 @@ def _score_parser(sub, command: str, help_: str) -> None:
     p.set_defaults(job_fields=job, backend_fields=backend_names, benchmark_fields=bench_names)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipelines.benchmark import BENCHMARKS
-    from pipelines.demo import DemoOptions
-    from pipelines.benchmarks.nabench.probe import ProbeConfig
+def benchmark_commands() -> dict[tuple[str, ...], list[tuple[str, Command]]]:
+    """Every benchmark command by the words that name it: ``(benchmark, command)``, and its alias
+    (``("probe",)``, ``("baseline", "cnn")``), which several benchmarks' commands may share; each entry
+    with its full name (``glmscore nabench probe``)."""
+    table: dict[tuple[str, ...], list[tuple[str, Command]]] = {}
+    for cls in BENCHMARKS.classes():
+        for name, command in cls.commands().items():
+            command = command if isinstance(command, Command) else Command(*command)
+            entry = (f"glmscore {cls.name} {name}", command)
+            table.setdefault((cls.name, name), []).append(entry)
+            if command.alias:
+                table.setdefault(tuple(command.alias), []).append(entry)
+    return table
 
+
+def _command_parser(sub_of: dict, parent_sub, words: tuple[str, ...], entries: list[tuple[str, Command]]) -> None:
+    """``glmscore w1 w2 ...``: the sub-parsers along ``words`` (made once, shared by commands that start
+    alike), the last one with the flags of every command named so (the union, each flag once)."""
+    sub = parent_sub
+    for depth, word in enumerate(words[:-1]):
+        key = words[: depth + 1]
+        if key not in sub_of:
+            owner = sub.add_parser(word, help=f"{' '.join(key)} commands")
+            sub_of[key] = owner.add_subparsers(dest=f"word{depth + 1}", required=True)
+        sub = sub_of[key]
+    commands = [command for _, command in entries]
+    c = sub.add_parser(words[-1], help=" / ".join(dict.fromkeys(cmd.help for cmd in commands)))
+    names: list[str] = []
+    for command in commands:
+        names += add_options(c, command.options, skip=set(names))
+    if len(commands) > 1:  # a shared name: a flag takes what any of its commands takes; _pick decides
+        for action in c._actions:
+            owners = [f for cmd in commands for f in option_fields(cmd.options) if f.name == action.dest]
+            if not owners:
+                continue
+            if len(owners) < len(commands):
+                action.required = False
+            if action.choices is not None:
+                merged = [choices_of(f) for f in owners]
+                action.choices = None if not all(merged) else list(dict.fromkeys(x for m in merged for x in m))
+    c.set_defaults(fields=names, commands=entries)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's logs on the console (default: a log file)")
     sub = parser.add_subparsers(dest="command", required=True)
     _score_parser(sub, "score", "score a benchmark with a model on Ray")
     _score_parser(sub, "embed", "embed a benchmark's sequences on Ray (Parquet shards with an embedding column)")
-
-    pr = sub.add_parser("probe", help="few-shot or supervised probe sweep on embeddings (Ray Tune)")
-    pr.set_defaults(fields=add_options(pr, ProbeConfig))
-
-    from pipelines.benchmarks.nabench.finetune import FinetuneConfig
-
-    ft = sub.add_parser("finetune", help="fine-tune a whole model on NABench assays (Ray Train, Ray Tune for sweeps)")
-    ft.set_defaults(fields=add_options(ft, FinetuneConfig))
 
     an = sub.add_parser("analyze", help="statistics, tables, plots and report from score folders")
     an_sub = an.add_subparsers(dest="benchmark", required=True)
@@ -131,22 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--out", required=True, help="report folder")
         a.set_defaults(fields=add_options(a, cls.AnalyzeOptions, skip={"scores", "out"}))
 
-    for cls in BENCHMARKS.classes():
-        commands = cls.commands()
-        if commands:
-            b = sub.add_parser(cls.name, help=f"{cls.name} data tools")
-            b_sub = b.add_subparsers(dest="action", required=True)
-            for name, (options_cls, _, help_) in commands.items():
-                c = b_sub.add_parser(name, help=help_)
-                c.set_defaults(fields=add_options(c, options_cls))
-
-    from pipelines.benchmarks.variants.learning import BASELINES
-
-    bl = sub.add_parser("baseline", help="train a baseline model of a benchmark (Ray Tune)")
-    bl_sub = bl.add_subparsers(dest="baseline", required=True)
-    for name, (options_cls, _, help_) in BASELINES.items():
-        c = bl_sub.add_parser(name, help=help_)
-        c.set_defaults(fields=add_options(c, options_cls))
+    # each benchmark's commands (``glmscore nabench probe``), then their aliases (``glmscore probe``)
+    sub_of: dict = {}
+    table = benchmark_commands()
+    for words, commands in sorted(table.items(), key=lambda kv: (len(kv[0]) == 1, kv[0])):
+        _command_parser(sub_of, sub, words, commands)
 
     sw = sub.add_parser("sweep", help="score models x benchmarks from a YAML file in one Ray job, then one combined report")
     sw.add_argument("file", help="sweep file (README: Sweeps)")
@@ -158,9 +181,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def score_config_from_args(args):
-    from pipelines.score import ScoreConfig
+def _pick(entries: list[tuple[str, Command]], values: dict) -> tuple[Command, object]:
+    """The command (and its options) that takes ``values`` among those sharing a name (``glmscore probe``):
+    the first whose options declare every given flag and accept their values. Otherwise one sentence:
+    preferably of the command the values fit but for flags it does not have, else of one that has every
+    flag but refuses a value, else of the first."""
+    errors: list[tuple[int, GlmscoreError]] = []
+    for full_name, command in entries:
+        declared = {f.name for f in option_fields(command.options)}
+        unknown = [n for n in values if n not in declared]
+        missing = [flag_of(f) for f in option_fields(command.options) if f.name not in values
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            errors.append((2 if unknown else 1, GlmscoreError(f"`{full_name}` needs {', '.join(missing)}.")))
+            continue
+        try:
+            options = command.options(**{k: v for k, v in values.items() if k in declared})
+        except GlmscoreError as exc:
+            errors.append((2 if unknown else 1, exc))
+            continue
+        if not unknown:
+            return command, options
+        flags = ", ".join("--" + n.replace("_", "-") for n in unknown)
+        errors.append((0, GlmscoreError(f"{flags} {'does' if len(unknown) == 1 else 'do'} not apply to `{full_name}`.")))
+    raise min(errors, key=lambda e: e[0])[1]
 
+
+def score_config_from_args(args):
     return ScoreConfig(task=args.command, options=given(args, args.backend_fields),
                        benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
@@ -197,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
 def _analyze_to(cls, args) -> dict:
     """``analyze``, its report written to a local folder or, for an object-store ``--out``, written locally
     and then uploaded (plots and tables are written by libraries that need a local file)."""
-    from pipelines import store
 
     options = cls.AnalyzeOptions(**given(args, args.fields))
     if not store.is_uri(args.out):
@@ -211,7 +257,6 @@ def _analyze_to(cls, args) -> dict:
 def _local_only(args) -> None:
     """Commands whose outputs are written by local-file libraries take local folders only (an s3:// path
     given to them would otherwise become a local folder named ``s3:``)."""
-    from pipelines import store
 
     if args.command not in ("score", "embed", "analyze", "sweep"):
         for name in ("out", "embeddings", "data"):
@@ -222,14 +267,9 @@ def _local_only(args) -> None:
 
 
 def _dispatch(args) -> int:
-    from pipelines.benchmark import BENCHMARKS
-
     _local_only(args)
 
     if args.command == "models":
-        from models.base import BACKENDS
-        from models.cards import registry
-
         for card in registry().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
             print(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
@@ -241,25 +281,9 @@ def _dispatch(args) -> int:
             print(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
         return 0
     if args.command in ("score", "embed"):
-        from pipelines.score import run_score
-
         manifest = run_score(score_config_from_args(args))
         print(f"{'scored' if args.command == 'score' else 'embedded'} {manifest['rows_total']} rows into {args.out} "
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
-        return 0
-    if args.command == "probe":
-        from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
-
-        result = run_probes(ProbeConfig(**given(args, args.fields)))
-        print(result["summary"].to_string(index=False))
-        print(f"report: {result['report']}")
-        return 0
-    if args.command == "finetune":
-        from pipelines.benchmarks.nabench.finetune import FinetuneConfig, run_finetune
-
-        result = run_finetune(FinetuneConfig(**given(args, args.fields)))
-        print(result["summary"].to_string(index=False))
-        print(f"report: {result['report']}")
         return 0
     if args.command == "analyze":
         cls = BENCHMARKS.get(args.benchmark)
@@ -267,26 +291,13 @@ def _dispatch(args) -> int:
         print(result["table"].to_string(index=False))
         print(f"report: {result['report']}")
         return 0
-    if args.command == "baseline":
-        from pipelines.benchmarks.variants.learning import BASELINES
-
-        options_cls, run, _ = BASELINES[args.baseline]
-        result = run(options_cls(**given(args, args.fields)))
-        print(result["summary"].to_string(index=False))
-        print(f"report: {result['report']}")
-        return 0
     if args.command == "sweep":
-        from pipelines.sweep import main_sweep
-
         return main_sweep(args.file, check=args.check)
     if args.command == "demo":
-        from pipelines.demo import DemoOptions, run_demo
-
         run_demo(DemoOptions(**given(args, args.fields)))
         return 0
-    cls = BENCHMARKS.get(args.command)
-    options_cls, run, _ = cls.commands()[args.action]
-    print(run(options_cls(**given(args, args.fields))))
+    command, options = _pick(args.commands, given(args, args.fields))  # a benchmark's command or its alias
+    print(command.run(options))
     return 0
 
 

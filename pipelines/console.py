@@ -22,7 +22,6 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve",
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``ray job stop``, a scheduler, ``kill``), handled like Ctrl-C."""
 
-
 def _terminate(signum, frame):
     raise Terminated()
 

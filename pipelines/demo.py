@@ -1,132 +1,29 @@
-"""``glmscore demo``: the whole Nullsette chain on an embedded synthetic benchmark (``--benchmark variants``:
-the causal-variant chain on the synthetic labelled set, see ``run_variants_demo``).
+"""``glmscore demo``: a benchmark's whole chain on embedded synthetic data, no download and no GPU.
 
-No download and no GPU: the benchmark is generated from a seeded grammar of prokaryotic expression
-cassettes (sigma70-like promoter with -35 TTGACA / -10 TATAAT boxes, Shine-Dalgarno RBS, ATG, a
-random stop-free CDS, TAA, a rho-independent terminator hairpin followed by a poly-T tail), written as
-component tables with the real benchmark's 19 prokaryotic translocation orders, built into the
-released layout, scored on local Ray by two order-k Markov baselines (crossfit on the nonmutants) and
-analysed. The scores test the machinery, not a gLM: the baselines detect translocations from the
-unusual junctions they create.
+Each benchmark package brings its own demo (``Benchmark.demo``): Nullsette's (the default) builds a
+synthetic cassette benchmark and scores it with two k-mer baselines; the causal-variant one trains probes
+and the one-hot CNN on a synthetic labelled set.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from models.options import Options, option
+from pipelines.benchmark import BENCHMARKS
 
 DEMO_CASSETTES = 300  # ~1 minute on 2 cores, enough pairs for the permutation tests to separate
-DEMO_MODELS = ("kmer:3", "kmer:6")
 
 
 @dataclass(frozen=True)
 class DemoOptions(Options):
     out: str = option("demo_out", help="output folder")
     cassettes: int = option(DEMO_CASSETTES, minimum=2, help="synthetic cassettes to generate (nullsette)")
-    benchmark: str = option("nullsette", choices=("nullsette", "variants"),
+    benchmark: str = option("nullsette", choices=lambda: BENCHMARKS.names(),
                             help="nullsette (default), or variants: the causal-variant chain on the synthetic labelled set")
-
-COMPONENTS = ["promoter", "rbs", "start_codon", "cds", "stop_codon", "terminator"]
-# The Nullsette benchmark's prokaryotic translocation orders (mutant type k = entry k-1).
-PROKARYOTIC_MUTANTS = [
-    "cds promoter rbs start_codon stop_codon terminator", "promoter cds rbs start_codon stop_codon terminator",
-    "promoter rbs cds start_codon stop_codon terminator", "promoter rbs cds stop_codon start_codon terminator",
-    "promoter rbs cds stop_codon terminator start_codon", "promoter rbs start_codon stop_codon cds terminator",
-    "promoter rbs start_codon stop_codon terminator cds", "promoter rbs start_codon terminator cds stop_codon",
-    "promoter rbs terminator start_codon cds stop_codon", "promoter start_codon cds rbs stop_codon terminator",
-    "promoter start_codon cds stop_codon rbs terminator", "promoter start_codon cds stop_codon terminator rbs",
-    "promoter start_codon rbs cds stop_codon terminator", "promoter terminator rbs start_codon cds stop_codon",
-    "rbs promoter start_codon cds stop_codon terminator", "rbs start_codon cds promoter stop_codon terminator",
-    "rbs start_codon cds stop_codon promoter terminator", "rbs start_codon promoter cds stop_codon terminator",
-    "start_codon promoter rbs cds stop_codon terminator",
-]
-_STOPS = {"TAA", "TAG", "TGA"}
-_COMP = str.maketrans("ACGT", "TGCA")
-
-
-def _rand(rng, n, gc=0.5):
-    p = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
-    return "".join(rng.choice(list("ACGT"), size=n, p=p))
-
-
-def synthetic_cassettes(n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
-    rows = []
-    for i in range(n):
-        promoter = _rand(rng, 8, 0.35) + "TTGACA" + _rand(rng, 17, 0.4) + "TATAAT" + _rand(rng, 7, 0.4)
-        rbs = _rand(rng, 6, 0.3) + "AGGAGG" + _rand(rng, 7, 0.3)
-        cds = "".join(rng.choice(codons, size=int(rng.integers(60, 110))))
-        stem = _rand(rng, 9, 0.8)
-        terminator = _rand(rng, 6, 0.4) + stem + "GAAA" + stem[::-1].translate(_COMP) + "TTTTTTTT" + _rand(rng, 6, 0.4)
-        rows.append({"cassette_id": f"syn{i:05d}", "expression": f"{rng.lognormal(6, 1):.2f}", "promoter": promoter,
-                     "rbs": rbs, "start_codon": "ATG", "cds": cds, "stop_codon": "TAA", "terminator": terminator})
-    return rows
-
-
-def write_spec(folder: Path, n: int, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = {"prokaryotic": {"nonmutant": COMPONENTS, "mutants": [m.split() for m in PROKARYOTIC_MUTANTS]}}
-    (folder / "translocations.json").write_text(json.dumps(spec, indent=1))
-    header = ["cassette_id", "expression"] + COMPONENTS
-    lines = ["\t".join(header)] + ["\t".join(r[h] for h in header) for r in synthetic_cassettes(n, seed)]
-    (folder / "synthetic_ecoli.tsv").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-def run_variants_demo(out: Path) -> None:
-    """Synthetic genome + labelled variants (planted TSS element) -> 64 bp variant windows and 512 bp TSS
-    windows -> one-hot TSS embeddings (Ray Data) -> probes and the one-hot CNN on chromosome folds (Ray
-    Tune; test = chr9 + chr10) -> report. The CNN is the paper's architecture with fewer filters (16, 32,
-    32, 48) so that it trains in a minute on 2 cores; the default command trains the full one."""
-    from pipelines.benchmarks.variants.benchmark import BuildOptions, Variants, build_windows
-    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
-    from pipelines.score import ScoreConfig, run_score
-    from pipelines.benchmarks.variants.synthetic import make_synthetic
-    from pipelines.benchmarks.variants.learning import CNNOptions, run_cnn
-
-    src = make_synthetic(out / "synthetic")
-    print(f"[1/4] synthetic set: {src['n_variants']} variants, {src['n_rows']} variant x tissue rows in {out / 'synthetic'}")
-    for view, window in (("variant", 64), ("gene", 512)):
-        build_windows(BuildOptions(genome=src["genome"], variants=src["variants"], annotation=src["tss"], view=view,
-                                   window=window, orient="gene", out=str(out / f"windows_{view}")))
-    run_score(ScoreConfig(task="embed", benchmark="variants", data=str(out / "windows_gene"), model="onehot",
-                          pooling="tss", out=str(out / "emb_onehot"), overwrite=True))
-    print(f"[2/4] built windows and embedded the 384 bp around each TSS into {out / 'emb_onehot'}")
-    run_probes(ProbeConfig(embeddings=str(out / "emb_onehot"), setting="variants", out=str(out / "probes")))
-    run_cnn(CNNOptions(data=str(out / "windows_variant"), out=str(out / "cnn"), filters=[16, 32, 32, 48], hidden=[32, 16],
-                       lr=3e-3, patience=10))
-    print(f"[3/4] probes and CNN trained on chromosome folds: {out / 'probes'}, {out / 'cnn'}")
-    result = Variants.analyze([], str(out / "report"), Variants.AnalyzeOptions(probes=[str(out / "probes")],
-                                                                               cnn=[str(out / "cnn")]))
-    print("[4/4] test AUROC (chr9, chr10):")
-    print(result["table"].to_string(index=False))
-    print(f"report: {result['report']}")
 
 
 def run_demo(options: DemoOptions = DemoOptions()) -> None:
-    if options.benchmark == "variants":
-        return run_variants_demo(Path(options.out))
-    from pipelines.benchmarks.nullsette.benchmark import Nullsette, build
-    from pipelines.score import ScoreConfig, run_score
-
-    out = Path(options.out)
-    spec = write_spec(out / "spec", options.cassettes)
-    data = out / "processed_data"
-    print(f"[1/3] built {build(spec, data)} in {data}")
-    score_dirs = []
-    for model in DEMO_MODELS:
-        target = out / "scores" / model.replace(":", "")
-        manifest = run_score(ScoreConfig(benchmark="nullsette", data=str(data), model=model, out=str(target),
-                                         overwrite=True))
-        print(f"[2/3] {model}: {manifest['rows_total']} rows scored into {target}")
-        score_dirs.append(str(target))
-    result = Nullsette.analyze(score_dirs, str(out / "report"), Nullsette.AnalyzeOptions())
-    print("[3/3] success rates:")
-    print(result["table"].to_string(index=False))
-    print(f"report: {result['report']}")
+    """The chosen benchmark's demo (``Benchmark.demo``), into ``options.out``."""
+    BENCHMARKS.get(options.benchmark).demo(Path(options.out), options.cassettes)

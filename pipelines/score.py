@@ -1,7 +1,6 @@
 """The score job: benchmark units -> Ray Data -> model actor pool -> Parquet shards + manifest.
 
 Flow (each Ray Data row is one *unit*: a chunk of rows that becomes one shard)::
-
     from_items(pending units)
       -> prepare   (CPU tasks: the benchmark reads the unit, the backend's encoder tokenizes it and
                     enforces the token limit)
@@ -21,35 +20,44 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from functools import lru_cache, wraps
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy
 
-from models.base import BACKENDS, Backend, Context, Encoded, Runtime
-from models.cards import ModelCard, resolve_card
+from models.base import BACKENDS, Backend, Context, Encoded, Runtime, resolve_card
+from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option, option_fields
+from models.options import Options, address_option, comma_list, option, option_fields
+from models.pooling import Pooling
 from pipelines import shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
+from pipelines.console import Progress
+from pipelines.fasta import read_all
 from pipelines.provenance import content_digest, glmscore_version
+from pipelines.ray_session import (
+    ACTOR_CPUS,
+    PREPARE_CPUS,
+    WRITE_CPUS,
+    Pool,
+    check_fits,
+    ray_address,
+    size_pool,
+    start_ray,
+    warn_if_starved,
+    watch_cluster,
+)
 
 TASKS = ("score", "embed")
 REDUCTIONS = ("mean", "sum", "focus")
 DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
-EXIT_CLUSTER_LOST = 3
-# CPUs each stage reserves: an actor holds one (its torch threads use the cores it shares with the tasks);
-# prepare and write are light beside a forward pass, and fractions let them run next to an actor that
-# holds a node's only whole CPU (a restarted actor plus whole-CPU write tasks stalled writes for minutes)
-ACTOR_CPUS, PREPARE_CPUS, WRITE_CPUS = 1.0, 0.5, 0.1
-TASK_CPUS = PREPARE_CPUS + WRITE_CPUS
 
 
 @dataclass
@@ -76,7 +84,7 @@ class ScoreConfig(Options):
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
     trust_remote_code: bool | None = option(None, affects_result=False, help="allow code from the model repository (off unless the card says so)")
     overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
-    address: str | None = option(None, affects_result=False, help="Ray address (default: RAY_ADDRESS, as set by `ray job submit`, else a new local cluster)")
+    address: str | None = address_option()
     min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
     max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
     device: str = option("auto", choices=DEVICES, affects_result=False,
@@ -100,37 +108,33 @@ class ScoreConfig(Options):
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything the stages need, decided once on the driver."""
+    """Everything the stages need, decided once on the driver: what the job names, checked before Ray
+    starts (``resolve_job``: a user mistake fails in a second, not in an actor), then what the cluster
+    decides (``plan_job``: runtime, pool, fingerprint). The stages take the plan and nothing beside it."""
 
-    benchmark: Benchmark
-    backend: type[Backend]
-    card: ModelCard
-    options: Options
-    runtime: Runtime
-    fingerprint: str
-    provenance: dict
-    gpus_per_actor: float
-    actors: tuple[int, int]  # (min, max)
-    staged: tuple[str, str, str] | None = None  # --data in object storage: (URI, version, copy root) per node
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a job names, checked before Ray starts (a user mistake fails in a second, not in an actor)."""
-
+    cfg: ScoreConfig
     benchmark: Benchmark
     backend: type[Backend]
     card: ModelCard
     options: Options
     pooling: str  # the embed pooling in generic form (``Benchmark.resolve_pooling``)
-    staged: tuple[str, str, str] | None = None  # (URI, version, copy root) of --data in object storage
+    staged: tuple[str, str, str] | None = None  # --data in object storage: (URI, version, copy root) per node
+    runtime: Runtime | None = None
+    fingerprint: str = ""
+    provenance: dict = field(default_factory=dict)
+    pool: Pool | None = None
+    references: dict = field(default_factory=dict)  # per dataset: digest of a fitted backend's reference
+
+    @property
+    def task(self) -> str:
+        return self.cfg.task
 
 
 def _option_names(backend: type[Backend]) -> set[str]:
     return {f.name for f in option_fields(backend.Options)}
 
 
-def resolve_job(cfg: ScoreConfig) -> Resolved:
+def resolve_job(cfg: ScoreConfig) -> Plan:
     staged, data = None, cfg.data
     if store.is_uri(cfg.data):  # an object-store folder: read from a local copy on each node (store.stage)
         staged = (cfg.data.rstrip("/"), store.data_version(cfg.data), str(store.cache_root()))
@@ -158,18 +162,17 @@ def resolve_job(cfg: ScoreConfig) -> Resolved:
     backend.preflight(card, options, cfg.task, cfg.layer)
     pooling = benchmark.resolve_pooling(cfg.pooling) if cfg.task == "embed" else cfg.pooling
     if cfg.task == "embed":
-        from models.pooling import Pooling
-
         Pooling.parse(pooling)
-    return Resolved(benchmark, backend, card, options, pooling, staged)
+    return Plan(cfg, benchmark, backend, card, options, pooling, staged)
 
 
-def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) -> Plan:
+def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> Plan:
     """The backend's runtime on ``cluster`` (Ray's resource totals), the weights' identity and the
     fingerprint: everything that changes a score is in the fingerprint."""
     r = resolved or resolve_job(cfg)
     benchmark, backend, card, options = r.benchmark, r.backend, r.card, r.options
-    gpus, min_actors, max_actors, threads = _resources(cfg, backend, cluster, card)
+    pool = size_pool(cfg, backend, cluster, card)
+    gpus, threads = pool.gpus, pool.threads
     device = "cuda" if gpus and backend.can_use_gpu else "cpu"  # a CPU-only backend holding a GPU still runs on CPU
     if backend.needs_gpu and device == "cpu":
         raise GlmscoreError(f"backend {backend.name} needs a GPU; pass --gpus-per-actor or use a cluster with GPUs.")
@@ -189,7 +192,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Resolved | None = None) 
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
                        "weights": provenance["weights"], "glmscore": version["version"]}, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return Plan(benchmark, backend, card, options, runtime, fingerprint, provenance, gpus, (min_actors, max_actors), r.staged)
+    return replace(r, card=card, runtime=runtime, fingerprint=fingerprint, provenance=provenance, pool=pool)
 
 
 # ---------------------------------------------------------------- Ray Data stages (run in workers)
@@ -256,20 +259,17 @@ def _ragged(batch: pa.Table, name: str) -> list[np.ndarray]:
 
 class ScoreActor:
     """One backend per actor, loaded once; scores or embeds one unit per call."""
-
-    def __init__(self, plan: Plan, fitted=None, task: str = "score", reduction: str = "mean",
-                 pooling: str = "mean", layer: int = -1):
+    def __init__(self, plan: Plan, fitted=None):
         self.error = None
-        self.focus_column = plan.benchmark.focus_column if reduction == "focus" else None
+        cfg = plan.cfg
+        self.focus_column = plan.benchmark.focus_column if cfg.reduction == "focus" else None
         try:
             self.backend = plan.backend(plan.card, plan.options, plan.runtime, fitted)
         except GlmscoreError as exc:  # reported with the first unit, as data (see errors_as_rows)
             self.error = str(exc)
-        self.task, self.reduction, self.layer = task, reduction, layer
-        if task == "embed":
-            from models.pooling import Pooling
-
-            self.pooling = Pooling.parse(pooling)
+        self.task, self.reduction, self.layer = cfg.task, cfg.reduction, cfg.layer
+        if cfg.task == "embed":
+            self.pooling = Pooling.parse(plan.pooling)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return guarded(self._run, batch)
@@ -318,8 +318,7 @@ def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, p
 
 
 @errors_as_rows
-def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_columns: dict, fingerprint: str,
-               references: dict[str, str]) -> pa.Table:
+def write_unit(batch: pa.Table, plan: Plan, out: shards.OutputFolder) -> pa.Table:
     embedding = None
     if "embedding" in batch.column_names:
         rows_ = batch.column("embedding").combine_chunks().values  # this unit's fixed_size_list rows
@@ -329,53 +328,22 @@ def write_unit(batch: pa.Table, out: str, benchmark: str, model: str, extra_colu
         embedding = pa.ListArray.from_arrays(pa.array(np.arange(len(rows_) + 1, dtype=np.int32) * width), rows_.flatten())
         batch = batch.drop_columns(["embedding"])
     row = batch.to_pylist()[0]
-    table = unit_table(row, benchmark, model, extra_columns, embedding)
-    path = shards.shard_path(out, row["dataset"], row["group"], row["chunk"])
-    shards.write_shard(path, table, {"fingerprint": fingerprint, "crc": row["crc"], "rows": table.num_rows,
-                                     "reference": references.get(row["dataset"]), "resolved_revision": row["resolved_revision"]})
+    table = unit_table(row, plan.benchmark.name, plan.card.id, plan.benchmark.extra_columns, embedding)
+    out.write(Unit(**{f: row[f] for f in UNIT_FIELDS}), table,
+              {"fingerprint": plan.fingerprint, "crc": row["crc"], "rows": table.num_rows,
+               "reference": plan.references.get(row["dataset"]), "resolved_revision": row["resolved_revision"]})
     return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [table.num_rows],
                      "resolved_revision": [row["resolved_revision"]]})
 
 
+UNIT_FIELDS = tuple(f for f in Unit.__dataclass_fields__)
+
+
 # ---------------------------------------------------------------- driver
-
-def _resources(cfg: ScoreConfig, backend: type[Backend], cluster: dict,
-               card: ModelCard | None = None) -> tuple[float, int, int, int | None]:
-    """(gpus per actor, min actors, max actors, torch threads per actor) for this cluster. Actors share a
-    GPU only when the card says how much memory one needs and --gpu-memory-gb says it fits twice or more."""
-    gpus = cfg.gpus_per_actor
-    if cfg.device == "cpu":
-        if gpus:
-            raise GlmscoreError("--device cpu asks for no GPU; drop --gpus-per-actor.")
-        gpus = 0.0
-    elif cfg.device == "gpu" and not backend.can_use_gpu and not gpus:
-        raise GlmscoreError(f"backend {backend.name} runs on CPU only; drop --device gpu.")
-    elif gpus is None:
-        # "gpu" asks for GPU actors whatever the cluster has now: on an autoscaling cluster whose GPU
-        # workers are at zero, the pending actors are what make the autoscaler add GPU nodes
-        gpus = 1.0 if cfg.device == "gpu" or (backend.can_use_gpu and cluster.get("GPU", 0) >= 1) else 0.0
-    elif cfg.device == "gpu" and gpus == 0:
-        raise GlmscoreError("--device gpu needs --gpus-per-actor above 0.")
-    if cfg.gpus_per_actor is None and gpus and cfg.gpu_memory_gb and card is not None and card.gpu_memory_gb > 0:
-        fits = int(cfg.gpu_memory_gb // card.gpu_memory_gb)
-        if fits >= 2:
-            gpus = 1.0 / fits
-    max_actors = cfg.max_actors
-    if max_actors is None:
-        max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) / gpus + 1e-9) if gpus else 1)
-    threads = cfg.threads_per_actor
-    if threads is None and not gpus:
-        # An actor reserves 1 CPU so the prepare/write tasks can run beside it, but torch should use
-        # the cores it shares with them: those tasks are light next to a forward pass.
-        threads = max(1, int(cluster.get("CPU", 1)) // max_actors)
-    return gpus, cfg.min_actors, max_actors, threads
-
 
 def _references(plan: Plan, units: list[Unit]) -> dict[str | None, list[str]]:
     """What a fitted backend learns from: its own reference FASTA (key None), or the benchmark's
     reference sequences per dataset."""
-    from pipelines.fasta import read_all
-
     path = plan.backend.reference_file(plan.card)
     if path:
         return {None: read_all(Path(path))[1]}
@@ -395,194 +363,75 @@ def reference_digests(references: dict[str | None, list[str]], units: list[Unit]
     return {u.dataset: digests.get(u.dataset, digests.get(None)) for u in units}
 
 
-def check_fits(plan: Plan, cluster: dict) -> Plan:
-    """On a cluster that cannot add nodes (the local one this job started), an actor pool that can never
-    be placed is a user error, not a job that waits for ever; so is one that would hold every CPU, which
-    leaves none for the prepare and write tasks beside it (the job would hang without a word). Returns
-    the plan with the pool's largest size capped to what fits."""
-    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
-    if plan.gpus_per_actor > gpus:
-        raise GlmscoreError(f"each actor asks for {plan.gpus_per_actor:g} GPU(s) but this local cluster has {gpus:g}; "
-                            "drop --gpus-per-actor or pass --address of a cluster with GPUs.")
-    by_cpu = int((cpus - TASK_CPUS) / ACTOR_CPUS + 1e-9)
-    fit = min(by_cpu, int(gpus / plan.gpus_per_actor + 1e-9) if plan.gpus_per_actor else by_cpu)
-    if plan.actors[0] > fit:
-        raise GlmscoreError(f"--min-actors {plan.actors[0]} cannot start: this local cluster fits {max(fit, 0)} actor(s) "
-                            f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes {ACTOR_CPUS:g} CPU and {plan.gpus_per_actor:g} GPU, "
-                            f"and its prepare and write tasks {TASK_CPUS:g} CPU beside them).")
-    return replace(plan, actors=(plan.actors[0], min(plan.actors[1], fit)))
-
-
-def warn_if_starved(plan: Plan, cluster: dict) -> None:
-    """On a cluster this job joined, an autoscaler may still add nodes: a pool that leaves no CPU for the
-    tasks beside it is a warning, not an error."""
-    if cluster.get("CPU", 0) < plan.actors[0] * ACTOR_CPUS + TASK_CPUS:
-        print(f"glmscore: warning: the cluster has {cluster.get('CPU', 0):g} CPUs now; {plan.actors[0]} actor(s) and their "
-              f"prepare/write tasks need {plan.actors[0] * ACTOR_CPUS + TASK_CPUS:g}: the job waits until nodes are added.",
-              file=sys.stderr)
-
-
-def watch_cluster(every: float = 5.0, misses: int = 3):
-    """A daemon thread that, while the job runs, ends this process with one sentence when the Ray head
-    stops answering (``misses`` failed connections to its GCS, ``every`` seconds apart): without it a
-    driver blocked on a dead cluster waits for Ray's own minute-long reconnect timeout, then dies with
-    pages of C++ logs. Exit status 3: the cluster was lost, not the input. Returns an event to set when
-    the job is over (a cluster shut down afterwards is not a loss)."""
-    import socket
-    import threading
-
-    import ray
-
-    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
-    done = threading.Event()
-
-    def watch():
-        failed = 0
-        while not done.wait(every):
-            try:
-                socket.create_connection((host, int(port)), timeout=every).close()
-                failed = 0
-            except OSError:
-                failed += 1
-                if failed >= misses and not done.is_set():
-                    print(f"glmscore: error: lost the Ray cluster (its head at {host}:{port} stopped answering); "
-                          "finished shards are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
-                    os._exit(EXIT_CLUSTER_LOST)
-
-    threading.Thread(target=watch, name="glmscore-cluster-watch", daemon=True).start()
-    return done
-
-
-def ray_address(address: str | None) -> str:
-    """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
-    submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
-    started with ``ray start`` on this machine (what ``ray.init()`` without an address would join)."""
-    return address or os.environ.get("RAY_ADDRESS") or "local"
-
-
-def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> None:
-    """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
-    ``out`` (``pipelines/console.py``), our SIGTERM handling restored. A local cluster gets no dashboard
-    (about 1 s of start-up) unless ``state_api``: Ray's state API is served by the dashboard, and Ray Train
-    polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    from pipelines.console import handle_sigterm, quiet_ray
-
-    dashboard = None if address != "local" else state_api
-    # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
-    logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
-    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
-             **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
-    handle_sigterm()  # ray.init installs handlers of its own
-
-
 def run_score(cfg: ScoreConfig) -> dict:
-    import ray
-
     started = shards.now()
-    resolved = resolve_job(cfg)
-    units = resolved.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
-    out = store.absolute(cfg.out)  # workers may run in another working directory: they get absolute paths
-    if store.is_file(out):
-        raise GlmscoreError(f"--out {out} is a file, not a folder.")
-    store.makedirs(out)  # an unwritable --out (or an unreachable store) fails here, before Ray starts
+    plan = resolve_job(cfg)
+    units = plan.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    out = shards.OutputFolder(cfg.out)
+    out.create()
     address = ray_address(cfg.address)
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     where = ("the Ray cluster this process joined" if ray.is_initialized() else
              "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
     print(f"glmscore: {cfg.task} on {where}; output {out}", file=sys.stderr, flush=True)  # the first line
-    for warning in resolved.benchmark.warnings:
+    for warning in plan.benchmark.warnings:
         print(f"glmscore: warning: {warning}", file=sys.stderr)
-    start_ray(address, out, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_ray(address, out.out, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     done = watch_cluster()
     try:
-        return _score_on_ray(cfg, resolved, units, out, fixed_size, started)
+        cluster = ray.cluster_resources()
+        plan = plan_job(cfg, cluster, plan)
+        if fixed_size:
+            plan = replace(plan, pool=check_fits(plan.pool, cluster))
+        else:
+            warn_if_starved(plan.pool, cluster)
+        return _score(plan, units, out, started)
     finally:
         done.set()
 
 
-def _score_on_ray(cfg: ScoreConfig, resolved: Resolved, units: list[Unit], out, fixed_size: bool,
-                  started: str) -> dict:
-    """The job once Ray is up: plan, claim --out, run the pending units, check and write the manifest."""
-    import ray
-
-    plan = plan_job(cfg, ray.cluster_resources(), resolved)
-    if fixed_size:
-        plan = check_fits(plan, ray.cluster_resources())
-    else:
-        warn_if_starved(plan, ray.cluster_resources())
-    config = {**asdict(cfg), "data": cfg.data if resolved.staged else str(Path(cfg.data).resolve()), "out": str(out), "resolved_pooling": resolved.pooling,
-              "options": plan.options.to_dict(), "benchmark_options": plan.benchmark.options.to_dict(),
-              "fingerprint": plan.fingerprint}
-    paths = [shards.shard_path(out, u.dataset, u.group, u.chunk) for u in units]
-    with shards.locked(out):
-        shards.prepare_out(out, plan.fingerprint, config, cfg.overwrite, [shards.shard_rel(u.dataset, u.group, u.chunk) for u in units],
-                           [(u.crc, u.n_rows) for u in units])
+def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str) -> dict:
+    """The job once Ray is up and planned: claim --out, run the pending units, verify, write the manifest."""
+    cfg = plan.cfg
+    config = {**asdict(cfg), "data": cfg.data if plan.staged else str(Path(cfg.data).resolve()), "out": str(out),
+              "resolved_pooling": plan.pooling, "options": plan.options.to_dict(),
+              "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
+    with out.claim(plan.fingerprint, config, cfg.overwrite, units):
         references = _references(plan, units) if plan.backend.fits_on_reference else {}
-        digests = reference_digests(references, units) if references else {}
-        pending = [u for u, p in zip(units, paths)
-                   if not shards.is_complete(p, plan.fingerprint, u.crc, u.n_rows, digests.get(u.dataset))]
-        return _run_pending(cfg, resolved, plan, config, units, pending, references, digests, out, started)
+        plan = replace(plan, references=reference_digests(references, units) if references else {})
+        pending = out.pending(units, plan.fingerprint, plan.references)
+        revisions = _run_pending(plan, pending, references, out) if pending else set()
+        return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
+                          card=plan.card.to_dict(), started=started, provenance=plan.provenance,
+                          warnings=plan.benchmark.warnings)
 
 
-def _run_pending(cfg: ScoreConfig, resolved: Resolved, plan: Plan, config: dict, units: list[Unit], pending: list[Unit],
-                 references: dict, digests: dict, out, started: str) -> dict:
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    revisions = set()
-    if pending:
-        fitted = plan.backend.fit(plan.card, plan.options, references) if plan.backend.fits_on_reference else None
-        ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
-        # prepare and write are light beside a forward pass: fractional CPUs let them run next to an actor
-        # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU write tasks
-        # left writes waiting for minutes on a small cluster)
-        ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS,
-                            fn_kwargs={"plan": plan})
-        actor_args = plan.backend.actor_resources(plan.card, plan.options) or {"num_gpus": plan.gpus_per_actor}
-        ds = ds.map_batches(
-            ScoreActor, batch_size=1, batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=plan.actors[0], max_size=plan.actors[1]),
-            # a killed actor (its process, or its node) is restarted and its unit retried: Ray Data creates
-            # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
-            # tests/test_faults.py and tests/test_node_loss.py hold it to that
-            num_cpus=ACTOR_CPUS, **actor_args,
-            fn_constructor_kwargs={"plan": plan, "fitted": fitted, "task": cfg.task, "reduction": cfg.reduction,
-                                   "pooling": resolved.pooling, "layer": cfg.layer},
-        )
-        ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
-                            fn_kwargs={"out": str(out), "benchmark": plan.benchmark.name, "model": plan.card.id,
-                                       "extra_columns": plan.benchmark.extra_columns, "fingerprint": plan.fingerprint,
-                                       "references": digests})
-        from pipelines.console import Progress
-
-        progress = Progress(sum(u.n_rows for u in pending), "rows")
-        for row in ds.iter_rows():
-            if row.get(ERROR):
-                raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
-            revisions.add(row["resolved_revision"])
-            progress.update(row["rows"])
-
-    rows: dict[str, int] = {}
-    listed = []
-    for u in units:
-        path = shards.shard_path(out, u.dataset, u.group, u.chunk)
-        meta = shards.shard_meta(path) or {}
-        if meta.get("fingerprint") != plan.fingerprint or meta.get("rows") != u.n_rows:
-            raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
-        revisions.add(meta.get("resolved_revision", ""))
-        key = f"dataset={u.dataset}/group={u.group}"
-        rows[key] = rows.get(key, 0) + u.n_rows
-        listed.append({"path": shards.shard_rel(u.dataset, u.group, u.chunk), "rows": u.n_rows, "digest": meta["digest"]})
-    revisions.discard("")
-    if len(revisions) > 1:
-        raise GlmscoreError(f"the shards in {out} were scored with different model revisions ({', '.join(sorted(revisions))}); "
-                            "rerun with --overwrite.")
-    return shards.write_manifest(
-        out, config=config, card=plan.card.to_dict(), resolved_revision=next(iter(revisions), plan.card.revision),
-        rows=rows, started=started, skipped=len(units) - len(pending), computed=len(pending), provenance=plan.provenance,
-        shards=listed, warnings=resolved.benchmark.warnings,
+def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder) -> set[str]:
+    """Ray Data over the pending units: prepare (tasks) -> the backend (actor pool) -> write (tasks).
+    Returns the model revisions the actors reported."""
+    fitted = plan.backend.fit(plan.card, plan.options, references) if plan.backend.fits_on_reference else None
+    ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
+    # prepare and write are light beside a forward pass: fractional CPUs let them run next to an actor
+    # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU write tasks
+    # left writes waiting for minutes on a small cluster)
+    ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS,
+                        fn_kwargs={"plan": plan})
+    ds = ds.map_batches(
+        ScoreActor, batch_size=1, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=plan.pool.min_actors, max_size=plan.pool.max_actors),
+        # a killed actor (its process, or its node) is restarted and its unit retried: Ray Data creates
+        # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
+        # tests/core/test_faults.py and tests/core/test_node_loss.py hold it to that
+        num_cpus=ACTOR_CPUS, **plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus).remote_args,
+        fn_constructor_kwargs={"plan": plan, "fitted": fitted},
     )
+    ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
+                        fn_kwargs={"plan": plan, "out": out})
+    revisions = set()
+    progress = Progress(sum(u.n_rows for u in pending), "rows")
+    for row in ds.iter_rows():
+        if row.get(ERROR):
+            raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
+        revisions.add(row["resolved_revision"])
+        progress.update(row["rows"])
+    return revisions

@@ -338,3 +338,67 @@ def read_scores(path, columns: list[str] | None = None, what: str = "score folde
     if missing:
         raise GlmscoreError(f"{path} is not a {what}: it has no {', '.join(missing)} column(s).")
     return (table.select(columns) if columns else table).to_pandas()
+
+
+class OutputFolder:
+    """A score job's output folder as one object: ``claim`` it (lock + refuse another run's shards),
+    ask which units are ``pending``, ``write`` a unit's shard (in a Ray task), then ``finish``: verify
+    every shard and write the manifest that readers read. Units are ``pipelines.benchmark.Unit``s (their
+    dataset, group and chunk name the shard; their CRC and rows say what a finished shard must match)."""
+
+    def __init__(self, out):
+        self.out = store.absolute(out)  # workers may run in another working directory: absolute paths
+
+    def __str__(self) -> str:
+        return str(self.out)
+
+    @staticmethod
+    def rel(unit) -> str:
+        return shard_rel(unit.dataset, unit.group, unit.chunk)
+
+    def path(self, unit):
+        return shard_path(self.out, unit.dataset, unit.group, unit.chunk)
+
+    def create(self) -> None:
+        """Make the folder now: an unwritable --out (or an unreachable store) fails before Ray starts."""
+        if store.is_file(self.out):
+            raise GlmscoreError(f"--out {self.out} is a file, not a folder.")
+        store.makedirs(self.out)
+
+    @contextmanager
+    def claim(self, fingerprint: str, config: dict, overwrite: bool, units: list):
+        """Hold the folder for this run (``locked`` + ``prepare_out``) while the block runs."""
+        with locked(self.out):
+            prepare_out(self.out, fingerprint, config, overwrite, [self.rel(u) for u in units],
+                        [(u.crc, u.n_rows) for u in units])
+            yield self
+
+    def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
+        """The units whose shard is not complete (``references``: per dataset, the digest of a fitted
+        backend's reference sequences)."""
+        return [u for u in units if not is_complete(self.path(u), fingerprint, u.crc, u.n_rows, references.get(u.dataset))]
+
+    def write(self, unit, table: pa.Table, meta: dict) -> None:
+        write_shard(self.path(unit), table, meta)
+
+    def finish(self, units: list, fingerprint: str, *, revisions: set[str], computed: int, **manifest) -> dict:
+        """Check that every unit's shard is this run's, with its rows, and write ``_manifest.json``
+        listing them with their checksums; ``manifest``: the rest of ``write_manifest``'s fields."""
+        rows: dict[str, int] = {}
+        listed = []
+        revisions = set(revisions)
+        for u in units:
+            meta = shard_meta(self.path(u)) or {}
+            if meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_rows:
+                raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
+            revisions.add(meta.get("resolved_revision", ""))
+            key = f"dataset={u.dataset}/group={u.group}"
+            rows[key] = rows.get(key, 0) + u.n_rows
+            listed.append({"path": self.rel(u), "rows": u.n_rows, "digest": meta["digest"]})
+        revisions.discard("")
+        if len(revisions) > 1:
+            raise GlmscoreError(f"the shards in {self.out} were scored with different model revisions "
+                                f"({', '.join(sorted(revisions))}); rerun with --overwrite.")
+        card = manifest.pop("card")
+        return write_manifest(self.out, card=card, resolved_revision=next(iter(revisions), card.get("revision")),
+                              rows=rows, skipped=len(units) - computed, computed=computed, shards=listed, **manifest)

@@ -13,6 +13,7 @@ whole when its upload completes (and has no rename), so objects are written once
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -204,7 +205,6 @@ def stage(location, version: str, root: str | Path | None = None) -> Path:
     driver's ``root``, so every node's copy lies at the path the driver's units name. The copy is streamed
     beside its final name and renamed when complete (a lock keeps two processes of one machine from
     downloading it twice); a folder that changed since the job started is an error, not a mixed copy."""
-    import fcntl
 
     final = Path(root or cache_root()) / version
     if final.is_dir():

@@ -1,7 +1,6 @@
 """``glmscore sweep sweep.yaml``: models x benchmarks as score runs in one Ray job, then one combined report.
 
 The file (YAML, read with ``yaml.safe_load``)::
-
     out: /data/sweeps/june                # output root (relative paths: from the sweep file's folder)
     max_parallel: 2                       # runs at once (default 2)
     address: null                         # default: RAY_ADDRESS (ray job submit), else a new local cluster
@@ -59,8 +58,19 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+import ray
+import yaml
+
+from analysis.combined import provenance_table, write_combined_report
+from models.base import BACKENDS
+from models.cards import registry
 from models.errors import GlmscoreError
 from models.options import base_type, flag_of, option_fields
+from pipelines import store
+from pipelines.benchmark import BENCHMARKS
+from pipelines.ray_session import check_fits, ray_address, size_pool, start_ray
+from pipelines.score import Plan, ScoreConfig, resolve_job, run_score
 
 EXIT_RUNS_FAILED = 4
 EXIT_INVALID = 2
@@ -73,7 +83,6 @@ RUNTIME_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
 
 class SweepFileError(GlmscoreError):
     """Problems in a sweep file, one sentence each (``problems``)."""
-
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__(" ".join(problems))
@@ -114,13 +123,9 @@ class Sweep:
         return [Run(m, b, self.config(m, b)) for m in self.models for b in self.benchmarks]
 
     def run_dir(self, model: SweepModel, bench: SweepBenchmark) -> Path | str:
-        from pipelines import store
-
         return store.join(self.out, "scores", model.name, bench.id)
 
     def config(self, model: SweepModel, bench: SweepBenchmark):
-        from pipelines.score import ScoreConfig
-
         return ScoreConfig(benchmark=bench.name, data=bench.data, model=model.spec, out=str(self.run_dir(model, bench)),
                            address=self.address, overwrite=self.overwrite, options={**self.default_options, **model.options},
                            benchmark_options=dict(bench.options), **{**self.default_job, **bench.job, **model.job})
@@ -136,7 +141,7 @@ class Run:
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
     bug: BaseException | None = None
-    resolved: object = None  # pipelines.score.Resolved, once the model and benchmark resolve
+    resolved: Plan | None = None  # once the model and benchmark resolve (``resolve_job``)
 
     @property
     def label(self) -> str:
@@ -182,10 +187,6 @@ def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
 
 def _yaml_names(text: str) -> str:
     """An option sentence in the sweep file's terms: ``--mlm-scoring`` -> ``mlm_mode`` (the field name)."""
-    from models.base import BACKENDS
-    from pipelines.benchmark import BENCHMARKS
-    from pipelines.score import ScoreConfig
-
     classes = [ScoreConfig] + [c.Options for c in BACKENDS.classes()] + \
         [o for c in BENCHMARKS.classes() for o in (c.Options, c.AnalyzeOptions)]
     names = {flag_of(f): f.name for cls in classes for f in option_fields(cls)}
@@ -218,7 +219,6 @@ def _model_spec(base: Path, spec: str) -> str:
 def default_name(spec: str) -> str:
     """The card id ``spec`` gets (``resolve_card``): a card id as is, a local directory's name, a hub
     id with '/' -> '__', ``kmer:K`` -> ``kmerK``; usable as a folder name."""
-    from models.cards import registry
 
     path = Path(spec)
     base = spec if spec in registry() else path.name if path.is_dir() else spec.replace("/", "__")
@@ -226,14 +226,10 @@ def default_name(spec: str) -> str:
 
 
 def _job_fields() -> set[str]:
-    from pipelines.score import ScoreConfig
-
     return {f.name for f in option_fields(ScoreConfig)} - MANAGED
 
 
 def _check_job(job: dict, where: str, problems: list[str]) -> dict:
-    from pipelines.score import ScoreConfig
-
     job = _typed(ScoreConfig, job, where, problems)
     _check(lambda: ScoreConfig(benchmark="nullsette", data=".", model="m", out=".", **job), where, problems)
     return job
@@ -243,7 +239,6 @@ def _check_backend_options(options: dict, backend: str | None, where: str, probl
     """Backend options must belong to one backend (the model's ``backend`` when it names one); their values
     are checked by that backend's Options (whether they apply to the model's backend is known only once
     the model resolves, when its runs start)."""
-    from models.base import BACKENDS
 
     if not options:
         return options
@@ -282,12 +277,6 @@ def _as_mapping(value, where: str, problems: list[str]) -> dict:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; every problem is one sentence in ``SweepFileError.problems``."""
-    import yaml
-
-    from models.base import BACKENDS
-    from pipelines import store
-    from pipelines.benchmark import BENCHMARKS
-
     BACKENDS.names(), BENCHMARKS.names()  # load the registries here, never first in a run's thread
     path = Path(path)
     name = path.name
@@ -440,21 +429,14 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def _reservation(run: Run, cluster: dict) -> tuple[float, float]:
-    """(CPUs, GPUs) a run holds on a fixed-size cluster: its min_actors actors (1 CPU and its GPUs
-    each) and 1 CPU for its prepare and write tasks. Raises the run's user error when the cluster can
-    never place its actor pool (``check_fits``, which run_score skips on a cluster it did not start)."""
-    from pipelines import score
-
-    gpus, min_actors, max_actors, _ = score._resources(run.cfg, run.resolved.backend, cluster, run.resolved.card)
-    score.check_fits(_Placement(gpus, (min_actors, max_actors)), cluster)
-    tp = getattr(run.resolved.options, "tensor_parallel_size", None) or 1
-    return min_actors + 1.0, min_actors * max(gpus, float(tp) if gpus else 0.0)
-
-
-@dataclass(frozen=True)
-class _Placement:  # what check_fits reads of a Plan
-    gpus_per_actor: float
-    actors: tuple[int, int]
+    """(CPUs, GPUs) a run holds on a fixed-size cluster: its min_actors actors (1 CPU and the GPUs its
+    backend says an actor holds) and 1 CPU for its prepare and write tasks. Raises the run's user error
+    when the cluster can never place its actor pool (``check_fits``, which run_score skips on a cluster
+    it did not start)."""
+    r = run.resolved
+    pool = check_fits(size_pool(run.cfg, r.backend, cluster, r.card), cluster)
+    held = r.backend.actor_resources(r.card, r.options, pool.gpus).gpus
+    return pool.min_actors + 1.0, pool.min_actors * held
 
 
 def _say(text: str) -> None:
@@ -462,8 +444,6 @@ def _say(text: str) -> None:
 
 
 def _execute(run: Run, results: queue.Queue) -> None:
-    from pipelines.score import run_score
-
     start = time.monotonic()
     try:
         run.manifest = run_score(run.cfg)
@@ -489,9 +469,7 @@ def _finished(run: Run, done: int, total: int) -> None:
 def run_sweep(sweep: Sweep) -> list[Run]:
     """Resolve every run (before Ray starts), then run them on one Ray cluster, ``max_parallel`` at a
     time; returns the runs with their status. The caller writes the summary and the report."""
-    import ray
 
-    from pipelines.score import ray_address, resolve_job, start_ray
 
     runs = sweep.runs()
     total = len(runs)
@@ -584,8 +562,6 @@ def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
     """The report folder ``out`` (``<out>/report``, local; uploaded by the caller for object storage): each benchmark's ``analyze`` on its finished runs (``report/<benchmark id>/``),
     the combined tables and heatmaps, the provenance of every run and ``report.md``. Returns the
     report's problems (a benchmark whose analysis refused its runs: one sentence each)."""
-    from analysis.combined import COMBINERS, generic_tables, provenance_table, write_combined_report
-    from pipelines.benchmark import BENCHMARKS
 
     out.mkdir(parents=True, exist_ok=True)
     order = [m.name for m in sweep.models]
@@ -611,7 +587,7 @@ def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
             if len(groups) > 1:
                 notes.append(f"{bench.id}: models that share a card id were analysed in separate parts "
                              f"({', '.join(str(out / bench.id / f'part{k}') for k in range(1, len(groups) + 1))}).")
-            sections += COMBINERS.get(cls.name, generic_tables)(parts, order, out, bench.id)
+            sections += cls.combined_tables(parts, order, out, bench.id)
         except GlmscoreError as exc:
             problems.append(f"report for {bench.id}: {exc}")
             notes.append(f"{bench.id}: no analysis: {exc}")
@@ -621,8 +597,6 @@ def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
 
 
 def summary_table(runs: list[Run]):
-    import pandas as pd
-
     rows = []
     for r in runs:
         m = r.manifest
@@ -652,7 +626,6 @@ def write_summary(sweep: Sweep, runs: list[Run], wall: float, local: Path, repor
 def main_sweep(file: str, check: bool = False) -> int:
     """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
     the report) failed, 2 when the file is invalid (nothing ran)."""
-    import pandas as pd
 
     try:
         sweep = load_sweep(file)
@@ -665,7 +638,6 @@ def main_sweep(file: str, check: bool = False) -> int:
             print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
         print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
         return 0
-    from pipelines import store
 
     started = time.monotonic()
     remote = store.is_uri(sweep.out)

@@ -52,7 +52,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_nullsette(tmp_path_factory) -> Path:
     """12 synthetic prokaryotic cassettes (19 mutant types) in the released layout."""
-    from pipelines.demo import write_spec
+    from pipelines.benchmarks.nullsette.demo import write_spec
     from pipelines.benchmarks.nullsette.benchmark import build
 
     base = tmp_path_factory.mktemp("nullsette")

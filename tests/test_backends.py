@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from models.alphabet import normalise
-from models.cards import registry, resolve_card
+from models.base import resolve_card
+from models.cards import registry
 from models.errors import GlmscoreError
 from models.base import rolling_windows
 from models.backends.kmer import fit_counts, logprob_table

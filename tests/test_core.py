@@ -11,7 +11,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from models.base import BACKENDS, Backend, LoglikResult, register_backend
-from models.cards import ModelCard, resolve_card
+from models.base import resolve_card
+from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.loader import load_backend
 from models.options import Options, option

@@ -53,7 +53,7 @@ def test_regressor_is_the_transformers_forward_pass_plus_the_head(tiny_bert):
     import torch
     from transformers import AutoModel
 
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.regression import load_base, make_regressor, pad_batch
     from models.tokenization import TokenPolicy, load_tokenizer
 
@@ -74,7 +74,7 @@ def test_regressor_is_the_transformers_forward_pass_plus_the_head(tiny_bert):
 
 
 def test_models_without_weights_cannot_be_finetuned():
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.regression import check_finetunable
 
     with pytest.raises(GlmscoreError, match="no weights to fine-tune"):
@@ -228,7 +228,7 @@ def killed_and_resumed(tmp_path_factory, tiny_bert):
 @pytest.mark.slow
 @needs_data
 def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_bert):
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.regression import load_base, weights_sha256
 
     out, _ = killed_and_resumed

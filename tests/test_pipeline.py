@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from models.cards import resolve_card
+from models.base import resolve_card
 from models.errors import GlmscoreError
 from models.loader import load_backend
 from pipelines.benchmarks.nullsette.benchmark import Nullsette

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.cards import resolve_card
+from models.base import resolve_card
 from models.errors import GlmscoreError
 from models.loader import load_backend
 from tests.tiny_models import make_dnabert2_like, make_generator_like, make_hyena_like, make_nt_like

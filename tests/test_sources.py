@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from models.errors import GlmscoreError
-from pipelines.demo import write_spec
+from pipelines.benchmarks.nullsette.demo import write_spec
 from pipelines.fasta import read_all
 from pipelines.benchmarks.nullsette.benchmark import Nullsette, build, discover
 from tests.conftest import ROOT, shared_data

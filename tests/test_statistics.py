@@ -145,7 +145,7 @@ def _published_loop(original, mutant, num_permutations=10_000, seed=0):
 def real_kmer_scores(tmp_path_factory):
     """k-mer (order 3) scores of the real kosuri cassettes, all 1,500 pairs and 19 mutant types."""
     from models.backends.kmer import fit_counts, logprob_table
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.loader import load_backend
     from pipelines.benchmarks.nullsette.benchmark import build
     from pipelines.fasta import read_all

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from models.cards import resolve_card
+from models.base import resolve_card
 from models.errors import GlmscoreError
 from models.loader import load_backend
 

@@ -24,7 +24,6 @@ MLM_MODES = ("unmasked", "pll")
 @dataclass(frozen=True)
 class MaskedOptions(HFOptions):
     """Masked-LM scoring (backend hf_masked)"""
-
     mlm_mode: str = option("unmasked", flag="--mlm-scoring", choices=MLM_MODES,
                            help="masked LMs: one unmasked pass (default) or pseudo-log-likelihood")
 

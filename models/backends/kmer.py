@@ -92,14 +92,12 @@ def fold_of(pair_index: np.ndarray, n_folds: int) -> np.ndarray:
 @dataclass(frozen=True)
 class KmerOptions(Options):
     """k-mer baseline (backend kmer)"""
-
     kmer_folds: int = option(5, minimum=2, help="k-mer crossfit: folds of the benchmark's reference sequences")
 
 
 @register_backend("kmer")
 class Kmer(Backend):
     """Scores with one log-probability table per key: (dataset, fold) for crossfit, None for a background."""
-
     Options = KmerOptions
     objectives = ("markov",)
     fits_on_reference = True

@@ -19,7 +19,18 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runtime, causal_pieces, register_backend, rows_from_pieces
+from models.base import (
+    ActorResources,
+    Backend,
+    Context,
+    Encoded,
+    LMOptions,
+    LoglikResult,
+    Runtime,
+    causal_pieces,
+    register_backend,
+    rows_from_pieces,
+)
 from models.errors import GlmscoreError
 from models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
 from models.options import option
@@ -35,7 +46,6 @@ ENGINE_OPTIONS = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "gp
 @dataclass(frozen=True)
 class VLLMOptions(LMOptions):
     """vLLM engine (backend vllm_causal; defaults from the model card)"""
-
     max_model_len: int | None = option(None, minimum=2, help="vLLM: tokens per engine sequence; prompts hold one less (default: the card's context)")
     max_num_batched_tokens: int | None = option(None, minimum=1, affects_result=False, help="vLLM: tokens per engine step")
     max_num_seqs: int | None = option(None, minimum=1, affects_result=False, help="vLLM: sequences per engine step")
@@ -88,9 +98,12 @@ class VLLMCausal(Backend):
         return hf_provenance(card)
 
     @classmethod
-    def actor_resources(cls, card, options) -> dict | None:
+    def actor_resources(cls, card, options, gpus_per_actor):
         tp = engine_settings(card, options).get("tensor_parallel_size") or 1
-        return {"num_gpus": 0, "ray_remote_args_fn": tensor_parallel_bundle(tp)} if tp > 1 else None
+        if tp > 1:  # the engine's tp workers get their GPUs from a placement group of tp bundles
+            return ActorResources({"num_gpus": 0, "ray_remote_args_fn": tensor_parallel_bundle(tp)},
+                                  float(tp) if gpus_per_actor else 0.0)
+        return super().actor_resources(card, options, gpus_per_actor)
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:

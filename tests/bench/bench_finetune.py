@@ -28,7 +28,7 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
     """The same recipe without Ray: returns training samples/s."""
     import torch
 
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.hf_common import config_context
     from models.regression import load_base, make_regressor, pad_batch
     from models.tokenization import TokenPolicy, load_tokenizer

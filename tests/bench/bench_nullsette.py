@@ -65,7 +65,7 @@ def main() -> None:
 
     from analysis.nullsette import nullsette_tests
     from models.base import token_budget_batches
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.loader import load_backend
     from pipelines.fasta import read_all
     from pipelines.benchmarks.nullsette.benchmark import build, discover

@@ -69,7 +69,7 @@ def statistics(data: Path, out: Path, n_perm: int) -> None:
 
 def tiny_models(data: Path, out: Path, pairs: int) -> None:
     from analysis.nullsette import nullsette_tests, success_rates
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.loader import load_backend
     from pipelines.fasta import read_all
     from tests.tiny_models import make_generator_like, make_hyena_like, make_nt_like

@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from models.cards import resolve_card
+    from models.base import resolve_card
     from models.loader import load_backend
     from pipelines.benchmarks.variants.benchmark import BuildOptions, Variants, build_windows
     from pipelines.score import ScoreConfig, run_score

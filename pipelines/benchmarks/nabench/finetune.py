@@ -37,16 +37,31 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import MISSING, asdict, dataclass, field
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray import tune
 
+from analysis.fitness import aggregate, spearman
+from analysis.probes import fewshot_splits, supervised_folds
+from analysis.report import write_table_report
+from analysis.transfer import rank_normalise, transfer_tasks
+from models.base import resolve_card
+from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
-from pipelines.benchmarks.nabench.benchmark import family_list
+from models.hf_common import WEIGHT_FILES, config_context, hf_preflight, hf_provenance
+from models.options import Options, address_option, comma_list, option
+from models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
+from models.tokenization import TokenPolicy, load_tokenizer
+from pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
+from pipelines.ray_session import ray_address, run_trials, start_ray
 
 SETTINGS = ("supervised", "fewshot", "transfer")
 FITS = "fits"
@@ -99,7 +114,7 @@ class FinetuneConfig(Options):
     use_gpu: bool = option(False, affects_result=False, help="one GPU per Ray Train worker")
     max_failures: int = option(2, minimum=0, affects_result=False, help="restarts of a fit from its checkpoint after a worker dies")
     trust_remote_code: bool = option(False, help="allow the model's own code from the hub (off by default)")
-    address: str | None = option(None, affects_result=False, help="Ray address")
+    address: str | None = address_option()
 
     def __post_init__(self):
         super().__post_init__()
@@ -164,10 +179,6 @@ class Fit:
 
 
 def load_table(cfg: FinetuneConfig, card, warnings: list[str]) -> Table:
-    from models.hf_common import config_context
-    from models.tokenization import TokenPolicy, load_tokenizer
-    from pipelines.benchmarks.nabench.benchmark import discover, read_assay
-
     assays = discover(Path(cfg.data), assays=cfg.assays, families=cfg.families, limit=cfg.limit, warnings=warnings)
     parts = []
     for a in assays:
@@ -200,10 +211,6 @@ def _inner_split(train: np.ndarray, fraction: float, seed) -> tuple[np.ndarray, 
 
 def plan_fits(cfg: FinetuneConfig, table: Table) -> list[Fit]:
     """Every fit of the run: outer splits (folds, few-shot draws, held-out assays) x hyper-parameters."""
-    from analysis.probes import fewshot_splits, supervised_folds
-    from analysis.transfer import rank_normalise, transfer_tasks
-    from pipelines.benchmarks.nabench.benchmark import positions
-
     outer: list[tuple[str, str, str, int, np.ndarray, np.ndarray, np.ndarray]] = []  # assay, family, split, fold, train, test, target
     assays = sorted(set(table.assay.tolist()))
     if cfg.setting == "transfer":
@@ -245,13 +252,9 @@ def plan_fits(cfg: FinetuneConfig, table: Table) -> list[Fit]:
 
 def fingerprint(cfg: FinetuneConfig, card, table: Table, fit: Fit) -> str:
     """What decides a fit's result: the weights, the recipe, the rows and their labels."""
-    from models.hf_common import hf_provenance
-
     revision, local = hf_provenance(card)
     weights = {}
     if local:
-        from models.hf_common import WEIGHT_FILES
-
         for name in WEIGHT_FILES:
             path = Path(local) / name
             if path.is_file():
@@ -275,7 +278,6 @@ def train_loop(config: dict) -> None:
     task, times the hyper-parameters), one after the other. Each fit loads the pretrained weights afresh,
     trains, checkpoints every epoch and, on rank 0, writes its predictions to ``fits/<fit>.parquet``. A
     restarted or resumed group skips finished fits and continues the current one from its checkpoint."""
-    import time
 
     import ray
     import ray.train
@@ -301,15 +303,11 @@ def train_loop(config: dict) -> None:
 
 
 def _train_one(config: dict, fit: dict, data: dict, state: dict | None, start_seconds: float) -> None:
-    import time
-
     import ray.train
     import ray.train.torch
     import torch
     from torch.utils.data import DistributedSampler
 
-    from models.cards import ModelCard
-    from models.regression import load_base, make_regressor, pad_batch, predict, weights_sha256
 
     t0 = time.time()
     ctx = ray.train.get_context()
@@ -401,9 +399,6 @@ def _group_trial(config: dict, shared: dict) -> None:
 
 def _write_fit(path: Path, pred: pd.DataFrame, info: dict) -> None:
     """Write-then-rename: a fit file exists only when complete."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.Table.from_pandas(pred, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"glmscore.fit": json.dumps(info).encode()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -413,8 +408,6 @@ def _write_fit(path: Path, pred: pd.DataFrame, info: dict) -> None:
 
 def read_fit(path: Path) -> tuple[pd.DataFrame, dict] | None:
     """A finished fit's predictions and record, or None when it is missing or unreadable."""
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
         info = json.loads(table.schema.metadata[b"glmscore.fit"])
@@ -427,14 +420,6 @@ def read_fit(path: Path) -> tuple[pd.DataFrame, dict] | None:
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    import ray
-    from ray import tune
-
-    from models.cards import resolve_card
-    from models.hf_common import hf_preflight
-    from models.regression import check_finetunable
-    from pipelines.console import trial_progress
-    from pipelines.score import ray_address, start_ray
 
     card = resolve_card(cfg.model, trust_remote_code=cfg.trust_remote_code or None)
     check_finetunable(card, cfg.pooling)
@@ -479,23 +464,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         # a trial only waits for its trainer (Ray Train V2's controller takes no CPU either): it asks for no
         # CPU (one byte of memory, as Tune refuses an empty request), the workers hold the resources, and as
         # many groups run at once as the cluster has room for
-        trainable = tune.with_resources(tune.with_parameters(_group_trial, shared={"run": run, "data": [data_ref], "groups": groups}),
-                                        {"cpu": 0, "memory": 1})
-        tuner = tune.Tuner(
-            trainable, param_space={"group": tune.grid_search(todo_groups)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(capacity // per_fit))),
-            run_config=tune.RunConfig(storage_path=str(out / "tune"), name="finetune", verbose=0,
-                                      callbacks=[trial_progress(len(todo_groups))]))
-        results = tuner.fit()
-        errors = [r.error for r in results if r.error]
-        if errors:
-            raise errors[0]
+        run_trials(_group_trial, {"group": tune.grid_search(todo_groups)}, storage=out / "tune", name="finetune",
+                   resources={"cpu": 0, "memory": 1}, n_trials=len(todo_groups),
+                   max_concurrent=max(1, int(capacity // per_fit)), shared={"run": run, "data": [data_ref], "groups": groups})
     return summarise(cfg, card, table, fits, out, warnings)
 
 
 def _pad_id(card) -> int:
-    from models.tokenization import load_tokenizer
-
     tok = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
     return tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -527,9 +502,6 @@ def collect(table: Table, fits: list[Fit], fits_dir: Path, model: str, setting: 
 
 
 def summarise(cfg: FinetuneConfig, card, table: Table, fits: list[Fit], out: Path, warnings: list[str]) -> dict:
-    from analysis.fitness import aggregate, spearman
-    from analysis.report import write_table_report
-
     preds, records = collect(table, fits, out / FITS, card.id, cfg.setting)
     keys = ["assay", "family", "split", "fold"]
     per_fit = (preds.groupby(keys + ["lr", "epochs", "head", "role"], sort=True)

@@ -8,21 +8,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray import tune
 
+from analysis.fitness import aggregate
+from analysis.probe_trials import AssayArrays, probe_trial, trial_grid
+from analysis.probes import PROBES
+from analysis.published_probes import PAPER_SEED, SOURCE
+from analysis.report import write_table_report
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
-from pipelines.benchmarks.nabench.benchmark import family_list, positions
+from models.options import Options, address_option, comma_list, option
 from pipelines import store
+from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence
+from pipelines.benchmarks.nabench.source import family_list, positions
+from pipelines.ray_session import ray_address, run_trials, start_ray
 from pipelines.shards import datasets_of, read_manifest, read_table
 
-SETTINGS = ("fewshot", "supervised", "transfer", "variants")
+SETTINGS = ("fewshot", "supervised", "transfer")
 PROTOCOLS = ("glmscore", "paper")
 WILDTYPE = ("keep", "drop")
 
 
 def _probe_names() -> list[str]:
-    from analysis.probes import PROBES
-
     return list(PROBES)
 
 
@@ -46,12 +52,9 @@ class ProbeConfig(Options):
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
     seed: int = option(0, help="seed of splits and fits (under --protocol paper the published split seeds are used "
                                "and this seeds only the bootstrap)")
-    test_chroms: list[str] = option(["chr9", "chr10"], parse=comma_list, help="variants: test chromosomes")
-    chrom_folds: int = option(5, minimum=2, help="variants: CV folds grouped by chromosome on the other chromosomes")
     transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
     transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")
-    shuffle_labels: bool = option(False, help="variants: the control, labels permuted across rows (expect AUROC near 0.5)")
-    address: str | None = option(None, help="Ray address")
+    address: str | None = address_option()
 
 
 def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
@@ -61,9 +64,7 @@ def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -
     ``wildtype="drop"`` the wild type too (an empty ``mutant``). ``keys``, if given, receives per assay
     the kept rows' mutants and occurrence numbers (to join distributed folds).
     """
-    from pipelines.benchmarks.nabench.folds import occurrence
 
-    from analysis.probe_trials import AssayArrays
 
     data, model = {}, None
     for name in datasets_of(emb_dir):
@@ -101,14 +102,10 @@ def check_protocol(cfg: ProbeConfig) -> None:
                             "--probes or use --protocol glmscore.")
     if cfg.folds is not None and cfg.setting != "supervised":
         raise GlmscoreError(f"--folds gives supervised cross-validation folds and does not apply to --setting {cfg.setting}.")
-    if cfg.wildtype != "keep" and cfg.setting == "variants":
-        raise GlmscoreError("--wildtype applies to the NABench settings (fewshot, supervised, transfer), not to variants.")
 
 
 def attach_folds(data: dict, keys: dict, folds: str) -> None:
     """Distributed fold columns of each assay (``--folds``) into its ``AssayArrays``."""
-    from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds
-
     for assay, path in fold_files_for(Path(folds), sorted(data)).items():
         mutants, occ = keys[assay]
         data[assay].folds = join_folds(assay, mutants, occ, path)
@@ -117,15 +114,7 @@ def attach_folds(data: dict, keys: dict, folds: str) -> None:
 
 def run_probes(cfg: ProbeConfig) -> dict:
 
-    from analysis.fitness import aggregate
-    from analysis.report import write_table_report
-    from analysis.probe_trials import run_sweep, trial_grid
-
     check_protocol(cfg)
-    if cfg.setting == "variants":
-        from pipelines.benchmarks.variants.learning import run_variant_probes
-
-        return run_variant_probes(cfg)
     paper = cfg.protocol == "paper"
     setting, seed, repeats, out = cfg.setting, cfg.seed, cfg.repeats, cfg.out
     probes = cfg.probes or (["ridge"] if paper else ["ridge", "mlp"])
@@ -138,14 +127,12 @@ def run_probes(cfg: ProbeConfig) -> dict:
                       transfer_to=cfg.transfer_to, protocol=cfg.protocol)
     if not grid:
         raise GlmscoreError(f"no {setting} trial fits these embeddings (few-shot k must be below an assay's rows).")
-    from pipelines.score import ray_address, start_ray
 
     start_ray(ray_address(cfg.address), Path(cfg.out))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from pipelines.console import trial_progress
 
-    trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}", callbacks=[trial_progress(len(grid))])
+    trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")
     trials.insert(0, "model", model)
     per = trials.assign(split=trials["split"].astype(str))
     metrics = ["metric", "metric_std"] if "metric_std" in per.columns else ["metric"]
@@ -183,8 +170,6 @@ def run_probes(cfg: ProbeConfig) -> dict:
     settings = {"setting": setting, "protocol": cfg.protocol, "folds": folds_label, "wildtype": cfg.wildtype,
                 "probes": ",".join(probes), "seed": seed, "repeats": repeats}
     if paper:
-        from analysis.published_probes import PAPER_SEED, SOURCE
-
         settings |= {"metric": "Spearman (few-shot: mean over repeats and metric_std their SD with ddof 0; supervised "
                                "random and fold-file folds: one Spearman of the pooled out-of-fold predictions; "
                                "contiguous: mean over folds and metric_std their SD; families and summary: means of both)",
@@ -196,3 +181,17 @@ def run_probes(cfg: ProbeConfig) -> dict:
                                                               "Trials": trials, "Provenance": provenance}, [], out_dir,
                                 settings)
     return {"report": str(report), "summary": summary}
+
+
+def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
+              cpus_per_trial: float = 1.0) -> pd.DataFrame:
+    """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); the arrays go to
+    the object store once. Returns one row per trial."""
+    results = run_trials(probe_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
+                         resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data)
+    rows = [r.metrics for r in results]
+    keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
+        ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (
+        ["train_assays"] if any("train_assays" in r for r in rows) else [])
+    return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],
+                                                                                 key=lambda s: s.astype(str))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pysam
 
 from models.errors import GlmscoreError
 
@@ -37,10 +38,7 @@ def reverse_complement(seq: str) -> str:
 
 class Genome:
     """Random access to a FASTA by pysam; ``fetch`` pads what runs off a chromosome end with N."""
-
     def __init__(self, path: str | Path):
-        import pysam
-
         self.path = Path(path)
         if not self.path.is_file():
             raise GlmscoreError(f"genome FASTA {self.path} does not exist.")

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray import tune
+from sklearn.exceptions import ConvergenceWarning
 
+from analysis.report import write_table_report
 from analysis.variants import (
-    TEST_CHROMS,
     VARIANT_PROBES,
     check_no_leak,
     chromosome_folds,
@@ -30,17 +33,19 @@ from analysis.variants import (
     tissue_onehot,
     variant_features,
 )
+from models.alphabet import codes
+from models.cnn import CNNTrainConfig, predict_cnn, train_cnn
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
+from models.options import Options, address_option, comma_list, option, test_chroms_option
+from pipelines.benchmarks.variants.report import PREDICTIONS
+from pipelines.benchmarks.variants.source import VariantsSource, read_build
+from pipelines.ray_session import ray_address, run_trials, start_ray
 from pipelines.shards import datasets_of, read_table
-
-PREDICTIONS = "predictions.parquet"
 
 
 @dataclass
 class VariantRows:
     """Labelled rows (site x tissue) with their split: ``fold`` -1 = test chromosomes."""
-
     rows: pd.DataFrame  # site_index, variant_id, chrom, tissue, label, fold, site_row (index into per-site arrays)
     tissues: list[str]
 
@@ -80,9 +85,6 @@ def _report(pred: pd.DataFrame) -> None:
 
 
 def _probe_trial(config: dict, data: VariantRows, X: np.ndarray) -> None:
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     fold, probe = config["fold"], config["method"]
@@ -96,7 +98,6 @@ def _probe_trial(config: dict, data: VariantRows, X: np.ndarray) -> None:
 def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray) -> None:
     import torch
 
-    from models.cnn import CNNTrainConfig, predict_cnn, train_cnn
 
     fold = config["fold"]
     r = data.rows
@@ -110,24 +111,13 @@ def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray
     _report(_predictions(data, "cnn", fold, lambda idx: predict_cnn(model, ref[site], alt[site], tissue, idx)))
 
 
-def run_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: Path, name: str, resources: dict,
-               extra: dict | None = None, **data) -> pd.DataFrame:
+def fold_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: Path, name: str, resources: dict,
+                extra: dict | None = None, **data) -> pd.DataFrame:
     """One Ray Tune trial per (method, fold); returns all trials' predictions."""
-    from ray import tune
-
-    from pipelines.console import trial_progress
-
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, **data), resources),
-        param_space={"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
-                     "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})},
-        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
-                                  callbacks=[trial_progress(len(methods) * n_folds)]),
-    )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise errors[0]
+    space = {"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
+             "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})}
+    results = run_trials(trainable, space, storage=storage, name=name, resources=resources,
+                         n_trials=len(methods) * n_folds, **data)
     frames = []
     for result in results:
         with result.checkpoint.as_directory() as d:
@@ -137,8 +127,6 @@ def run_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: 
 
 
 def write_results(out: Path, pred: pd.DataFrame, title: str, settings: dict, *, n_boot: int = 1000) -> dict:
-    from analysis.report import write_table_report
-
     out.mkdir(parents=True, exist_ok=True)
     summary, tissues = summarise_predictions(pred, n_boot=n_boot, seed=settings.get("seed", 0))
     pred.to_parquet(out / PREDICTIONS, index=False)
@@ -148,12 +136,6 @@ def write_results(out: Path, pred: pd.DataFrame, title: str, settings: dict, *, 
                                 [], out, settings)
     (out / "run.json").write_text(json.dumps(settings, indent=2, default=str))
     return {"report": str(report), "summary": summary}
-
-
-def _init_ray(address: str | None, out: Path) -> None:
-    from pipelines.score import ray_address, start_ray
-
-    start_ray(ray_address(address), out)
 
 
 # ---------------------------------------------------------------- probes on embeddings
@@ -181,8 +163,23 @@ def load_variant_embeddings(emb_dir: Path) -> tuple[str, pd.DataFrame, np.ndarra
     return str(sites["model"].iloc[0]), sites, features
 
 
-def run_variant_probes(cfg) -> dict:
-    """``glmscore probe --setting variants`` (``cfg``: pipelines.benchmarks.nabench.probe.ProbeConfig)."""
+@dataclass(frozen=True)
+class VariantProbeConfig(Options):
+    """``glmscore variants probe`` (also ``glmscore probe --setting variants``)."""
+    embeddings: str = option(MISSING, help="an embedding folder written by `glmscore embed --benchmark variants`")
+    out: str = option(MISSING, help="report folder")
+    setting: str = option("variants", choices=("variants",), help="variants: chromosome-held-out AUROC")
+    probes: list[str] | None = option(None, parse=comma_list, choices=lambda: list(VARIANT_PROBES),
+                                      help=f"comma-separated (default: {','.join(VARIANT_PROBES)})")
+    seed: int = option(0, help="seed of splits and fits")
+    test_chroms: list[str] = test_chroms_option()
+    chrom_folds: int = option(5, minimum=2, help="CV folds grouped by chromosome on the other chromosomes")
+    shuffle_labels: bool = option(False, help="the control, labels permuted across rows (expect AUROC near 0.5)")
+    address: str | None = address_option()
+
+
+def run_variant_probes(cfg: VariantProbeConfig) -> dict:
+    """Probes on TSS embeddings, one Ray Tune trial per (probe, fold)."""
     probes = cfg.probes or list(VARIANT_PROBES)
     bad = [p for p in probes if p not in VARIANT_PROBES]
     if bad:
@@ -192,8 +189,8 @@ def run_variant_probes(cfg) -> dict:
     r = data.rows
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
     out = Path(cfg.out)
-    _init_ray(cfg.address, out)
-    pred = run_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
+    start_ray(ray_address(cfg.address), out)
+    pred = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)
     settings = {"setting": "variants", "model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
                 "probes": ",".join(probes), "test_chroms": ",".join(cfg.test_chroms), "chrom_folds": cfg.chrom_folds,
@@ -215,13 +212,13 @@ class CNNOptions(Options):
     patience: int = option(4, minimum=1, help="epochs without a better validation AUROC before stopping")
     lr: float = option(1e-3, minimum=0, help="AdamW learning rate")
     batch_size: int = option(64, minimum=1, help="examples per step")
-    test_chroms: list[str] = option(list(TEST_CHROMS), parse=comma_list, help="test chromosomes")
+    test_chroms: list[str] = test_chroms_option()
     folds: int = option(5, minimum=2, help="CV folds grouped by chromosome")
     seed: int = option(0, help="seed of initialisation and shuffling")
     shuffle_labels: bool = option(False, help="the control: permute labels across rows (expect AUROC near 0.5)")
     cpus_per_trial: int = option(1, minimum=1, help="CPUs (torch threads) per fold trial")
     gpus_per_trial: float = option(0, minimum=0, help="GPUs per fold trial (trains on CUDA when > 0)")
-    address: str | None = option(None, help="Ray address (default: RAY_ADDRESS, else a new local cluster)")
+    address: str | None = address_option()
 
     def __post_init__(self):
         super().__post_init__()
@@ -231,10 +228,7 @@ class CNNOptions(Options):
 
 def window_codes(data: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(sites, ref codes, alt codes): every site's windows as base codes (A,C,G,T,N = 0..4, int8)."""
-    from models.alphabet import codes
-    from pipelines.benchmarks.variants.benchmark import Variants
-
-    bench = Variants(data)
+    bench = VariantsSource(data)
     units = bench.units(chunk_rows=1 << 30, limit=None, datasets=None)
     sites, arrays = None, {}
     for unit in units:
@@ -247,19 +241,17 @@ def window_codes(data: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 
 
 def run_cnn(o: CNNOptions) -> dict:
-    from pipelines.benchmarks.variants.benchmark import read_build
-
     record, _ = read_build(Path(o.data))
     if record["view"] != "variant":
         raise GlmscoreError("the CNN baseline takes variant-centred windows (variants build --view variant).")
     sites, ref, alt = window_codes(o.data)
     data = split_rows(sites, o.test_chroms, o.folds, o.shuffle_labels, o.seed)
-    _init_ray(o.address, Path(o.out))
+    start_ray(ray_address(o.address), Path(o.out))
     train = {"filters": tuple(o.filters), "kernels": tuple(o.kernels), "hidden": tuple(o.hidden), "lr": o.lr,
              "batch_size": o.batch_size, "max_epochs": o.max_epochs, "patience": o.patience, "seed": o.seed}
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
     out = Path(o.out)
-    pred = run_trials(_cnn_trial, ["cnn"], o.folds, o.seed, out / "tune", "cnn", resources, extra={"train": train},
+    pred = fold_trials(_cnn_trial, ["cnn"], o.folds, o.seed, out / "tune", "cnn", resources, extra={"train": train},
                       data=data, ref=ref, alt=alt)
     pred.insert(0, "model", "onehot")
     settings = {**{k: v for k, v in asdict(o).items() if k not in ("address",)}, "window": record["window"],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.report import plot_roc_curves, write_table_report
 from analysis.variants import (
     PAPER,
     auroc_rows,
@@ -17,10 +18,11 @@ from analysis.variants import (
 )
 from models.errors import GlmscoreError
 from pipelines.shards import read_manifest, read_scores
-from pipelines.benchmarks.variants.learning import PREDICTIONS
 
 SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom", "tissue", "label"]
 
+
+PREDICTIONS = "predictions.parquet"  # what each learner folder holds (learning.py writes it)
 
 def zero_shot_llr(score_dir: str) -> pd.DataFrame:
     """Per site: LLR = score(alt) - score(ref), with the site's chromosome and tissue/label lists."""
@@ -36,8 +38,6 @@ def zero_shot_llr(score_dir: str) -> pd.DataFrame:
 
 
 def analyze_variants(score_dirs: list[str], probe_dirs: list[str], cnn_dirs: list[str], out: Path, o) -> dict:
-    from analysis.report import plot_roc_curves, write_table_report
-
     if not (score_dirs or probe_dirs or cnn_dirs):
         raise GlmscoreError("pass at least one of --scores, --probes or --cnn.")
     out.mkdir(parents=True, exist_ok=True)

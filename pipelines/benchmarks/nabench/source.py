@@ -1,0 +1,252 @@
+"""The NABench benchmark: fitness assays (``<DMS_ID>.csv``) and their metadata, the registered benchmark
+(units = row ranges of one assay) and its zero-shot analysis.
+
+``<data>/metadata.csv`` (one row per assay; it may list assays that have no file and miss assays that
+have one) and ``<data>/<DMS_ID>.csv`` with columns ``mutant, DMS_score, sequence``. ``mutant`` is a
+comma-separated list of 1-based ``<ref><pos><alt>`` changes, empty for the wild type (kept and marked
+``is_wildtype``). Sequences may be DNA or RNA letters; the model card's alphabet decides the mapping.
+
+Nucleic-acid family: ``RNA_TYPE`` case-insensitively, whitespace -> '_' (``Aptamer``/``aptamer`` ->
+``aptamer``, ``Binding Site`` -> ``binding_site``); an assay without a metadata row is ``unknown``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from analysis.combined import ordered, plot_grid
+from analysis.fitness import aggregate, zero_shot_table
+from analysis.report import plot_best_worst, plot_family_bars, write_table_report
+from models.errors import GlmscoreError
+from models.options import Options, comma_list, option
+from pipelines.benchmark import Benchmark, Rows, Unit, locator
+from pipelines.shards import read_manifest, read_scores
+
+COLUMNS = ["mutant", "DMS_score", "sequence"]
+_MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
+
+
+def family_of(rna_type) -> str:
+    if rna_type is None or (isinstance(rna_type, float) and np.isnan(rna_type)) or not str(rna_type).strip():
+        return "unknown"
+    return re.sub(r"\s+", "_", str(rna_type).strip().lower())
+
+
+@dataclass(frozen=True)
+class Assay:
+    dms_id: str
+    family: str
+    path: Path
+    n_rows: int
+    crc: int
+    max_len: int = 0
+
+
+def read_metadata(data: Path) -> dict[str, str]:
+    path = Path(data) / "metadata.csv"
+    if not path.exists():
+        return {}
+    try:
+        meta = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise GlmscoreError(f"{path} is not a readable CSV ({type(exc).__name__}).") from None
+    if "DMS_ID" not in meta.columns:
+        raise GlmscoreError(f"{path} has no DMS_ID column.")
+    types = meta["RNA_TYPE"] if "RNA_TYPE" in meta.columns else pd.Series([None] * len(meta))
+    return {str(d): family_of(t) for d, t in zip(meta["DMS_ID"], types)}
+
+
+def read_assay(path: Path, start: int = 0, n: int | None = None) -> pd.DataFrame:
+    """Rows ``start .. start+n`` of one assay, validated."""
+    try:
+        frame = pd.read_csv(path, dtype={"mutant": str, "sequence": str}, keep_default_na=False,
+                            na_values={"DMS_score": ["", "NA", "NaN", "nan"]},
+                            skiprows=range(1, start + 1) if start else None, nrows=n)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise GlmscoreError(f"{path.name} is not a readable assay CSV ({str(exc).splitlines()[0]}).") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise GlmscoreError(f"{path.name} lacks column(s) {', '.join(missing)}: an assay needs mutant, DMS_score, sequence.")
+    if frame["sequence"].eq("").any():
+        row = int(frame.index[frame["sequence"].eq("")][0]) + start + 2
+        raise GlmscoreError(f"{path.name}: line {row} has an empty sequence.")
+    bad = ~frame["sequence"].str.fullmatch(r"[A-Za-z]+")
+    if bad.any():
+        raise GlmscoreError(f"{path.name}: line {int(frame.index[bad][0]) + start + 2} has characters that are not sequence letters.")
+    numeric = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
+    frame.attrs["non_numeric_scores"] = int((numeric.isna() & frame["DMS_score"].notna()).sum())
+    frame["DMS_score"] = numeric
+    return frame
+
+
+def discover(data: Path, *, assays: list[str] | None = None, families: list[str] | None = None,
+             limit: int | None = None, warnings: list[str] | None = None) -> list[Assay]:
+    """The assays under ``data``; what is usable but suspicious is appended to ``warnings``."""
+    data = Path(data)
+    if not data.is_dir():
+        raise GlmscoreError(f"NABench data folder {data} does not exist.")
+    meta = read_metadata(data)
+    warnings = warnings if warnings is not None else []
+    if not meta:
+        warnings.append(f"{data / 'metadata.csv'} is missing, so every assay's family is 'unknown'.")
+    files = {p.stem: p for p in sorted(data.glob("*.csv")) if p.name not in ("metadata.csv", "metadata_rfam_id.csv")}
+    if not files:
+        raise GlmscoreError(f"no assay files (<DMS_ID>.csv) in {data}.")
+    if assays:
+        missing = sorted(set(assays) - set(files))
+        if missing:
+            raise GlmscoreError(f"assay(s) {', '.join(missing)} not found in {data}.")
+        files = {k: v for k, v in files.items() if k in assays}
+    out = []
+    for dms_id, path in files.items():
+        family = meta.get(dms_id, "unknown")
+        if families and family not in families:
+            continue
+        raw = path.read_bytes()
+        header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+        if header[:3] != COLUMNS:
+            raise GlmscoreError(f"{path.name}: the header must start with mutant,DMS_score,sequence.")
+        frame = read_assay(path)  # validates every row once
+        if len(frame) == 0:
+            raise GlmscoreError(f"{path.name} has no variants.")
+        if frame["DMS_score"].isna().all():
+            raise GlmscoreError(f"{path.name}: no DMS_score is a number, so nothing in it can be evaluated.")
+        if frame.attrs["non_numeric_scores"]:
+            warnings.append(f"{path.name}: {frame.attrs['non_numeric_scores']} DMS_score value(s) are not numbers; "
+                            "those rows are scored but carry no label.")
+        n_rows = min(len(frame), limit) if limit else len(frame)
+        out.append(Assay(dms_id, family, path, n_rows, zlib.crc32(raw), int(frame["sequence"].str.len().max())))
+    if not out:
+        raise GlmscoreError(f"no assay in {data} matches the families {families}.")
+    return out
+
+
+def positions(mutant: str) -> list[int]:
+    """1-based positions of a mutant string ('' for the wild type -> [])."""
+    if not mutant:
+        return []
+    out = []
+    for m in mutant.split(","):
+        hit = _MUT_RE.match(m.strip())
+        if not hit:
+            raise GlmscoreError(f"mutation {m!r} is not <ref><pos><alt>.")
+        out.append(int(hit.group(1)))
+    return out
+
+
+# ---------------------------------------------------------------- the registered benchmark
+
+
+def family_list(text: str) -> list[str]:
+    return [family_of(f) for f in comma_list(text)]
+
+
+@dataclass(frozen=True)
+class NABenchOptions(Options):
+    assays: list[str] | None = option(None, parse=comma_list, affects_result=False,
+                                      help="NABench: comma-separated DMS_IDs (default: all)")
+    families: list[str] | None = option(None, parse=family_list, affects_result=False,
+                                        help="NABench: comma-separated families (case-insensitive RNA_TYPE)")
+
+
+@dataclass(frozen=True)
+class NABenchAnalyzeOptions(Options):
+    cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
+    n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
+    seed: int = option(0, help="bootstrap seed")
+
+
+def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """Zero-shot Spearman per assay (``nabench_assays.csv``), models x assays, and the summary table."""
+    assays, summary = [], []
+    for p in parts:
+        a = pd.read_csv(Path(p["dir"]) / "nabench_assays.csv")
+        assays.append(a.assign(model=a["model"].map(p["names"]).fillna(a["model"])))
+        s = p["result"]["table"]
+        summary.append(s.assign(model=s["model"].map(p["names"]).fillna(s["model"])))
+    grid = ordered(pd.concat(assays, ignore_index=True).pivot(index="model", columns="assay", values="spearman"), order)
+    grid.columns.name = None
+    summary_ = pd.concat(summary, ignore_index=True).set_index("model")
+    summary_ = summary_.reindex([m for m in order if m in summary_.index]).reset_index()
+    csv, sum_csv = out / f"{bid}_spearman.csv", out / f"{bid}_summary.csv"
+    grid.reset_index().to_csv(csv, index=False)
+    summary_.to_csv(sum_csv, index=False)
+    png = plot_grid(grid, out / f"{bid}_spearman_heatmap.png", f"{bid}: NABench zero-shot Spearman", "Spearman", -1, 1, "coolwarm")
+    return [(f"{bid}: NABench summary (unweighted mean over families, bootstrap SEs)", summary_, [sum_csv]),
+            (f"{bid}: NABench zero-shot Spearman, models x assays", grid.reset_index(), [csv, png])]
+
+
+class NABenchSource(Benchmark):
+    """Rows are an assay's variants in file order (``pair_index`` = row number); group = family."""
+    data_help = "NABench: metadata.csv + <DMS_ID>.csv (mutant, DMS_score, sequence)"
+    extra_columns = {"label": pa.float64(), "mutant": pa.string(), "is_wildtype": pa.bool_()}
+    Options = NABenchOptions
+    AnalyzeOptions = NABenchAnalyzeOptions
+
+    def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
+        wanted = sorted(set(self.options.assays or []) | set(datasets or [])) or None
+        units = []
+        for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit,
+                          warnings=self.warnings):
+            for i, start in enumerate(range(0, a.n_rows, chunk_rows)):
+                n = min(chunk_rows, a.n_rows - start)
+                units.append(Unit(a.dms_id, a.family, i, n, start, a.crc, a.max_len, locator(path=str(a.path.resolve()))))
+        return units
+
+    def read(self, unit: Unit) -> Rows:
+        path = Path(unit.where()["path"])
+        frame = read_assay(path, unit.first_row, unit.n_rows)
+        if len(frame) != unit.n_rows:
+            raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
+        names = frame["mutant"].tolist()
+        pair_index = np.arange(unit.first_row, unit.first_row + len(frame), dtype=np.int32)
+        return Rows([f"{unit.dataset}/{i}" for i in pair_index], names, frame["sequence"].tolist(), pair_index,
+                    {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]})
+
+    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+        """Every variant of the assay (sequences only: labels are never read for fitting)."""
+        unit = next(u for u in units if u.dataset == dataset)
+        return read_assay(Path(unit.where()["path"]))["sequence"].tolist()
+
+    @classmethod
+    def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:
+        if not score_dirs:
+            raise GlmscoreError("pass --scores with one or more score folders.")
+        columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
+        frames = [read_scores(d, columns=columns, what="NABench score folder") for d in score_dirs]
+        manifests = {d: read_manifest(d) for d in score_dirs}
+        notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
+        inputs = pd.DataFrame([{"model": f["model"].iloc[0], "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
+                                "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),
+                                "finished": m.get("finished")} for (d, m), f in zip(manifests.items(), frames)])
+        scores = pd.concat(frames, ignore_index=True)
+        if scores["label"].isna().all():
+            raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
+        assays = zero_shot_table(scores, options.cutoff)
+        families, summary = aggregate(assays, n_boot=options.n_boot, seed=options.seed)
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        assays.to_csv(out_dir / "nabench_assays.csv", index=False)
+        families.to_csv(out_dir / "nabench_families.csv", index=False)
+        summary.to_csv(out_dir / "nabench_summary.csv", index=False)
+        plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
+        report = write_table_report(
+            "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
+                                         "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]}),
+                                         "Provenance": inputs},
+            plots, out_dir,
+            {"metrics": "Spearman (spearman), AUC and MCC at the cutoff, NDCG@10%, top-10% recall; *_se = bootstrap SE",
+             "cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
+             "seed": options.seed})
+        return {"report": str(report), "table": summary}
+
+    @classmethod
+    def combined_tables(cls, parts: list[dict], order: list[str], out: Path, bid: str) -> list:
+        return nabench_tables(parts, order, out, bid)

@@ -1,0 +1,395 @@
+"""The Nullsette benchmark: the released file layout, building it from component tables, the registered
+benchmark (units = chunks of one FASTA file) and its analysis (paired permutation tests, success rates).
+
+Released layout (GLM-Nullsette-Benchmark ``processed_data``)::
+    <root>/{deboer/Abf1TATA, deboer/pTpA, kosuri, lagator, zahm}/
+        nonmutant.txt, mutant_translocation1.txt, ..., mutant_translocation<K>.txt
+
+FASTA despite the suffix; record i of every file of a dataset belongs to cassette i. A dataset is any
+folder under the root holding ``nonmutant.txt``; its name is its relative path with '/' -> '_'
+(``deboer_Abf1TATA``), so it can be a hive partition value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import sys
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.combined import ordered, plot_grid
+from analysis.nullsette import nullsette_tests, success_rates
+from analysis.report import write_nullsette_report
+from models.errors import GlmscoreError
+from models.options import Options, comma_list, option
+from pipelines import store
+from pipelines.benchmark import Benchmark, Rows, Unit, locator
+from pipelines.fasta import Chunk, read_chunk, scan, write_fasta
+from pipelines.shards import read_manifest, read_scores
+
+NONMUTANT = "nonmutant"
+BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}}}, written by build
+_MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt$")
+# Released folder of each component table shipped with the benchmark; other tables use their file stem.
+RELEASED_FOLDERS = {"deboer_Abf1TATA": "deboer/Abf1TATA", "deboer_pTpA": "deboer/pTpA"}
+
+
+@dataclass(frozen=True)
+class GroupFile:
+    dataset: str
+    group: str  # nonmutant | mutant_translocation<k>
+    path: Path
+    n_records: int
+    chunks: tuple[Chunk, ...]
+    max_len: int = 0  # longest record of the whole file (not only the --limit slice)
+
+
+def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
+             datasets: list[str] | None = None) -> list[GroupFile]:
+    """Find and validate every dataset under ``root``; return one entry per (dataset, group) file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GlmscoreError(f"Nullsette data folder {root} does not exist.")
+    folders = sorted(p.parent for p in root.rglob(f"{NONMUTANT}.txt"))
+    if not folders:
+        raise GlmscoreError(f"no Nullsette dataset under {root}: expected <dataset>/nonmutant.txt (run `glmscore nullsette build`).")
+    found = {str(f.relative_to(root)).replace("/", "_") or root.name: f for f in folders}
+    if datasets:
+        missing = sorted(set(datasets) - set(found))
+        if missing:
+            raise GlmscoreError(f"dataset(s) {', '.join(missing)} not found under {root} (found: {', '.join(sorted(found))}).")
+        found = {k: v for k, v in found.items() if k in datasets}
+    out: list[GroupFile] = []
+    for name, folder in sorted(found.items()):
+        mutants = sorted(
+            (int(m.group(1)), p) for p in folder.iterdir() if (m := _MUTANT_RE.match(p.name))
+        )
+        if not mutants:
+            raise GlmscoreError(f"dataset {name} ({folder}) has nonmutant.txt but no mutant_translocation<k>.txt files.")
+        ks = [k for k, _ in mutants]
+        if ks != list(range(1, len(ks) + 1)):
+            raise GlmscoreError(f"dataset {name}: mutant types must be numbered 1..K without gaps, found {ks}.")
+        files = [(NONMUTANT, folder / f"{NONMUTANT}.txt")] + [(f"mutant_translocation{k}", p) for k, p in mutants]
+        expected = None
+        for group, path in files:
+            n, chunks = scan(path, chunk_rows, None)
+            longest = max(c.max_len for c in chunks)
+            if expected is None:
+                expected = n
+            elif n != expected:
+                raise GlmscoreError(
+                    f"dataset {name}: {path.name} has {n} records but nonmutant.txt has {expected}; mutant files must pair row by row."
+                )
+            if limit is not None and limit < n:
+                n, chunks = scan(path, chunk_rows, limit)
+            out.append(GroupFile(name, group, path, n, tuple(chunks), longest))
+    return out
+
+
+def read_translocations(spec: Path) -> dict:
+    if not Path(spec).is_dir():
+        raise GlmscoreError(f"--spec {spec} is not a folder: it should hold translocations.json and <dataset>.tsv tables.")
+    path = spec / "translocations.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GlmscoreError(f"{path} is missing: a cassette spec needs translocations.json beside the tables.") from None
+    except json.JSONDecodeError as exc:
+        raise GlmscoreError(f"{path} is not valid JSON (line {exc.lineno}).") from None
+    for kingdom, entry in data.items():
+        if not isinstance(entry, dict) or "nonmutant" not in entry or "mutants" not in entry:
+            raise GlmscoreError(f"{path}: kingdom {kingdom!r} needs 'nonmutant' and 'mutants' lists.")
+        for k, order in enumerate(entry["mutants"], start=1):
+            if sorted(order) != sorted(entry["nonmutant"]):
+                raise GlmscoreError(f"{path}: {kingdom} mutant {k} is not a reordering of the nonmutant components.")
+    return data
+
+
+def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str, int]:
+    """Write the released layout from component tables (``<name>.tsv`` + ``translocations.json``).
+
+    Each cassette is the byte-exact concatenation of its component columns in the nonmutant order;
+    mutant k is the concatenation in order k. The kingdom of a table is the one whose component list
+    equals the table's component columns. Returns {dataset: cassettes}. A dataset folder appears only
+    when all its files are written (built in a hidden folder, then renamed).
+    """
+    spec, out = Path(spec), Path(out)
+    kingdoms = read_translocations(spec)
+    paths = sorted(spec.glob("*.tsv"))
+    if tables:
+        paths = [p for p in paths if p.stem in tables]
+        missing = set(tables) - {p.stem for p in paths}
+        if missing:
+            raise GlmscoreError(f"no component table {', '.join(sorted(missing))}.tsv in {spec}.")
+    if not paths:
+        raise GlmscoreError(f"no component tables (*.tsv) in {spec}.")
+    out.mkdir(parents=True, exist_ok=True)
+    built = {}
+    record = json.loads((out / BUILD_RECORD).read_text()) if (out / BUILD_RECORD).is_file() else {}
+    for path in paths:
+        ids, columns, components = _read_table(path)
+        kingdom = next((k for k, v in kingdoms.items() if sorted(v["nonmutant"]) == sorted(components)), None)
+        if kingdom is None:
+            raise GlmscoreError(f"{path.name}: its components {components} match no kingdom in translocations.json.")
+        entry = kingdoms[kingdom]
+        folder = out / RELEASED_FOLDERS.get(path.stem, path.stem)
+        tmp = folder.with_name(f".{folder.name}.building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        orders = [(NONMUTANT, entry["nonmutant"])] + [
+            (f"mutant_translocation{k}", order) for k, order in enumerate(entry["mutants"], start=1)
+        ]
+        for group, order in orders:
+            seqs = ["".join(columns[c][i] for c in order) for i in range(len(ids))]
+            write_fasta(tmp / f"{group}.txt", ids, seqs)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        name = str(folder.relative_to(out)).replace("/", "_")
+        built[name] = len(ids)
+        record[name] = {"kingdom": kingdom, "orders": dict(orders)}
+    (out / BUILD_RECORD).write_text(json.dumps(record, indent=1))  # names the mutant types in reports
+    return built
+
+
+def _read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if not header or header[:2] != ["cassette_id", "expression"] or len(header) < 3:
+            raise GlmscoreError(f"{path.name}: the header must be cassette_id, expression, then component columns.")
+        components = header[2:]
+        ids: list[str] = []
+        columns: dict[str, list[str]] = {c: [] for c in components}
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise GlmscoreError(f"{path.name}: line {lineno} has {len(row)} fields, the header has {len(header)}.")
+            if not row[0]:
+                raise GlmscoreError(f"{path.name}: line {lineno} has no cassette_id.")
+            for c, value in zip(components, row[2:]):
+                if not value or not value.isalpha():
+                    raise GlmscoreError(f"{path.name}: line {lineno}, component {c} is empty or not letters.")
+                columns[c].append(value)
+            ids.append(row[0])
+    if not ids:
+        raise GlmscoreError(f"{path.name} has no cassettes.")
+    if len(set(ids)) != len(ids):
+        raise GlmscoreError(f"{path.name}: cassette ids are not unique.")
+    return ids, columns, components
+
+
+def mutant_orders(translocations: str | None, data_folders: set, tests) -> dict[tuple[str, str], str]:
+    """(dataset, group) -> component order ("terminator-promoter-rbs-..."): from a translocations.json
+    (a dataset takes the kingdom with its number of mutant types) or from the build record beside the data."""
+    out: dict[tuple[str, str], str] = {}
+    if translocations:
+        kingdoms = read_translocations(Path(translocations).parent) if Path(translocations).name == "translocations.json" \
+            else json.loads(Path(translocations).read_text())
+        for dataset, part in tests.groupby("dataset"):
+            match = [k for k in kingdoms.values() if len(k["mutants"]) == part["group"].nunique()]
+            if len(match) == 1:
+                for k, order in enumerate(match[0]["mutants"], start=1):
+                    out[(dataset, f"mutant_translocation{k}")] = "-".join(order)
+        return out
+    for folder in data_folders:
+        record = Path(folder or "") / BUILD_RECORD
+        if folder and record.is_file():
+            for dataset, entry in json.loads(record.read_text()).items():
+                out.update({(dataset, g): "-".join(order) for g, order in entry["orders"].items()})
+    return out
+
+
+# ---------------------------------------------------------------- the published scripts' score files
+
+# Dataset folder names the published scripts write (hyenadna.py: the last path component) -> glmscore's
+PUBLISHED_DATASETS = {"Abf1TATA": "deboer_Abf1TATA", "pTpA": "deboer_pTpA"}
+_PUBLISHED_FILE = re.compile(r"^(nonmutant|mutant_translocation\d+)\.csv$")
+
+
+def is_published_layout(folder: Path) -> bool:
+    """A folder of the published scripts' outputs: ``<model>/<dataset>/nonmutant.csv`` (several models)
+    or ``<dataset>/nonmutant.csv`` (one model) under it, and no glmscore manifest."""
+    folder = Path(folder)
+    return folder.is_dir() and not (folder / "_manifest.json").exists() and (
+        any(folder.glob("*/nonmutant.csv")) or any(folder.glob("*/*/nonmutant.csv")))
+
+
+def read_published_scores(folder: Path):
+    """Scores written by the GLM-Nullsette-Benchmark scripts as a glmscore score table.
+
+    Layout ``<out>/<model>/<dataset>/{nonmutant,mutant_translocation<k>}.csv``, tab-separated, columns
+    ``seqs, scores``, row i of every file of a dataset = cassette i (the scripts keep FASTA order). Passing
+    ``<out>/<model>`` reads one model named after its folder. Returns (model, dataset, group, pair_index,
+    score) rows; every file of a dataset must have the nonmutant file's rows, else one sentence.
+    """
+
+    folder = Path(folder)
+    single = any(folder.glob("*/nonmutant.csv"))
+    models = [(folder.name, folder)] if single else sorted(
+        (p.name, p) for p in folder.iterdir() if p.is_dir() and any(p.glob("*/nonmutant.csv")))
+    frames = []
+    for model, model_dir in models:
+        for data_dir in sorted(p.parent for p in model_dir.glob("*/nonmutant.csv")):
+            dataset = PUBLISHED_DATASETS.get(data_dir.name, data_dir.name)
+            files = sorted(p for p in data_dir.iterdir() if _PUBLISHED_FILE.match(p.name))
+            n_rows = None
+            for path in sorted(files, key=lambda p: p.name != "nonmutant.csv"):
+                try:
+                    table = pd.read_csv(path, sep="\t", dtype={"seqs": str})
+                except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+                    raise GlmscoreError(f"{path} is not a tab-separated score file ({str(exc).splitlines()[0]}).") from None
+                if list(table.columns) != ["seqs", "scores"]:
+                    raise GlmscoreError(f"{path}: expected the published columns seqs, scores (tab-separated), "
+                                        f"found {', '.join(map(str, table.columns))}.")
+                scores = pd.to_numeric(table["scores"], errors="coerce")
+                if scores.isna().any():
+                    raise GlmscoreError(f"{path}: {int(scores.isna().sum())} score(s) are not numbers.")
+                if n_rows is None:
+                    n_rows = len(table)
+                elif len(table) != n_rows:
+                    raise GlmscoreError(f"{path} has {len(table)} rows but nonmutant.csv has {n_rows}; "
+                                        "the files of a dataset must pair row by row.")
+                frames.append(pd.DataFrame({"model": model, "dataset": dataset, "group": path.stem,
+                                            "pair_index": np.arange(len(table), dtype=np.int32),
+                                            "score": scores.to_numpy(np.float64)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- the registered benchmark
+
+
+@dataclass(frozen=True)
+class NullsetteAnalyzeOptions(Options):
+    n_perm: int = option(10_000, minimum=1, help="sign-flip permutations per test")
+    seed: int = option(0, help="permutation seed")
+    correction: str = option("bh", choices=("bh", "bonferroni", "holm", "none"), help="multiple-testing correction within (model, dataset)")
+    estimator: str = option("plus_one", choices=("plus_one", "seed", "paper"),
+                            help="plus_one: (1+b)/(1+n); seed: b/n on glmscore's draw; paper: the published "
+                                 "function bit for bit (fresh default_rng(seed) per test, rng.choice signs, b/n)")
+    alpha: float = option(0.05, minimum=0.0, maximum=1.0, help="significance level of corrected p-values")
+    labels: list[str] | None = option(None, parse=comma_list, help="comma-separated names for the --scores folders, in order "
+                                                                  "(one model twice, e.g. mean,sum)")
+    translocations: str | None = option(None, help="translocations.json naming the mutant types (default: the record "
+                                                   "`nullsette build` leaves beside the data)")
+
+
+@dataclass(frozen=True)
+class BuildOptions(Options):
+    spec: str = option(MISSING, help="folder with translocations.json and <dataset>.tsv tables")
+    out: str = option(MISSING, help="where to write the released layout")
+    tables: list[str] | None = option(None, parse=comma_list, help="comma-separated table names (default: all)")
+
+
+def nullsette_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
+    """Success rate, models x datasets (``nullsette_success.csv`` of the analysis, pivoted)."""
+    success = pd.concat([p["result"]["table"].assign(model=lambda t, p=p: t["model"].map(p["names"]).fillna(t["model"]))
+                         for p in parts], ignore_index=True)
+    grid = ordered(success.pivot(index="model", columns="dataset", values="success_rate"), order)
+    grid.columns.name = None
+    csv = out / f"{bid}_success_rate.csv"
+    grid.reset_index().to_csv(csv, index=False)
+    png = plot_grid(grid, out / f"{bid}_success_heatmap.png", f"{bid}: Nullsette success rate", "success rate", 0, 1, "viridis")
+    return [(f"{bid}: Nullsette success rate (fraction of mutant types with corrected p < alpha), models x datasets",
+             grid.reset_index(), [csv, png])]
+
+
+class NullsetteSource(Benchmark):
+    """Rows are FASTA records; record i of every file of a dataset is cassette i (``pair_index``)."""
+    data_help = "Nullsette: the released layout <dataset>/{nonmutant,mutant_translocation<k>}.txt"
+    scores_help = ("glmscore score folders, or the published scripts' outputs <out>[/<model>]/<dataset>/"
+                   "{nonmutant,mutant_translocation<k>}.csv (tab-separated seqs, scores)")
+
+    AnalyzeOptions = NullsetteAnalyzeOptions
+
+    def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
+        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets)
+        widths = {g.dataset: g.max_len for g in groups if g.group == NONMUTANT}
+        return [
+            Unit(g.dataset, g.group, i, c.n_records, c.first_record, c.crc, widths[g.dataset],
+                 locator(path=str(g.path.resolve()), offset=c.offset, length=c.length))
+            for g in groups for i, c in enumerate(g.chunks)
+        ]
+
+    def read(self, unit: Unit) -> Rows:
+        where = unit.where()
+        names, seqs = read_chunk(where["path"], where["offset"], where["length"])
+        if len(seqs) != unit.n_rows:
+            raise GlmscoreError(f"{where['path']} changed while the job ran; rerun to rescan it.")
+        pair_index = np.arange(unit.first_row, unit.first_row + len(seqs), dtype=np.int32)
+        return Rows([f"{unit.dataset}/{unit.group}/{i}" for i in pair_index], names, seqs, pair_index)
+
+    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+        """The dataset's nonmutants, all cassettes (a crossfit baseline must never see mutants)."""
+        non = [u for u in units if u.dataset == dataset and u.group == NONMUTANT]
+        if not non:
+            raise GlmscoreError(f"fitting on dataset {dataset} needs its nonmutant sequences.")
+        path = Path(non[0].where()["path"])
+        full = discover(path.parent, chunk_rows=1 << 40)[0]
+        c = full.chunks[0]
+        return read_chunk(str(full.path), c.offset, c.length)[1]
+
+    @classmethod
+    def analyze(cls, score_dirs: list[str], out: str, options: NullsetteAnalyzeOptions) -> dict:
+
+        if not score_dirs:
+            raise GlmscoreError("pass --scores with one or more score folders.")
+        if options.labels and len(options.labels) != len(score_dirs):
+            raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
+        frames, provenance, limits, datas = [], {}, {}, set()
+        for i, d in enumerate(score_dirs):
+            if not store.is_uri(d) and is_published_layout(Path(d)):
+                frame = read_published_scores(Path(d))
+                if options.labels:
+                    if frame["model"].nunique() > 1:
+                        raise GlmscoreError(f"{d} holds {frame['model'].nunique()} models; --labels names one per folder, "
+                                            "so pass <out>/<model> folders one by one.")
+                    frame["model"] = options.labels[i]
+                frames.append(frame)
+                for model in frame["model"].unique():
+                    limits[model] = None
+                    provenance[model] = f"{d}, the published scripts' score files (seqs, scores)"
+                continue
+            frame = read_scores(d, columns=["model", "dataset", "group", "pair_index", "score"],
+                                what="score folder")
+            manifest = read_manifest(d)
+            if options.labels:
+                frame["model"] = options.labels[i]
+            frames.append(frame)
+            config = manifest.get("config", {})
+            datas.add(config.get("data"))
+            for model in frame["model"].unique():
+                limits[model] = config.get("limit")
+                provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
+                                     f"revision {manifest.get('resolved_revision')}, --limit {config.get('limit')}, "
+                                     f"finished {manifest['finished']}")
+        notes = []
+        if len(set(limits.values())) > 1:
+            notes.append("the models were scored on different --limit slices (" + ", ".join(f"{m}: {v}" for m, v in limits.items())
+                         + "); their tests use different cassettes")
+            print(f"glmscore: warning: {notes[-1]}.", file=sys.stderr)
+        scores = pd.concat(frames, ignore_index=True)
+        if scores.duplicated(["model", "dataset", "group", "pair_index"]).any():
+            raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once "
+                                "or name them apart with --labels.")
+        o = options
+        tests = nullsette_tests(scores, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
+                                alpha=o.alpha)
+        orders = mutant_orders(o.translocations, datas, tests)
+        tests.insert(tests.columns.get_loc("group") + 1, "order",
+                     [orders.get((d, g), "") for d, g in zip(tests["dataset"], tests["group"])])
+        success = success_rates(tests)
+        settings = {**{k: v for k, v in o.to_dict().items() if v is not None}, "alternative": "less (mutant < nonmutant)",
+                    **({"notes": "; ".join(notes)} if notes else {})}
+        report = write_nullsette_report(scores, tests, success, Path(out), settings, provenance)
+        return {"report": str(report), "table": success, "tests": tests}
+
+    @classmethod
+    def combined_tables(cls, parts: list[dict], order: list[str], out: Path, bid: str) -> list:
+        return nullsette_tables(parts, order, out, bid)

@@ -1,0 +1,172 @@
+"""The Ray session every command shares: which cluster (``ray_address``), starting or joining it once
+(``start_ray``), watching it (``watch_cluster``), sizing actor pools and checking that they fit
+(``size_pool``, ``check_fits``), and running a grid of Ray Tune trials (``run_trials``).
+
+Drivers (the score job, sweeps, probe and fine-tuning commands, a benchmark's learners) call these and
+nothing of Ray's set-up themselves. What a backend's actors need beyond CPUs and whole GPUs (vLLM's
+tensor-parallel placement group) comes from the backend (``Backend.actor_resources``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import ray
+from ray import tune
+
+from models.base import Backend
+from models.cards import ModelCard
+from models.errors import GlmscoreError
+from pipelines import store
+from pipelines.console import handle_sigterm, quiet_ray, trial_progress
+
+EXIT_CLUSTER_LOST = 3
+# CPUs each stage reserves: an actor holds one (its torch threads use the cores it shares with the tasks);
+# prepare and write are light beside a forward pass, and fractions let them run next to an actor that
+# holds a node's only whole CPU (a restarted actor plus whole-CPU write tasks stalled writes for minutes)
+ACTOR_CPUS, PREPARE_CPUS, WRITE_CPUS = 1.0, 0.5, 0.1
+TASK_CPUS = PREPARE_CPUS + WRITE_CPUS
+
+
+class Pool(NamedTuple):
+    """An actor pool: GPUs per actor (fractions share a GPU), its smallest and largest size, and the torch
+    threads per actor (None: the backend's default)."""
+
+    gpus: float
+    min_actors: int
+    max_actors: int
+    threads: int | None
+
+
+def size_pool(cfg, backend: type[Backend], cluster: dict, card: ModelCard | None = None) -> Pool:
+    """The actor pool of a job (``cfg``: a ``ScoreConfig``) on ``cluster`` (Ray's resource totals). Actors share a
+    GPU only when the card says how much memory one needs and --gpu-memory-gb says it fits twice or more."""
+    gpus = cfg.gpus_per_actor
+    if cfg.device == "cpu":
+        if gpus:
+            raise GlmscoreError("--device cpu asks for no GPU; drop --gpus-per-actor.")
+        gpus = 0.0
+    elif cfg.device == "gpu" and not backend.can_use_gpu and not gpus:
+        raise GlmscoreError(f"backend {backend.name} runs on CPU only; drop --device gpu.")
+    elif gpus is None:
+        # "gpu" asks for GPU actors whatever the cluster has now: on an autoscaling cluster whose GPU
+        # workers are at zero, the pending actors are what make the autoscaler add GPU nodes
+        gpus = 1.0 if cfg.device == "gpu" or (backend.can_use_gpu and cluster.get("GPU", 0) >= 1) else 0.0
+    elif cfg.device == "gpu" and gpus == 0:
+        raise GlmscoreError("--device gpu needs --gpus-per-actor above 0.")
+    if cfg.gpus_per_actor is None and gpus and cfg.gpu_memory_gb and card is not None and card.gpu_memory_gb > 0:
+        fits = int(cfg.gpu_memory_gb // card.gpu_memory_gb)
+        if fits >= 2:
+            gpus = 1.0 / fits
+    max_actors = cfg.max_actors
+    if max_actors is None:
+        max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) / gpus + 1e-9) if gpus else 1)
+    threads = cfg.threads_per_actor
+    if threads is None and not gpus:
+        # An actor reserves 1 CPU so the prepare/write tasks can run beside it, but torch should use
+        # the cores it shares with them: those tasks are light next to a forward pass.
+        threads = max(1, int(cluster.get("CPU", 1)) // max_actors)
+    return Pool(gpus, cfg.min_actors, max_actors, threads)
+
+
+def check_fits(pool: Pool, cluster: dict) -> Pool:
+    """On a cluster that cannot add nodes (the local one this job started), an actor pool that can never
+    be placed is a user error, not a job that waits for ever; so is one that would hold every CPU, which
+    leaves none for the prepare and write tasks beside it (the job would hang without a word). Returns
+    the pool with its largest size capped to what fits."""
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    if pool.gpus > gpus:
+        raise GlmscoreError(f"each actor asks for {pool.gpus:g} GPU(s) but this local cluster has {gpus:g}; "
+                            "drop --gpus-per-actor or pass --address of a cluster with GPUs.")
+    by_cpu = int((cpus - TASK_CPUS) / ACTOR_CPUS + 1e-9)
+    fit = min(by_cpu, int(gpus / pool.gpus + 1e-9) if pool.gpus else by_cpu)
+    if pool.min_actors > fit:
+        raise GlmscoreError(f"--min-actors {pool.min_actors} cannot start: this local cluster fits {max(fit, 0)} actor(s) "
+                            f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes {ACTOR_CPUS:g} CPU and {pool.gpus:g} GPU, "
+                            f"and its prepare and write tasks {TASK_CPUS:g} CPU beside them).")
+    return pool._replace(max_actors=min(pool.max_actors, fit))
+
+
+def warn_if_starved(pool: Pool, cluster: dict) -> None:
+    """On a cluster this job joined, an autoscaler may still add nodes: a pool that leaves no CPU for the
+    tasks beside it is a warning, not an error."""
+    if cluster.get("CPU", 0) < pool.min_actors * ACTOR_CPUS + TASK_CPUS:
+        print(f"glmscore: warning: the cluster has {cluster.get('CPU', 0):g} CPUs now; {pool.min_actors} actor(s) and their "
+              f"prepare/write tasks need {pool.min_actors * ACTOR_CPUS + TASK_CPUS:g}: the job waits until nodes are added.",
+              file=sys.stderr)
+
+
+def watch_cluster(every: float = 5.0, misses: int = 3):
+    """A daemon thread that, while the job runs, ends this process with one sentence when the Ray head
+    stops answering (``misses`` failed connections to its GCS, ``every`` seconds apart): without it a
+    driver blocked on a dead cluster waits for Ray's own minute-long reconnect timeout, then dies with
+    pages of C++ logs. Exit status 3: the cluster was lost, not the input. Returns an event to set when
+    the job is over (a cluster shut down afterwards is not a loss)."""
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+    done = threading.Event()
+
+    def watch():
+        failed = 0
+        while not done.wait(every):
+            try:
+                socket.create_connection((host, int(port)), timeout=every).close()
+                failed = 0
+            except OSError:
+                failed += 1
+                if failed >= misses and not done.is_set():
+                    print(f"glmscore: error: lost the Ray cluster (its head at {host}:{port} stopped answering); "
+                          "finished shards are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
+                    os._exit(EXIT_CLUSTER_LOST)
+
+    threading.Thread(target=watch, name="glmscore-cluster-watch", daemon=True).start()
+    return done
+
+
+def ray_address(address: str | None) -> str:
+    """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
+    submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
+    started with ``ray start`` on this machine (what ``ray.init()`` without an address would join)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> None:
+    """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
+    ``out`` (``pipelines/console.py``), our SIGTERM handling restored. A local cluster gets no dashboard
+    (about 1 s of start-up) unless ``state_api``: Ray's state API is served by the dashboard, and Ray Train
+    polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
+    if ray.is_initialized():
+        return
+    dashboard = None if address != "local" else state_api
+    # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
+    logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
+    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
+             **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
+    handle_sigterm()  # ray.init installs handlers of its own
+
+
+
+def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resources: dict, n_trials: int,
+               max_concurrent: int | None = None, **shared) -> list:
+    """The one Ray Tune runner of every sweep (probes, fine-tuning, a benchmark's learners): the trials of
+    ``param_space`` (its ``tune.grid_search`` entries), each with ``resources``; ``shared`` goes to the
+    object store once (``tune.with_parameters``); one progress line per finished trial (of ``n_trials``).
+    Returns Tune's results; the first failed trial's error is raised (a user error keeps its sentence, a
+    bug its traceback). No configuration is ever chosen here: every trial's result is returned."""
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, **shared), resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent) if max_concurrent else None,
+        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
+                                  callbacks=[trial_progress(n_trials)]),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise errors[0]
+    return list(results)
