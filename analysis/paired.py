@@ -53,7 +53,7 @@ def published_pvalue(diffs: np.ndarray, *, n_perm: int = 10_000, seed: int | Non
     generator's half-used 64-bit word between calls; so one draw of ``(rows, n)`` indices consumes
     the stream exactly as ``rows`` successive draws of ``n``. Each row's mean is a reduction over the
     contiguous last axis, which numpy computes with the same pairwise summation as the 1-D ``np.mean``.
-    ``tests/test_statistics.py`` checks equality against the explicit loop on real score vectors.
+    ``tests/analysis/test_statistics.py`` checks equality against the explicit loop on real score vectors.
     """
     diffs = np.asarray(diffs, dtype=np.float64)
     observed = np.mean(diffs)

@@ -99,9 +99,14 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class ActorResources:
-    """Ray remote arguments of one model actor and the GPUs it holds with them."""
+    """What one model actor asks for: Ray remote arguments, the GPUs it holds with them, and optionally
+    the bundles of a placement group made for each actor (``STRICT_PACK``: on one node), which its child
+    tasks and actors join (a tensor-parallel engine's workers). The Ray session turns this into Ray's
+    scheduling options (``pipelines/ray_session.py``: ``actor_remote_args``)."""
+
     remote_args: dict
     gpus: float
+    bundles: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)

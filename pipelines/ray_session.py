@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from models.base import Backend
+from models.base import ActorResources, Backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from pipelines import store
@@ -170,3 +171,18 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     if errors:
         raise errors[0]
     return list(results)
+
+
+def actor_remote_args(resources: ActorResources) -> dict:
+    """Ray Data's arguments for a model actor pool: the backend's remote arguments, and for a backend that
+    asks for a placement group per actor, a ``ray_remote_args_fn`` that makes one for each actor and puts
+    the actor's children (vLLM's tensor-parallel workers) in it."""
+    if not resources.bundles:
+        return dict(resources.remote_args)
+    bundles = [dict(b) for b in resources.bundles]
+
+    def remote_args():
+        pg = ray.util.placement_group(bundles, strategy="STRICT_PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+    return {**resources.remote_args, "ray_remote_args_fn": remote_args}

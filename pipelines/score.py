@@ -45,6 +45,7 @@ from pipelines.ray_session import (
     PREPARE_CPUS,
     WRITE_CPUS,
     Pool,
+    actor_remote_args,
     check_fits,
     ray_address,
     size_pool,
@@ -422,7 +423,7 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
         # a killed actor (its process, or its node) is restarted and its unit retried: Ray Data creates
         # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
         # tests/core/test_faults.py and tests/core/test_node_loss.py hold it to that
-        num_cpus=ACTOR_CPUS, **plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus).remote_args,
+        num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
         fn_constructor_kwargs={"plan": plan, "fitted": fitted},
     )
     ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,

@@ -76,7 +76,7 @@ def make_tiny_bert(path: Path, *, hidden: int = 64, layers: int = 2, max_positio
 
 
 # ---------------------------------------------------------------- tokenizer shapes of the published scripts
-# (tests/test_published_protocols.py; each builder writes a tiny random model with that tokenizer)
+# (tests/models/test_published_protocols.py; each builder writes a tiny random model with that tokenizer)
 
 
 def _fast(vocab, pre, post=None, unk="[UNK]", **kw):

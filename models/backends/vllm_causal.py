@@ -100,9 +100,11 @@ class VLLMCausal(Backend):
     @classmethod
     def actor_resources(cls, card, options, gpus_per_actor):
         tp = engine_settings(card, options).get("tensor_parallel_size") or 1
-        if tp > 1:  # the engine's tp workers get their GPUs from a placement group of tp bundles
-            return ActorResources({"num_gpus": 0, "ray_remote_args_fn": tensor_parallel_bundle(tp)},
-                                  float(tp) if gpus_per_actor else 0.0)
+        if tp > 1:
+            # the actor takes no GPU itself; vLLM's Ray executor starts its tp workers inside a placement
+            # group of tp GPUs on one node (size a cluster as actors x tp GPUs)
+            return ActorResources({"num_gpus": 0}, float(tp) if gpus_per_actor else 0.0,
+                                  bundles=({"GPU": 1, "CPU": 1},) * tp)
         return super().actor_resources(card, options, gpus_per_actor)
 
     @classmethod
@@ -119,7 +121,7 @@ class VLLMCausal(Backend):
         settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced
         settings.setdefault("gpu_memory_utilization", gpu_memory_utilization(runtime))
         if (settings.get("tensor_parallel_size") or 1) > 1:
-            # workers go into the actor's placement group (tensor_parallel_bundle)
+            # workers go into the actor's placement group (ActorResources.bundles)
             settings["distributed_executor_backend"] = "ray"
         try:
             self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=runtime.dtype,
@@ -141,20 +143,3 @@ class VLLMCausal(Backend):
             values.append(np.array([lps[j][int(ids[j])].logprob for j in range(first, len(ids))], dtype=np.float64))
         per_row = rows_from_pieces([owners[i] for i in todo], values, len(encoded))
         return LoglikResult.from_positions(per_row, keep_positions)
-
-
-def tensor_parallel_bundle(tp: int):
-    """``ray_remote_args_fn`` giving each vLLM actor a placement group of ``tp`` GPUs on one node.
-
-    The actor itself takes no GPU; vLLM's Ray executor starts its ``tp`` workers inside the group
-    (``placement_group_capture_child_tasks``). Size a cluster as actors x tp GPUs.
-    """
-
-    def remote_args():
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
-
-    return remote_args

@@ -32,7 +32,7 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
     from models.hf_common import config_context
     from models.regression import load_base, make_regressor, pad_batch
     from models.tokenization import TokenPolicy, load_tokenizer
-    from pipelines.benchmarks.nabench.benchmark import read_assay
+    from pipelines.benchmarks.nabench.source import read_assay
 
     torch.set_num_threads(threads)
     card = resolve_card(str(model_dir))

@@ -24,8 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipelines.benchmarks.nabench.benchmark import discover
     from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.nabench.source import discover
     from pipelines.score import ScoreConfig, run_score
     from tests.bench.bench_nullsette import PeakRSS
 

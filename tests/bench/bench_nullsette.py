@@ -64,11 +64,10 @@ def main() -> None:
     import torch
 
     from analysis.nullsette import nullsette_tests
-    from models.base import token_budget_batches
-    from models.base import resolve_card
+    from models.base import resolve_card, token_budget_batches
     from models.loader import load_backend
+    from pipelines.benchmarks.nullsette.source import build, discover
     from pipelines.fasta import read_all
-    from pipelines.benchmarks.nullsette.benchmark import build, discover
     from pipelines.score import ScoreConfig, run_score
     from tests.tiny_models import make_tiny_llama
 

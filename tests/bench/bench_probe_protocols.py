@@ -62,7 +62,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from analysis.probes import run_fewshot, run_supervised
     from analysis.published_probes import paper_fewshot, paper_random
-    from pipelines.benchmarks.nabench.benchmark import positions, read_assay
+    from pipelines.benchmarks.nabench.source import positions, read_assay
 
     data = ROOT.parent / "shared" / "data" / "nabench"
     rows, t0 = [], time.perf_counter()

@@ -119,7 +119,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocols_"))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    from pipelines.benchmarks.nullsette.benchmark import build
+    from pipelines.benchmarks.nullsette.source import build
 
     build(SHARED, out / "pd")
     statistics(out / "pd", out, args.n_perm)

@@ -26,9 +26,10 @@ def main() -> None:
 
     from models.base import resolve_card
     from models.loader import load_backend
-    from pipelines.benchmarks.variants.benchmark import BuildOptions, Variants, build_windows
-    from pipelines.score import ScoreConfig, run_score
+    from pipelines.benchmarks.variants.benchmark import Variants
+    from pipelines.benchmarks.variants.source import BuildOptions, build_windows
     from pipelines.benchmarks.variants.synthetic import make_synthetic
+    from pipelines.score import ScoreConfig, run_score
     from tests.bench.bench_nullsette import PeakRSS
     from tests.tiny_models import make_tiny_llama
 

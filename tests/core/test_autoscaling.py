@@ -29,7 +29,8 @@ import pytest
 
 from models.base import BACKENDS
 from models.errors import GlmscoreError
-from pipelines.score import ScoreConfig, _resources
+from pipelines.ray_session import size_pool as _resources
+from pipelines.score import ScoreConfig
 from tests.conftest import ROOT
 from tests.ray_procs import _end_session, _free_port, _tail, dashboard_actors, dashboard_nodes, ray_head
 

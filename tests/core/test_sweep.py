@@ -16,7 +16,7 @@ from pipelines.cli import main
 from pipelines.shards import read_manifest
 from pipelines.sweep import EXIT_RUNS_FAILED, SweepFileError, load_sweep, main_sweep
 from tests.conftest import ROOT, shared_data
-from tests.test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
+from tests.core.test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
 N_PERM = 2000
 
@@ -29,7 +29,7 @@ def _write(path: Path, doc: dict) -> Path:
 @pytest.fixture(scope="module")
 def kosuri(tmp_path_factory) -> Path:
     """The real kosuri cassettes (../shared/data/nullsette) in the released layout."""
-    from pipelines.benchmarks.nullsette.benchmark import build
+    from pipelines.benchmarks.nullsette.source import build
 
     out = tmp_path_factory.mktemp("nullsette") / "processed_data"
     build(shared_data("nullsette"), out, tables=["kosuri"])
@@ -232,7 +232,7 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
     """Without Ray: run_score replaced by a stand-in that succeeds, fails with a user error, or has a bug."""
     import ray
 
-    from pipelines import score, sweep
+    from pipelines import sweep
 
     (tmp_path / "d").mkdir()
     path = _write(tmp_path / "s.yaml", {"out": "o", "address": "auto", "max_parallel": 1,
@@ -248,9 +248,9 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
         done.append(cfg.model)
         return {"rows_total": 1, "shards_computed": 1, "shards_reused": 0, "model_card": {"id": "kmer3"}}
 
-    monkeypatch.setattr(score, "resolve_job", lambda cfg: None)
-    monkeypatch.setattr(score, "start_ray", lambda *a, **k: None)
-    monkeypatch.setattr(score, "run_score", fake_run_score)
+    monkeypatch.setattr(sweep, "resolve_job", lambda cfg: None)
+    monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(sweep, "run_score", fake_run_score)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(sweep, "write_report", lambda s, runs, out: [])
     with pytest.raises(ZeroDivisionError, match="a bug in a run"):
@@ -268,7 +268,7 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
     run_score and the report replaced by stand-ins; the score job on S3 is tested in test_object_store)."""
     import ray
 
-    from pipelines import score, store, sweep
+    from pipelines import store, sweep
 
     (tmp_path / "d").mkdir()
     path = _write(tmp_path / "s.yaml", {"out": f"s3://{BUCKET}/sweeps/one/", "address": "auto",
@@ -285,9 +285,9 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
         (out / "report.md").write_text("# Sweep report\n")
         return []
 
-    monkeypatch.setattr(score, "resolve_job", lambda cfg: None)
-    monkeypatch.setattr(score, "start_ray", lambda *a, **k: None)
-    monkeypatch.setattr(score, "run_score", fake_run_score)
+    monkeypatch.setattr(sweep, "resolve_job", lambda cfg: None)
+    monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(sweep, "run_score", fake_run_score)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(sweep, "write_report", fake_report)
     assert main_sweep(str(path)) == 0
@@ -302,12 +302,14 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
 
 def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
     """The combiners set each analysis's own tables side by side (analysis parts as pipelines/sweep.py makes them)."""
-    from analysis.combined import nabench_tables, nullsette_tables, variants_tables
+    from pipelines.benchmarks.nabench.benchmark import NABench
+    from pipelines.benchmarks.nullsette.benchmark import Nullsette
+    from pipelines.benchmarks.variants.benchmark import Variants
 
     order = ["k3", "llama-mean", "llama-sum"]
     success = pd.DataFrame({"model": ["llama-mean", "k3", "llama-sum", "k3"], "dataset": ["kosuri", "kosuri", "kosuri", "zahm"],
                             "success_rate": [0.25, 0.5, 0.75, 1.0]})
-    [(_, grid, files)] = nullsette_tables([{"result": {"table": success}, "names": {m: m for m in order}}], order, tmp_path, "ns")
+    [(_, grid, files)] = Nullsette.combined_tables([{"result": {"table": success}, "names": {m: m for m in order}}], order, tmp_path, "ns")
     assert grid["model"].tolist() == order and grid.loc[0, "zahm"] == 1.0 and pd.isna(grid.loc[1, "zahm"])
     assert [f.name for f in files] == ["ns_success_rate.csv", "ns_success_heatmap.png"]
 
@@ -319,14 +321,14 @@ def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
             .to_csv(folder / "nabench_assays.csv", index=False)
         summary = pd.DataFrame([{"model": card, "spearman": rho} for card, _, rho in rows])
         parts.append({"result": {"table": summary}, "dir": folder, "names": {card: name for card, name, _ in rows}})
-    (_, summary, _), (_, grid, _) = nabench_tables(parts, order, tmp_path, "nb")
+    (_, summary, _), (_, grid, _) = NABench.combined_tables(parts, order, tmp_path, "nb")
     assert summary["model"].tolist() == order and summary["spearman"].tolist() == [0.1, 0.2, 0.3]
     assert grid.set_index("model")["A1"].to_dict() == {"k3": 0.1, "llama-mean": 0.2, "llama-sum": 0.3}
 
     table = pd.DataFrame({"method": ["tiny zero-shot -LLR", "tiny zero-shot |LLR|", "tiny probe ridge"],
                           "kind": ["zero-shot", "zero-shot", "probe"], "subset": "all", "n": 10, "n_pos": 5,
                           "auroc": [0.6, 0.55, 0.9], "ci_low": 0.5, "ci_high": 0.7})
-    [(_, aurocs, _)] = variants_tables([{"result": {"table": table}, "names": {"tiny": "llama-mean"}}], order, tmp_path, "v")
+    [(_, aurocs, _)] = Variants.combined_tables([{"result": {"table": table}, "names": {"tiny": "llama-mean"}}], order, tmp_path, "v")
     assert aurocs[["model", "statistic", "auroc"]].values.tolist() == [["llama-mean", "-LLR", 0.6], ["llama-mean", "|LLR|", 0.55]]
 
 

@@ -147,7 +147,7 @@ def real_kmer_scores(tmp_path_factory):
     from models.backends.kmer import fit_counts, logprob_table
     from models.base import resolve_card
     from models.loader import load_backend
-    from pipelines.benchmarks.nullsette.benchmark import build
+    from pipelines.benchmarks.nullsette.source import build
     from pipelines.fasta import read_all
     from tests.conftest import shared_data
 

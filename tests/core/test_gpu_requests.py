@@ -7,7 +7,8 @@ from models.backends.vllm_causal import VLLMCausal, gpu_memory_utilization
 from models.base import Runtime
 from models.cards import registry
 from models.errors import GlmscoreError
-from pipelines.score import ScoreConfig, _resources
+from pipelines.ray_session import size_pool as _resources
+from pipelines.score import ScoreConfig
 
 NO_GPU = {"CPU": 2.0}
 
@@ -60,10 +61,10 @@ def test_gpu_flags_that_contradict_each_other_are_one_sentence():
 def test_a_local_pool_leaves_cpus_for_its_prepare_and_write_tasks():
     """A pool holding every CPU of a cluster that cannot grow would starve the tasks beside it and hang
     without a word: it is capped, or refused when --min-actors asks for it."""
-    from pipelines.score import Plan, check_fits
+    from pipelines.ray_session import Pool, check_fits
 
-    plan = Plan(None, None, None, None, Runtime(), "f", {}, 0.0, (1, 4))
-    assert check_fits(plan, {"CPU": 2.0}).actors == (1, 1)  # 2 CPUs: one actor (1) + its tasks (0.6)
-    assert check_fits(plan, {"CPU": 8.0}).actors == (1, 4)
+    pool = Pool(0.0, 1, 4, None)
+    assert check_fits(pool, {"CPU": 2.0})[1:3] == (1, 1)  # 2 CPUs: one actor (1) + its tasks (0.6)
+    assert check_fits(pool, {"CPU": 8.0})[1:3] == (1, 4)
     with pytest.raises(GlmscoreError, match="--min-actors 2 cannot start: this local cluster fits 1 actor"):
-        check_fits(Plan(None, None, None, None, Runtime(), "f", {}, 0.0, (2, 2)), {"CPU": 2.0})
+        check_fits(Pool(0.0, 2, 2, None), {"CPU": 2.0})

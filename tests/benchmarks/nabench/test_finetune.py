@@ -24,7 +24,7 @@ from tests.conftest import shared_data
 
 NABENCH = shared_data("nabench")
 needs_data = pytest.mark.skipif(not NABENCH.is_dir(), reason="../shared/data/nabench is absent")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 GLMSCORE = [sys.executable, "-m", "pipelines.cli"]
 
 
@@ -174,7 +174,7 @@ def _kmer_features(seqs, k=3):
 def test_probe_transfer_on_real_assays_never_reads_held_out_labels():
     from analysis.probe_trials import AssayArrays
     from analysis.transfer import TransferTask, transfer_predict
-    from pipelines.benchmarks.nabench.benchmark import read_assay
+    from pipelines.benchmarks.nabench.source import read_assay
 
     data = {}
     for name in ("Townshend_2015_4nt_aptamer", "Townshend_2015_5nt_aptamer", "Tome_2014_GFP_aptamer"):

@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from models.alphabet import normalise
-from models.base import resolve_card
+from models.backends.kmer import fit_counts, logprob_table
+from models.base import resolve_card, rolling_windows
 from models.cards import registry
 from models.errors import GlmscoreError
-from models.base import rolling_windows
-from models.backends.kmer import fit_counts, logprob_table
 from models.loader import load_backend
 
 SEQS = ["ACGTACGTTAGC", "GGGAAATTTCCCAGT", "AC", "TTGACATATAATAGGAGGATGAAATAA", "acgu"]

@@ -184,7 +184,7 @@ def test_contiguous_folds_follow_the_script(name):
     """Single mutants (Pitt) and multi-mutants with a wild type (Janzen): candidates, the 20% cap, the skip rule.
     (3-mer counts: with a one-hot, held-out positions never vary in training and predictions are constant.)"""
     from analysis.published_probes import paper_contiguous, paper_contiguous_folds
-    from pipelines.benchmarks.nabench.benchmark import positions
+    from pipelines.benchmarks.nabench.source import positions
 
     frame = real_assay(name)
     X, y = kmer_counts(frame["sequence"]), frame["DMS_score"].to_numpy(float)

@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from models.errors import GlmscoreError
+from pipelines.benchmarks.nullsette.benchmark import Nullsette
 from pipelines.benchmarks.nullsette.demo import write_spec
+from pipelines.benchmarks.nullsette.source import build, discover
 from pipelines.fasta import read_all
-from pipelines.benchmarks.nullsette.benchmark import Nullsette, build, discover
 from tests.conftest import ROOT, shared_data
 
 

@@ -9,7 +9,7 @@ from sklearn.metrics import matthews_corrcoef, ndcg_score, roc_auc_score
 from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall
 from analysis.probes import fewshot_splits, fit_eval, supervised_folds
 from models.errors import GlmscoreError
-from pipelines.benchmarks.nabench.benchmark import discover, family_of, positions, read_assay, read_metadata
+from pipelines.benchmarks.nabench.source import discover, family_of, positions, read_assay, read_metadata
 from tests.conftest import shared_data
 
 RNG = np.random.default_rng(0)

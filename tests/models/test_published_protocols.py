@@ -209,7 +209,7 @@ def test_score_job_under_the_published_protocol(ray_cluster, small_nullsette, hy
 def test_paper_on_a_vllm_card_runs_on_its_transformers_fallback(tiny_llama, small_nullsette, monkeypatch):
     """GENERator and METAGENE-1 cards default to vLLM, which has no published protocol: ``--protocol paper``
     picks the card's fallback backend (hf_causal) instead of refusing the flag."""
-    from models import cards
+    from models import base as cards  # resolve_card reads the card registry through models.base
     from pipelines.score import ScoreConfig, resolve_job
 
     vllm_card = resolve_card(str(tiny_llama)).with_(id="vllm-card", backend="vllm_causal", fallback_backend="hf_causal")

@@ -60,7 +60,8 @@ def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     import pandas as pd
     import ray
 
-    from pipelines.benchmarks.nullsette.benchmark import Nullsette, build
+    from pipelines.benchmarks.nullsette.benchmark import Nullsette
+    from pipelines.benchmarks.nullsette.source import build
     from pipelines.score import ScoreConfig, run_score
 
     build(shared_data("nullsette"), tmp_path / "pd")

@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
 from models.errors import GlmscoreError
-from pipelines.benchmarks.variants.benchmark import BuildOptions, build_windows, window_pair
 from pipelines.benchmarks.variants.genome import Genome, read_tss, read_variants, reverse_complement
+from pipelines.benchmarks.variants.source import BuildOptions, build_windows, window_pair
 from tests.conftest import shared_data
 
 GTEX_VCF = "gtex_b38_chr1_snvs.vcf"
@@ -200,9 +200,8 @@ def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path, capsys):
-    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
+    from pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
     from pipelines.score import ScoreConfig, run_score
-    from pipelines.benchmarks.variants.learning import CNNOptions, run_cnn
 
     emb = tmp_path / "emb"
     run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model="onehot", pooling="tss",
@@ -211,8 +210,8 @@ def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not
     assert len(X["embedding"].iloc[0]) == 384 * 4  # the 384 bp around the TSS, one-hot
     results = {}
     for shuffle in (False, True):
-        probes = run_probes(ProbeConfig(embeddings=str(emb), setting="variants", probes=["logistic"],
-                                        out=str(tmp_path / f"probes{shuffle}"), shuffle_labels=shuffle))
+        probes = run_variant_probes(VariantProbeConfig(embeddings=str(emb), probes=["logistic"],
+                                                       out=str(tmp_path / f"probes{shuffle}"), shuffle_labels=shuffle))
         cnn = run_cnn(CNNOptions(data=str(synthetic / "var"), out=str(tmp_path / f"cnn{shuffle}"), filters=[16, 32, 32, 48],
                                  hidden=[32, 16], lr=3e-3, patience=10, max_epochs=30, shuffle_labels=shuffle))
         results[shuffle] = (probes["summary"].iloc[0], cnn["summary"].iloc[0])
@@ -232,9 +231,9 @@ def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthe
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.benchmarks.variants.benchmark import VariantsAnalyzeOptions
-    from pipelines.score import ScoreConfig, run_score
     from pipelines.benchmarks.variants.report import analyze_variants, zero_shot_llr
+    from pipelines.benchmarks.variants.source import VariantsAnalyzeOptions
+    from pipelines.score import ScoreConfig, run_score
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_llama), reduction="sum",
@@ -268,8 +267,8 @@ def test_masked_marginal_at_the_variant_base_matches_a_hand_computation(syntheti
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from pipelines.score import ScoreConfig, run_score
     from pipelines.benchmarks.variants.report import zero_shot_llr
+    from pipelines.score import ScoreConfig, run_score
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_bert), reduction="focus",

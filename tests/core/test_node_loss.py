@@ -27,8 +27,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.conftest import ROOT
-from tests.ray_procs import (_end_session, _free_port, _proc_table, _tail, dashboard_actors, dashboard_nodes,
-                             ray_head, ray_worker)
+from tests.ray_procs import _end_session, _free_port, _proc_table, _tail, dashboard_actors, dashboard_nodes, ray_head, ray_worker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from models.base import BACKENDS, Backend, LoglikResult, register_backend
-from models.base import resolve_card
+from models.base import BACKENDS, Backend, LoglikResult, register_backend, resolve_card
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.loader import load_backend

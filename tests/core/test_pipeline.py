@@ -150,7 +150,7 @@ def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path
     write theirs (<out>/<model>/<dataset>/<file>.csv, tab-separated seqs, scores) analyse to the same table."""
     import pandas as pd
 
-    from pipelines.benchmarks.nullsette.benchmark import build
+    from pipelines.benchmarks.nullsette.source import build
     from pipelines.cli import main
     from tests.conftest import shared_data
 
