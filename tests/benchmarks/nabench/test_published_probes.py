@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold
+from threadpoolctl import threadpool_limits
 
 from models.errors import GlmscoreError
 from tests.conftest import shared_data
@@ -66,6 +67,11 @@ def parse_mutation(mut_str):
 
 
 def hand_fewshot(emb, sc, few_shot_k, few_shot_repeat=5, seed=42):
+    with threadpool_limits(1):  # as in a Tune trial (1 CPU): one-hot ridge predictions tie, and BLAS's
+        return _hand_fewshot(emb, sc, few_shot_k, few_shot_repeat, seed)  # summation order breaks the ties
+
+
+def _hand_fewshot(emb, sc, few_shot_k, few_shot_repeat, seed):
     np.random.seed(seed)
     corrs = []
     for r in range(few_shot_repeat):
