@@ -143,3 +143,34 @@ def seed_option(what: str = "seed of splits and fits"):
 def test_chroms_option():
     """The causal-variant test chromosomes (chr9 + chr10, the benchmark's split)."""
     return option(["chr9", "chr10"], parse=comma_list, help="test chromosomes (comma-separated)")
+
+
+def coerce_values(cls, values: dict, where: str, problems: list[str]) -> dict:
+    """``values`` from a file (a sweep's YAML) for option class ``cls``, through the same machinery as the
+    CLI's flags: lists and strings through the field's own parser (``a,b`` or ``[a, b]``), scalars checked
+    against the field's type (a YAML value is typed already, so it is checked, not re-parsed). A problem is
+    one sentence in ``problems``, prefixed with ``where``; validation (choices, bounds) is the class's own."""
+    fields_ = {f.name: f for f in option_fields(cls)}
+    out = {}
+    for key, value in values.items():
+        f = fields_.get(key)
+        if f is None or value is None:
+            out[key] = value
+            continue
+        typ = base_type(cls, f)
+        parse = f.metadata.get("parse")
+        if parse is not None and isinstance(value, (str, list)):
+            value = parse(",".join(map(str, value)) if isinstance(value, list) else value)
+        elif typ is bool and not isinstance(value, bool):
+            problems.append(f"{where}: {key} must be true or false, not {value!r}.")
+            continue
+        elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{where}: {key} must be a whole number, not {value!r}.")
+            continue
+        elif typ is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"{where}: {key} must be a number, not {value!r}.")
+            continue
+        elif typ is str and not isinstance(value, str):
+            value = str(value)  # e.g. `backend: 5` -> "5", then refused by its choices
+        out[key] = value
+    return out

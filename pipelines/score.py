@@ -33,7 +33,7 @@ from ray.data import ActorPoolStrategy
 from models.base import BACKENDS, Backend, Context, Encoded, Runtime, resolve_card
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.options import Options, address_option, comma_list, option, option_fields
+from models.options import Options, address_option, comma_list, option, option_fields, out_option
 from models.pooling import Pooling
 from pipelines import shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
@@ -72,7 +72,7 @@ class ScoreConfig(Options):
     benchmark: str = option(MISSING, choices=lambda: BENCHMARKS.names(), help="benchmark family")
     data: str = option(MISSING, affects_result=False, help="benchmark data folder")
     model: str = option(MISSING, affects_result=False, help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
-    out: str = option(MISSING, affects_result=False, help="output folder for Parquet shards and _manifest.json")
+    out: str = out_option("output folder for Parquet shards and _manifest.json")
     task: str = option("score", choices=TASKS, cli=False, help="score (log-likelihoods) or embed")
     backend: str | None = option(None, affects_result=False, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
     reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),

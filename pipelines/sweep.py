@@ -66,7 +66,7 @@ from analysis.combined import provenance_table, write_combined_report
 from models.base import BACKENDS
 from models.cards import registry
 from models.errors import GlmscoreError
-from models.options import base_type, flag_of, option_fields
+from models.options import coerce_values, flag_of, option_fields
 from pipelines import store
 from pipelines.benchmark import BENCHMARKS
 from pipelines.ray_session import check_fits, ray_address, size_pool, start_ray
@@ -156,35 +156,6 @@ def _suggest(word: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
-    """``values`` (from YAML) for option class ``cls``: lists/strings through the field's CLI parser
-    (``a,b`` or ``[a, b]``), types checked (a YAML value cannot be re-parsed from text like a flag)."""
-    fields_ = {f.name: f for f in option_fields(cls)}
-    out = {}
-    for key, value in values.items():
-        f = fields_.get(key)
-        if f is None or value is None:
-            out[key] = value
-            continue
-        typ = base_type(cls, f)
-        parse = f.metadata.get("parse")
-        if parse is not None and isinstance(value, (str, list)):
-            value = parse(",".join(map(str, value)) if isinstance(value, list) else value)
-        elif typ is bool and not isinstance(value, bool):
-            problems.append(f"{where}: {key} must be true or false, not {value!r}.")
-            continue
-        elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{where}: {key} must be a whole number, not {value!r}.")
-            continue
-        elif typ is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            problems.append(f"{where}: {key} must be a number, not {value!r}.")
-            continue
-        elif typ is str and not isinstance(value, str):
-            value = str(value)  # e.g. `backend: 5` -> "5", then refused by its choices
-        out[key] = value
-    return out
-
-
 def _yaml_names(text: str) -> str:
     """An option sentence in the sweep file's terms: ``--mlm-scoring`` -> ``mlm_mode`` (the field name)."""
     classes = [ScoreConfig] + [c.Options for c in BACKENDS.classes()] + \
@@ -230,7 +201,7 @@ def _job_fields() -> set[str]:
 
 
 def _check_job(job: dict, where: str, problems: list[str]) -> dict:
-    job = _typed(ScoreConfig, job, where, problems)
+    job = coerce_values(ScoreConfig, job, where, problems)
     _check(lambda: ScoreConfig(benchmark="nullsette", data=".", model="m", out=".", **job), where, problems)
     return job
 
@@ -257,7 +228,7 @@ def _check_backend_options(options: dict, backend: str | None, where: str, probl
     errors = []
     for cls in candidates:
         sub: list[str] = []
-        typed = _typed(cls.Options, options, where, sub)
+        typed = coerce_values(cls.Options, options, where, sub)
         _check(lambda: cls.Options.from_values(typed, owner=f"backend {cls.name}"), where, sub)
         if not sub:
             return typed
@@ -392,7 +363,7 @@ def load_sweep(path: str | Path) -> Sweep:
             if not Path(data).exists():
                 problems.append(f"{where}: data folder {data} does not exist.")
         job = _check_job({k: v for k, v in entry.items() if k in job_keys}, where, problems)
-        options = _typed(cls.Options, {k: v for k, v in entry.items() if k in bench_keys and k not in job_keys}, where, problems)
+        options = coerce_values(cls.Options, {k: v for k, v in entry.items() if k in bench_keys and k not in job_keys}, where, problems)
         _check(lambda: cls.Options.from_values(options, owner=f"benchmark {cls.name}"), where, problems)
         analyze = _as_mapping(entry.get("analyze"), f"{where}: analyze", problems)
         analyze_keys = {f.name for f in option_fields(cls.AnalyzeOptions)}
@@ -402,7 +373,7 @@ def load_sweep(path: str | Path) -> Sweep:
         for key in sorted(set(analyze) - analyze_keys):
             problems.append(f"{where}: analyze: {key!r} is not an option of `glmscore analyze {cls.name}`"
                             f"{_suggest(key, analyze_keys)}" + (f" ({', '.join(sorted(analyze_keys - {'labels'}))})." if analyze_keys else "."))
-        analyze = _typed(cls.AnalyzeOptions, {k: v for k, v in analyze.items() if k in analyze_keys}, where, problems)
+        analyze = coerce_values(cls.AnalyzeOptions, {k: v for k, v in analyze.items() if k in analyze_keys}, where, problems)
         _check(lambda: cls.AnalyzeOptions.from_values(analyze, owner=f"`glmscore analyze {cls.name}`"), f"{where}: analyze", problems)
         bid = entry.get("id") or cls.name
         if not isinstance(bid, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", bid) or bid in (".", ".."):

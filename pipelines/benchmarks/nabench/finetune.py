@@ -57,7 +57,7 @@ from models.base import resolve_card
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.hf_common import WEIGHT_FILES, config_context, hf_preflight, hf_provenance
-from models.options import Options, address_option, comma_list, option
+from models.options import Options, address_option, comma_list, option, out_option, seed_option
 from models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
 from models.tokenization import TokenPolicy, load_tokenizer
 from pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
@@ -88,7 +88,7 @@ class FinetuneConfig(Options):
     model: str = option(MISSING, help="a transformers model: card id, hub id or local save_pretrained directory")
     setting: str = option(MISSING, choices=SETTINGS,
                           help="supervised 5-fold CV, few-shot k rows, or transfer (leave one assay out within a family)")
-    out: str = option(MISSING, help="output folder (must be storage every node sees)")
+    out: str = out_option("output folder (must be storage every node sees)")
     benchmark: str = option("nabench", choices=("nabench",), help="the benchmark (NABench fitness assays)")
     assays: list[str] | None = option(None, parse=comma_list, help="comma-separated DMS_IDs (default: all)")
     families: list[str] | None = option(None, parse=family_list, help="comma-separated families (case-insensitive RNA_TYPE)")
@@ -108,7 +108,7 @@ class FinetuneConfig(Options):
     val_fraction: float = option(0.1, minimum=0.01, maximum=0.5, help="sweeps: inner validation share of the training rows")
     long: str = option("error", choices=("error", "truncate"), help="sequences longer than the context: error or truncate")
     shuffle_labels: bool = option(False, help="the control: labels permuted within each assay (expect Spearman near 0)")
-    seed: int = option(0, help="seed of folds, head initialisation and batch order")
+    seed: int = seed_option("seed of folds, head initialisation and batch order")
     workers: int = option(1, minimum=1, affects_result=False, help="Ray Train workers per fit (data parallel)")
     cpus_per_worker: float = option(1.0, minimum=0.1, affects_result=False, help="CPUs per Ray Train worker")
     use_gpu: bool = option(False, affects_result=False, help="one GPU per Ray Train worker")

@@ -16,7 +16,7 @@ from analysis.probes import PROBES
 from analysis.published_probes import PAPER_SEED, SOURCE
 from analysis.report import write_table_report
 from models.errors import GlmscoreError
-from models.options import Options, address_option, comma_list, option
+from models.options import Options, address_option, comma_list, option, out_option, seed_option
 from pipelines import store
 from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence
 from pipelines.benchmarks.nabench.source import family_list, positions
@@ -38,7 +38,7 @@ class ProbeConfig(Options):
     setting: str = option(MISSING, choices=SETTINGS,
                           help="NABench: few-shot k in {5, 20, 50, 100}, supervised 5-fold CV, or transfer "
                                "(leave one assay out within a family); variants: chromosome-held-out AUROC")
-    out: str = option(MISSING, help="report folder")
+    out: str = out_option("report folder")
     probes: list[str] | None = option(None, parse=comma_list, choices=_probe_names,
                                       help="comma-separated: ridge, mlp, logistic (default: ridge,mlp; variants: mlp,logistic)")
     protocol: str = option("glmscore", choices=PROTOCOLS,
@@ -50,7 +50,7 @@ class ProbeConfig(Options):
                                           "fold_modulo_5, fold_contiguous_5: each present one is a scheme), joined by mutant")
     wildtype: str = option("keep", choices=WILDTYPE, help="keep or drop the wild-type rows (empty mutant) before any split")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
-    seed: int = option(0, help="seed of splits and fits (under --protocol paper the published split seeds are used "
+    seed: int = seed_option("seed of splits and fits (under --protocol paper the published split seeds are used "
                                "and this seeds only the bootstrap)")
     transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
     transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")

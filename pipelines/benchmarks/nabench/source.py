@@ -25,7 +25,7 @@ from analysis.combined import ordered, plot_grid
 from analysis.fitness import aggregate, zero_shot_table
 from analysis.report import plot_best_worst, plot_family_bars, write_table_report
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
+from models.options import Options, comma_list, option, seed_option
 from pipelines.benchmark import Benchmark, Rows, Unit, locator
 from pipelines.shards import read_manifest, read_scores
 
@@ -160,7 +160,7 @@ class NABenchOptions(Options):
 class NABenchAnalyzeOptions(Options):
     cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
     n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
-    seed: int = option(0, help="bootstrap seed")
+    seed: int = seed_option("bootstrap seed")
 
 
 def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:

@@ -27,7 +27,7 @@ from analysis.combined import ordered, plot_grid
 from analysis.nullsette import nullsette_tests, success_rates
 from analysis.report import write_nullsette_report
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option
+from models.options import Options, comma_list, option, out_option, seed_option
 from pipelines import store
 from pipelines.benchmark import Benchmark, Rows, Unit, locator
 from pipelines.fasta import Chunk, read_chunk, scan, write_fasta
@@ -268,7 +268,7 @@ def read_published_scores(folder: Path):
 @dataclass(frozen=True)
 class NullsetteAnalyzeOptions(Options):
     n_perm: int = option(10_000, minimum=1, help="sign-flip permutations per test")
-    seed: int = option(0, help="permutation seed")
+    seed: int = seed_option("permutation seed")
     correction: str = option("bh", choices=("bh", "bonferroni", "holm", "none"), help="multiple-testing correction within (model, dataset)")
     estimator: str = option("plus_one", choices=("plus_one", "seed", "paper"),
                             help="plus_one: (1+b)/(1+n); seed: b/n on glmscore's draw; paper: the published "
@@ -283,7 +283,7 @@ class NullsetteAnalyzeOptions(Options):
 @dataclass(frozen=True)
 class BuildOptions(Options):
     spec: str = option(MISSING, help="folder with translocations.json and <dataset>.tsv tables")
-    out: str = option(MISSING, help="where to write the released layout")
+    out: str = out_option("where to write the released layout")
     tables: list[str] | None = option(None, parse=comma_list, help="comma-separated table names (default: all)")
 
 

@@ -36,7 +36,7 @@ from analysis.variants import (
 from models.alphabet import codes
 from models.cnn import CNNTrainConfig, predict_cnn, train_cnn
 from models.errors import GlmscoreError
-from models.options import Options, address_option, comma_list, option, test_chroms_option
+from models.options import Options, address_option, comma_list, option, out_option, seed_option, test_chroms_option
 from pipelines.benchmarks.variants.report import PREDICTIONS
 from pipelines.benchmarks.variants.source import VariantsSource, read_build
 from pipelines.ray_session import ray_address, run_trials, start_ray
@@ -167,11 +167,11 @@ def load_variant_embeddings(emb_dir: Path) -> tuple[str, pd.DataFrame, np.ndarra
 class VariantProbeConfig(Options):
     """``glmscore variants probe`` (also ``glmscore probe --setting variants``)."""
     embeddings: str = option(MISSING, help="an embedding folder written by `glmscore embed --benchmark variants`")
-    out: str = option(MISSING, help="report folder")
+    out: str = out_option("report folder")
     setting: str = option("variants", choices=("variants",), help="variants: chromosome-held-out AUROC")
     probes: list[str] | None = option(None, parse=comma_list, choices=lambda: list(VARIANT_PROBES),
                                       help=f"comma-separated (default: {','.join(VARIANT_PROBES)})")
-    seed: int = option(0, help="seed of splits and fits")
+    seed: int = seed_option("seed of splits and fits")
     test_chroms: list[str] = test_chroms_option()
     chrom_folds: int = option(5, minimum=2, help="CV folds grouped by chromosome on the other chromosomes")
     shuffle_labels: bool = option(False, help="the control, labels permuted across rows (expect AUROC near 0.5)")
@@ -204,7 +204,7 @@ def run_variant_probes(cfg: VariantProbeConfig) -> dict:
 @dataclass(frozen=True)
 class CNNOptions(Options):
     data: str = option(MISSING, help="a variant-view windows folder (glmscore variants build --view variant)")
-    out: str = option(MISSING, help="output folder")
+    out: str = out_option("output folder")
     filters: list[int] = option([192, 384, 576, 768], parse=lambda s: [int(x) for x in comma_list(s)], help="filters of the 4 blocks")
     kernels: list[int] = option([7, 3, 3, 5], parse=lambda s: [int(x) for x in comma_list(s)], help="kernel sizes of the 4 blocks")
     hidden: list[int] = option([256, 64], parse=lambda s: [int(x) for x in comma_list(s)], help="MLP hidden layers")
@@ -214,7 +214,7 @@ class CNNOptions(Options):
     batch_size: int = option(64, minimum=1, help="examples per step")
     test_chroms: list[str] = test_chroms_option()
     folds: int = option(5, minimum=2, help="CV folds grouped by chromosome")
-    seed: int = option(0, help="seed of initialisation and shuffling")
+    seed: int = seed_option("seed of initialisation and shuffling")
     shuffle_labels: bool = option(False, help="the control: permute labels across rows (expect AUROC near 0.5)")
     cpus_per_trial: int = option(1, minimum=1, help="CPUs (torch threads) per fold trial")
     gpus_per_trial: float = option(0, minimum=0, help="GPUs per fold trial (trains on CUDA when > 0)")

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.errors import GlmscoreError
-from models.options import Options, comma_list, option, test_chroms_option
+from models.options import Options, comma_list, option, out_option, seed_option, test_chroms_option
 from pipelines.benchmark import Benchmark, Rows, Unit, locator
 from pipelines.benchmarks.variants.genome import (
     Genome,
@@ -64,7 +64,7 @@ UNIT_BASES = 1 << 23  # bases per unit and group: long windows get fewer rows pe
 class BuildOptions(Options):
     genome: str = option(MISSING, help="genome FASTA (plain with .fai, or bgzipped with .fai and .gzi)")
     variants: str = option(MISSING, help="variants: VCF (1-based POS) or CSV/TSV with chrom,pos,ref,alt[,label,tissue,gene]")
-    out: str = option(MISSING, help="windows folder to write")
+    out: str = out_option("windows folder to write")
     view: str = option("variant", choices=tuple(VIEWS), help="variant: windows centred on the variant; gene: on the gene's TSS")
     annotation: str | None = option(None, help="TSS table (chrom,start|tss,strand,gene_name|gene_id) or GTF; needed by --view gene")
     window: int | None = option(None, minimum=2, help="window length in bp (default: 1500 for variant, 131072 for gene)")
@@ -242,7 +242,7 @@ class VariantsAnalyzeOptions(Options):
     cnn: list[str] | None = option(None, parse=comma_list, help="comma-separated folders written by `glmscore baseline cnn`")
     test_chroms: list[str] = test_chroms_option()
     n_boot: int = option(1000, minimum=1, help="bootstrap resamples (of sites) for the AUROC CIs")
-    seed: int = option(0, help="bootstrap seed")
+    seed: int = seed_option("bootstrap seed")
 
 
 def variants_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:

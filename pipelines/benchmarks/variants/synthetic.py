@@ -34,14 +34,14 @@ temporary name and renamed.
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pysam
 
 from models.errors import GlmscoreError
-from models.options import Options, option
+from models.options import Options, option, out_option, seed_option
 
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)  # index 3 - i is the complement of index i
 GC = 0.42
@@ -54,12 +54,12 @@ DEFAULT_TISSUES = ("Liver", "Lung", "Muscle_Skeletal", "Whole_Blood")
 
 @dataclass(frozen=True)
 class SyntheticOptions(Options):
-    out: str = option(MISSING, help="output folder for genome.fa, tss.tsv, variants.csv and README.md")
+    out: str = out_option("output folder for genome.fa, tss.tsv, variants.csv and README.md")
     n_chroms: int = option(12, minimum=1, help="chromosomes chr1..chrN (the default test split needs chr9 and chr10)")
     chrom_len: int = option(200_000, minimum=2 * EDGE + 1, help="bases per chromosome")
     genes_per_chrom: int = option(40, minimum=1, help="gene TSSs per chromosome")
     label_noise: float = option(0.1, minimum=0.0, maximum=0.5, help="fraction of variants whose label is flipped")
-    seed: int = option(0, help="random seed (same seed, same bytes)")
+    seed: int = seed_option("random seed (same seed, same bytes)")
 
 
 def _write(path: Path, text: str) -> None:
