@@ -17,7 +17,7 @@ def _safe(name: str) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # in here: matplotlib loads only when a plot is drawn
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt

@@ -32,7 +32,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # namespace/name, as the hub
 @lru_cache(maxsize=16)
 def load_config(hf_id: str, revision: str | None, trust_remote_code: bool):
     """A model's transformers config (from a local directory, the hub cache or the hub), read once."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # in here: transformers loads only where a model or tokenizer is built
 
     check_hub(hf_id, revision)
     try:
@@ -160,7 +160,7 @@ class HFBackend(Backend):
 
     def __init__(self, card, options, runtime, fitted=None):
         super().__init__(card, options, runtime, fitted)
-        import torch
+        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
         import transformers
 
         if runtime.threads:
@@ -186,7 +186,7 @@ class HFBackend(Backend):
         Under ``--protocol paper`` a masked LM also masks the pad tokens inside a row, as the published
         scripts' ``attention_mask = input_ids != pad_token_id`` does (Nucleotide Transformer's rows are
         padded to max_length by the protocol itself)."""
-        import torch
+        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -200,7 +200,7 @@ class HFBackend(Backend):
 
     def run_batches(self, rows: Sequence[np.ndarray], fn: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:
         """Call ``fn`` on token-budget batches of row indices; halve a batch on CUDA out-of-memory."""
-        import torch
+        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
         results: list[np.ndarray | None] = [None] * len(rows)
 
@@ -247,7 +247,7 @@ class HFBackend(Backend):
 
 def token_logprobs(logits, targets):
     """log p(target) per position, computed in fp32 whatever the model's dtype."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
     logits = logits.float()
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

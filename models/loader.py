@@ -16,7 +16,7 @@ from models.cards import ModelCard
 def default_device() -> str:
     if importlib.util.find_spec("torch") is None:
         return "cpu"
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -36,7 +36,7 @@ def load_base(card: ModelCard):
     """The card's backbone in fp32 (``AutoModel``: a ``*ForMaskedLM``/``*ForCausalLM`` checkpoint loads
     without its LM head). A pooler the head never reads is removed, so data-parallel training finds no
     parameter without a gradient."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
     import transformers
 
     transformers.logging.set_verbosity_error()  # "weights not used: lm_head..." is expected here
@@ -62,7 +62,7 @@ def weights_sha256(module) -> str:
 def pool_torch(hidden, real, pooling: str):
     """``models.pooling.pool`` for a padded batch: ``hidden`` (B, T, D), ``real`` (B, T) bool marks real
     nucleotide tokens (not BOS/CLS/SEP/pad)."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
     realf = real.to(hidden.dtype).unsqueeze(-1)
     mean = (hidden * realf).sum(1) / realf.sum(1).clamp(min=1.0)
@@ -81,7 +81,7 @@ def pool_torch(hidden, real, pooling: str):
 
 def make_regressor(base, pooling: str, head: str, seed: int):
     """``base`` + pooling + a regression head (``linear``: one layer; ``mlp``: 256 GELU units)."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
     from torch import nn
 
     dim = base.config.hidden_size * (2 if pooling == "cls+mean" else 1)
@@ -107,7 +107,7 @@ def make_regressor(base, pooling: str, head: str, seed: int):
 
 def pad_batch(ids: Sequence[np.ndarray], real: Sequence[np.ndarray], pad_id: int):
     """Right-padded (input_ids, attention_mask, real) tensors."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
     width = max(len(r) for r in ids)
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -120,7 +120,7 @@ def pad_batch(ids: Sequence[np.ndarray], real: Sequence[np.ndarray], pad_id: int
 
 def predict(model, ids: Sequence[np.ndarray], real: Sequence[np.ndarray], pad_id: int, device, batch: int = 64) -> np.ndarray:
     """The model's outputs for every row, in eval mode, in row order."""
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
     model.eval()
     out = []

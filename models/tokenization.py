@@ -73,7 +73,7 @@ def check_hub(hf_id: str, revision: str | None) -> None:
 @lru_cache(maxsize=4)
 def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
     """The card's Hugging Face tokenizer, loaded once per process."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # in here: transformers loads only where a model or tokenizer is built
 
     check_hub(hf_id, revision)
     try:

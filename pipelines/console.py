@@ -101,7 +101,7 @@ class Progress:
 
 def trial_progress(total: int):
     """A Ray Tune callback that shows trials done of ``total`` (as ``Progress``)."""
-    from ray.tune import Callback
+    from ray.tune import Callback  # in here: runs inside a Ray Train/Tune worker, which imports what it needs itself
 
     class TrialProgress(Callback):
         def __init__(self):

@@ -70,7 +70,7 @@ class HFMasked(HFBackend):
         """log p(true token) at the token covering nucleotide ``focus[i]`` of each row only (a variant's
         base): from the unmasked pass, or with that token masked (``pll``). For a ref/alt pair the masked
         contexts are identical, so alt - ref is the masked-marginal score log p(alt) - log p(ref)."""
-        import torch
+        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
         k = max(1, self.card.kmer)
         where = []
@@ -99,7 +99,7 @@ class HFMasked(HFBackend):
         return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
 
     def _pll(self, encoded: Sequence[Encoded], keep_positions: bool) -> LoglikResult:
-        import torch
+        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
         mask_id = self.tokenizer.mask_token_id
         pieces, owners = [], []

@@ -115,7 +115,7 @@ class VLLMCausal(Backend):
         super().__init__(card, options, runtime, fitted)
         if not self.available():
             raise GlmscoreError("vLLM is not installed: pip install 'glmscore[gpu]' (GPU) or 'glmscore[cpu]' (CPU).")
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # in here: vLLM is optional and loads only in its actor
 
         settings = engine_settings(card, options)
         settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced

@@ -279,7 +279,7 @@ def train_loop(config: dict) -> None:
     trains, checkpoints every epoch and, on rank 0, writes its predictions to ``fits/<fit>.parquet``. A
     restarted or resumed group skips finished fits and continues the current one from its checkpoint."""
 
-    import ray
+    import ray  # in here: runs inside a Ray Train/Tune worker, which imports what it needs itself
     import ray.train
     import ray.train.torch
     import torch
@@ -303,7 +303,7 @@ def train_loop(config: dict) -> None:
 
 
 def _train_one(config: dict, fit: dict, data: dict, state: dict | None, start_seconds: float) -> None:
-    import ray.train
+    import ray.train  # in here: runs inside a Ray Train/Tune worker, which imports what it needs itself
     import ray.train.torch
     import torch
     from torch.utils.data import DistributedSampler
@@ -374,7 +374,7 @@ def _train_one(config: dict, fit: dict, data: dict, state: dict | None, start_se
 
 
 def _group_trial(config: dict, shared: dict) -> None:
-    import ray.train
+    import ray.train  # in here: runs inside a Ray Train/Tune worker, which imports what it needs itself
     from ray import tune
     from ray.train.torch import TorchTrainer
 

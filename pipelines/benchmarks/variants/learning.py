@@ -77,7 +77,7 @@ def _predictions(data: VariantRows, method: str, fold: int, predict) -> pd.DataF
 
 
 def _report(pred: pd.DataFrame) -> None:
-    from ray import tune
+    from ray import tune  # in here: runs inside a Ray Train/Tune worker, which imports what it needs itself
 
     with tempfile.TemporaryDirectory() as tmp:
         pred.to_parquet(Path(tmp) / PREDICTIONS, index=False)
@@ -96,7 +96,7 @@ def _probe_trial(config: dict, data: VariantRows, X: np.ndarray) -> None:
 
 
 def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray) -> None:
-    import torch
+    import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
 
 
     fold = config["fold"]
