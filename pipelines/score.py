@@ -401,10 +401,19 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
         references = _references(plan, units) if plan.backend.fits_on_reference else {}
         plan = replace(plan, references=reference_digests(references, units) if references else {})
         pending = out.pending(units, plan.fingerprint, plan.references)
+        print(f"glmscore: {pending_line(len(units), out.why_pending(pending, plan.fingerprint, plan.references))}",
+              file=sys.stderr, flush=True)
         revisions = _run_pending(plan, pending, references, out) if pending else set()
         return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
                           card=plan.card.to_dict(), started=started, provenance=plan.provenance,
                           warnings=plan.benchmark.warnings)
+
+
+def pending_line(total: int, why: dict[str, int]) -> str:
+    """``12 of 80 shards to compute (2 input changed, 10 new); 68 reused`` (what a rerun redoes and why)."""
+    todo = sum(why.values())
+    reasons = ", ".join(f"{n} {k}" for k, n in sorted(why.items()) if n)
+    return f"{todo} of {total} shards to compute" + (f" ({reasons})" if reasons else "") + f"; {total - todo} reused"
 
 
 def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder) -> set[str]:

@@ -80,6 +80,33 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
     assert main(["analyze", "nullsette", "--scores", str(out), "--out", "/sys/glmscore_test_report", "--n-perm", "10"]) == 2
 
 
+def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette, tmp_path, capsys):
+    """Each unit has its own CRC: an edited mutant record recomputes its one shard (a fitted k-mer table
+    learns only from nonmutants, so it is unchanged), and the run says so."""
+    data = tmp_path / "pd"
+    shutil.copytree(small_nullsette, data)
+    out = tmp_path / "scores"
+    cfg = _cfg(data, "kmer:3", out, limit=8, chunk_rows=4, datasets=["synthetic_ecoli"])
+    run_score(cfg)
+    mutant = data / "synthetic_ecoli" / "mutant_translocation3.txt"
+    lines = mutant.read_text().splitlines()
+    seq_line = [i for i, line in enumerate(lines) if not line.startswith(">")][5]  # record 6: chunk 1
+    lines[seq_line] = ("C" if lines[seq_line][0] != "C" else "G") + lines[seq_line][1:]
+    mutant.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    manifest = run_score(cfg)
+    assert manifest["shards_computed"] == 1 and manifest["shards_reused"] == 39
+    assert "1 of 40 shards to compute (1 input changed); 39 reused" in capsys.readouterr().err
+    # an edited nonmutant changes the dataset's fitted table: every shard of it is recomputed
+    non = data / "synthetic_ecoli" / "nonmutant.txt"
+    lines = non.read_text().splitlines()
+    lines[1] = ("C" if lines[1][0] != "C" else "G") + lines[1][1:]
+    non.write_text("\n".join(lines) + "\n")
+    manifest = run_score(cfg)
+    assert manifest["shards_computed"] == 40
+    assert "40 of 40 shards to compute (1 input changed, 39 reference changed); 0 reused" in capsys.readouterr().err
+
+
 def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):
     from tests.tiny_models import make_tiny_llama
 

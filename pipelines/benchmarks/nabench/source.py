@@ -12,8 +12,8 @@ Nucleic-acid family: ``RNA_TYPE`` case-insensitively, whitespace -> '_' (``Aptam
 
 from __future__ import annotations
 
+import io
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,10 @@ from analysis.report import plot_best_worst, plot_family_bars, write_table_repor
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, seed_option
 from pipelines.benchmark import Benchmark, Rows, Unit, locator
+from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan
 from pipelines.shards import read_manifest, read_scores
 
-COLUMNS = ["mutant", "DMS_score", "sequence"]
+
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
 
 
@@ -45,8 +46,9 @@ class Assay:
     family: str
     path: Path
     n_rows: int
-    crc: int
+    crc: int  # of the whole file
     max_len: int = 0
+    spans: tuple[Span, ...] = ()  # where each chunk of rows lies in the file (its own CRC)
 
 
 def read_metadata(data: Path) -> dict[str, str]:
@@ -64,31 +66,19 @@ def read_metadata(data: Path) -> dict[str, str]:
 
 
 def read_assay(path: Path, start: int = 0, n: int | None = None) -> pd.DataFrame:
-    """Rows ``start .. start+n`` of one assay, validated."""
-    try:
-        frame = pd.read_csv(path, dtype={"mutant": str, "sequence": str}, keep_default_na=False,
-                            na_values={"DMS_score": ["", "NA", "NaN", "nan"]},
-                            skiprows=range(1, start + 1) if start else None, nrows=n)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise GlmscoreError(f"{path.name} is not a readable assay CSV ({str(exc).splitlines()[0]}).") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise GlmscoreError(f"{path.name} lacks column(s) {', '.join(missing)}: an assay needs mutant, DMS_score, sequence.")
-    if frame["sequence"].eq("").any():
-        row = int(frame.index[frame["sequence"].eq("")][0]) + start + 2
-        raise GlmscoreError(f"{path.name}: line {row} has an empty sequence.")
-    bad = ~frame["sequence"].str.fullmatch(r"[A-Za-z]+")
-    if bad.any():
-        raise GlmscoreError(f"{path.name}: line {int(frame.index[bad][0]) + start + 2} has characters that are not sequence letters.")
-    numeric = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
-    frame.attrs["non_numeric_scores"] = int((numeric.isna() & frame["DMS_score"].notna()).sum())
-    frame["DMS_score"] = numeric
-    return frame
+    """Rows ``start .. start+n`` of one assay, validated (the whole file is scanned: for a job's units,
+    ``NABenchSource.read`` reads only the unit's bytes)."""
+    found = scan(Path(path), chunk_rows=1 << 62, limit=None if n is None else start + n)
+    if not found.spans:
+        return parse(io.BytesIO(b""), Path(path), header=found.header)
+    span = found.spans[0]
+    return read_span(Path(path), span.offset, span.length).iloc[start:].reset_index(drop=True)
 
 
 def discover(data: Path, *, assays: list[str] | None = None, families: list[str] | None = None,
-             limit: int | None = None, warnings: list[str] | None = None) -> list[Assay]:
-    """The assays under ``data``; what is usable but suspicious is appended to ``warnings``."""
+             limit: int | None = None, warnings: list[str] | None = None, chunk_rows: int = 1 << 62) -> list[Assay]:
+    """The assays under ``data``, each scanned (validated, split into spans of ``chunk_rows`` rows) in one
+    streaming pass; what is usable but suspicious is appended to ``warnings``."""
     data = Path(data)
     if not data.is_dir():
         raise GlmscoreError(f"NABench data folder {data} does not exist.")
@@ -98,6 +88,10 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         warnings.append(f"{data / 'metadata.csv'} is missing, so every assay's family is 'unknown'.")
     files = {p.stem: p for p in sorted(data.glob("*.csv")) if p.name not in ("metadata.csv", "metadata_rfam_id.csv")}
     if not files:
+        gz = sorted(p.name for p in data.glob("*.csv.gz"))
+        if gz:
+            raise GlmscoreError(f"the assays in {data} are gzip-compressed ({gz[0]}...); NABench assays are read by "
+                                "byte range, so decompress them first (gunzip).")
         raise GlmscoreError(f"no assay files (<DMS_ID>.csv) in {data}.")
     if assays:
         missing = sorted(set(assays) - set(files))
@@ -109,20 +103,16 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         family = meta.get(dms_id, "unknown")
         if families and family not in families:
             continue
-        raw = path.read_bytes()
-        header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
-        if header[:3] != COLUMNS:
-            raise GlmscoreError(f"{path.name}: the header must start with mutant,DMS_score,sequence.")
-        frame = read_assay(path)  # validates every row once
-        if len(frame) == 0:
+        found = scan(path, chunk_rows, limit)
+        if found.n_rows == 0:
             raise GlmscoreError(f"{path.name} has no variants.")
-        if frame["DMS_score"].isna().all():
+        if found.numeric_scores == 0:
             raise GlmscoreError(f"{path.name}: no DMS_score is a number, so nothing in it can be evaluated.")
-        if frame.attrs["non_numeric_scores"]:
-            warnings.append(f"{path.name}: {frame.attrs['non_numeric_scores']} DMS_score value(s) are not numbers; "
+        if found.non_numeric_scores:
+            warnings.append(f"{path.name}: {found.non_numeric_scores} DMS_score value(s) are not numbers; "
                             "those rows are scored but carry no label.")
-        n_rows = min(len(frame), limit) if limit else len(frame)
-        out.append(Assay(dms_id, family, path, n_rows, zlib.crc32(raw), int(frame["sequence"].str.len().max())))
+        n_rows = min(found.n_rows, limit) if limit else found.n_rows
+        out.append(Assay(dms_id, family, path, n_rows, found.file_crc, found.max_len, found.spans))
     if not out:
         raise GlmscoreError(f"no assay in {data} matches the families {families}.")
     return out
@@ -194,15 +184,18 @@ class NABenchSource(Benchmark):
         wanted = sorted(set(self.options.assays or []) | set(datasets or [])) or None
         units = []
         for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit,
-                          warnings=self.warnings):
-            for i, start in enumerate(range(0, a.n_rows, chunk_rows)):
-                n = min(chunk_rows, a.n_rows - start)
-                units.append(Unit(a.dms_id, a.family, i, n, start, a.crc, a.max_len, locator(path=str(a.path.resolve()))))
+                          warnings=self.warnings, chunk_rows=chunk_rows):
+            path = str(a.path.resolve())
+            for i, s in enumerate(a.spans):
+                # each unit's CRC covers its own bytes: an edited row recomputes only its unit
+                units.append(Unit(a.dms_id, a.family, i, s.n_rows, s.first_row, s.crc, a.max_len,
+                                  locator(path=path, offset=s.offset, length=s.length)))
         return units
 
     def read(self, unit: Unit) -> Rows:
-        path = Path(unit.where()["path"])
-        frame = read_assay(path, unit.first_row, unit.n_rows)
+        where = unit.where()
+        path = Path(where["path"])
+        frame = read_span(path, where["offset"], where["length"], unit.crc)
         if len(frame) != unit.n_rows:
             raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
         names = frame["mutant"].tolist()
@@ -211,9 +204,13 @@ class NABenchSource(Benchmark):
                     {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]})
 
     def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
-        """Every variant of the assay (sequences only: labels are never read for fitting)."""
-        unit = next(u for u in units if u.dataset == dataset)
-        return read_assay(Path(unit.where()["path"]))["sequence"].tolist()
+        """Every variant of the assay (sequences only: labels are never read for fitting), read span by
+        span, not only the --limit slice the units cover."""
+        path = Path(next(u for u in units if u.dataset == dataset).where()["path"])
+        seqs: list[str] = []
+        for s in scan(path, chunk_rows=100_000).spans:
+            seqs += read_span(path, s.offset, s.length)["sequence"].tolist()
+        return seqs
 
     @classmethod
     def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:

@@ -1,0 +1,177 @@
+"""One NABench assay CSV, read in O(unit): a streaming scan finds each unit's byte range, and a unit
+reads only its own bytes.
+
+``scan`` reads the file once, line by line, in bounded memory (as ``pipelines/fasta.py`` does for
+FASTA): it validates every row (a sequence of letters, a score that is a number or missing), counts the
+rows, and records per chunk of ``chunk_rows`` rows its byte offset, length, longest sequence and a CRC
+of its bytes (seeded with the header line, so a changed header changes every chunk). ``read_span``
+parses one such range with pandas. Editing one row therefore changes one chunk's CRC, and only that
+unit is recomputed on a rerun; a unit at the end of a 1M-row assay costs what one at the start does
+(the earlier reader re-parsed the file from its first line for every unit: quadratic in rows).
+
+Rows are physical lines: a quoted field that spans lines is refused (no assay format has one). A UTF-8
+byte-order mark before the header is skipped. gzip-compressed assays are refused in one sentence (a
+byte range of a gzip stream cannot be read without decompressing everything before it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.errors import GlmscoreError
+
+COLUMNS = ["mutant", "DMS_score", "sequence"]
+NA_SCORES = ("", "NA", "NaN", "nan")
+BOM = b"\xef\xbb\xbf"
+_LETTERS = re.compile(rb"[A-Za-z]+")
+_NOT_LETTER = re.compile(rb"[^A-Za-z]")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A chunk of rows of one assay: the bytes ``offset .. offset + length`` hold rows ``first_row ..
+    first_row + n_rows`` (blank lines included, never counted)."""
+    offset: int
+    length: int
+    n_rows: int
+    first_row: int
+    crc: int
+    max_len: int
+
+
+@dataclass(frozen=True)
+class Scan:
+    header: list[str]
+    n_rows: int  # rows in the file (not only the first ``limit``)
+    spans: tuple[Span, ...]  # the first ``limit`` rows, in chunks
+    max_len: int  # longest sequence of the spanned rows
+    file_crc: int  # of the whole file: what a job that reads every row at once (fine-tuning) compares
+    non_numeric_scores: int  # DMS_score values that are neither a number nor missing
+    numeric_scores: int
+
+
+def _fields(line: bytes, path: Path, lineno: int) -> list[str]:
+    text = line.decode("utf-8")
+    if '"' not in text:
+        return text.rstrip("\r\n").split(",")
+    if text.count('"') % 2:
+        raise GlmscoreError(f"{path.name}: line {lineno} has a quoted field that does not close on the same line.")
+    return next(csv.reader([text]))
+
+
+def _is_number(text: str) -> bool | None:
+    """True: a number; None: missing; False: something else."""
+    if text in NA_SCORES:
+        return None
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
+    """Validate ``path`` in one streaming pass and split its first ``limit`` rows into spans."""
+    if path.name.endswith(".gz"):
+        raise GlmscoreError(f"{path.name} is gzip-compressed; NABench assays are read by byte range, so "
+                            f"decompress it first (gunzip {path.name}).")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise GlmscoreError(f"cannot read {path}: {exc.strerror}.") from None
+    spans: list[Span] = []
+    with fh:
+        head = fh.readline()
+        pos = len(head)
+        if head.startswith(BOM):
+            head = head[len(BOM):]
+        try:
+            header = [h.strip() for h in head.decode("utf-8").rstrip("\r\n").split(",")]
+        except UnicodeDecodeError:
+            raise GlmscoreError(f"{path.name} is not a text CSV file.") from None
+        if header[:3] != COLUMNS:
+            raise GlmscoreError(f"{path.name}: the header must start with mutant,DMS_score,sequence "
+                                f"(it starts with {','.join(header[:3]) or 'nothing'}).")
+        file_crc = zlib.crc32(head)
+        n = 0
+        max_all = 0
+        counts = {True: 0, False: 0, None: 0}
+        start, first, crc, chunk_max = pos, 0, file_crc, 0
+        limit_reached = False
+        for lineno, line in enumerate(fh, start=2):
+            file_crc = zlib.crc32(line, file_crc)
+            if limit_reached:
+                if line.strip():
+                    n += 1
+                continue
+            if not line.strip():  # a blank line: pandas skips it too
+                crc = zlib.crc32(line, crc)
+                pos += len(line)
+                continue
+            if limit is not None and n >= limit:
+                limit_reached = True
+                n += 1
+                continue
+            if n and n % chunk_rows == 0:
+                spans.append(Span(start, pos - start, n - first, first, crc, chunk_max))
+                start, first, crc, chunk_max = pos, n, zlib.crc32(head), 0
+            try:
+                fields = _fields(line, path, lineno)
+            except UnicodeDecodeError:
+                raise GlmscoreError(f"{path.name}: line {lineno} is not UTF-8 text.") from None
+            if len(fields) < 3:
+                raise GlmscoreError(f"{path.name}: line {lineno} has {len(fields)} field(s); an assay row needs "
+                                    "mutant,DMS_score,sequence.")
+            seq = fields[2].encode()
+            if not seq:
+                raise GlmscoreError(f"{path.name}: line {lineno} has an empty sequence.")
+            if not _LETTERS.fullmatch(seq):
+                bad = _NOT_LETTER.search(seq).group().decode("utf-8", "replace")
+                raise GlmscoreError(f"{path.name}: line {lineno} has {bad!r} in its sequence, which is not a "
+                                    "sequence letter.")
+            counts[_is_number(fields[1])] += 1
+            chunk_max = max(chunk_max, len(seq))
+            max_all = max(max_all, len(seq))
+            crc = zlib.crc32(line, crc)
+            pos += len(line)
+            n += 1
+        spanned = min(n, limit) if limit is not None else n
+        if spanned > first:
+            spans.append(Span(start, pos - start, spanned - first, first, crc, chunk_max))
+    return Scan(header, n, tuple(spans), max_all, file_crc, counts[False], counts[True])
+
+
+def read_span(path: Path, offset: int, length: int, crc: int | None = None) -> pd.DataFrame:
+    """The rows of one span: the header line and the span's bytes are all that is read. With ``crc``
+    (the scan's), a user error if those bytes changed since the scan."""
+    with open(path, "rb") as fh:
+        head = fh.readline()
+        fh.seek(offset)
+        data = fh.read(length)
+    head = head[len(BOM):] if head.startswith(BOM) else head
+    if crc is not None and (len(data) != length or zlib.crc32(data, zlib.crc32(head)) != crc):
+        raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
+    header = [h.strip() for h in head.decode("utf-8", "replace").rstrip("\r\n").split(",")]
+    return parse(io.BytesIO(data), path, header=header)
+
+
+def parse(source, path: Path, header: list[str] | None = None) -> pd.DataFrame:
+    """An assay's CSV rows as a frame (``header``: the column names when ``source`` has no header line);
+    ``DMS_score`` as float64, missing or non-numeric values NaN."""
+    try:
+        frame = pd.read_csv(source, dtype={"mutant": str, "sequence": str}, keep_default_na=False,
+                            na_values={"DMS_score": list(NA_SCORES)}, encoding="utf-8-sig",
+                            header=None if header else "infer", names=header)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise GlmscoreError(f"{path.name} is not a readable assay CSV ({str(exc).splitlines()[0]}).") from None
+    numeric = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
+    frame["DMS_score"] = numeric
+    return frame

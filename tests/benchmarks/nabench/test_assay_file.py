@@ -1,0 +1,143 @@
+"""NABench assays read in O(unit): byte-range units, a CRC per unit, the scan's validation."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.errors import GlmscoreError
+from pipelines.benchmarks.nabench import assay_file
+from pipelines.benchmarks.nabench.benchmark import NABench
+from pipelines.benchmarks.nabench.source import read_assay
+
+
+def _assay(folder, n, seed=0, name="Big_2024_selex"):
+    """``n`` random 40-nt RNA variants; every 7th score missing, a quoted multi-mutant every 5th row."""
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(s) for s in rng.choice(list("ACGU"), size=(n, 40))]
+    lines = ["mutant,DMS_score,sequence"]
+    for i, s in enumerate(seqs):
+        mutant = '"A1C,G2U"' if i % 5 == 0 else ("" if i == 0 else f"A{i % 40 + 1}G")
+        score = "" if i % 7 == 3 else f"{rng.normal():.4f}"
+        lines.append(f"{mutant},{score},{s}")
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _reference(path):
+    return pd.read_csv(path, dtype={"mutant": str, "sequence": str}, keep_default_na=False,
+                       na_values={"DMS_score": ["", "NA", "NaN", "nan"]})
+
+
+def test_units_cover_the_assay_and_match_pandas(tmp_path):
+    path = _assay(tmp_path / "nab", 2_503)
+    bench = NABench(str(tmp_path / "nab"))
+    units = bench.units(chunk_rows=500, limit=None, datasets=None)
+    assert [u.n_rows for u in units] == [500] * 5 + [3] and [u.first_row for u in units] == list(range(0, 2_503, 500))
+    rows = [bench.read(u) for u in units]
+    ref = _reference(path)
+    assert sum((r.sequences for r in rows), []) == ref["sequence"].tolist()
+    assert sum((r.names for r in rows), []) == ref["mutant"].tolist()
+    labels = np.array(sum((r.extra["label"] for r in rows), []), float)
+    assert np.allclose(labels, ref["DMS_score"].to_numpy(float), equal_nan=True)
+    assert np.concatenate([r.pair_index for r in rows]).tolist() == list(range(2_503))
+    assert bench.reference_sequences(units, "Big_2024_selex") == ref["sequence"].tolist()
+    limited = bench.units(chunk_rows=500, limit=700, datasets=None)
+    assert [u.n_rows for u in limited] == [500, 200]
+    assert bench.read(limited[1]).sequences == ref["sequence"].tolist()[500:700]
+    assert read_assay(path, 600, 10)["sequence"].tolist() == ref["sequence"].tolist()[600:610]
+
+
+def test_a_unit_reads_only_its_own_bytes(tmp_path, monkeypatch):
+    """A unit near the end of a large assay reads no more than one near the start (the old reader
+    re-parsed the file from its first line for every unit)."""
+    path = _assay(tmp_path / "nab", 20_000)
+    bench = NABench(str(tmp_path / "nab"))
+    units = bench.units(chunk_rows=1_000, limit=None, datasets=None)
+    read = []
+
+    class Counting:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def readline(self):
+            line = self.fh.readline()
+            read.append(len(line))
+            return line
+
+        def read(self, n=-1):
+            data = self.fh.read(n)
+            read.append(len(data))
+            return data
+
+        def seek(self, pos):
+            return self.fh.seek(pos)
+
+    real_open = open
+    monkeypatch.setattr(assay_file, "open", lambda p, mode="r": Counting(real_open(p, mode)), raising=False)
+    costs = []
+    for u in (units[0], units[len(units) // 2], units[-1]):
+        read.clear()
+        bench.read(u)
+        costs.append(sum(read))
+    header = len(path.read_text().splitlines()[0]) + 1
+    assert costs == [u.where()["length"] + header for u in (units[0], units[len(units) // 2], units[-1])]
+    assert max(costs) < 1.1 * min(costs) and max(costs) < path.stat().st_size / 10
+    # the bytes before a unit do not matter to it: garble them (same length) and the last unit still reads
+    monkeypatch.undo()
+    raw = bytearray(path.read_bytes())
+    first_row = raw.index(b"\n") + 1
+    raw[first_row:first_row + 30] = b"#" * 30
+    path.write_bytes(bytes(raw))
+    assert bench.read(units[-1]).sequences == _reference(path)["sequence"].tolist()[-1_000:]
+    with pytest.raises(GlmscoreError, match="changed while the job ran"):
+        bench.read(units[0])
+
+
+def test_an_edited_row_changes_only_its_units_crc(tmp_path):
+    path = _assay(tmp_path / "nab", 3_000)
+    bench = NABench(str(tmp_path / "nab"))
+    before = bench.units(chunk_rows=1_000, limit=None, datasets=None)
+    lines = path.read_text().splitlines()
+    lines[1_500] = lines[1_500].replace(",", ",9", 1) if ",," not in lines[1_500] else lines[1_500].replace(",,", ",1.5,")
+    path.write_text("\n".join(lines) + "\n")
+    after = bench.units(chunk_rows=1_000, limit=None, datasets=None)
+    assert [a.crc == b.crc for a, b in zip(after, before)] == [True, False, True]
+    # a changed header changes every unit
+    path.write_text(path.read_text().replace("mutant,DMS_score,sequence", "mutant,DMS_score,sequence,note", 1))
+    assert all(a.crc != b.crc for a, b in zip(bench.units(chunk_rows=1_000, limit=None, datasets=None), after))
+
+
+def test_scan_refuses_bad_rows_in_one_sentence_and_accepts_a_bom(tmp_path):
+    folder = tmp_path / "nab"
+    folder.mkdir()
+    path = folder / "Toy_2024_assay.csv"
+    path.write_bytes(b"\xef\xbb\xbfmutant,DMS_score,sequence\r\n,0.5,ACGT\r\nA1C,0.1,CCGT\r\n")
+    bench = NABench(str(folder))
+    (unit,) = bench.units(chunk_rows=10, limit=None, datasets=None)
+    assert bench.read(unit).sequences == ["ACGT", "CCGT"] and bench.read(unit).names == ["", "A1C"]
+    path.write_text("mutant,DMS_score,sequence\n,0.5,ACGT\nA1C,0.1,AC-T\n")
+    with pytest.raises(GlmscoreError, match=r"line 3 has '-' in its sequence, which is not a sequence letter"):
+        bench.units(chunk_rows=10, limit=None, datasets=None)
+    path.write_text("mutant,DMS_score,sequence\n,0.5,ACGT\nA1C,0.1\n")
+    with pytest.raises(GlmscoreError, match="line 3 has 2 field"):
+        bench.units(chunk_rows=10, limit=None, datasets=None)
+    path.write_text('mutant,DMS_score,sequence\n,0.5,ACGT\n"A1C,0.1,CCGT\n')
+    with pytest.raises(GlmscoreError, match="line 3 has a quoted field that does not close"):
+        bench.units(chunk_rows=10, limit=None, datasets=None)
+    path.write_text("mutant,score,sequence\n,0.5,ACGT\n")
+    with pytest.raises(GlmscoreError, match="header must start with mutant,DMS_score,sequence \\(it starts with mutant,score"):
+        bench.units(chunk_rows=10, limit=None, datasets=None)
+    path.unlink()
+    (folder / "Toy_2024_assay.csv.gz").write_bytes(gzip.compress(b"mutant,DMS_score,sequence\n,0.5,ACGT\n"))
+    with pytest.raises(GlmscoreError, match="gzip-compressed.*decompress them first"):
+        bench.units(chunk_rows=10, limit=None, datasets=None)
