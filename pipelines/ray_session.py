@@ -136,6 +136,28 @@ def ray_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """A cluster address that does not resolve or where nothing listens is one sentence within seconds
+    (``ray.init`` would retry its GCS connection for minutes, printing C++ errors). ``local`` and
+    ``auto`` (Ray finds the address itself) are not checked here."""
+    if address in ("local", "auto"):
+        return
+    where = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = where, "10001" if address.startswith("ray://") else "6379"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except socket.gaierror:
+        raise GlmscoreError(f"--address {address}: the host {host} does not resolve; pass the head node's "
+                            "address (host:port).") from None
+    except OSError as exc:
+        reason = ("nothing listens there" if isinstance(exc, ConnectionRefusedError) else
+                  f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__)
+        raise GlmscoreError(f"--address {address}: cannot reach a Ray cluster at {host}:{port} ({reason}); start the "
+                            "cluster or pass the head node's address (host:port).") from None
+
+
 def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> None:
     """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
     ``out`` (``pipelines/console.py``), our SIGTERM handling restored. A local cluster gets no dashboard
@@ -143,6 +165,7 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
     if ray.is_initialized():
         return
+    check_address(address)
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
     logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"

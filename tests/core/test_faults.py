@@ -120,6 +120,24 @@ def test_a_second_run_into_a_locked_out_is_refused(tmp_path, small_nullsette):
         pass
 
 
+@pytest.mark.parametrize("address, says", [
+    ("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1 (nothing listens there)"),
+    ("no-such-host.invalid:6379", "the host no-such-host.invalid does not resolve"),
+])
+def test_an_unreachable_address_is_one_sentence_within_seconds(tmp_path, small_nullsette, address, says):
+    """Ray itself would retry the GCS for minutes, printing C++ errors; the address is checked first.
+    (The bound is for a busy machine: the check itself takes milliseconds; Python and Ray's import most
+    of the time.)"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                           str(small_nullsette), "--model", "kmer:2", "--out", str(tmp_path / "s"), "--address", address],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"glmscore: error: --address {address}: {says}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Failed to connect to GCS" not in proc.stderr
+    assert not (tmp_path / "s" / shards.MANIFEST).exists()
+
+
 # ---------------------------------------------------------------- on a local Ray cluster
 
 def test_damaged_shards_and_records_are_found_and_recomputed(ray_cluster, small_nullsette, tmp_path):
