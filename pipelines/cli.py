@@ -150,8 +150,16 @@ def _command_parser(sub_of: dict, parent_sub, words: tuple[str, ...], entries: l
     c.set_defaults(fields=names, commands=entries)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one sentence (and where the help is), not the
+    usage block first; subparsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"glmscore: error: {message} (see `{self.prog} --help`).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
+    parser = Parser(prog="glmscore", description="Batch scoring of genomic language models on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's logs on the console (default: a log file)")
     sub = parser.add_subparsers(dest="command", required=True)
     _score_parser(sub, "score", "score a benchmark with a model on Ray")

@@ -260,6 +260,19 @@ def test_options_are_checked_where_they_are_declared(small_nullsette, tmp_path):
     assert not (tmp_path / "o").exists()  # refused before Ray started or anything was written
 
 
+def test_command_line_mistakes_are_one_sentence(capsys):
+    """argparse's type and choice errors: one line naming the flag and where the help is, no usage block."""
+    from pipelines.cli import main
+
+    for argv, says in [(["score", "--benchmark", "nullsette", "--data", "d", "--model", "kmer:2", "--out", "o", "--limit", "abc"],
+                        "glmscore: error: argument --limit: invalid int value: 'abc' (see `glmscore score --help`)."),
+                       (["scroe"], "glmscore: error: argument command: invalid choice: 'scroe'")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.startswith(says) and len(err.strip().splitlines()) == 1, err
+
+
 def test_the_generic_job_names_no_backend_and_no_benchmark():
     """pipelines/score.py, pipelines/cli.py and models/loader.py reach backends and benchmarks only
     through their registries (a new one is one file, see docs/architecture.md)."""
