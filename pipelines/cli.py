@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import errno
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from pipelines.benchmark import BENCHMARKS, Command
 from pipelines.console import Terminated, handle_sigterm
 from pipelines.demo import DemoOptions, run_demo
 from pipelines.score import ScoreConfig, run_score
+from pipelines.shards import read_manifest
 from pipelines.sweep import main_sweep
 
 EXIT_USER_ERROR = 2
@@ -235,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"glmscore: {what}; completed shards are kept and a rerun resumes from them.", file=sys.stderr)
+        kept = {"score": "; completed shards are kept and a rerun resumes from them",
+                "embed": "; completed shards are kept and a rerun resumes from them",
+                "sweep": "; completed shards are kept and a rerun resumes from them",
+                "analyze": f"; no report was written to {getattr(args, 'out', '')} (it holds what it held before)"}
+        print(f"glmscore: {what}{kept.get(args.command, '')}.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except GlmscoreError as exc:
         print(f"glmscore: error: {exc}", file=sys.stderr)
@@ -249,17 +255,45 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
-def _analyze_to(cls, args) -> dict:
-    """``analyze``, its report written to a local folder or, for an object-store ``--out``, written locally
-    and then uploaded (plots and tables are written by libraries that need a local file)."""
+def _check_benchmark_of(cls, score_dirs: list[str]) -> None:
+    """A score folder of another benchmark is named as such (its analysis would otherwise fail on a
+    missing column or pairing, in that benchmark's terms)."""
+    for d in score_dirs:
+        try:
+            made_by = read_manifest(d).get("config", {}).get("benchmark")
+        except GlmscoreError:
+            continue  # not a finished glmscore folder: the benchmark's own analysis says what it reads
+        if made_by and made_by != cls.name:
+            raise GlmscoreError(f"{d} is a {made_by} score folder; analyse it with `glmscore analyze {made_by}`.")
 
+
+def _analyze_to(cls, args) -> dict:
+    """``analyze``, its report written whole or not at all: into a temporary folder beside ``--out`` (an
+    interrupted or failed analysis leaves no tables that look complete), then moved into ``--out`` file by
+    file (atomic renames); for an object-store ``--out``, written locally and uploaded (plots and tables
+    are written by libraries that need a local file)."""
     options = cls.AnalyzeOptions(**given(args, args.fields))
-    if not store.is_uri(args.out):
-        return cls.analyze(args.scores, args.out, options)
-    with tempfile.TemporaryDirectory(prefix="glmscore-report-") as tmp:
-        result = cls.analyze(args.scores, tmp, options)
-        store.upload_folder(Path(tmp), args.out)
-    return {**result, "report": str(result["report"]).replace(tmp, args.out.rstrip("/"))}
+    _check_benchmark_of(cls, args.scores)
+    if store.is_uri(args.out):
+        with tempfile.TemporaryDirectory(prefix="glmscore-report-") as tmp:
+            result = cls.analyze(args.scores, tmp, options)
+            store.upload_folder(Path(tmp), args.out)
+        return {**result, "report": str(result["report"]).replace(tmp, args.out.rstrip("/"))}
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GlmscoreError(f"--out {out} is a file, not a folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = cls.analyze(args.scores, str(tmp), options)
+        out.mkdir(exist_ok=True)
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            target = out / f.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**result, "report": str(result["report"]).replace(str(tmp), str(out))}
 
 
 def _local_only(args) -> None:

@@ -107,6 +107,34 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
     assert "40 of 40 shards to compute (1 input changed, 39 reference changed); 0 reused" in capsys.readouterr().err
 
 
+def test_a_report_is_written_whole_or_not_at_all(ray_cluster, small_nullsette, tmp_path, capsys, monkeypatch):
+    """An interrupted analysis leaves no tables that look complete, and says so in its own terms; another
+    benchmark's score folder is named as such."""
+    from pipelines.cli import main
+
+    out = tmp_path / "scores"
+    run_score(_cfg(small_nullsette, "kmer:2", out, limit=4, datasets=["synthetic_ecoli"]))
+    report = tmp_path / "report"
+    argv = ["analyze", "nullsette", "--scores", str(out), "--out", str(report), "--n-perm", "20"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("analysis.report.plot_success_heatmap", interrupted)  # after the tables are written
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"glmscore: interrupted; no report was written to {report}" in err and "shards" not in err
+    assert not report.exists() and not list(tmp_path.glob(".report.partial-*"))
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert {"nullsette_tests.csv", "nullsette_success.csv", "report.md"} <= {p.name for p in report.iterdir()}
+    assert f"report: {report}" in capsys.readouterr().out and not list(tmp_path.glob(".report.partial-*"))
+    assert main(["analyze", "nabench", "--scores", str(out), "--out", str(tmp_path / "r2")]) == 2
+    assert (f"glmscore: error: {out} is a nullsette score folder; analyse it with `glmscore analyze nullsette`."
+            in capsys.readouterr().err)
+
+
 def test_over_long_sequences_fail_clearly_without_manifest(ray_cluster, small_nullsette, tmp_path):
     from tests.tiny_models import make_tiny_llama
 
