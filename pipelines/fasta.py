@@ -16,6 +16,7 @@ from pathlib import Path
 from models.errors import GlmscoreError
 
 _SEQ_OK = re.compile(rb"^[A-Za-z*\-.]+$")
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
         raise GlmscoreError(f"cannot read {path}: {exc.strerror}.") from None
     with fh:
         for lineno, line in enumerate(fh, start=1):
+            if lineno == 1 and line.startswith(BOM):  # a UTF-8 byte-order mark (some editors write one)
+                pos += len(BOM)
+                line = line[len(BOM):]
             if line.startswith(b">"):
                 close_record()
                 if limit is not None and n >= limit:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,8 @@ class NABenchAnalyzeOptions(Options):
     cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
     n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
     seed: int = seed_option("bootstrap seed")
+    data: str | None = option(None, affects_result=False,
+                              help="deprecated and ignored: the labels come from the score shards")
 
 
 def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
@@ -216,6 +219,8 @@ class NABenchSource(Benchmark):
     def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
+        if options.data:  # a documented flag of an earlier release: accepted, so old scripts still run
+            print("glmscore: note: --data is deprecated and ignored: the labels come from the score shards.", file=sys.stderr)
         columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
         frames = [read_scores(d, columns=columns, what="NABench score folder") for d in score_dirs]
         manifests = {d: read_manifest(d) for d in score_dirs}

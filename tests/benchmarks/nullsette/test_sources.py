@@ -73,7 +73,12 @@ def test_unpaired_and_malformed_files(small_nullsette, tmp_path):
     bench = Nullsette(str(data))
     unit = next(u for u in bench.units(chunk_rows=1024, limit=None, datasets=None) if u.group == "nonmutant")
     assert bench.read(unit).sequences == read_all(folder / "nonmutant.txt")[1] and unit.n_rows == good.count(">")
+    # a UTF-8 byte-order mark before the first header (it used to be "a line before the first '>'")
+    (folder / "nonmutant.txt").write_bytes(b"\xef\xbb\xbf" + good.encode())
+    unit = next(u for u in bench.units(chunk_rows=1024, limit=None, datasets=None) if u.group == "nonmutant")
+    names, seqs = bench.read(unit).names, bench.read(unit).sequences
     (folder / "nonmutant.txt").write_text(good)
+    assert (names, seqs) == read_all(folder / "nonmutant.txt")
 
 
 def test_cli_user_errors_are_one_sentence(tmp_path, small_nullsette):
