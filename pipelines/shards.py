@@ -367,13 +367,16 @@ class OutputFolder:
             raise GlmscoreError(f"--out {self.out} is a file, not a folder.")
         store.makedirs(self.out)
 
-    @contextmanager
-    def claim(self, fingerprint: str, config: dict, overwrite: bool, units: list):
-        """Hold the folder for this run (``locked`` + ``prepare_out``) while the block runs."""
-        with locked(self.out):
-            prepare_out(self.out, fingerprint, config, overwrite, [self.rel(u) for u in units],
-                        [(u.crc, u.n_rows) for u in units])
-            yield self
+    def lock(self):
+        """Hold the folder for this run while the block runs (``locked``): taken before Ray starts, so a
+        folder another run is writing is refused in a second."""
+        return locked(self.out)
+
+    def claim(self, fingerprint: str, config: dict, overwrite: bool, units: list) -> None:
+        """Claim the locked folder for this run (``prepare_out``): refuse another run's shards or another
+        selection's, drop dead runs' temporary files and the old manifest, write the run record."""
+        prepare_out(self.out, fingerprint, config, overwrite, [self.rel(u) for u in units],
+                    [(u.crc, u.n_rows) for u in units])
 
     def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
         """The units whose shard is not complete (``references``: per dataset, the digest of a fitted

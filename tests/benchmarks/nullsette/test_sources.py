@@ -202,6 +202,13 @@ def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_pat
     assert proc.stderr.splitlines()[0].startswith("glmscore: score on a new local Ray cluster")
     assert any(line.startswith("glmscore: 80/80 rows (100%)") for line in ours)
     assert (tmp_path / "q" / "_logs" / "ray.log").stat().st_size > 0
+    # a rerun with nothing to compute verifies the shards and rewrites the manifest without starting Ray
+    again = _run_cli(*base, "--out", "q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "every shard in" in again.stderr and "Ray not started" in again.stderr
+    assert "0 of 20 shards to compute; 20 reused" in again.stderr and "Ray" not in again.stdout
+    manifest = json.loads((tmp_path / "q" / "_manifest.json").read_text())
+    assert manifest["shards_reused"] == 20 and manifest["rows_total"] == 80
     loud = _run_cli("-v", *base, "--out", str(tmp_path / "v"))
     assert loud.returncode == 0 and "INFO" in loud.stderr and "execution finished" in loud.stderr
 
