@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve",
@@ -65,27 +66,46 @@ def quiet_ray(out: Path) -> dict:
 
 class Progress:
     """Rows done of ``total`` with rows/s and ETA: a bar that redraws on a terminal, else one line every
-    ``every`` seconds (CI, ``ray job submit`` logs)."""
+    ``every`` seconds (CI, ``ray job submit`` logs). The rate and ETA come from the recent updates
+    (the last ``window`` seconds), never from the start: the first unit waits for Ray and the model to
+    load, and an ETA over the whole elapsed time was 20-35x too long early on a short job."""
 
-    def __init__(self, total: int, what: str = "rows", every: float = 10.0):
-        self.total, self.what, self.every = total, what, every
+    def __init__(self, total: int, what: str = "rows", every: float = 10.0, window: float = 60.0,
+                 clock=time.monotonic):
+        self.total, self.what, self.every, self.window, self.clock = total, what, every, window, clock
         self.tty = getattr(sys.stderr, "isatty", lambda: False)()
-        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+        self.done, self.start, self.last = 0, clock(), 0.0
+        self.recent: deque[tuple[float, int]] = deque()  # (time, rows done) of recent updates
 
     def update(self, n: int) -> None:
         self.done += n
-        now = time.monotonic()
+        now = self.clock()
+        self.recent.append((now, self.done))
+        while len(self.recent) > 2 and now - self.recent[0][0] > self.window:
+            self.recent.popleft()
         if self.tty or now - self.last >= self.every or self.done >= self.total:
             self.last = now
             self._show(now)
 
+    def rate(self) -> float | None:
+        """Rows per second over the recent updates (None until two updates, the first one after warm-up)."""
+        if len(self.recent) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.recent[0], self.recent[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else None
+
     def line(self, now: float | None = None) -> str:
-        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        elapsed = max((now or self.clock()) - self.start, 1e-9)
+        rate = self.rate()
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"glmscore: {self.done:,}/{self.total:,} {self.what} ({pct:.0f}%), {rate:,.1f} {self.what}/s, "
-                f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+        if self.done >= self.total:
+            speed = f"{self.done / elapsed:,.1f} {self.what}/s overall"
+            eta = "done"
+        elif rate:
+            speed, eta = f"{rate:,.1f} {self.what}/s", f"ETA {(self.total - self.done) / rate:.0f} s"
+        else:
+            speed, eta = f"- {self.what}/s", "ETA -"
+        return f"glmscore: {self.done:,}/{self.total:,} {self.what} ({pct:.0f}%), {speed}, elapsed {elapsed:.0f} s, {eta}"
 
     def _show(self, now: float) -> None:
         # sys.stderr at the time of writing, never kept: Tune pickles its callbacks, and tests swap stderr

@@ -273,6 +273,27 @@ def test_command_line_mistakes_are_one_sentence(capsys):
         assert info.value.code == 2 and err.startswith(says) and len(err.strip().splitlines()) == 1, err
 
 
+def test_progress_eta_comes_from_the_recent_rate_after_warm_up():
+    """A job whose first unit waits 50 s for Ray and the model, then runs at 10 rows/s: the ETA is what
+    is left at 10 rows/s (the rate over the whole elapsed time made it 20-35x too long)."""
+    from pipelines.console import Progress
+
+    now = [0.0]
+    p = Progress(1_000, clock=lambda: now[0])
+    now[0] = 50.0
+    p.update(10)
+    assert "ETA -" in p.line()  # one point is no rate
+    for _ in range(20):
+        now[0] += 1.0
+        p.update(10)
+    assert p.rate() == pytest.approx(10.0)
+    assert "10.0 rows/s" in p.line() and "ETA 79 s" in p.line()  # 790 rows left at 10 rows/s
+    for _ in range(79):
+        now[0] += 1.0
+        p.update(10)
+    assert p.line().endswith("done") and "1,000/1,000 rows (100%)" in p.line()
+
+
 def test_the_generic_job_names_no_backend_and_no_benchmark():
     """pipelines/score.py, pipelines/cli.py and models/loader.py reach backends and benchmarks only
     through their registries (a new one is one file, see docs/architecture.md)."""
