@@ -79,7 +79,11 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
     try:
         return AutoTokenizer.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise GlmscoreError(f"could not load the tokenizer of {hf_id}: {str(exc).splitlines()[0]}") from None
+        # transformers' messages run over several lines ("... from one of: (1) ... (2) ..."): all of it, as one
+        why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()).rstrip(".")
+        if Path(hf_id).is_dir() and not any(Path(hf_id).glob("tokenizer*")):
+            why = f"the folder has no tokenizer files (save them there with tokenizer.save_pretrained); {why}"
+        raise GlmscoreError(f"could not load the tokenizer of {hf_id}: {why[:600]}.") from None
 
 
 PROTOCOLS = ("glmscore", "paper")

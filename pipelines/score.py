@@ -136,9 +136,11 @@ def _option_names(backend: type[Backend]) -> set[str]:
     return {f.name for f in option_fields(backend.Options)}
 
 
-def resolve_job(cfg: ScoreConfig) -> Plan:
+def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
+    """The job's benchmark, card, backend and options, checked (``stage=False``: an object-store --data
+    is not copied, for a check that starts nothing)."""
     staged, data = None, cfg.data
-    if store.is_uri(cfg.data):  # an object-store folder: read from a local copy on each node (store.stage)
+    if store.is_uri(cfg.data) and stage:  # an object-store folder: read from a local copy on each node (store.stage)
         staged = (cfg.data.rstrip("/"), store.data_version(cfg.data), str(store.cache_root()))
         data = str(store.stage(*staged))
     bench_cls = BENCHMARKS.get(cfg.benchmark)

@@ -594,6 +594,29 @@ def write_summary(sweep: Sweep, runs: list[Run], wall: float, local: Path, repor
     return table
 
 
+def check_sweep(sweep: Sweep) -> int:
+    """``sweep --check``: the preflight each run makes before Ray starts (the model resolves, its folder
+    has a tokenizer and weights, the options apply, the data is found and valid), nothing started; 0
+    when every run passes, 2 (each failing run in a sentence) otherwise."""
+    failed = 0
+    for run in sweep.runs():
+        try:
+            plan = resolve_job(run.cfg, stage=False)
+            if not store.is_uri(run.cfg.data):  # object-store data is checked when each node stages it
+                plan.benchmark.units(chunk_rows=run.cfg.chunk_rows, limit=run.cfg.limit, datasets=run.cfg.datasets)
+        except GlmscoreError as exc:
+            failed += 1
+            print(f"glmscore: error: {run.label}: {exc}", file=sys.stderr)
+            continue
+        print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
+    if failed:
+        print(f"glmscore: error: {failed} of {len(sweep.runs())} run(s) in {sweep.path.name} would fail; nothing was started.",
+              file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
+    return 0
+
+
 def main_sweep(file: str, check: bool = False) -> int:
     """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
     the report) failed, 2 when the file is invalid (nothing ran)."""
@@ -605,10 +628,7 @@ def main_sweep(file: str, check: bool = False) -> int:
             print(f"glmscore: error: {problem}", file=sys.stderr)
         return EXIT_INVALID
     if check:
-        for run in sweep.runs():
-            print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
-        print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
-        return 0
+        return check_sweep(sweep)
 
     started = time.monotonic()
     remote = store.is_uri(sweep.out)

@@ -3,6 +3,7 @@ combined report equal to `glmscore analyze`, and a sweep file checked whole befo
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -212,13 +213,27 @@ def test_options_of_two_backends_and_duplicate_names(tmp_path):
     assert isinstance(err.value, GlmscoreError)
 
 
-def test_check_lists_the_runs_and_starts_nothing(tmp_path, capsys):
-    (tmp_path / "d").mkdir()
+def test_check_lists_the_runs_and_starts_nothing(tmp_path, capsys, small_nullsette, tiny_llama):
     path = _write(tmp_path / "s.yaml", {"out": "o", "models": ["kmer:3", "kmer:4"],
-                                        "benchmarks": [{"name": "nullsette", "data": "d"}]})
+                                        "benchmarks": [{"name": "nullsette", "data": str(small_nullsette)}]})
     assert main(["sweep", str(path), "--check"]) == 0
     out = capsys.readouterr().out
     assert "kmer3 x nullsette" in out and "kmer4 x nullsette" in out and "is valid: 2 model(s) x 1 benchmark(s)" in out
+    assert not (tmp_path / "o").exists()
+    # --check makes each run's own preflight: an unknown model, a folder without tokenizer, bad data
+    no_tok = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama, no_tok)
+    for f in no_tok.glob("tokenizer*"):
+        f.unlink()
+    (tmp_path / "empty").mkdir()
+    path = _write(tmp_path / "s.yaml", {"out": "o", "models": ["kmer:3", "no-such-model", str(no_tok)],
+                                        "benchmarks": [{"name": "nullsette", "data": str(small_nullsette)},
+                                                       {"name": "nullsette", "id": "empty", "data": str(tmp_path / "empty")}]})
+    assert main(["sweep", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "could not load the tokenizer" in err and "empty" in err
+    assert "5 of 6 run(s) in s.yaml would fail; nothing was started" in err
+    assert "the folder has no tokenizer files" in err and "from one of: (1)" in err  # the whole sentence, not cut
     assert not (tmp_path / "o").exists()
 
 
