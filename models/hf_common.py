@@ -7,13 +7,16 @@ cheap, and baseline actors never load torch.
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
 from models.cards import ModelCard
@@ -89,12 +92,48 @@ def hf_provenance(card: ModelCard) -> tuple[str | None, str | None]:
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def check_weights(path: Path) -> None:
+    """A local model's weight files are whole, checked on the driver before Ray starts (a truncated file
+    otherwise failed in every actor, after a minute, in 68 lines): each safetensors file's header and
+    size (``safe_open`` reads the header only), an index's shards present, a ``.bin`` a whole zip archive
+    (its directory is at the end, so a cut file has none; it is never unpickled here)."""
+    def damaged(f: Path, why: str):
+        return GlmscoreError(f"the weights {f} are damaged or incomplete ({why}); save or download them again.")
+
+    files = []
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise damaged(index, "not a readable weight index") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise GlmscoreError(f"{index} lists {len(missing)} weight file(s) that {path} lacks ({missing[0]}...); "
+                                    "download or save the model again.")
+            files += [path / s for s in shards]
+        elif (path / single).is_file():
+            files.append(path / single)
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise damaged(f, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        elif not zipfile.is_zipfile(f):
+            raise damaged(f, "not a whole PyTorch archive")
+
+
 def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
     """The tokenizer loads, a local directory holds weights, and (embed) ``layer`` exists in the config."""
     load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
     path = Path(card.hf_id)
     if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
         raise GlmscoreError(f"model directory {path} has no weights ({' or '.join(WEIGHT_FILES[::2])}): write them with save_pretrained.")
+    if path.is_dir():
+        check_weights(path)
     if task == "embed":
         config = load_config(card.hf_id, card.revision, card.trust_remote_code)
         n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)

@@ -155,9 +155,14 @@ def test_model_problems_fail_before_ray_starts(tmp_path, small_nullsette, tiny_l
         f.unlink()
     for f in no_weights.glob("*.safetensors"):
         f.unlink()
+    cut = tmp_path / "truncated"
+    shutil.copytree(tiny_llama, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     base = ("--benchmark", "nullsette", "--data", str(small_nullsette), "--out", str(tmp_path / "o"))
     for args, phrase in ((("score", "--model", str(no_tok)), "could not load the tokenizer"),
                          (("score", "--model", str(no_weights)), "has no weights"),
+                         (("score", "--model", str(cut)), f"the weights {weights} are damaged or incomplete"),
                          (("embed", "--model", str(tiny_llama), "--layer", "7"), "--layer 7 does not exist: model tiny-llama has 3")):
         proc = _run_cli(*args, *base)
         _assert_one_line_error(proc, phrase)
