@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 "embed": "; completed shards are kept and a rerun resumes from them",
                 "sweep": "; completed shards are kept and a rerun resumes from them",
                 "analyze": f"; no report was written to {getattr(args, 'out', '')} (it holds what it held before)"}
-        print(f"glmscore: {what}{kept.get(args.command, '')}.", file=sys.stderr)
+        said = f"; {exc.kept}" if getattr(exc, "kept", None) else kept.get(args.command, "")
+        print(f"glmscore: {what}{said}.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except GlmscoreError as exc:
         print(f"glmscore: error: {exc}", file=sys.stderr)

@@ -9,7 +9,10 @@ tensor-parallel placement group) comes from the backend (``Backend.actor_resourc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -181,19 +184,47 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     ``param_space`` (its ``tune.grid_search`` entries), each with ``resources``; ``shared`` goes to the
     object store once (``tune.with_parameters``); one progress line per finished trial (of ``n_trials``).
     Returns Tune's results; the first failed trial's error is raised (a user error keeps its sentence, a
-    bug its traceback). No configuration is ever chosen here: every trial's result is returned."""
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, **shared), resources),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent) if max_concurrent else None,
-        run_config=tune.RunConfig(storage_path=str(Path(storage).resolve()), name=name, verbose=0,
-                                  callbacks=[trial_progress(n_trials)]),
-    )
+    bug its traceback). No configuration is ever chosen here: every trial's result is returned.
+
+    Ctrl-C: Tune stops the trials and saves the experiment's state; this raises ``TrialsInterrupted``
+    (exit 130). A rerun of the same grid into the same ``storage``/``name`` restores the experiment, so
+    its finished trials are reused and only the others run; another grid starts afresh."""
+    experiment = Path(storage).resolve() / name
+    stamp = experiment / GRID_STAMP
+    grid = hashlib.sha256(json.dumps(param_space, sort_keys=True, default=str).encode()).hexdigest()
+    runnable = tune.with_resources(tune.with_parameters(trainable, **shared), resources)
+    if stamp.is_file() and stamp.read_text() == grid and tune.Tuner.can_restore(str(experiment)):
+        print(f"glmscore: resuming the interrupted trials in {experiment}: finished trials are reused", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, restart_errored=True)
+    else:
+        if experiment.exists():
+            shutil.rmtree(experiment)  # another grid's trials: never mixed with this one's
+        tuner = tune.Tuner(
+            runnable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent) if max_concurrent else None,
+            run_config=tune.RunConfig(storage_path=str(experiment.parent), name=name, verbose=0,
+                                      callbacks=[trial_progress(n_trials)]),
+        )
+        experiment.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(grid)
     results = tuner.fit()
+    # Tune caught a SIGINT: it stopped the running trials (marked terminated, with no final result) and
+    # saved the experiment as it was before, so a restore runs them again
+    if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
+        raise TrialsInterrupted()
     errors = [r.error for r in results if r.error]
     if errors:
         raise errors[0]
     return list(results)
+
+
+GRID_STAMP = "_glmscore_grid"  # the digest of the grid an experiment folder holds trials of
+
+
+class TrialsInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a Tune sweep; the CLI says what is kept."""
+    kept = "finished trials are kept and a rerun of the same command reuses them"
 
 
 def actor_remote_args(resources: ActorResources) -> dict:

@@ -1,0 +1,65 @@
+"""The one Tune runner (``run_trials``): Ctrl-C stops a sweep with ``TrialsInterrupted`` and a rerun of
+the same grid reuses the finished trials; another grid starts afresh. On a real local Ray cluster."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from pipelines.ray_session import TrialsInterrupted, run_trials
+
+pytestmark = pytest.mark.ray
+
+
+def _trial(config, marks: str):
+    """Record each run; trials 2 and 3 wait until the test releases them (bounded: a stuck test fails)."""
+    i = config["trial"]
+    with open(Path(marks) / f"ran-{i}", "a") as fh:
+        fh.write("run\n")
+    if i >= 2:
+        deadline = time.monotonic() + 600
+        while not (Path(marks) / "release").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("never released")
+            time.sleep(0.05)
+    return {"value": i * 10}
+
+
+def _wait_for(condition, what: str, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    grid = {"trial": tune.grid_search([0, 1, 2, 3])}
+    common = dict(storage=tmp_path / "tune", name="probes", resources={"cpu": 1}, n_trials=4, marks=str(marks))
+
+    def interrupt_once_2_and_3_run():
+        # 2 CPUs, 1 per trial: trials 2 and 3 start only after Tune has finished 0 and 1
+        _wait_for(lambda: (marks / "ran-2").exists() and (marks / "ran-3").exists(), "trials 2 and 3 to start")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Tune's handler stops the run and saves its state
+
+    sender = threading.Thread(target=interrupt_once_2_and_3_run, daemon=True)
+    sender.start()
+    with pytest.raises(TrialsInterrupted):
+        run_trials(_trial, grid, **common)
+    sender.join(timeout=60)
+    (marks / "release").touch()
+    results = run_trials(_trial, grid, **common)
+    assert sorted(r.metrics["value"] for r in results) == [0, 10, 20, 30]
+    runs = {i: (marks / f"ran-{i}").read_text().count("run") for i in range(4)}
+    assert runs[0] == 1 and runs[1] == 1, runs  # finished trials were reused, not rerun
+    assert runs[2] == 2 and runs[3] == 2, runs
+    # another grid into the same folder starts afresh: no trial of the first one is mixed in
+    results = run_trials(_trial, {"trial": tune.grid_search([0, 1])}, **{**common, "n_trials": 2})
+    assert sorted(r.metrics["value"] for r in results) == [0, 10]
+    assert (marks / "ran-0").read_text().count("run") == 2
