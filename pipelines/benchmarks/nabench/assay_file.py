@@ -20,6 +20,7 @@ import csv
 import io
 import re
 import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class Scan:
     file_crc: int  # of the whole file: what a job that reads every row at once (fine-tuning) compares
     non_numeric_scores: int  # DMS_score values that are neither a number nor missing
     numeric_scores: int
+    duplicate_mutants: int = 0  # rows whose mutant string an earlier row has
+    with_t: int = 0  # sequences with a T, and with a U: both in one assay is suspicious (DNA and RNA mixed)
+    with_u: int = 0
 
 
 def _fields(line: bytes, path: Path, lineno: int) -> list[str]:
@@ -106,6 +110,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
         counts = {True: 0, False: 0, None: 0}
         start, first, crc, chunk_max = pos, 0, file_crc, 0
         limit_reached = False
+        mutant_hashes = array("Q")  # 64-bit hashes, not the strings: 8 bytes a row for millions of rows
+        with_t = with_u = 0
         for lineno, line in enumerate(fh, start=2):
             file_crc = zlib.crc32(line, file_crc)
             if limit_reached:
@@ -138,6 +144,9 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
                 raise GlmscoreError(f"{path.name}: line {lineno} has {bad!r} in its sequence, which is not a "
                                     "sequence letter.")
             counts[_is_number(fields[1])] += 1
+            mutant_hashes.append(zlib.crc32(fields[0].encode()) << 32 | zlib.adler32(fields[0].encode()))
+            with_t += b"T" in seq or b"t" in seq
+            with_u += b"U" in seq or b"u" in seq
             chunk_max = max(chunk_max, len(seq))
             max_all = max(max_all, len(seq))
             crc = zlib.crc32(line, crc)
@@ -146,7 +155,9 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
         spanned = min(n, limit) if limit is not None else n
         if spanned > first:
             spans.append(Span(start, pos - start, spanned - first, first, crc, chunk_max))
-    return Scan(header, n, tuple(spans), max_all, file_crc, counts[False], counts[True])
+    hashes = np.frombuffer(mutant_hashes, dtype=np.uint64) if mutant_hashes else np.zeros(0, np.uint64)
+    duplicates = len(hashes) - len(np.unique(hashes))
+    return Scan(header, n, tuple(spans), max_all, file_crc, counts[False], counts[True], duplicates, with_t, with_u)
 
 
 def read_span(path: Path, offset: int, length: int, crc: int | None = None) -> pd.DataFrame:

@@ -112,6 +112,12 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         if found.non_numeric_scores:
             warnings.append(f"{path.name}: {found.non_numeric_scores} DMS_score value(s) are not numbers; "
                             "those rows are scored but carry no label.")
+        if found.duplicate_mutants:
+            warnings.append(f"{path.name}: {found.duplicate_mutants} row(s) repeat an earlier row's mutant name; "
+                            "each row is scored on its own (pair_index tells them apart).")
+        if found.with_t and found.with_u:
+            warnings.append(f"{path.name}: {found.with_t} sequence(s) have T and {found.with_u} have U: DNA and RNA "
+                            "letters mixed in one assay (the model card's alphabet maps both).")
         n_rows = min(found.n_rows, limit) if limit else found.n_rows
         out.append(Assay(dms_id, family, path, n_rows, found.file_crc, found.max_len, found.spans))
     if not out:

@@ -141,3 +141,14 @@ def test_scan_refuses_bad_rows_in_one_sentence_and_accepts_a_bom(tmp_path):
     (folder / "Toy_2024_assay.csv.gz").write_bytes(gzip.compress(b"mutant,DMS_score,sequence\n,0.5,ACGT\n"))
     with pytest.raises(GlmscoreError, match="gzip-compressed.*decompress them first"):
         bench.units(chunk_rows=10, limit=None, datasets=None)
+
+
+def test_duplicate_mutants_and_mixed_t_u_are_warnings(tmp_path):
+    folder = tmp_path / "nab"
+    folder.mkdir()
+    (folder / "Toy_2024_assay.csv").write_text("mutant,DMS_score,sequence\n,0.5,ACGU\nA1C,0.1,CCGU\nA1C,0.2,CCGT\n"
+                                               '"A1C,G2U",0.3,CUGU\n')
+    bench = NABench(str(folder))
+    bench.units(chunk_rows=10, limit=None, datasets=None)
+    assert any("1 row(s) repeat an earlier row's mutant name" in w for w in bench.warnings)
+    assert any("1 sequence(s) have T and 3 have U: DNA and RNA letters mixed" in w for w in bench.warnings)
