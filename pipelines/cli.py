@@ -325,6 +325,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command in ("score", "embed"):
         manifest = run_score(score_config_from_args(args))
+        if "dry_run" in manifest:
+            print(manifest["dry_run"])
+            return 0
         print(f"{'scored' if args.command == 'score' else 'embedded'} {manifest['rows_total']} rows into {args.out} "
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
         return 0

@@ -86,6 +86,9 @@ class ScoreConfig(Options):
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
     trust_remote_code: bool | None = option(None, affects_result=False, help="allow code from the model repository (off unless the card says so)")
     overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
+    dry_run: bool = option(False, affects_result=False,
+                           help="say what the job would do (units, rows, shards reused and to compute, token limit, "
+                                "resources) and start nothing")
     address: str | None = address_option()
     min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
     max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
@@ -372,8 +375,10 @@ def run_score(cfg: ScoreConfig) -> dict:
     plan = resolve_job(cfg)
     units = plan.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
     out = shards.OutputFolder(cfg.out)
-    out.create()
     address = ray_address(cfg.address)
+    if cfg.dry_run:
+        return dry_run(plan, units, out, address)
+    out.create()
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
         if fixed_size:
@@ -397,6 +402,48 @@ def run_score(cfg: ScoreConfig) -> dict:
             return _score(plan, units, out, started)
         finally:
             done.set()
+
+
+def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: str) -> dict:
+    """What the job would do, decided as the run decides it but with nothing started or written: the
+    plan on the local machine's CPUs and GPUs (for another cluster, an estimate: its devices may differ
+    and change the fingerprint), the shards in ``--out`` it would reuse and why the others are computed."""
+    cfg = plan.cfg
+    local = ray_address(cfg.address) == "local"
+    predicted = plan_job(cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+    previous = shards.read_run_file(out.out) if store.exists(out.out) else None
+    if previous is not None and previous != predicted.fingerprint and not cfg.overwrite:
+        state = f"{out} holds another configuration's run: the job would stop (choose a new --out or pass --overwrite)"
+        pending, why = units, {"new": len(units)}
+    else:
+        references = _references(predicted, units) if predicted.backend.fits_on_reference else {}
+        digests = reference_digests(references, units) if references else {}
+        pending = units if cfg.overwrite else out.pending(units, predicted.fingerprint, digests)
+        why = out.why_pending(pending, predicted.fingerprint, digests)
+        state = pending_line(len(units), why)
+    datasets: dict[str, list[Unit]] = {}
+    for u in units:
+        datasets.setdefault(u.dataset, []).append(u)
+    limit = predicted.runtime.token_limit
+    lines = [f"dry run: {cfg.task} {plan.benchmark.name} with {plan.card.id} (backend {plan.backend.name}) into {out}; "
+             "nothing is started or written",
+             f"  units: {len(units)} ({sum(u.n_rows for u in units):,} rows in {len(datasets)} dataset(s), "
+             f"--chunk-rows {cfg.chunk_rows})"]
+    for name, us in sorted(datasets.items()):
+        longest = max(u.dataset_max_len for u in us)
+        over = f"; its longest sequence ({longest:,} nt) may exceed the token limit (--long {getattr(plan.options, 'long', '-')})" \
+            if limit and longest >= limit else ""
+        lines.append(f"    {name}: {sum(u.n_rows for u in us):,} rows, {len(us)} unit(s), longest {longest:,} nt{over}")
+    lines += [f"  shards: {state}",
+              f"  token limit: {limit if limit else 'none'}; device {predicted.provenance['device']}, dtype {predicted.runtime.dtype or '-'}",
+              f"  actors: {predicted.pool.min_actors}..{predicted.pool.max_actors}, {predicted.pool.gpus:g} GPU and "
+              f"{ACTOR_CPUS:g} CPU each (+{PREPARE_CPUS + WRITE_CPUS:g} CPU for the read and write tasks beside them)"
+              + ("" if local else f"; on {address} the cluster's own devices decide (estimated here from this machine)"),
+              f"  fingerprint: {predicted.fingerprint}" + ("" if local else " (estimate)")]
+    for warning in plan.benchmark.warnings:
+        lines.append(f"  warning: {warning}")
+    return {"dry_run": "\n".join(lines), "units": len(units), "pending": len(pending), "why": why,
+            "fingerprint": predicted.fingerprint}
 
 
 def local_gpus() -> int:

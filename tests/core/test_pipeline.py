@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -93,6 +94,12 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
     seq_line = [i for i, line in enumerate(lines) if not line.startswith(">")][5]  # record 6: chunk 1
     lines[seq_line] = ("C" if lines[seq_line][0] != "C" else "G") + lines[seq_line][1:]
     mutant.write_text("\n".join(lines) + "\n")
+    # --dry-run says so, and starts and writes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    plan = run_score(replace(cfg, dry_run=True))
+    assert plan["pending"] == 1 and "1 of 40 shards to compute (1 input changed); 39 reused" in plan["dry_run"]
+    assert "synthetic_ecoli: 160 rows, 40 unit(s)" in plan["dry_run"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     capsys.readouterr()
     manifest = run_score(cfg)
     assert manifest["shards_computed"] == 1 and manifest["shards_reused"] == 39
