@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import MISSING
 from pathlib import Path
 
+import pandas as pd
+
 from models.base import BACKENDS
 from models.cards import registry
 from models.errors import GlmscoreError
@@ -29,7 +31,7 @@ from pipelines.benchmark import BENCHMARKS, Command
 from pipelines.console import Terminated, handle_sigterm
 from pipelines.demo import DemoOptions, run_demo
 from pipelines.score import ScoreConfig, run_score
-from pipelines.shards import read_manifest
+from pipelines.shards import describe, read_manifest
 from pipelines.sweep import main_sweep
 
 EXIT_USER_ERROR = 2
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.set_defaults(fields=add_options(d, DemoOptions))
     sub.add_parser("models", help="list the model cards and backends")
+    r = sub.add_parser("runs", help="what output folders hold: benchmark, model, rows, finished or not, fingerprint")
+    r.add_argument("folders", nargs="+", help="score or embed output folders (local or s3://)")
     return parser
 
 
@@ -322,6 +326,11 @@ def _dispatch(args) -> int:
             can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),
                                    ("fits on reference", cls.fits_on_reference)) if ok]
             print(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
+        return 0
+    if args.command == "runs":
+        table = pd.DataFrame([describe(store.absolute(f) if not store.is_uri(f) else f) for f in args.folders], dtype=object)
+        with pd.option_context("display.max_colwidth", 80, "display.width", 250):
+            print(table.astype(object).where(table.notna(), "").to_string(index=False))
         return 0
     if args.command in ("score", "embed"):
         manifest = run_score(score_config_from_args(args))

@@ -342,6 +342,34 @@ def read_scores(path, columns: list[str] | None = None, what: str = "score folde
     return (table.select(columns) if columns else table).to_pandas()
 
 
+def describe(out) -> dict:
+    """What an output folder holds, for ``glmscore runs``: its benchmark, model, task, rows and shards,
+    whether it is finished (a manifest) or not (a run record and the shards written so far), and its
+    fingerprint. Nothing is verified or changed (``score`` verifies when it resumes)."""
+    row = {"folder": str(out), "benchmark": None, "model": None, "task": None, "rows": None, "shards": None,
+           "state": "not a glmscore folder", "fingerprint": None}
+    if not store.exists(out):
+        return {**row, "state": "does not exist"}
+    try:
+        manifest = read_manifest(out)
+    except GlmscoreError:
+        manifest = None
+    if manifest is not None:
+        config = manifest.get("config", {})
+        return {**row, "benchmark": config.get("benchmark"), "model": manifest.get("model_card", {}).get("id"),
+                "task": config.get("task"), "rows": manifest.get("rows_total"), "shards": len(manifest.get("shards") or []),
+                "state": f"finished {manifest.get('finished')}", "fingerprint": config.get("fingerprint")}
+    try:
+        record = json.loads(store.read_bytes(store.join(out, RUN_FILE)))
+    except (FileNotFoundError, ValueError):
+        return row
+    config = record.get("config", {})
+    written = store.files(out, "part-*.parquet")
+    return {**row, "benchmark": config.get("benchmark"), "model": config.get("model"), "task": config.get("task"),
+            "shards": len(written), "state": f"unfinished: {len(written)} shard(s) written; rerun the same command to resume",
+            "fingerprint": record.get("fingerprint")}
+
+
 class OutputFolder:
     """A score job's output folder as one object: ``claim`` it (lock + refuse another run's shards),
     ask which units are ``pending``, ``write`` a unit's shard (in a Ray task), then ``finish``: verify

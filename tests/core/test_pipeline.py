@@ -112,6 +112,16 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
     manifest = run_score(cfg)
     assert manifest["shards_computed"] == 40
     assert "40 of 40 shards to compute (1 input changed, 39 reference changed); 0 reused" in capsys.readouterr().err
+    # `glmscore runs` says what folders hold, finished or not
+    from pipelines.cli import main
+
+    assert main(["runs", str(out), str(tmp_path / "nope"), str(data)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "nullsette" in lines[1] and "kmer3" in lines[1] and " 160 " in lines[1] and "finished" in lines[1]
+    assert "does not exist" in lines[2] and "not a glmscore folder" in lines[3]
+    (out / MANIFEST).unlink()
+    assert main(["runs", str(out)]) == 0
+    assert "unfinished: 40 shard(s) written; rerun the same command to resume" in capsys.readouterr().out
 
 
 def test_a_report_is_written_whole_or_not_at_all(ray_cluster, small_nullsette, tmp_path, capsys, monkeypatch):
