@@ -247,6 +247,22 @@ def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path
     assert main(["analyze", "nullsette", "--scores", str(published / "kmer3"), "--labels", "published k3",
                  "--estimator", "paper", "--n-perm", "200", "--out", str(tmp_path / "r3")]) == 0
     assert "published k3" in (tmp_path / "r3" / "nullsette_success.csv").read_text()
+    # NT.py's and generator.py's nested layout (<out>/<family>/<variant>/<dataset>) and alphagenome_infer.py's
+    # deeper one with its four columns (the scored region) read the same, the model named by its path
+    nested, deep = tmp_path / "output_nt", tmp_path / "output_ag"
+    for f in published.rglob("*.csv"):
+        a = nested / "NucleotideTransformer" / "2.5B_multispecies" / f.relative_to(published / "kmer3")
+        a.parent.mkdir(parents=True, exist_ok=True)
+        a.write_text(f.read_text())
+        b = deep / "AlphaGenome" / "all_folds" / "homo_sapiens" / "EFO-0001187" / "matched_subsequence_20bp" / f.relative_to(published / "kmer3")
+        b.parent.mkdir(parents=True, exist_ok=True)
+        table = pd.read_csv(f, sep="\t")
+        table.assign(score_region_start=0, score_region_end=20).to_csv(b, sep="\t", index=False)
+    for root, model in ((nested, "NucleotideTransformer/2.5B_multispecies"),
+                        (deep, "AlphaGenome/all_folds/homo_sapiens/EFO-0001187/matched_subsequence_20bp")):
+        got = Nullsette.analyze([str(root)], str(tmp_path / f"r_{root.name}"), opts)["tests"]
+        assert set(got["model"]) == {model}
+        pd.testing.assert_frame_equal(got.drop(columns=["order", "model"]), theirs.drop(columns=["order", "model"]))
     # a file that breaks the pairing is one sentence
     broken = published / "kmer3" / "kosuri" / "mutant_translocation3.csv"
     broken.write_text("\n".join(broken.read_text().splitlines()[:-1]) + "\n")

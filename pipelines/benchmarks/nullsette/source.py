@@ -214,51 +214,57 @@ _PUBLISHED_FILE = re.compile(r"^(nonmutant|mutant_translocation\d+)\.csv$")
 
 
 def is_published_layout(folder: Path) -> bool:
-    """A folder of the published scripts' outputs: ``<model>/<dataset>/nonmutant.csv`` (several models)
-    or ``<dataset>/nonmutant.csv`` (one model) under it, and no glmscore manifest."""
+    """A folder of the published scripts' outputs: ``.../<dataset>/nonmutant.csv`` at any depth under it
+    (``hyenadna.py``: ``<out>/<model>/<dataset>``; ``NT.py``, ``generator.py``: ``<out>/<family>/<variant>/
+    <dataset>``; ``alphagenome_infer.py``: ``<out>/AlphaGenome/<run>/<organism>/<tracks>/<scoring>/<dataset>``),
+    and no glmscore manifest."""
     folder = Path(folder)
-    return folder.is_dir() and not (folder / "_manifest.json").exists() and (
-        any(folder.glob("*/nonmutant.csv")) or any(folder.glob("*/*/nonmutant.csv")))
+    return folder.is_dir() and not (folder / "_manifest.json").exists() and any(folder.rglob("nonmutant.csv"))
+
+
+# the published columns; alphagenome_infer.py adds the scored region when it scores a sub-sequence
+PUBLISHED_COLUMNS = (["seqs", "scores"], ["seqs", "scores", "score_region_start", "score_region_end"])
 
 
 def read_published_scores(folder: Path):
     """Scores written by the GLM-Nullsette-Benchmark scripts as a glmscore score table.
 
-    Layout ``<out>/<model>/<dataset>/{nonmutant,mutant_translocation<k>}.csv``, tab-separated, columns
-    ``seqs, scores``, row i of every file of a dataset = cassette i (the scripts keep FASTA order). Passing
-    ``<out>/<model>`` reads one model named after its folder. Returns (model, dataset, group, pair_index,
-    score) rows; every file of a dataset must have the nonmutant file's rows, else one sentence.
+    Every ``<dataset>/{nonmutant,mutant_translocation<k>}.csv`` under ``folder`` (tab-separated, columns
+    ``seqs, scores`` and, from ``alphagenome_infer.py``, ``score_region_start, score_region_end``; row i of
+    every file of a dataset = cassette i, as the scripts keep FASTA order). The model is the path from
+    ``folder`` to the dataset folder's parent (``NucleotideTransformer/2.5B_multispecies``), or ``folder``'s
+    own name when the datasets lie directly in it. Returns (model, dataset, group, pair_index, score) rows;
+    every file of a dataset must have the nonmutant file's rows, else one sentence.
     """
 
     folder = Path(folder)
-    single = any(folder.glob("*/nonmutant.csv"))
-    models = [(folder.name, folder)] if single else sorted(
-        (p.name, p) for p in folder.iterdir() if p.is_dir() and any(p.glob("*/nonmutant.csv")))
     frames = []
-    for model, model_dir in models:
-        for data_dir in sorted(p.parent for p in model_dir.glob("*/nonmutant.csv")):
-            dataset = PUBLISHED_DATASETS.get(data_dir.name, data_dir.name)
-            files = sorted(p for p in data_dir.iterdir() if _PUBLISHED_FILE.match(p.name))
-            n_rows = None
-            for path in sorted(files, key=lambda p: p.name != "nonmutant.csv"):
-                try:
-                    table = pd.read_csv(path, sep="\t", dtype={"seqs": str})
-                except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-                    raise GlmscoreError(f"{path} is not a tab-separated score file ({str(exc).splitlines()[0]}).") from None
-                if list(table.columns) != ["seqs", "scores"]:
-                    raise GlmscoreError(f"{path}: expected the published columns seqs, scores (tab-separated), "
-                                        f"found {', '.join(map(str, table.columns))}.")
-                scores = pd.to_numeric(table["scores"], errors="coerce")
-                if scores.isna().any():
-                    raise GlmscoreError(f"{path}: {int(scores.isna().sum())} score(s) are not numbers.")
-                if n_rows is None:
-                    n_rows = len(table)
-                elif len(table) != n_rows:
-                    raise GlmscoreError(f"{path} has {len(table)} rows but nonmutant.csv has {n_rows}; "
-                                        "the files of a dataset must pair row by row.")
-                frames.append(pd.DataFrame({"model": model, "dataset": dataset, "group": path.stem,
-                                            "pair_index": np.arange(len(table), dtype=np.int32),
-                                            "score": scores.to_numpy(np.float64)}))
+    for data_dir in sorted(p.parent for p in folder.rglob("nonmutant.csv")):
+        rel = data_dir.parent.relative_to(folder)
+        model = folder.name if rel == Path(".") else rel.as_posix()
+        dataset = PUBLISHED_DATASETS.get(data_dir.name, data_dir.name)
+        files = sorted(p for p in data_dir.iterdir() if _PUBLISHED_FILE.match(p.name))
+        n_rows = None
+        for path in sorted(files, key=lambda p: p.name != "nonmutant.csv"):
+            try:
+                table = pd.read_csv(path, sep="\t", dtype={"seqs": str})
+            except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+                raise GlmscoreError(f"{path} is not a tab-separated score file ({str(exc).splitlines()[0]}).") from None
+            if list(table.columns) not in PUBLISHED_COLUMNS:
+                raise GlmscoreError(f"{path}: expected the published columns seqs, scores (tab-separated; "
+                                    f"alphagenome_infer.py adds score_region_start, score_region_end), "
+                                    f"found {', '.join(map(str, table.columns))}.")
+            scores = pd.to_numeric(table["scores"], errors="coerce")
+            if scores.isna().any():
+                raise GlmscoreError(f"{path}: {int(scores.isna().sum())} score(s) are not numbers.")
+            if n_rows is None:
+                n_rows = len(table)
+            elif len(table) != n_rows:
+                raise GlmscoreError(f"{path} has {len(table)} rows but nonmutant.csv has {n_rows}; "
+                                    "the files of a dataset must pair row by row.")
+            frames.append(pd.DataFrame({"model": model, "dataset": dataset, "group": path.stem,
+                                        "pair_index": np.arange(len(table), dtype=np.int32),
+                                        "score": scores.to_numpy(np.float64)}))
     return pd.concat(frames, ignore_index=True)
 
 
