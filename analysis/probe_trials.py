@@ -12,7 +12,7 @@ supervised trial per fold column instead of the generated schemes.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.linalg import LinAlgWarning
@@ -33,6 +33,15 @@ class AssayArrays:
     # distributed fold columns (``--folds``): column name -> per-row fold label (NaN: in no fold)
     folds: dict[str, np.ndarray] = field(default_factory=dict)
     fold_source: str = "generated"
+    wildtype: np.ndarray | None = None  # rows that are the wild type (an empty mutant)
+
+    def without_wildtype(self) -> "AssayArrays":
+        """The same assay without its wild-type rows (fold columns too)."""
+        if self.wildtype is None or not self.wildtype.any():
+            return self
+        keep = ~self.wildtype
+        return replace(self, X=self.X[keep], y=self.y[keep], positions=[p for p, k in zip(self.positions, keep) if k],
+                       folds={name: col[keep] for name, col in self.folds.items()}, wildtype=self.wildtype[keep])
 
 
 def probe_trial(config: dict, data: dict) -> dict:
@@ -43,6 +52,8 @@ def probe_trial(config: dict, data: dict) -> dict:
     warnings.filterwarnings("ignore", category=LinAlgWarning)
     c = config["trial"]
     a: AssayArrays = data[c["assay"]]
+    if c.get("drop_wildtype"):  # --wildtype published: the rule of the script this trial follows
+        a = a.without_wildtype()
     if c["setting"] == "transfer":
         pred = transfer_predict(c["probe"], data, TransferTask(c["assay"], tuple(c["train_assays"]), c["split"]), c["seed"])
         # the held-out assay's labels are read here, after its predictions exist: to score them

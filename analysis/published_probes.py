@@ -19,8 +19,12 @@ aido/run,enformer/run}.py`` there); contiguous folds follow ``evaluate_contiguou
   ``int(0.2 * n)`` rows by ``np.random.RandomState(0).choice(..., replace=False)`` (one generator for all
   folds, drawn only when a fold is too big); training = every row that is not a candidate (the candidates
   cut away are used by neither side); a fold is skipped when its training part has fewer than 0.4 n AND
-  fewer than 500 rows; ``RidgeCV(alphas=np.logspace(-3, 3, 7))``; the number is ``np.nanmean`` of the
-  folds' Spearman and ``np.nanstd`` their spread.
+  fewer than 500 rows; ``RidgeCV(alphas=np.logspace(-3, 3, 7))``; a fold whose fit fails is skipped (the
+  script's ``try``/``except``; reported as ``n_skipped``); the number is ``np.nanmean`` of the folds'
+  Spearman and ``np.nanstd`` their spread.
+- The wild type: ``compute_fitness.py`` drops the rows with an empty mutant (``df[~df[mutant].isna()]``)
+  before few-shot and random folds; ``run_contiguous.py`` keeps them (never a candidate, always training).
+  ``--wildtype published`` (the default under ``--protocol paper``) takes each rule for its scheme.
 - Distributed folds (``--folds``, not a published script: the benchmark ships ``cv_folds.zip`` but no code
   that reads it): each fold value held out in turn, the same RidgeCV, one Spearman of the pooled
   out-of-fold predictions (the rule of the random folds).
@@ -137,11 +141,21 @@ def paper_contiguous_folds(positions: list[list[int]], n_folds: int = PAPER_N_FO
 
 
 def paper_contiguous(X: np.ndarray, y: np.ndarray, positions: list[list[int]]) -> dict:
-    """Supervised contiguous folds of the published scripts: nanmean and nanstd of the folds' Spearman."""
-    corrs = [_spearman(_ridgecv_predict(X, y, tr, te), y[te]) for tr, te in paper_contiguous_folds(positions)]
+    """Supervised contiguous folds of the published scripts: nanmean and nanstd of the folds' Spearman. A
+    fold whose fit fails is skipped and counted (``n_skipped``), as ``run_contiguous.py`` does with its
+    ``try``/``except``; here only the fit's own errors (sklearn's ValueError, a singular system) are."""
+    corrs, skipped = [], 0
+    for tr, te in paper_contiguous_folds(positions):
+        try:
+            pred = _ridgecv_predict(X, y, tr, te)
+        except (ValueError, np.linalg.LinAlgError):
+            skipped += 1
+            continue
+        corrs.append(_spearman(pred, y[te]))
     if not corrs or np.all(np.isnan(corrs)):
-        return {"metric": np.nan, "metric_std": np.nan, "n_splits": len(corrs)}
-    return {"metric": float(np.nanmean(corrs)), "metric_std": float(np.nanstd(corrs)), "n_splits": len(corrs)}
+        return {"metric": np.nan, "metric_std": np.nan, "n_splits": len(corrs), "n_skipped": skipped}
+    return {"metric": float(np.nanmean(corrs)), "metric_std": float(np.nanstd(corrs)), "n_splits": len(corrs),
+            "n_skipped": skipped}
 
 
 def paper_supervised(X: np.ndarray, y: np.ndarray, positions: list[list[int]], scheme: str,

@@ -12,7 +12,7 @@ from ray import tune
 
 from analysis.fitness import aggregate
 from analysis.probe_trials import AssayArrays, probe_trial, trial_grid
-from analysis.probes import PROBES
+from analysis.probes import FEWSHOT_K, PROBES
 from analysis.published_probes import PAPER_SEED, SOURCE
 from analysis.report import write_table_report
 from models.errors import GlmscoreError
@@ -25,7 +25,7 @@ from pipelines.shards import datasets_of, read_manifest, read_table
 
 SETTINGS = ("fewshot", "supervised", "transfer")
 PROTOCOLS = ("glmscore", "paper")
-WILDTYPE = ("keep", "drop")
+WILDTYPE = ("keep", "drop", "published")
 
 
 def _probe_names() -> list[str]:
@@ -48,8 +48,14 @@ class ProbeConfig(Options):
     folds: str | None = option(None, help="supervised: distributed folds instead of generated ones: a fold CSV, or a "
                                           "folder of <DMS_ID>.csv, with mutant + fold_* columns (fold_random_5, "
                                           "fold_modulo_5, fold_contiguous_5: each present one is a scheme), joined by mutant")
-    wildtype: str = option("keep", choices=WILDTYPE, help="keep or drop the wild-type rows (empty mutant) before any split")
+    wildtype: str | None = option(None, choices=WILDTYPE,
+                                  help="keep or drop the wild-type rows (empty mutant) before any split; published: as "
+                                       "the NABench scripts (compute_fitness.py drops it for few-shot and random folds, "
+                                       "run_contiguous.py keeps it; default under --protocol paper, else keep)")
     repeats: int = option(5, minimum=1, help="few-shot repeats per k")
+    k: list[int] | None = option(None, parse=lambda text: [int(v) for v in comma_list(text)],
+                                 help="few-shot: comma-separated training-set sizes (default 5,20,50,100; the published "
+                                      "runs use 50, and up to 300 with --repeats 10-20)")
     seed: int = seed_option("seed of splits and fits (under --protocol paper the published split seeds are used "
                                "and this seeds only the bootstrap)")
     transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
@@ -85,10 +91,25 @@ def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -
         model = frame["model"].iloc[0]
         data[name] = AssayArrays(
             X=X[keep], y=frame["label"].to_numpy()[keep],
-            positions=[positions(m) for m in frame["mutant"][keep]], family=frame["group"].iloc[0])
+            positions=[positions(m) for m in frame["mutant"][keep]], family=frame["group"].iloc[0],
+            wildtype=(mutants == "").to_numpy()[keep])
     if not data:
         raise GlmscoreError(f"{emb_dir} has no dataset=<assay> folders.")
     return model, data
+
+
+def wildtype_rule(cfg: ProbeConfig) -> str:
+    """``--wildtype`` as given, else ``published`` under --protocol paper and ``keep`` otherwise."""
+    return cfg.wildtype or ("published" if cfg.protocol == "paper" else "keep")
+
+
+def drops_wildtype(rule: str, setting: str, split) -> bool:
+    """Whether a trial fits without the wild-type row: ``published`` drops it where compute_fitness.py
+    does (few-shot, random folds, and fold files, which take the random folds' rule) and keeps it in
+    contiguous folds, as run_contiguous.py does."""
+    if rule != "published":
+        return rule == "drop"
+    return not (setting == "supervised" and split == "contiguous")
 
 
 def check_protocol(cfg: ProbeConfig) -> None:
@@ -100,6 +121,8 @@ def check_protocol(cfg: ProbeConfig) -> None:
         others = sorted(set(cfg.probes) - {"ridge"})
         raise GlmscoreError(f"--protocol paper fits the published ridge only, not {', '.join(others)}; leave out "
                             "--probes or use --protocol glmscore.")
+    if cfg.k is not None and (cfg.setting != "fewshot" or any(k < 1 for k in cfg.k)):
+        raise GlmscoreError("--k gives few-shot training-set sizes (each at least 1) and applies to --setting fewshot only.")
     if cfg.folds is not None and cfg.setting != "supervised":
         raise GlmscoreError(f"--folds gives supervised cross-validation folds and does not apply to --setting {cfg.setting}.")
 
@@ -119,12 +142,17 @@ def run_probes(cfg: ProbeConfig) -> dict:
     setting, seed, repeats, out = cfg.setting, cfg.seed, cfg.repeats, cfg.out
     probes = cfg.probes or (["ridge"] if paper else ["ridge", "mlp"])
     keys: dict = {}
-    model, data = load_embeddings(cfg.embeddings, wildtype=cfg.wildtype, keys=keys)
+    rule = wildtype_rule(cfg)
+    # "published" decides per trial, so the rows keep the wild type here and each trial drops it or not
+    model, data = load_embeddings(cfg.embeddings, wildtype="drop" if rule == "drop" else "keep", keys=keys)
     if cfg.folds is not None:
         attach_folds(data, keys, cfg.folds)
     folds_label = str(Path(cfg.folds).resolve()) if cfg.folds is not None else "generated"
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats, transfer_from=cfg.transfer_from,
-                      transfer_to=cfg.transfer_to, protocol=cfg.protocol)
+                      transfer_to=cfg.transfer_to, protocol=cfg.protocol, ks=tuple(cfg.k or FEWSHOT_K))
+    if rule == "published":
+        for trial in grid:
+            trial["drop_wildtype"] = drops_wildtype(rule, trial["setting"], trial["split"])
     if not grid:
         raise GlmscoreError(f"no {setting} trial fits these embeddings (few-shot k must be below an assay's rows).")
 
@@ -155,7 +183,9 @@ def run_probes(cfg: ProbeConfig) -> dict:
         table.insert(at, "protocol", cfg.protocol)
         table.insert(at + 1, "folds", table["assay"].map(lambda a: data[a].fold_source) if "assay" in table.columns
                      else folds_label)
-        table.insert(at + 2, "wildtype", cfg.wildtype)
+        table.insert(at + 2, "wildtype", table["split"].map(
+            lambda split: ("drop" if drops_wildtype(rule, setting, split) else "keep") if rule == "published" else rule)
+            if "split" in table.columns else rule)
         tables.append(table.rename(columns={"split": "k"}) if setting == "fewshot" else table)
     summary, families, trials = tables
     trials.to_csv(out_dir / "probe_trials.csv", index=False)
@@ -167,7 +197,8 @@ def run_probes(cfg: ProbeConfig) -> dict:
                                 "revision": manifest.get("resolved_revision"),
                                 "pooling": manifest.get("config", {}).get("resolved_pooling") or manifest.get("config", {}).get("pooling"),
                                 "layer": manifest.get("config", {}).get("layer"), "finished": manifest.get("finished")}])
-    settings = {"setting": setting, "protocol": cfg.protocol, "folds": folds_label, "wildtype": cfg.wildtype,
+    settings = {"setting": setting, "protocol": cfg.protocol, "folds": folds_label,
+                "wildtype": rule + (" (dropped for few-shot and random folds, kept for contiguous folds)" if rule == "published" else ""),
                 "probes": ",".join(probes), "seed": seed, "repeats": repeats}
     if paper:
         settings |= {"metric": "Spearman (few-shot: mean over repeats and metric_std their SD with ddof 0; supervised "
@@ -192,6 +223,7 @@ def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, nam
     rows = [r.metrics for r in results]
     keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
         ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (
+        ["n_skipped"] if any("n_skipped" in r for r in rows) else []) + (
         ["train_assays"] if any("train_assays" in r for r in rows) else [])
     return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],
                                                                                  key=lambda s: s.astype(str))

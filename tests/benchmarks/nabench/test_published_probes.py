@@ -206,6 +206,31 @@ def test_contiguous_folds_follow_the_script(name):
         assert all(pos[i] for i in test)  # the wild type is never held out
 
 
+def test_a_contiguous_fold_whose_fit_fails_is_skipped_and_counted(monkeypatch):
+    """run_contiguous.py wraps each fold's fit in try/except and goes on; so does the paper rule, and says so."""
+    from analysis import published_probes
+    from pipelines.benchmarks.nabench.source import positions
+
+    frame = real_assay("Pitt_2010_ribozyme")
+    X, y = kmer_counts(frame["sequence"]), frame["DMS_score"].to_numpy(float)
+    pos = [positions(m) for m in frame["mutant"]]
+    whole = published_probes.paper_contiguous(X, y, pos)
+    folds = published_probes.paper_contiguous_folds(pos)
+    real, calls = published_probes._ridgecv_predict, []
+
+    def failing_first(X_, y_, train, test):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Found array with 0 sample(s)")  # what sklearn says of a degenerate fold
+        return real(X_, y_, train, test)
+
+    monkeypatch.setattr(published_probes, "_ridgecv_predict", failing_first)
+    got = published_probes.paper_contiguous(X, y, pos)
+    assert got["n_skipped"] == 1 and got["n_splits"] == whole["n_splits"] - 1 == len(folds) - 1
+    rest = [published_probes._spearman(real(X, y, tr, te), y[te]) for tr, te in folds[1:]]
+    assert got["metric"] == pytest.approx(np.nanmean(rest), abs=1e-12)
+
+
 def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
     from analysis.probes import fit_eval, given_folds, run_supervised_given
     from analysis.published_probes import pooled_oof
@@ -339,17 +364,31 @@ def test_cli_protocol_paper_folds_and_wildtype_end_to_end(ray_cluster, tmp_path,
             fold = table[column].to_numpy(float)[rows]
             assert got.loc[column, "metric"] == pytest.approx(hand_given_folds(X, y, fold), abs=1e-9)
 
-    # supervised, generated folds, wild type kept: random = the script's pooled KFold
+    # supervised, generated folds, each scheme's published wild-type rule (the default under --protocol paper):
+    # random = compute_fitness.py's pooled KFold without the wild type, contiguous = run_contiguous.py with it
     assert probe("--setting", "supervised", "--protocol", "paper", "--out", str(tmp_path / "sg")) == 0
     trials = pd.read_csv(tmp_path / "sg" / "probe_trials.csv")
-    assert set(trials["split"]) == {"random", "contiguous"} and set(trials["wildtype"]) == {"keep"}
+    assert set(trials["split"]) == {"random", "contiguous"}
+    got = trials[(trials["assay"] == "Ke_2017_mRNA")].set_index("split")
+    assert got.loc["random", "wildtype"] == "drop" and got.loc["contiguous", "wildtype"] == "keep"
+    X, y, mutants = embedded(emb, "Ke_2017_mRNA", drop_wildtype=True)
+    assert got.loc["random", "metric"] == pytest.approx(hand_cv(X, y), abs=1e-9)
     X, y, mutants = embedded(emb, "Ke_2017_mRNA", drop_wildtype=False)
     assert mutants[0] == ""
-    got = trials[(trials["assay"] == "Ke_2017_mRNA")].set_index("split")
-    assert got.loc["random", "metric"] == pytest.approx(hand_cv(X, y), abs=1e-9)
     mean, std, n = hand_contiguous(X, y, [parse_mutation(m) for m in mutants])
-    assert got.loc["contiguous", "n_splits"] == n
+    assert got.loc["contiguous", "n_splits"] == n and got.loc["contiguous", "n_skipped"] == 0
     assert got.loc["contiguous", "metric"] == pytest.approx(mean, abs=1e-9, nan_ok=True)
+    # --wildtype keep still keeps it everywhere
+    assert probe("--setting", "supervised", "--protocol", "paper", "--wildtype", "keep", "--out", str(tmp_path / "sk")) == 0
+    kept = pd.read_csv(tmp_path / "sk" / "probe_trials.csv").set_index(["assay", "split"])
+    assert kept.loc[("Ke_2017_mRNA", "random"), "metric"] == pytest.approx(hand_cv(X, y), abs=1e-9)
+    # the published few-shot sizes: --k and --repeats
+    assert probe("--setting", "fewshot", "--protocol", "paper", "--k", "50", "--repeats", "10", "--out", str(tmp_path / "k50")) == 0
+    k50 = pd.read_csv(tmp_path / "k50" / "probe_trials.csv")
+    assert set(k50["k"]) == {50} and set(k50["n_splits"]) == {10} and set(k50["wildtype"]) == {"drop"}
+    X, y, _ = embedded(emb, "Ke_2017_mRNA", drop_wildtype=True)
+    mean, std = hand_fewshot(X, y, 50, few_shot_repeat=10)
+    assert k50.set_index("assay").loc["Ke_2017_mRNA", "metric"] == pytest.approx(mean, abs=1e-9)
     capsys.readouterr()
 
     # one-sentence refusals: exit status 2, no traceback
