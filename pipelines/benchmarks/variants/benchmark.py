@@ -17,9 +17,10 @@ from pipelines.benchmarks.variants.synthetic import SyntheticOptions, run_synthe
 def _run_build(o: BuildOptions) -> str:
     r = build_windows(o)
     dropped = "; ".join(f"{k}: {v}" for k, v in r["dropped"].items() if v) or "none"
-    return (f"{r['sites']} {r['view']}-view window pairs of {r['window']} bp ({r['rows']} variant x tissue rows, "
-            f"{r['labelled_rows']} labelled) in {o.out}\nwindows padded with N at a chromosome end: {r['sites_with_padding']}\n"
-            f"dropped: {dropped}")
+    rows = (f"{r['rows']} variant x tissue rows, {r['labelled_rows']} labelled" if r["rows"] else
+            "unlabelled: the variants carry no tissue or label column, so they serve zero-shot scores")
+    return (f"{r['sites']} {r['view']}-view window pairs of {r['window']} bp ({rows}) in {o.out}\n"
+            f"windows padded with N at a chromosome end: {r['sites_with_padding']}\ndropped: {dropped}")
 
 
 @register_benchmark("variants")

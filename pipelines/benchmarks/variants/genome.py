@@ -148,8 +148,18 @@ def _read_vcf(fh, path: Path) -> pd.DataFrame:
 
 def _read_table(fh, path: Path, sep: str) -> pd.DataFrame:
     reader = csv.reader(fh, delimiter=sep)
-    header = [h.strip().lower() for h in next(reader, [])]
+    header = [h.strip().lower().lstrip("\ufeff") for h in next(reader, [])]
     missing = [c for c in ("chrom", "pos", "ref", "alt") if c not in header]
+    if missing and "variant_id" in header:  # GTEx: chr1_14677_G_A_b38 = chrom, pos, ref, alt, build
+        frame = pd.read_csv(fh, sep=sep, names=header, dtype=str, keep_default_na=False)
+        parts = frame["variant_id"].str.split("_")
+        bad = parts.map(len) < 4
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise GlmscoreError(f"{path}: variant_id {frame['variant_id'].iloc[i]!r} (row {i + 1}) is not "
+                                "chrom_pos_ref_alt[_build], as GTEx writes it (chr1_14677_G_A_b38).")
+        frame = frame.assign(chrom=parts.str[0], pos=parts.str[1], ref=parts.str[2], alt=parts.str[3])
+        return _typed(frame[["chrom", "pos", "ref", "alt"] + [c for c in ("label", "tissue", "gene") if c in header]], path)
     if missing:
         raise GlmscoreError(f"{path}: missing column(s) {', '.join(missing)}; a variant table needs chrom, pos, ref, alt "
                             "(and optionally label, tissue, gene).")

@@ -47,6 +47,30 @@ def test_real_vcf_without_chrom_line_matches_the_genome_and_windows_centre_on_th
 
 
 @pytest.mark.realdata
+def test_gtex_variant_ids_without_chrom_pos_columns_are_parsed(tmp_path, capsys):
+    """GTEx tables name variants chr1_14677_G_A_b38 and carry no chrom/pos/ref/alt columns: the same sites
+    as the VCF; a VCF without tissues builds an unlabelled set and says so (not "0 variant x tissue rows")."""
+    from pipelines.cli import main
+
+    data = shared_data("variants")
+    vcf = read_variants(data / GTEX_VCF).frame
+    ids = vcf["chrom"] + "_" + vcf["pos"].astype(str) + "_" + vcf["ref"] + "_" + vcf["alt"] + "_b38"
+    table = tmp_path / "gtex.tsv"
+    pd.DataFrame({"variant_id": ids, "tissue": "Whole_Blood", "label": 1}).to_csv(table, sep="\t", index=False)
+    got = read_variants(table).frame
+    cols = ["chrom", "pos", "ref", "alt"]
+    assert got[cols].astype(str).values.tolist() == vcf[cols].astype(str).values.tolist()
+    assert (got["tissue"] == "Whole_Blood").all() and (got["label"] == 1).all()
+    (tmp_path / "bad.tsv").write_text("variant_id\tlabel\nchr1-14677-G-A\t1\n")
+    with pytest.raises(GlmscoreError, match="is not chrom_pos_ref_alt"):
+        read_variants(tmp_path / "bad.tsv")
+    assert main(["variants", "build", "--genome", str(data / HG38), "--variants", str(data / GTEX_VCF),
+                 "--out", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "unlabelled: the variants carry no tissue or label column" in out and "0 variant x tissue rows" not in out
+
+
+@pytest.mark.realdata
 def test_chromosome_names_ref_mismatch_and_multiallelic_records(tmp_path):
     data = shared_data("variants")
     lines = [l for l in (data / GTEX_VCF).read_text().splitlines() if not l.startswith("#")]
