@@ -8,7 +8,9 @@ cheap, and baseline actors never load torch.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -142,6 +144,19 @@ def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
                                 f"(0 = embeddings, {n} or -1 = last).")
 
 
+def check_cuda(torch) -> None:
+    """An actor Ray placed on a GPU whose torch sees no CUDA device (a CPU build of torch on a GPU image,
+    no driver in the container, Ray's fake GPU nodes) is one sentence naming the node, not a misleading
+    error about the GPU's dtypes further on."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return
+    build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise GlmscoreError(f"Ray gave this actor a GPU on node {socket.gethostname()}, but torch sees no CUDA device there "
+                        f"({build}; CUDA_VISIBLE_DEVICES={visible}); install a CUDA torch on the GPU nodes "
+                        "(cluster/local/install.sh gpu) or pass --device cpu.")
+
+
 def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
     """``auto``: bf16 on a GPU (halves memory, same ranking accuracy), fp32 on CPU."""
     name = requested or card.dtype
@@ -205,6 +220,8 @@ class HFBackend(Backend):
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
         self.device = torch.device(runtime.device)
+        if self.device.type == "cuda":
+            check_cuda(torch)
         if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
         self.dtype = getattr(torch, runtime.dtype)

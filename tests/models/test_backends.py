@@ -177,3 +177,17 @@ def test_grouped_kmer_counts_equal_per_group_fits():
     by_group = fit_counts(seqs, 2, groups=groups, n_groups=3)
     for g in range(3):
         assert np.array_equal(by_group[g], fit_counts([s for s, x in zip(seqs, groups) if x == g], 2))
+
+
+def test_a_gpu_actor_whose_torch_sees_no_cuda_says_so(tiny_llama, monkeypatch):
+    """Ray placed the actor on a GPU, but torch there sees none (a CPU build on a GPU image, Ray's fake GPU
+    nodes): the sentence says that, not "this GPU has no bfloat16 support". No GPU here: CUDA's absence
+    is forced, so the test holds on a GPU machine too."""
+    from models.base import BACKENDS, Runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    card = resolve_card(str(tiny_llama))
+    backend = BACKENDS.get(card.backend)
+    with pytest.raises(GlmscoreError, match=r"Ray gave this actor a GPU on node .*, but torch sees no CUDA device "
+                                            r"there .*install a CUDA torch on the GPU nodes"):
+        backend(card, backend.Options(), Runtime(device="cuda", dtype="bfloat16"))
