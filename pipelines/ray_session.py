@@ -9,6 +9,7 @@ tensor-parallel placement group) comes from the backend (``Backend.actor_resourc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+import pandas as pd
 import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -191,7 +194,9 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     its finished trials are reused and only the others run; another grid starts afresh."""
     experiment = Path(storage).resolve() / name
     stamp = experiment / GRID_STAMP
-    grid = hashlib.sha256(json.dumps(param_space, sort_keys=True, default=str).encode()).hexdigest()
+    h = hashlib.blake2b(json.dumps(param_space, sort_keys=True, default=str).encode(), digest_size=16)
+    _digest(shared, h)  # the data too: a rerun on other embeddings must not reuse the trials of these
+    grid = h.hexdigest()
     runnable = tune.with_resources(tune.with_parameters(trainable, **shared), resources)
     if stamp.is_file() and stamp.read_text() == grid and tune.Tuner.can_restore(str(experiment)):
         print(f"glmscore: resuming the interrupted trials in {experiment}: finished trials are reused", file=sys.stderr, flush=True)
@@ -213,10 +218,35 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     # saved the experiment as it was before, so a restore runs them again
     if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
         raise TrialsInterrupted()
+    stamp.unlink(missing_ok=True)  # finished: only an interrupted experiment is ever restored
     errors = [r.error for r in results if r.error]
     if errors:
         raise errors[0]
     return list(results)
+
+
+def _digest(value, h) -> None:
+    """Feed the content of a trial's shared data (arrays, dataclasses, containers) into ``h``."""
+    if isinstance(value, np.ndarray):
+        h.update(f"{value.dtype.str}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode())
+    elif isinstance(value, (pd.DataFrame, pd.Series)):  # its repr shows only the first and last rows
+        h.update(repr(list(value.columns) if isinstance(value, pd.DataFrame) else value.name).encode())
+        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            h.update(f.name.encode())
+            _digest(getattr(value, f.name), h)
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            h.update(str(k).encode())
+            _digest(value[k], h)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"[{len(value)}".encode())
+        for v in value:
+            _digest(v, h)
+    else:
+        h.update(repr(value).encode())
 
 
 GRID_STAMP = "_glmscore_grid"  # the digest of the grid an experiment folder holds trials of

@@ -461,7 +461,10 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
     anything is left to compute (or the folder holds another run), so the job starts Ray as usual."""
     if shards.read_run_file(out.out) is None or not units:
         return None
-    predicted = plan_job(plan.cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+    try:
+        predicted = plan_job(plan.cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+    except GlmscoreError:
+        return None  # the guess of the local devices was wrong for this job: Ray's own count decides
     if shards.read_run_file(out.out) != predicted.fingerprint:
         return None
     references = _references(predicted, units) if predicted.backend.fits_on_reference else {}

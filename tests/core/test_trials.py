@@ -59,7 +59,31 @@ def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_
     runs = {i: (marks / f"ran-{i}").read_text().count("run") for i in range(4)}
     assert runs[0] == 1 and runs[1] == 1, runs  # finished trials were reused, not rerun
     assert runs[2] == 2 and runs[3] == 2, runs
-    # another grid into the same folder starts afresh: no trial of the first one is mixed in
+    # a finished sweep is not restored: the same grid again runs again (only an interrupted one resumes),
+    # and so does another grid, with no trial of the first one mixed in
     results = run_trials(_trial, {"trial": tune.grid_search([0, 1])}, **{**common, "n_trials": 2})
     assert sorted(r.metrics["value"] for r in results) == [0, 10]
     assert (marks / "ran-0").read_text().count("run") == 2
+
+
+def test_the_grid_stamp_covers_the_shared_data():
+    """An interrupted sweep is restored only for the same grid AND the same data (other embeddings under
+    the same folder must not reuse its trials): the digest sees every value, a DataFrame's middle rows too."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.ray_session import _digest
+
+    def digest(value) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        _digest(value, h)
+        return h.hexdigest()
+
+    frame = pd.DataFrame({"x": np.arange(1000.0)})
+    edited = frame.copy()
+    edited.loc[500, "x"] = -1.0
+    assert digest({"data": frame}) != digest({"data": edited})
+    assert digest({"X": np.zeros((3, 4), np.float32)}) != digest({"X": np.zeros((4, 3), np.float32)})
+    assert digest({"X": np.arange(4)}) == digest({"X": np.arange(4)})
