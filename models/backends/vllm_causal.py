@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import psutil
 
 from models.base import (
     ActorResources,
@@ -57,8 +58,15 @@ class VLLMOptions(LMOptions):
 
 
 def gpu_memory_utilization(runtime) -> float:
-    """vLLM reserves this fraction of the whole GPU: an actor that shares its GPU takes its share of it."""
-    return GPU_MEMORY_UTILIZATION[runtime.device] * min(1.0, runtime.gpu_share)
+    """vLLM reserves this fraction of the whole GPU: an actor that shares its GPU takes its share of it.
+    On CPU it is a fraction of the node's memory that must be free when the engine starts (vLLM refuses to
+    start otherwise): at most half of what is free now, so an engine beside other work (another engine, a
+    busy machine) still starts; its KV cache is smaller, which only limits how many sequences run at once."""
+    fraction = GPU_MEMORY_UTILIZATION[runtime.device] * min(1.0, runtime.gpu_share)
+    if runtime.device == "cpu":
+        memory = psutil.virtual_memory()
+        fraction = min(fraction, max(0.02, 0.5 * memory.available / memory.total))
+    return round(fraction, 4)
 
 
 def engine_settings(card, options: VLLMOptions) -> dict:

@@ -44,6 +44,13 @@ def test_actors_share_a_gpu_only_when_the_card_says_they_fit():
     # vLLM then reserves only its share of the GPU's memory
     assert gpu_memory_utilization(Runtime(device="cuda", gpu_share=1 / 6)) == pytest.approx(0.9 / 6)
     assert gpu_memory_utilization(Runtime(device="cuda")) == pytest.approx(0.9)
+    # on CPU, vLLM needs the fraction free at start: never more than half of what is free now (a second
+    # engine beside the first one on a 24 GiB machine was refused at the fixed 0.3)
+    import psutil
+
+    memory = psutil.virtual_memory()
+    cpu = gpu_memory_utilization(Runtime(device="cpu"))
+    assert 0 < cpu <= 0.3 and cpu <= max(0.02, 0.5 * memory.available / memory.total) + 1e-3
 
 
 def test_gpu_flags_that_contradict_each_other_are_one_sentence():
