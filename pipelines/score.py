@@ -410,14 +410,13 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
     and change the fingerprint), the shards in ``--out`` it would reuse and why the others are computed."""
     cfg = plan.cfg
     local = ray_address(cfg.address) == "local"
-    predicted = plan_job(cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+    predicted = local_plan(plan)
     previous = shards.read_run_file(out.out) if store.exists(out.out) else None
     if previous is not None and previous != predicted.fingerprint and not cfg.overwrite:
         state = f"{out} holds another configuration's run: the job would stop (choose a new --out or pass --overwrite)"
         pending, why = units, {"new": len(units)}
     else:
-        references = _references(predicted, units) if predicted.backend.fits_on_reference else {}
-        digests = reference_digests(references, units) if references else {}
+        _, digests = _fitted(predicted, units)
         pending = units if cfg.overwrite else out.pending(units, predicted.fingerprint, digests)
         why = out.why_pending(pending, predicted.fingerprint, digests)
         state = pending_line(len(units), why)
@@ -446,6 +445,17 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
             "fingerprint": predicted.fingerprint}
 
 
+def _fitted(plan: Plan, units: list[Unit]) -> tuple[dict, dict[str, str]]:
+    """A fitted backend's reference sequences and their digest per dataset (both empty for others)."""
+    references = _references(plan, units) if plan.backend.fits_on_reference else {}
+    return references, reference_digests(references, units) if references else {}
+
+
+def local_plan(plan: Plan) -> Plan:
+    """The plan on the cluster a local run would start here (this machine's CPUs and GPUs), without Ray."""
+    return plan_job(plan.cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+
+
 def local_gpus() -> int:
     """The GPUs a local Ray cluster would find here (``CUDA_VISIBLE_DEVICES``, else the NVIDIA device
     files), without starting it. A wrong guess costs only a Ray start-up."""
@@ -462,14 +472,12 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
     if shards.read_run_file(out.out) is None or not units:
         return None
     try:
-        predicted = plan_job(plan.cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
+        predicted = local_plan(plan)
     except GlmscoreError:
         return None  # the guess of the local devices was wrong for this job: Ray's own count decides
     if shards.read_run_file(out.out) != predicted.fingerprint:
         return None
-    references = _references(predicted, units) if predicted.backend.fits_on_reference else {}
-    digests = reference_digests(references, units) if references else {}
-    if out.pending(units, predicted.fingerprint, digests):
+    if out.pending(units, predicted.fingerprint, _fitted(predicted, units)[1]):
         return None
     print(f"glmscore: {plan.cfg.task}: every shard in {out} is complete for this configuration and input; "
           "Ray not started", file=sys.stderr, flush=True)
@@ -484,8 +492,8 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
               "resolved_pooling": plan.pooling, "options": plan.options.to_dict(),
               "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
     out.claim(plan.fingerprint, config, cfg.overwrite, units)
-    references = _references(plan, units) if plan.backend.fits_on_reference else {}
-    plan = replace(plan, references=reference_digests(references, units) if references else {})
+    references, digests = _fitted(plan, units)
+    plan = replace(plan, references=digests)
     pending = out.pending(units, plan.fingerprint, plan.references)
     print(f"glmscore: {pending_line(len(units), out.why_pending(pending, plan.fingerprint, plan.references))}",
           file=sys.stderr, flush=True)
