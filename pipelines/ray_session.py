@@ -207,7 +207,10 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
         tuner = tune.Tuner(
             runnable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent) if max_concurrent else None,
+            # reuse_actors: a finished trial's process takes the next trial of the same resources, so a
+            # sweep of many small trials (probe x fold) does not pay a process start and the imports of
+            # torch/sklearn for each one (Tune's default starts a fresh actor per trial)
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(experiment.parent), name=name, verbose=0,
                                       callbacks=[trial_progress(n_trials)]),
         )
