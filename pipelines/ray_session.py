@@ -34,9 +34,9 @@ from pipelines import store
 from pipelines.console import handle_sigterm, quiet_ray, trial_progress
 
 EXIT_CLUSTER_LOST = 3
-# CPUs each stage reserves: an actor holds one (its torch threads use the cores it shares with the tasks);
-# prepare and write are light beside a forward pass, and fractions let them run next to an actor that
-# holds a node's only whole CPU (a restarted actor plus whole-CPU write tasks stalled writes for minutes)
+# CPUs each stage's pool actors reserve: a model actor holds one (its torch threads use the cores it shares
+# with the light stages); prepare and write are light beside a forward pass, and fractions let them run next
+# to a model actor that holds a node's only whole CPU (a restarted actor plus whole-CPU writes stalled for minutes)
 ACTOR_CPUS, PREPARE_CPUS, WRITE_CPUS = 1.0, 0.5, 0.1
 TASK_CPUS = PREPARE_CPUS + WRITE_CPUS
 
@@ -76,7 +76,7 @@ def size_pool(cfg, backend: type[Backend], cluster: dict, card: ModelCard | None
         max_actors = max(cfg.min_actors, int(cluster.get("GPU", 0) / gpus + 1e-9) if gpus else 1)
     threads = cfg.threads_per_actor
     if threads is None and not gpus:
-        # An actor reserves 1 CPU so the prepare/write tasks can run beside it, but torch should use
+        # An actor reserves 1 CPU so the prepare/write actors can run beside it, but torch should use
         # the cores it shares with them: those tasks are light next to a forward pass.
         threads = max(1, int(cluster.get("CPU", 1)) // max_actors)
     return Pool(gpus, cfg.min_actors, max_actors, threads)
@@ -85,7 +85,7 @@ def size_pool(cfg, backend: type[Backend], cluster: dict, card: ModelCard | None
 def check_fits(pool: Pool, cluster: dict) -> Pool:
     """On a cluster that cannot add nodes (the local one this job started), an actor pool that can never
     be placed is a user error, not a job that waits for ever; so is one that would hold every CPU, which
-    leaves none for the prepare and write tasks beside it (the job would hang without a word). Returns
+    leaves none for the prepare and write actors beside it (the job would hang without a word). Returns
     the pool with its largest size capped to what fits."""
     gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
     if pool.gpus > gpus:
@@ -96,16 +96,16 @@ def check_fits(pool: Pool, cluster: dict) -> Pool:
     if pool.min_actors > fit:
         raise GlmscoreError(f"--min-actors {pool.min_actors} cannot start: this local cluster fits {max(fit, 0)} actor(s) "
                             f"({cpus:g} CPUs, {gpus:g} GPUs; each actor takes {ACTOR_CPUS:g} CPU and {pool.gpus:g} GPU, "
-                            f"and its prepare and write tasks {TASK_CPUS:g} CPU beside them).")
+                            f"and its prepare and write actors {TASK_CPUS:g} CPU beside them).")
     return pool._replace(max_actors=min(pool.max_actors, fit))
 
 
 def warn_if_starved(pool: Pool, cluster: dict) -> None:
     """On a cluster this job joined, an autoscaler may still add nodes: a pool that leaves no CPU for the
-    tasks beside it is a warning, not an error."""
+    prepare and write actors beside it is a warning, not an error."""
     if cluster.get("CPU", 0) < pool.min_actors * ACTOR_CPUS + TASK_CPUS:
         print(f"glmscore: warning: the cluster has {cluster.get('CPU', 0):g} CPUs now; {pool.min_actors} actor(s) and their "
-              f"prepare/write tasks need {pool.min_actors * ACTOR_CPUS + TASK_CPUS:g}: the job waits until nodes are added.",
+              f"prepare/write actors need {pool.min_actors * ACTOR_CPUS + TASK_CPUS:g}: the job waits until nodes are added.",
               file=sys.stderr)
 
 

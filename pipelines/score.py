@@ -222,8 +222,22 @@ def errors_as_rows(stage):
 
 @lru_cache(maxsize=4)
 def _encoder(backend: type[Backend], card: ModelCard, options: Options, runtime: Runtime):
-    """The backend's encoder, made once per worker process."""
+    """The backend's encoder, made once per process."""
     return backend.make_encoder(card, options, runtime)
+
+
+class StageActor:
+    """A light stage (``prepare_unit``, ``write_unit``) in a long-lived pool process. As plain tasks, each
+    unit could land in a fresh worker (Ray ends idle workers beyond a node's CPU count), and every fresh
+    worker paid for its imports and, to prepare, for loading the tokenizer: 25 worker processes and 13
+    tokenizer loads for 76 units of a tiny Llama on 2 cores (py-spy). In a pool they are paid once."""
+    stage = None
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return type(self).stage(batch, **self.kwargs)
 
 
 @errors_as_rows
@@ -346,6 +360,14 @@ def write_unit(batch: pa.Table, plan: Plan, out: shards.OutputFolder) -> pa.Tabl
 UNIT_FIELDS = tuple(f for f in Unit.__dataclass_fields__)
 
 
+class PrepareActor(StageActor):  # named classes: Ray Data's progress and the logs name the stage
+    stage = prepare_unit
+
+
+class WriteActor(StageActor):
+    stage = write_unit
+
+
 # ---------------------------------------------------------------- driver
 
 def _references(plan: Plan, units: list[Unit]) -> dict[str | None, list[str]]:
@@ -436,7 +458,7 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
     lines += [f"  shards: {state}",
               f"  token limit: {limit if limit else 'none'}; device {predicted.provenance['device']}, dtype {predicted.runtime.dtype or '-'}",
               f"  actors: {predicted.pool.min_actors}..{predicted.pool.max_actors}, {predicted.pool.gpus:g} GPU and "
-              f"{ACTOR_CPUS:g} CPU each (+{PREPARE_CPUS + WRITE_CPUS:g} CPU for the read and write tasks beside them)"
+              f"{ACTOR_CPUS:g} CPU each (+{PREPARE_CPUS + WRITE_CPUS:g} CPU for the prepare and write actors beside them)"
               + ("" if local else f"; on {address} the cluster's own devices decide (estimated here from this machine)"),
               f"  fingerprint: {predicted.fingerprint}" + ("" if local else " (estimate)")]
     for warning in plan.benchmark.warnings:
@@ -511,15 +533,16 @@ def pending_line(total: int, why: dict[str, int]) -> str:
 
 
 def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder) -> set[str]:
-    """Ray Data over the pending units: prepare (tasks) -> the backend (actor pool) -> write (tasks).
-    Returns the model revisions the actors reported."""
+    """Ray Data over the pending units: prepare -> the backend -> write, each an actor pool (see
+    ``StageActor``). Returns the model revisions the actors reported."""
     fitted = plan.backend.fit(plan.card, plan.options, references) if plan.backend.fits_on_reference else None
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
-    # prepare and write are light beside a forward pass: fractional CPUs let them run next to an actor
-    # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU write tasks
-    # left writes waiting for minutes on a small cluster)
-    ds = ds.map_batches(prepare_unit, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS,
-                        fn_kwargs={"plan": plan})
+    # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
+    # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes
+    # waiting for minutes on a small cluster); their pools grow to the model pool's size at most
+    light = ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors)
+    ds = ds.map_batches(PrepareActor, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS, compute=light,
+                        fn_constructor_kwargs={"plan": plan})
     ds = ds.map_batches(
         ScoreActor, batch_size=1, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=plan.pool.min_actors, max_size=plan.pool.max_actors),
@@ -529,8 +552,8 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
         num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
         fn_constructor_kwargs={"plan": plan, "fitted": fitted},
     )
-    ds = ds.map_batches(write_unit, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
-                        fn_kwargs={"plan": plan, "out": out})
+    ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS, compute=light,
+                        fn_constructor_kwargs={"plan": plan, "out": out})
     revisions = set()
     progress = Progress(sum(u.n_rows for u in pending), "rows")
     for row in ds.iter_rows():

@@ -26,7 +26,7 @@ set in several places: the model's beats the benchmark's, which beats ``defaults
 own: a rerun of the sweep reuses every finished shard. Runs go through a pool of ``max_parallel`` threads
 in this one driver process, each with its own Ray Data actor pool, on the one cluster this process
 connects to (``start_ray``, once). On a new local cluster (which cannot grow) a run also waits until
-its ``min_actors`` actors (1 CPU + its GPUs each) and 1 CPU for its prepare/write tasks fit beside the
+its ``min_actors`` actors (1 CPU + its GPUs each) and 1 CPU for its prepare/write actors fit beside the
 runs in flight (two pools holding every CPU would leave neither a CPU for its tasks); an actor pool that
 the local cluster can never place fails that run with one sentence. On a cluster it joins, Ray queues
 what does not fit and an autoscaler adds nodes.
@@ -401,7 +401,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def _reservation(run: Run, cluster: dict) -> tuple[float, float]:
     """(CPUs, GPUs) a run holds on a fixed-size cluster: its min_actors actors (1 CPU and the GPUs its
-    backend says an actor holds) and 1 CPU for its prepare and write tasks. Raises the run's user error
+    backend says an actor holds) and 1 CPU for its prepare and write actors. Raises the run's user error
     when the cluster can never place its actor pool (``check_fits``, which run_score skips on a cluster
     it did not start)."""
     r = run.resolved

@@ -5,10 +5,10 @@ The same job runs twice on that cluster: once cleanly, once losing the worker no
 pool's two actors. The second run must end with every row exactly once and the same shards as the clean run.
 
 The head declares 3 CPUs: after the loss it has to hold both actors of ``--min-actors 2`` (the lost one is
-restarted there) and still leave CPU for the prepare (0.5 CPU) and write (0.1 CPU) tasks. A surviving node
-with one CPU (``--num-cpus=1``) cannot finish any pool: its actor holds the CPU that those tasks need. The
-worker declares 1 CPU, so the actor placed there (Ray Data spreads actors over nodes) leaves it no room for
-tasks: the node's loss is the loss of an actor.
+restarted there) and the prepare (0.5 CPU) and write (0.1 CPU) pool actors beside them. The worker declares
+2 CPUs, room for a model actor beside the light pools' actors (Ray Data spreads actors over nodes, and a
+light actor placed there first would leave a 1-CPU node no room for a model actor): the node's loss is the
+loss of a model actor, and of whatever light actors it held.
 """
 
 import json
@@ -31,7 +31,7 @@ from tests.ray_procs import _end_session, _free_port, _proc_table, _tail, dashbo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-LIMIT = 3  # pairs per dataset: 20 groups x 3 = 60 rows, one shard each
+LIMIT = 10  # pairs per dataset: 20 groups x 10 = 200 rows, one shard each: the job outlasts a few polls
 ROWS = 20 * LIMIT
 KILL_AFTER_SHARDS = 12
 
@@ -95,14 +95,17 @@ def _watched_run(cmd: list, out: Path, err: Path, dash: int, env: dict, worker_n
 
 def test_a_job_that_loses_a_worker_node_finishes_with_every_row_once(tmp_path, small_nullsette):
     temp_dir = tempfile.mkdtemp(prefix="gs", dir="/tmp")  # short: Ray's socket paths live under it
+    # Ray Data's own gate: each pool's actors are all alive before its first unit, so the model actor on
+    # the worker node runs from the start (otherwise the head's actor could finish the job while the
+    # worker's was still starting, and nothing would be lost with the node)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}
     env.pop("RAY_ADDRESS", None)
     clean_out, lost_out = tmp_path / "clean", tmp_path / "lost"
     try:
         with ray_head(tmp_path, env, timeout=240, temp_dir=temp_dir,
                       args=("--num-cpus=3", f"--dashboard-agent-listen-port={_free_port()}")) as (port, dash, _head):
-            with ray_worker(tmp_path, env, port, dash, args=("--num-cpus=1",), temp_dir=temp_dir) as worker:
+            with ray_worker(tmp_path, env, port, dash, args=("--num-cpus=2",), temp_dir=temp_dir) as worker:
                 nodes = [n for n in dashboard_nodes(dash, env) if n.get("state") == "ALIVE"]
                 worker_node = [n["node_id"] for n in nodes if not n.get("is_head_node")]
                 assert len(nodes) == 2 and len(worker_node) == 1, nodes
