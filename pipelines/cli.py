@@ -30,6 +30,7 @@ from pipelines import store
 from pipelines.benchmark import BENCHMARKS, Command
 from pipelines.console import Terminated, handle_sigterm
 from pipelines.demo import DemoOptions, run_demo
+from pipelines.ray_session import supervise_joined_clusters
 from pipelines.score import ScoreConfig, run_score
 from pipelines.shards import describe, read_manifest
 from pipelines.sweep import main_sweep
@@ -356,5 +357,12 @@ def _dispatch(args) -> int:
     return 0
 
 
+def command() -> int:
+    """The ``glmscore`` command and ``python -m pipelines.cli``: ``main`` in a process of its own, so a job
+    that joins a cluster may run under a supervising parent (``ray_session.supervise_driver``)."""
+    supervise_joined_clusters()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -24,6 +24,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``ray job stop``, a scheduler, ``kill``), handled like Ctrl-C."""
 
 def _terminate(signum, frame):
+    # the first SIGTERM only: `ray job stop` signals the driver and its supervising parent, which passes it
+    # on (a no-op handler, not SIG_IGN: processes started from here must not inherit an ignored SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     raise Terminated()
 
 

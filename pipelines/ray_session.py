@@ -9,11 +9,13 @@ tensor-parallel placement group) comes from the backend (``Backend.actor_resourc
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -129,10 +131,87 @@ def watch_cluster(every: float = 5.0, misses: int = 3):
                 if failed >= misses and not done.is_set():
                     print(f"glmscore: error: lost the Ray cluster (its head at {host}:{port} stopped answering); "
                           "finished shards are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
+                    reported()
                     os._exit(EXIT_CLUSTER_LOST)
 
     threading.Thread(target=watch, name="glmscore-cluster-watch", daemon=True).start()
     return done
+
+
+_supervisor_pipe: int | None = None  # the write end, in a supervised driver (see ``supervise_driver``)
+_supervise = False  # only the glmscore command forks; a Python program that calls run_score is never forked
+
+
+def supervise_joined_clusters() -> None:
+    """This process is the ``glmscore`` command: a job that joins a cluster runs under ``supervise_driver``."""
+    global _supervise
+    _supervise = True
+
+
+def reported() -> None:
+    """Tell the supervising parent that this process ends with its own words (a Python exit, or a
+    sentence already printed): the parent then adds none."""
+    global _supervisor_pipe
+    if _supervisor_pipe is not None:
+        os.write(_supervisor_pipe, b"x")
+        os.close(_supervisor_pipe)
+        _supervisor_pipe = None
+
+
+def _gcs_answers(address: str) -> bool | None:
+    """Whether something listens at a joined cluster's GCS address (None: not a host:port address)."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or address.startswith("ray://"):
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+def supervise_driver(address: str) -> None:
+    """On a cluster this job joins, fork: the child goes on as the Ray driver and runs the job; this
+    process only waits for it and exits with its status. Ray's core worker ends its process at once, with
+    status 1 and not a word (C++ ``QuickExit``: no Python clean-up), when it loses its node's raylet or
+    object store, as when the head is killed mid-job; the kernel's OOM killer ends a driver as silently.
+    The parent turns such an end into one sentence. SIGTERM is passed on to the child (the signal of
+    ``ray job stop`` reaches both; the child takes the first one only); Ctrl-C reaches both from the
+    terminal, and the parent leaves it to the child."""
+    global _supervisor_pipe
+    if not _supervise or not hasattr(os, "fork") or _supervisor_pipe is not None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()  # or the child prints the parent's buffered lines a second time
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        _supervisor_pipe = write_end
+        atexit.register(reported)  # every Python exit runs it: normal, sys.exit, an uncaught exception
+        return
+    os.close(write_end)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
+    status = os.waitpid(child, 0)[1]  # retried after a signal (PEP 475)
+    code = os.waitstatus_to_exitcode(status)
+    if os.read(read_end, 1) != b"x":
+        if _gcs_answers(address) is False:
+            print(f"glmscore: error: lost the Ray cluster (its head at {address} stopped answering); finished shards "
+                  "are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
+            code = EXIT_CLUSTER_LOST
+        elif code < 0:
+            name = signal.Signals(-code).name
+            print(f"glmscore: error: the job's driver process was killed ({name}"
+                  + (": out of memory? the kernel's log (`dmesg`) says" if name == "SIGKILL" else "")
+                  + "); finished shards are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
+            code = 128 - code
+        else:
+            print(f"glmscore: error: Ray ended the job's driver process (status {code}: it lost its node's raylet "
+                  "or object store; Ray's logs say more); finished shards are kept and a rerun resumes from them.",
+                  file=sys.stderr, flush=True)
+            code = EXIT_CLUSTER_LOST
+    os._exit(code)  # the child ran the command; nothing of it is left to do here
 
 
 def ray_address(address: str | None) -> str:
@@ -172,6 +251,8 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     if ray.is_initialized():
         return
     check_address(address)
+    if address != "local":
+        supervise_driver(address)  # a local cluster lives and dies with this process; a joined one may not
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
     logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"

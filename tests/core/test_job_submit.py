@@ -84,19 +84,43 @@ def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     assert (zahm["n_ambiguous"] > 0).all() and len(zahm) == 12 * 3
 
 
-def test_a_run_whose_cluster_dies_stops_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
+def _scoring(cmd: list, env: dict, out: Path) -> subprocess.Popen:
+    """Start a score job and return once it is scoring (its first shard is written)."""
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(out.rglob("part-*.parquet")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None and list(out.rglob("part-*.parquet")), f"the run wrote no shard: {run.communicate()[1][-3000:]}"
+    return run
+
+
+def test_a_run_whose_cluster_or_driver_dies_stops_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
+    """Ray's core worker ends a driver that loses its node with status 1 and no word (C++ QuickExit);
+    glmscore's supervising parent says what happened, once, whatever the phase of the job."""
+    import psutil
+
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     with ray_head(tmp_path, env) as (port, _dash, head):
-        run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
-                                str(small_nullsette), "--model", str(tiny_llama), "--chunk-rows", "1",
-                                "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "o")],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        first = run.stderr.readline()
-        assert first.startswith(f"glmscore: score on the Ray cluster at 127.0.0.1:{port}"), first
-        time.sleep(8)  # scoring under way
-        os.killpg(head.pid, signal.SIGKILL)  # the head dies: GCS, raylet, dashboard
+        def job(out):
+            return [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+                    "--model", str(tiny_llama), "--chunk-rows", "1", "--address", f"127.0.0.1:{port}", "--out", str(out)]
+
+        # the driver SIGKILLed (as the kernel's OOM killer does): one sentence, the signal's status
+        run = _scoring(job(tmp_path / "k"), env, tmp_path / "k")
+        [driver] = psutil.Process(run.pid).children()  # the supervised child: the Ray driver
+        driver.kill()
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 128 + signal.SIGKILL, err[-3000:]
+        assert err.count("glmscore: error:") == 1 and "driver process was killed (SIGKILL: out of memory?" in err
+        assert not (tmp_path / "k" / "_manifest.json").exists()
+
+        # the head dies while the job is scoring: GCS, raylet, dashboard
+        run = _scoring(job(tmp_path / "o"), env, tmp_path / "o")
+        os.killpg(head.pid, signal.SIGKILL)
         start = time.monotonic()
         _, err = run.communicate(timeout=120)
         assert run.returncode == 3, err[-3000:]
         assert time.monotonic() - start < 60
-        assert "glmscore: error: lost the Ray cluster" in err and not (tmp_path / "o" / "_manifest.json").exists()
+        assert err.count("glmscore: error:") == 1 and "glmscore: error: lost the Ray cluster" in err
+        assert err.startswith(f"glmscore: score on the Ray cluster at 127.0.0.1:{port}"), err[:300]
+        assert not (tmp_path / "o" / "_manifest.json").exists()
