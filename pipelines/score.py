@@ -540,8 +540,8 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
     # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
     # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes
     # waiting for minutes on a small cluster); their pools grow to the model pool's size at most
-    light = ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors)
-    ds = ds.map_batches(PrepareActor, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS, compute=light,
+    ds = ds.map_batches(PrepareActor, batch_size=1, batch_format="pyarrow", num_cpus=PREPARE_CPUS,
+                        compute=ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors),
                         fn_constructor_kwargs={"plan": plan})
     ds = ds.map_batches(
         ScoreActor, batch_size=1, batch_format="pyarrow",
@@ -552,7 +552,8 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
         num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
         fn_constructor_kwargs={"plan": plan, "fitted": fitted},
     )
-    ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS, compute=light,
+    ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
+                        compute=ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors),
                         fn_constructor_kwargs={"plan": plan, "out": out})
     revisions = set()
     progress = Progress(sum(u.n_rows for u in pending), "rows")

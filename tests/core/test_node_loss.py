@@ -31,7 +31,7 @@ from tests.ray_procs import _end_session, _free_port, _proc_table, _tail, dashbo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-LIMIT = 10  # pairs per dataset: 20 groups x 10 = 200 rows, one shard each: the job outlasts a few polls
+LIMIT = 6  # pairs per dataset: 20 groups x 6 = 120 rows, one shard each: the job outlasts a few polls
 ROWS = 20 * LIMIT
 KILL_AFTER_SHARDS = 12
 
