@@ -146,6 +146,11 @@ def ray_head(tmp_path: Path, env: dict, timeout: float = 120, args: tuple = ("--
     ``--temp-dir`` (keep it short: Ray's socket paths under it have a length limit); ``port``: the GCS
     port, when something written before the start names it (an autoscaler's config)."""
     port, dash, client = port or _free_port(), _free_port(), _free_port()
+    # the job agent's HTTP port defaults to 52365 on every head: a second Ray on the machine (another
+    # test's, another user's) holds it, the agent never serves, and `ray job submit` answers "No available
+    # agent" for as long as one waits. A free port of its own, like every other port here
+    if not any(a.startswith("--dashboard-agent-listen-port") for a in args):
+        args = (*args, f"--dashboard-agent-listen-port={_free_port()}")
     # no 30 s drain on SIGTERM (nothing of a test cluster is worth waiting for); an unbuffered log
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "ray_head.log"

@@ -136,8 +136,7 @@ def test_autoscaler_adds_gpu_nodes_for_the_pool_and_removes_them_after(tmp_path,
     job = reference = None
     try:
         with ray_head(tmp_path, env, timeout=240, temp_dir=temp_dir, port=port,
-                      args=("--num-cpus=2", "--num-gpus=0", f"--autoscaling-config={config}",
-                            f"--dashboard-agent-listen-port={_free_port()}")) as (port, dash, _head):
+                      args=("--num-cpus=2", "--num-gpus=0", f"--autoscaling-config={config}")) as (port, dash, _head):
             assert _gpu_state(dash, env) == (0, 0), "the cluster must start without GPU nodes"
             cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
                    "--model", "kmer:3", "--out", str(out), "--address", f"127.0.0.1:{port}", "--device", "gpu",

@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.conftest import ROOT
-from tests.ray_procs import _end_session, _free_port, _proc_table, _tail, dashboard_actors, dashboard_nodes, ray_head, ray_worker
+from tests.ray_procs import _end_session, _proc_table, _tail, dashboard_actors, dashboard_nodes, ray_head, ray_worker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -104,7 +104,7 @@ def test_a_job_that_loses_a_worker_node_finishes_with_every_row_once(tmp_path, s
     clean_out, lost_out = tmp_path / "clean", tmp_path / "lost"
     try:
         with ray_head(tmp_path, env, timeout=240, temp_dir=temp_dir,
-                      args=("--num-cpus=3", f"--dashboard-agent-listen-port={_free_port()}")) as (port, dash, _head):
+                      args=("--num-cpus=3",)) as (port, dash, _head):
             with ray_worker(tmp_path, env, port, dash, args=("--num-cpus=2",), temp_dir=temp_dir) as worker:
                 nodes = [n for n in dashboard_nodes(dash, env) if n.get("state") == "ALIVE"]
                 worker_node = [n["node_id"] for n in nodes if not n.get("is_head_node")]
