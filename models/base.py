@@ -213,14 +213,17 @@ class Backend(ABC):
 def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bool | None = None) -> ModelCard:
     """Turn a model name from the command line into a card.
 
-    A card id from ``cards.yaml`` first; otherwise each registered backend may claim the name
+    A card id from ``cards.yaml`` first, then a card's hub id; otherwise each registered backend may claim the name
     (``kmer:5``, ``onehot``, a local ``save_pretrained`` directory or a hub id whose architecture it
     runs). ``backend`` overrides the card's backend (e.g. ``vllm``); a card whose backend is not
     installed falls back to its ``fallback_backend``. ``trust_remote_code`` can only be turned on here
     by an explicit flag, never by a default.
     """
+    by_hub_id = {c.hf_id: c for c in registry().values()}
     if spec in registry():
         card = registry()[spec]
+    elif spec in by_hub_id:  # a model's usual hub id gets its card (and the card's published rules)
+        card = by_hub_id[spec]
     else:
         card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
         if card is None:

@@ -39,6 +39,9 @@ class ModelCard:
     protocols: tuple[str, ...] = ("glmscore",)
     paper_pad_to_max_length: bool = False  # paper: pad every sequence to tokenizer.model_max_length (NT.py)
     paper_prepend_id: int | None = None  # paper: a token id the script prepends (Evo's end-of-document, 0)
+    paper_dtype: str = "float32"  # paper: the precision the script ran the model in
+    paper_keep_float32: tuple[str, ...] = ()  # paper: parameters (name parts) the script kept in fp32 (Evo's poles, residues)
+    paper_uncapped: bool = False  # paper: the script set no context limit, so no sequence is refused or cut
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -62,5 +65,6 @@ def registry() -> dict[str, ModelCard]:
         fields = dict(fields)
         fields["requires"] = tuple(fields.get("requires") or ())
         fields["protocols"] = tuple(fields.get("protocols") or ("glmscore",))
+        fields["paper_keep_float32"] = tuple(fields.get("paper_keep_float32") or ())
         cards[card_id] = ModelCard(id=card_id, **fields)
     return cards

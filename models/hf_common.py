@@ -7,6 +7,8 @@ cheap, and baseline actors never load torch.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import os
 import re
@@ -34,17 +36,51 @@ GPU_BATCH_TOKENS = 32768
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # namespace/name, as the hub spells repository ids
 
 
+def _config_error(hf_id: str, exc: Exception) -> GlmscoreError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return GlmscoreError(f"could not read the config of model {hf_id}: {first}")
+
+
+@lru_cache(maxsize=16)
+def config_dict(hf_id: str, revision: str | None) -> dict:
+    """A model's ``config.json`` as plain data: what glmscore decides from (architectures, remote code)
+    without building a config class, so nothing from the model's repository runs to read it."""
+    from transformers import PretrainedConfig  # in here: transformers loads only where a model or tokenizer is built
+
+    check_hub(hf_id, revision)
+    try:
+        return PretrainedConfig.get_config_dict(hf_id, revision=revision)[0]
+    except (OSError, ValueError) as exc:  # transformers reports missing files, network and bad JSON so
+        raise _config_error(hf_id, exc) from None
+
+
+def needs_remote_code(config: dict) -> bool:
+    """transformers' own rule: the config maps AutoConfig to the repository's code and transformers has
+    no class of its own for the model type."""
+    from transformers import CONFIG_MAPPING
+
+    return "AutoConfig" in (config.get("auto_map") or {}) and config.get("model_type") not in CONFIG_MAPPING
+
+
+def check_remote_code(hf_id: str, revision: str | None, trust_remote_code: bool) -> None:
+    """A model that needs its repository's code is refused in one sentence without the flag (before its
+    tokenizer or config is built: transformers would otherwise warn, then fail, in its own words)."""
+    if not trust_remote_code and needs_remote_code(config_dict(hf_id, revision)):
+        raise GlmscoreError(f"model {hf_id} ships its own modelling code (config.json's auto_map) and transformers has no "
+                            "class for it; glmscore runs such code only with --trust-remote-code (read it first: every "
+                            "actor runs it).")
+
+
 @lru_cache(maxsize=16)
 def load_config(hf_id: str, revision: str | None, trust_remote_code: bool):
     """A model's transformers config (from a local directory, the hub cache or the hub), read once."""
     from transformers import AutoConfig  # in here: transformers loads only where a model or tokenizer is built
 
-    check_hub(hf_id, revision)
+    check_remote_code(hf_id, revision, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:  # transformers reports missing files, network and bad configs so
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GlmscoreError(f"could not read the config of model {hf_id}: {first}") from None
+    except (OSError, ValueError) as exc:
+        raise _config_error(hf_id, exc) from None
 
 
 def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, objective: str) -> ModelCard | None:
@@ -59,7 +95,9 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
         hf_id, revision, note = spec, "main", "card derived from a hub id"
     else:
         return None
-    archs = getattr(load_config(hf_id, revision, False), "architectures", None) or []
+    # the plain config.json: a model with code of its own is recognised whether or not --trust-remote-code
+    # was given (its loading checks the flag)
+    archs = config_dict(hf_id, revision).get("architectures") or []
     if not any(a.endswith(suffixes) for a in archs):
         return None
     # max_context stays None: the backend reads the limit from the config (one rule for every card
@@ -130,6 +168,7 @@ def check_weights(path: Path) -> None:
 
 def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
     """The tokenizer loads, a local directory holds weights, and (embed) ``layer`` exists in the config."""
+    check_remote_code(card.hf_id, card.revision, card.trust_remote_code)
     load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
     path = Path(card.hf_id)
     if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
@@ -195,14 +234,18 @@ class HFBackend(Backend):
             if task != "score":
                 raise GlmscoreError("--protocol paper reproduces the published scoring scripts; embeddings have no "
                                     "published protocol in glmscore (use --protocol glmscore).")
-            if options.dtype not in (None, "float32"):
-                raise GlmscoreError("--protocol paper runs in float32, as the published scripts did; drop --dtype.")
+            if options.dtype not in (None, card.paper_dtype):
+                raise GlmscoreError(f"--protocol paper runs model {card.id} in {card.paper_dtype}, as its published script did; "
+                                    "drop --dtype.")
         hf_preflight(card, task, layer)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
-        dtype = "float32" if options.protocol == "paper" else resolve_dtype(options.dtype, card, device)
-        return Runtime(device=device, dtype=dtype, token_limit=config_context(card), threads=threads)
+        if options.protocol == "paper":  # the published script's precision and context
+            return Runtime(device=device, dtype=card.paper_dtype, threads=threads,
+                           token_limit=None if card.paper_uncapped else config_context(card))
+        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device), token_limit=config_context(card),
+                       threads=threads)
 
     @classmethod
     def provenance(cls, card):
@@ -227,12 +270,23 @@ class HFBackend(Backend):
         self.dtype = getattr(torch, runtime.dtype)
         self.batch_tokens = options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
         self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+        # parameters the published script kept in fp32 (Evo: poles and residues) load in fp32 and stay there
+        keep = card.paper_keep_float32 if getattr(options, "protocol", "glmscore") == "paper" else ()
         try:
             model = getattr(transformers, self.auto_class).from_pretrained(
-                card.hf_id, revision=card.revision, dtype=self.dtype, trust_remote_code=card.trust_remote_code)
+                card.hf_id, revision=card.revision, dtype=torch.float32 if keep else self.dtype,
+                trust_remote_code=card.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
+        if keep:
+            for name, p in model.named_parameters():
+                if not any(part in name for part in keep):
+                    p.data = p.data.to(self.dtype)
         self.model = model.to(self.device).eval()
+        # some ports take no attention mask (HyenaDNA's HF port: forward(input_ids, ...)); such a model is
+        # given only the inputs it accepts, and only rows of one length share a pass, so it never reads a pad
+        params = inspect.signature(self.model.forward).parameters.values()
+        self.takes_mask = any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params)
         self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -253,6 +307,12 @@ class HFBackend(Backend):
         if self.card.objective == "mlm" and getattr(self.options, "protocol", "glmscore") == "paper":
             mask[ids == self.pad_id] = 0
         return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def forward_pass(self, ids, mask, **kwargs):
+        """The model on a padded batch, with the attention mask when its ``forward`` takes one."""
+        if self.takes_mask:
+            kwargs["attention_mask"] = mask
+        return self.model(input_ids=ids, **kwargs)
 
     def run_batches(self, rows: Sequence[np.ndarray], fn: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:
         """Call ``fn`` on token-budget batches of row indices; halve a batch on CUDA out-of-memory."""
@@ -275,8 +335,13 @@ class HFBackend(Backend):
                 run(idx[:half])
                 run(idx[half:])
 
-        for batch in token_budget_batches([len(r) for r in rows], self.batch_tokens):
-            run([int(i) for i in batch])
+        lengths = [len(r) for r in rows]
+        for batch in token_budget_batches(lengths, self.batch_tokens):
+            if self.takes_mask:
+                run([int(i) for i in batch])
+            else:  # the batch is sorted by length: its runs of one length need no padding
+                for _, same in itertools.groupby(batch, key=lambda i: lengths[i]):
+                    run([int(i) for i in same])
         return results  # type: ignore[return-value]
 
     def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
@@ -292,7 +357,7 @@ class HFBackend(Backend):
 
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([rows[i] for i in idx])
-            states = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            states = self.forward_pass(ids, mask, output_hidden_states=True).hidden_states
             if not -len(states) <= layer < len(states):
                 raise GlmscoreError(f"layer {layer} does not exist: the model has {len(states)} hidden-state layers (0 = embeddings).")
             hidden = states[layer].float().cpu().numpy()

@@ -30,7 +30,7 @@ class HFCausal(HFBackend):
 
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([pieces[i] for i in idx])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logits = self.forward_pass(ids, mask).logits
             lp = token_logprobs(logits[:, :-1], ids[:, 1:]).cpu().numpy()
             # target position j+1 is predicted by logits[j]; keep targets from score_from to the row's end
             return [lp[b, owners[i][1] - 1 : len(pieces[i]) - 1].astype(np.float64) for b, i in enumerate(idx)]

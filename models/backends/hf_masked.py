@@ -61,7 +61,7 @@ class HFMasked(HFBackend):
 
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([rows[i] for i in idx])
-            lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, ids).cpu().numpy()
+            lp = token_logprobs(self.forward_pass(ids, mask).logits, ids).cpu().numpy()
             return [lp[b, : len(rows[i])][encoded[i].real].astype(np.float64) for b, i in enumerate(idx)]
 
         return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
@@ -93,7 +93,7 @@ class HFMasked(HFBackend):
             b = torch.arange(len(idx), device=ids.device)
             pos = torch.tensor([where[i] for i in idx], device=ids.device)
             true = torch.tensor([int(encoded[i].ids[where[i]]) for i in idx], device=ids.device)
-            lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits[b, pos], true).cpu().numpy()
+            lp = token_logprobs(self.forward_pass(ids, mask).logits[b, pos], true).cpu().numpy()
             return [np.array([v], dtype=np.float64) for v in lp]
 
         return LoglikResult.from_positions(self.run_batches(rows, forward), keep_positions)
@@ -112,7 +112,7 @@ class HFMasked(HFBackend):
 
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([pieces[i] for i in idx])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logits = self.forward_pass(ids, mask).logits
             b = torch.arange(len(idx), device=ids.device)
             pos = torch.tensor([owners[i][1] for i in idx], device=ids.device)
             tgt = torch.tensor([owners[i][2] for i in idx], device=ids.device)

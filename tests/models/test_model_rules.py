@@ -1,0 +1,165 @@
+"""Per-model rules: a model with code of its own in its folder (``auto_map``), shaped like HyenaDNA's Hugging Face port:
+``forward(input_ids, ...)`` takes no attention mask, so it can never be told which positions are padding.
+
+The stand-in below is written into the model folder as transformers' remote code is; it raises when it is
+given an attention mask or a pad token, as the real port does (TypeError) or would silently read (a pad
+scored like a base). Then the published scripts' precision and context per card, and cards by hub id."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from models.base import resolve_card
+from models.errors import GlmscoreError
+from models.loader import load_backend
+from models.pooling import Pooling
+from tests.conftest import ROOT
+from tests.tiny_models import dna_tokenizer
+
+MODELING = textwrap.dedent('''
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import CausalLMOutput
+
+
+    class HyenaStandInConfig(PretrainedConfig):
+        model_type = "hyena_standin"
+
+        def __init__(self, vocab_size=16, d_model=32, max_seq_len=1024, **kwargs):
+            self.vocab_size, self.d_model, self.max_seq_len = vocab_size, d_model, max_seq_len
+            super().__init__(**kwargs)
+
+
+    class HyenaStandInForCausalLM(PreTrainedModel):
+        config_class = HyenaStandInConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.embed = torch.nn.Embedding(config.vocab_size, config.d_model)
+            self.conv = torch.nn.Conv1d(config.d_model, config.d_model, 4)
+            self.head = torch.nn.Linear(config.d_model, config.vocab_size)
+            self.poles = torch.nn.Parameter(torch.linspace(0.5, 1.5, config.d_model))  # named as Evo's filters are
+            self.post_init()
+
+        def _init_weights(self, module):
+            pass  # torch's own initialisation; the weights are then loaded from the folder
+
+        def forward(self, input_ids, inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None):
+            if (input_ids == self.config.pad_token_id).any():
+                raise ValueError("a pad token reached a model that cannot mask it")
+            x = self.embed(input_ids)
+            h = torch.tanh(self.conv(torch.nn.functional.pad(x.transpose(1, 2), (3, 0)))).transpose(1, 2)
+            h = h * self.poles.to(h.dtype)
+            return CausalLMOutput(logits=4 * self.head(h), hidden_states=(x, h) if output_hidden_states else None)
+''')
+
+
+@pytest.fixture(scope="module")
+def maskless_model(tmp_path_factory):
+    """A folder as `hf download` leaves a remote-code model: config.json with auto_map, the modelling
+    file, weights and a character tokenizer whose only model input is input_ids."""
+    import importlib.util
+
+    import torch
+
+    path = tmp_path_factory.mktemp("models") / "hyena-standin"
+    path.mkdir()
+    (path / "modeling_standin.py").write_text(MODELING)
+    spec = importlib.util.spec_from_file_location("modeling_standin_test", path / "modeling_standin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tok = dna_tokenizer(with_bos=False)
+    tok.model_input_names = ["input_ids"]
+    torch.manual_seed(0)
+    model = module.HyenaStandInForCausalLM(module.HyenaStandInConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(architectures=["HyenaStandInForCausalLM"], model_type="hyena_standin",
+                  auto_map={"AutoConfig": "modeling_standin.HyenaStandInConfig",
+                            "AutoModelForCausalLM": "modeling_standin.HyenaStandInForCausalLM"})
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+SEQS = ["ACGTACGTAA", "GGGCCCAT", "ACGTACGTAT", "TTAGC", "acgtnacgta", "CCCCGGGGTTAA"]
+
+
+def test_a_model_without_attention_mask_is_scored_without_padding(maskless_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    scorer = load_backend(resolve_card(str(maskless_model), trust_remote_code=True), batch_tokens=1000)
+    assert not scorer.takes_mask
+    got = scorer.loglik_sequences(SEQS).mean
+    reference = AutoModelForCausalLM.from_pretrained(maskless_model, trust_remote_code=True).eval()
+    want = []
+    for e in scorer.encode(SEQS):  # one sequence per pass, no mask: the port's own way
+        ids = torch.from_numpy(e.ids[None])
+        with torch.no_grad():
+            logits = reference(ids).logits[0, :-1].double()
+        lp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].numpy()
+        want.append(lp[e.real[1:]].mean())  # no BOS: the first real token has no context and is not scored
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    emb = scorer.embed(scorer.encode(SEQS), Pooling.parse("mean"))
+    assert emb.shape == (len(SEQS), 32) and np.isfinite(emb).all()
+
+
+def test_remote_code_needs_the_flag_in_one_sentence(maskless_model, tmp_path, small_nullsette):
+    card = resolve_card(str(maskless_model))  # recognised from config.json alone, nothing run
+    assert card.backend == "hf_causal" and not card.trust_remote_code
+    with pytest.raises(GlmscoreError, match="--trust-remote-code"):
+        load_backend(card)
+    base = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+            "--model", str(maskless_model), "--out", str(tmp_path / "s"), "--limit", "2", "--dry-run"]
+    refused = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    allowed = subprocess.run([*base, "--trust-remote-code"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+
+
+def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, tiny_llama):
+    import torch
+
+    from models.cards import registry
+
+    # Evo's rule (evo.models.load_checkpoint): bf16 except the poles and residues
+    evo = registry()["evo-1-131k-base"]
+    assert (evo.paper_dtype, evo.paper_keep_float32) == ("bfloat16", ("poles", "residues"))
+    card = resolve_card(str(maskless_model), trust_remote_code=True).with_(
+        paper_dtype="bfloat16", paper_keep_float32=("poles", "residues"))
+    paper = load_backend(card, protocol="paper")
+    dtypes = {name: p.dtype for name, p in paper.model.named_parameters()}
+    assert dtypes.pop("poles") == torch.float32 and set(dtypes.values()) == {torch.bfloat16}, dtypes
+    fp32 = load_backend(card).loglik_sequences(SEQS[:3]).mean
+    np.testing.assert_allclose(paper.loglik_sequences(SEQS[:3]).mean, fp32, atol=0.05)  # bf16, not another model
+    backend = type(paper)
+    with pytest.raises(GlmscoreError, match="in bfloat16, as its published script did"):
+        backend.preflight(card, backend.Options.from_values({"protocol": "paper", "dtype": "float32"}, owner="test"), "score")
+    # METAGENE-1's script set no context cap: refused under glmscore, scored whole under paper
+    assert registry()["metagene-1"].paper_uncapped
+    short = resolve_card(str(tiny_llama)).with_(max_context=9, paper_uncapped=True)
+    long_seq = "ACGT" * 5
+    with pytest.raises(GlmscoreError, match="exceed the model's context of 9 tokens"):
+        load_backend(short).encode([long_seq])
+    assert len(load_backend(short, protocol="paper").encode([long_seq])[0].ids) > 9
+    with pytest.raises(GlmscoreError, match="exceed"):
+        load_backend(short.with_(paper_uncapped=False), protocol="paper").encode([long_seq])
+
+
+def test_a_cards_hub_id_gets_the_card():
+    from models.cards import registry
+
+    for card in registry().values():
+        if card.hf_id:
+            assert resolve_card(card.hf_id) == card
+    nt2 = resolve_card("InstaDeepAI/nucleotide-transformer-v2-500m-multi-species")
+    assert nt2.paper_pad_to_max_length and nt2.trust_remote_code and nt2.kmer == 6
+    assert resolve_card("GenerTeam/GENERator-eukaryote-3b-base").id == "generator-eukaryote-3b"
