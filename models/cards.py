@@ -9,11 +9,14 @@ user error.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
 import yaml
+
+from models.errors import GlmscoreError
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class ModelCard:
     trust_remote_code: bool = False
     vllm: bool = False
     requires: tuple[str, ...] = ()
+    # the package whose import registers the architecture and tokenizer with transformers' Auto classes
+    # (multimolecule: RNA-FM, RiNALMo, RNAErnie...); imported wherever the model or its tokenizer loads
+    package: str | None = None
     # scoring protocols the card supports: glmscore (the default) and, where the benchmark's published
     # scripts scored this model, paper (``--protocol paper``, see models/tokenization.py)
     protocols: tuple[str, ...] = ("glmscore",)
@@ -68,3 +74,19 @@ def registry() -> dict[str, ModelCard]:
         fields["paper_keep_float32"] = tuple(fields.get("paper_keep_float32") or ())
         cards[card_id] = ModelCard(id=card_id, **fields)
     return cards
+
+
+def import_package(card: ModelCard) -> None:
+    """Import the card's architecture package (once per process), so transformers' Auto classes know its
+    model and tokenizer classes; a package that is not installed is one sentence."""
+    if card.package:
+        _import(card.package)
+
+
+@lru_cache(maxsize=None)
+def _import(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise GlmscoreError(f"this model's architecture comes from the {name} package, which cannot be imported here "
+                            f"({exc}); install it (pip install {name}) on every node.") from None

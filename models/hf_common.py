@@ -23,7 +23,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
-from models.cards import ModelCard
+from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
 from models.options import option
 from models.pooling import pool
@@ -56,10 +56,35 @@ def config_dict(hf_id: str, revision: str | None) -> dict:
 
 def needs_remote_code(config: dict) -> bool:
     """transformers' own rule: the config maps AutoConfig to the repository's code and transformers has
-    no class of its own for the model type."""
-    from transformers import CONFIG_MAPPING
+    no class of its own for the model type (its built-in names: a class another package registered under
+    the same name, multimolecule's ``hyenadna``, is not the repository's architecture)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    return "AutoConfig" in (config.get("auto_map") or {}) and config.get("model_type") not in CONFIG_MAPPING
+    return "AutoConfig" in (config.get("auto_map") or {}) and config.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
+# installed packages that register architectures with transformers' Auto classes when imported; a local
+# folder or hub id whose model type only one of them knows gets that package on its card
+ARCHITECTURE_PACKAGES = ("multimolecule",)
+
+
+def architecture_package(config: dict) -> str | None:
+    """The package that registers ``config``'s model type (None: transformers' own, or remote code)."""
+    import importlib
+    import importlib.util
+
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if not model_type or model_type in CONFIG_MAPPING_NAMES or "AutoConfig" in (config.get("auto_map") or {}):
+        return None
+    for package in ARCHITECTURE_PACKAGES:
+        if model_type not in CONFIG_MAPPING and importlib.util.find_spec(package) is not None:
+            importlib.import_module(package)
+        if model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type].__module__.split(".")[0] == package:
+            return package
+    return None
 
 
 def check_remote_code(hf_id: str, revision: str | None, trust_remote_code: bool) -> None:
@@ -97,15 +122,17 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
         return None
     # the plain config.json: a model with code of its own is recognised whether or not --trust-remote-code
     # was given (its loading checks the flag)
-    archs = config_dict(hf_id, revision).get("architectures") or []
-    if not any(a.endswith(suffixes) for a in archs):
+    config = config_dict(hf_id, revision)
+    if not any(a.endswith(suffixes) for a in config.get("architectures") or []):
         return None
+    package = architecture_package(config)
     # max_context stays None: the backend reads the limit from the config (one rule for every card
     # without a declared context, see HFBackend.token_limit). The published protocol's generic rule
     # (the tokenizer's own special tokens, every position scored) applies to any such model.
     return ModelCard(id=path.name if path.is_dir() else spec.replace("/", "__"), hf_id=hf_id, revision=revision,
-                     backend=backend, objective=objective, vllm=objective == "clm", protocols=("glmscore", "paper"),
-                     notes=note)
+                     backend=backend, objective=objective, vllm=objective == "clm" and package is None,
+                     protocols=("glmscore", "paper"), package=package,
+                     notes=note + (f"; architecture from {package}" if package else ""))
 
 
 def config_context(card: ModelCard) -> int | None:
@@ -168,6 +195,7 @@ def check_weights(path: Path) -> None:
 
 def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
     """The tokenizer loads, a local directory holds weights, and (embed) ``layer`` exists in the config."""
+    import_package(card)
     check_remote_code(card.hf_id, card.revision, card.trust_remote_code)
     load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
     path = Path(card.hf_id)
@@ -241,6 +269,7 @@ class HFBackend(Backend):
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
+        import_package(card)
         if options.protocol == "paper":  # the published script's precision and context
             return Runtime(device=device, dtype=card.paper_dtype, threads=threads,
                            token_limit=None if card.paper_uncapped else config_context(card))
@@ -260,6 +289,7 @@ class HFBackend(Backend):
         import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
         import transformers
 
+        import_package(card)
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
         self.device = torch.device(runtime.device)

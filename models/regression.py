@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.cards import ModelCard
+from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
 
 HEADS = ("linear", "mlp")
@@ -40,6 +40,7 @@ def load_base(card: ModelCard):
     import transformers
 
     transformers.logging.set_verbosity_error()  # "weights not used: lm_head..." is expected here
+    import_package(card)
     try:
         model = transformers.AutoModel.from_pretrained(card.hf_id, revision=card.revision, dtype=torch.float32,
                                                        trust_remote_code=card.trust_remote_code)

@@ -42,7 +42,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from models.alphabet import normalise
 from models.base import LONG_MODES, Encoded
-from models.cards import ModelCard
+from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
 
 
@@ -92,6 +92,7 @@ PROTOCOLS = ("glmscore", "paper")
 def token_policy(card: ModelCard, options, runtime) -> "TokenPolicy":
     """The encoder of a tokenizer-based backend: the card's tokenizer, the runtime's token limit, the
     options' ``long`` mode and protocol (``Backend.make_encoder`` of the transformers and vLLM backends)."""
+    import_package(card)
     tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
     return TokenPolicy(card, tokenizer, runtime.token_limit, options.long, getattr(options, "protocol", "glmscore"))
 

@@ -163,3 +163,39 @@ def test_a_cards_hub_id_gets_the_card():
     nt2 = resolve_card("InstaDeepAI/nucleotide-transformer-v2-500m-multi-species")
     assert nt2.paper_pad_to_max_length and nt2.trust_remote_code and nt2.kmer == 6
     assert resolve_card("GenerTeam/GENERator-eukaryote-3b-base").id == "generator-eukaryote-3b"
+
+
+def test_an_rna_model_of_the_multimolecule_package_matches_its_own_forward_pass(tmp_path, small_nullsette):
+    """RNA-FM's architecture at a tiny random size, written with multimolecule's own classes: the folder
+    gets a card naming the package (so actors import it), and scores equal its own class's forward pass."""
+    import multimolecule
+    import torch
+
+    path = tmp_path / "tiny-rnafm"
+    tok = multimolecule.RnaTokenizer()
+    torch.manual_seed(0)
+    model = multimolecule.RnaFmForMaskedLM(multimolecule.RnaFmConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    card = resolve_card(str(path))
+    assert (card.backend, card.package, card.trust_remote_code, card.vllm) == ("hf_masked", "multimolecule", False, False)
+    seqs = ["ACGUACGUAA", "GGGCCCAU", "UUAGCACGU"]
+    scorer = load_backend(card, batch_tokens=1000)
+    got = scorer.loglik_sequences(seqs).mean
+    reference = multimolecule.RnaFmForMaskedLM.from_pretrained(path).eval()
+    want = []
+    for e in scorer.encode(seqs):  # one sequence per pass: the package's class on the tokenizer's ids
+        with torch.no_grad():
+            logits = reference(input_ids=torch.from_numpy(e.ids[None])).logits[0].double()
+        lp = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(e.ids)[:, None])[:, 0].numpy()
+        want.append(lp[e.real].mean())  # the real nucleotide tokens, not <cls>/<eos>
+    assert all(e.real.sum() == len(s) for e, s in zip(scorer.encode(seqs), seqs))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the package's cards by their hub ids, and a fresh process (as an actor is) finds the architecture
+    assert resolve_card("multimolecule/rnafm").id == "rna-fm" and resolve_card("rna-fm").package == "multimolecule"
+    dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                          str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
+                          "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
