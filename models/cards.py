@@ -38,8 +38,12 @@ class ModelCard:
     vllm: bool = False
     requires: tuple[str, ...] = ()
     # the package whose import registers the architecture and tokenizer with transformers' Auto classes
-    # (multimolecule: RNA-FM, RiNALMo, RNAErnie...); imported wherever the model or its tokenizer loads
+    # (multimolecule: RNA-FM, RiNALMo, RNAErnie...), ``module:function`` where a call registers them
+    # (gpn:register_auto_classes); imported wherever the model or its tokenizer loads
     package: str | None = None
+    # false where the model's forward ignores an attention mask (GPN's convolutions take **kwargs and read
+    # every position): only rows of one length then share a pass
+    masks_padding: bool = True
     # scoring protocols the card supports: glmscore (the default) and, where the benchmark's published
     # scripts scored this model, paper (``--protocol paper``, see models/tokenization.py)
     protocols: tuple[str, ...] = ("glmscore",)
@@ -84,9 +88,12 @@ def import_package(card: ModelCard) -> None:
 
 
 @lru_cache(maxsize=None)
-def _import(name: str) -> None:
+def _import(package: str) -> None:
+    name, _, register = package.partition(":")
     try:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as exc:
         raise GlmscoreError(f"this model's architecture comes from the {name} package, which cannot be imported here "
                             f"({exc}); install it (pip install {name}) on every node.") from None
+    if register:
+        getattr(module, register)()

@@ -65,12 +65,11 @@ def needs_remote_code(config: dict) -> bool:
 
 # installed packages that register architectures with transformers' Auto classes when imported; a local
 # folder or hub id whose model type only one of them knows gets that package on its card
-ARCHITECTURE_PACKAGES = ("multimolecule",)
+ARCHITECTURE_PACKAGES = ("multimolecule", "gpn:register_auto_classes")
 
 
 def architecture_package(config: dict) -> str | None:
     """The package that registers ``config``'s model type (None: transformers' own, or remote code)."""
-    import importlib
     import importlib.util
 
     from transformers import CONFIG_MAPPING
@@ -80,9 +79,10 @@ def architecture_package(config: dict) -> str | None:
     if not model_type or model_type in CONFIG_MAPPING_NAMES or "AutoConfig" in (config.get("auto_map") or {}):
         return None
     for package in ARCHITECTURE_PACKAGES:
-        if model_type not in CONFIG_MAPPING and importlib.util.find_spec(package) is not None:
-            importlib.import_module(package)
-        if model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type].__module__.split(".")[0] == package:
+        module = package.partition(":")[0]
+        if model_type not in CONFIG_MAPPING and importlib.util.find_spec(module) is not None:
+            import_package(ModelCard(id=module, package=package))
+        if model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type].__module__.split(".")[0] == module:
             return package
     return None
 
@@ -132,6 +132,7 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
     return ModelCard(id=path.name if path.is_dir() else spec.replace("/", "__"), hf_id=hf_id, revision=revision,
                      backend=backend, objective=objective, vllm=objective == "clm" and package is None,
                      protocols=("glmscore", "paper"), package=package,
+                     masks_padding=not (package or "").startswith("gpn"),
                      notes=note + (f"; architecture from {package}" if package else ""))
 
 
@@ -316,7 +317,7 @@ class HFBackend(Backend):
         # some ports take no attention mask (HyenaDNA's HF port: forward(input_ids, ...)); such a model is
         # given only the inputs it accepts, and only rows of one length share a pass, so it never reads a pad
         params = inspect.signature(self.model.forward).parameters.values()
-        self.takes_mask = any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params)
+        self.takes_mask = card.masks_padding and any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params)
         self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -388,6 +389,8 @@ class HFBackend(Backend):
         def forward(idx: list[int]) -> list[np.ndarray]:
             ids, mask = self.padded([rows[i] for i in idx])
             states = self.forward_pass(ids, mask, output_hidden_states=True).hidden_states
+            if states is None:
+                raise GlmscoreError(f"model {self.card.id} returns no hidden states, so it gives no embeddings here; score it instead.")
             if not -len(states) <= layer < len(states):
                 raise GlmscoreError(f"layer {layer} does not exist: the model has {len(states)} hidden-state layers (0 = embeddings).")
             hidden = states[layer].float().cpu().numpy()

@@ -165,13 +165,10 @@ def test_a_cards_hub_id_gets_the_card():
     assert resolve_card("GenerTeam/GENERator-eukaryote-3b-base").id == "generator-eukaryote-3b"
 
 
-def test_an_rna_model_of_the_multimolecule_package_matches_its_own_forward_pass(tmp_path, small_nullsette):
-    """RNA-FM's architecture at a tiny random size, written with multimolecule's own classes: the folder
-    gets a card naming the package (so actors import it), and scores equal its own class's forward pass."""
+def _tiny_rnafm(path):
     import multimolecule
     import torch
 
-    path = tmp_path / "tiny-rnafm"
     tok = multimolecule.RnaTokenizer()
     torch.manual_seed(0)
     model = multimolecule.RnaFmForMaskedLM(multimolecule.RnaFmConfig(
@@ -179,23 +176,57 @@ def test_an_rna_model_of_the_multimolecule_package_matches_its_own_forward_pass(
         max_position_embeddings=128))
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    return multimolecule.RnaFmForMaskedLM, ["ACGUACGUAA", "GGGCCCAU", "UUAGCACGU"]
+
+
+def _tiny_gpn(path):
+    import gpn
+    import torch
+
+    gpn.register_auto_classes()
+    from gpn.model import GPNConfig, GPNForMaskedLM
+
+    tok = dna_tokenizer(with_bos=False, mlm=True)
+    torch.manual_seed(0)
+    model = GPNForMaskedLM(GPNConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     pad_token_id=tok.pad_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return GPNForMaskedLM, ["ACGTACGTAA", "GGGCCCAT", "TTAGCACGT", "ACGTAC"]
+
+
+@pytest.mark.parametrize("package", ["multimolecule", "gpn:register_auto_classes"])
+def test_an_architecture_from_its_package_matches_the_packages_own_forward_pass(package, tmp_path, small_nullsette):
+    """RNA-FM (multimolecule) and GPN (gpn) at tiny random sizes, written with the packages' own classes:
+    the folder gets a card naming the package (so actors import it), and scores equal the class's own
+    forward pass, one sequence at a time. GPN's convolutions ignore an attention mask, so its card batches
+    rows of one length only."""
+    import torch
+
+    path = tmp_path / "tiny"
+    model_class, seqs = (_tiny_rnafm if package == "multimolecule" else _tiny_gpn)(path)
     card = resolve_card(str(path))
-    assert (card.backend, card.package, card.trust_remote_code, card.vllm) == ("hf_masked", "multimolecule", False, False)
-    seqs = ["ACGUACGUAA", "GGGCCCAU", "UUAGCACGU"]
+    assert (card.backend, card.package, card.trust_remote_code, card.vllm) == ("hf_masked", package, False, False)
     scorer = load_backend(card, batch_tokens=1000)
+    assert scorer.takes_mask == (package == "multimolecule")
     got = scorer.loglik_sequences(seqs).mean
-    reference = multimolecule.RnaFmForMaskedLM.from_pretrained(path).eval()
+    reference = model_class.from_pretrained(path).eval()
     want = []
     for e in scorer.encode(seqs):  # one sequence per pass: the package's class on the tokenizer's ids
         with torch.no_grad():
             logits = reference(input_ids=torch.from_numpy(e.ids[None])).logits[0].double()
         lp = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(e.ids)[:, None])[:, 0].numpy()
-        want.append(lp[e.real].mean())  # the real nucleotide tokens, not <cls>/<eos>
+        want.append(lp[e.real].mean())  # the real nucleotide tokens, not the special ones
     assert all(e.real.sum() == len(s) for e, s in zip(scorer.encode(seqs), seqs))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # the package's cards by their hub ids, and a fresh process (as an actor is) finds the architecture
-    assert resolve_card("multimolecule/rnafm").id == "rna-fm" and resolve_card("rna-fm").package == "multimolecule"
+    # a fresh process (as an actor is) finds the architecture through the card
     dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
                           str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
                           "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
+
+
+def test_the_packages_cards_by_their_hub_ids():
+    assert resolve_card("multimolecule/rnafm").id == "rna-fm" and resolve_card("rna-fm").package == "multimolecule"
+    gpn = resolve_card("songlab/gpn-animal-promoter")
+    assert gpn.id == "gpn-animal-promoter" and gpn.package == "gpn:register_auto_classes" and not gpn.masks_padding
