@@ -230,3 +230,79 @@ def test_the_packages_cards_by_their_hub_ids():
     assert resolve_card("multimolecule/rnafm").id == "rna-fm" and resolve_card("rna-fm").package == "multimolecule"
     gpn = resolve_card("songlab/gpn-animal-promoter")
     assert gpn.id == "gpn-animal-promoter" and gpn.package == "gpn:register_auto_classes" and not gpn.masks_padding
+
+
+def _tiny_track_model(kind: str, path):
+    """A tiny random Enformer or Borzoi from multimolecule's classes, with the tokenizer its conversion
+    script writes (A C G T N as ids 0-4, N the pad), cropped so that some bins fall outside the output."""
+    import multimolecule
+    import torch
+    from multimolecule.tokenisers.dna.utils import get_alphabet
+
+    torch.manual_seed(0)
+    if kind == "enformer":  # 8 bp bins: 256 bp -> 32 bins, cropped to the central 24
+        config = multimolecule.EnformerConfig(sequence_length=256, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+                                              attention_head_size=4, num_downsamples=3, dim_divisible_by=2, target_length=24,
+                                              num_labels=4)
+        model = multimolecule.EnformerForTokenPrediction(config)
+    else:  # 32 bp bins: 512 bp -> 16 bins, cropped to the central 12
+        config = multimolecule.BorzoiConfig(sequence_length=512, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            attention_head_size=4, attention_value_size=8, num_rel_pos_features=8, stem_channels=8,
+                                            conv_tower_channels=[8, 8, 12, 12, 16], head_hidden_size=8, target_length=12, num_labels=4)
+        model = multimolecule.BorzoiForTokenPrediction(config)
+    model.eval().save_pretrained(path)
+    multimolecule.DnaTokenizer(alphabet=get_alphabet("streamline", prepend_tokens=[]), unk_token="N", pad_token="N",
+                               model_max_length=config.sequence_length).save_pretrained(path)
+    return type(model), config
+
+
+@pytest.mark.parametrize("kind", ["enformer", "borzoi"])
+def test_sequence_to_function_tracks_match_the_models_own_forward_pass(kind, tmp_path, small_nullsette):
+    import torch
+
+    path = tmp_path / kind
+    model_class, config = _tiny_track_model(kind, path)
+    card = resolve_card(str(path))
+    assert (card.backend, card.objective, card.package) == ("seq2func", "tracks", "multimolecule")
+    window, bins = config.sequence_length, config.target_length
+    bin_bp = {"enformer": 8, "borzoi": 32}[kind]
+    crop = (window - bins * bin_bp) // 2
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(list("ACGT"), n)) for n in (20, 77, 150, window)] + ["ACGTNNACGTAC" * 5]
+    reference = model_class.from_pretrained(path).eval()
+    comp = np.array([3, 2, 1, 0, 4])  # A C G T N -> T G C A N
+
+    def by_hand(seq: str, tracks, rc=False, hidden=False):
+        """The model on one window built here: the sequence centred in N (id 4), the bins covering its bases."""
+        ids = np.full(window, 4)
+        start = (window - len(seq)) // 2
+        ids[start : start + len(seq)] = ["ACGTN".index(c) for c in seq]
+        covered = sorted({(p - crop) // bin_bp for p in range(start, start + len(seq)) if 0 <= (p - crop) // bin_bp < bins})
+
+        def run(x):
+            with torch.no_grad():
+                x = torch.from_numpy(x[None].copy())
+                out = reference.model(input_ids=x).last_hidden_state if hidden else reference.postprocess(reference(input_ids=x))[0]
+            return out[0].double().numpy()
+
+        pred = run(ids)
+        if rc:
+            pred = (pred + run(comp[ids[::-1]])[::-1]) / 2
+        return pred[covered].mean(axis=0) if hidden else pred[covered][:, tracks].mean()
+
+    got = load_backend(card, batch_rows=2).loglik_sequences(seqs).mean
+    np.testing.assert_allclose(got, [by_hand(s, slice(None)) for s in seqs], rtol=1e-5, atol=1e-6)
+    rc = load_backend(card, rc=True, tracks="1:3").loglik_sequences(seqs).mean
+    np.testing.assert_allclose(rc, [by_hand(s, slice(1, 3), rc=True) for s in seqs], rtol=1e-5, atol=1e-6)
+    scorer = load_backend(card)
+    emb = scorer.embed(scorer.encode(seqs[:3]), Pooling.parse("mean"))
+    np.testing.assert_allclose(emb, [by_hand(s, None, hidden=True) for s in seqs[:3]], rtol=1e-4, atol=1e-5)
+    with pytest.raises(GlmscoreError, match=f"longer than the model's {window} bp window .*cassette-9"):
+        scorer.encode(["A" * (window + 1)], row_names=["cassette-9"])
+    assert load_backend(card, long="truncate").encode(["A" * (window + 1)])[0].truncated
+    with pytest.raises(GlmscoreError, match="--tracks"):
+        load_backend(card, tracks="2:9")
+    dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                          str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
+                          "--long", "truncate", "--tracks", "0:2", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]

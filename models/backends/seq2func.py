@@ -1,0 +1,215 @@
+"""Sequence-to-function models (Enformer, Borzoi) through the classes of the ``multimolecule`` package.
+
+These models read a fixed DNA window (Enformer 196,608 bp, Borzoi 524,288 bp) and predict coverage tracks
+in bins (128 / 32 bp) over the central part of it. A shorter sequence is centred in N padding (N is an
+all-zero one-hot column, as in the models' training); a longer one is an error naming the rows, or cut to
+the window under ``--long truncate``. What glmscore takes from them:
+
+- ``score`` (objective ``tracks``): the chosen tracks' predicted coverage, averaged over the output bins
+  that overlap the sequence and over the tracks. It is a predicted signal, not a log-likelihood; a paired
+  test or an AUROC reads it the same way (for variants: alt - ref of that mean).
+- ``embed``: the trunk's binned hidden states averaged over the same bins (the probes' features).
+- ``--rc``: Enformer's own ensembling: the reverse complement's predictions, bins flipped back, averaged
+  with the forward ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.alphabet import normalise
+from models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
+from models.cards import ModelCard, import_package
+from models.errors import GlmscoreError
+from models.hf_common import (HUB_ID, architecture_package, check_weights, config_dict, hf_provenance, load_config,
+                              resolve_dtype)
+from models.options import Options, option
+from models.tokenization import load_tokenizer
+
+MODEL_TYPES = ("enformer", "borzoi")
+
+
+def bin_size(config) -> int:
+    """Base pairs per output bin: Enformer pools by 2 per downsampling; Borzoi pools 7 times and its
+    U-net upsamples twice, so its bins are 2 ** (conv tower stages) = 32 bp."""
+    if config.model_type == "enformer":
+        return 2 ** int(config.num_downsamples)
+    return 2 ** len(config.conv_tower_channels)
+
+
+def parse_tracks(spec: str, n_tracks: int) -> np.ndarray:
+    """``all`` | ``A:B`` (a half-open index range) | ``i,j,k``: the track indices to average."""
+    try:
+        if spec == "all":
+            idx = np.arange(n_tracks)
+        elif ":" in spec:
+            a, b = spec.split(":")
+            idx = np.arange(int(a or 0), int(b) if b else n_tracks)
+        else:
+            idx = np.array([int(t) for t in spec.split(",")])
+    except ValueError:
+        raise GlmscoreError(f"--tracks {spec!r} is not all, A:B or i,j,k (track indices).") from None
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= n_tracks:
+        raise GlmscoreError(f"--tracks {spec!r} selects no track or one beyond the model's {n_tracks}.")
+    return idx
+
+
+@dataclass(frozen=True)
+class TrackOptions(Options):
+    """Sequence-to-function models (seq2func backend)"""
+    dtype: str | None = option(None, choices=("auto", "float32", "bfloat16", "float16"),
+                               help="model dtype (default auto: bf16 on GPU, fp32 on CPU)")
+    long: str = option("error", choices=("error", "truncate"),
+                       help="sequences longer than the model's window: error (naming the rows) or truncate")
+    tracks: str = option("all", help="seq2func: the tracks a score averages: all, A:B (index range) or i,j,k")
+    rc: bool = option(False, help="seq2func: average with the reverse complement's predictions (Enformer's ensembling)")
+    batch_rows: int = option(1, minimum=1, affects_result=False, help="seq2func: windows per forward pass")
+
+
+class WindowEncoder:
+    """DNA policy, then the model's own token ids (A C G T N); the window padding is added in the actor."""
+
+    def __init__(self, tokenizer, window: int, long: str):
+        self.tokenizer, self.window, self.long = tokenizer, window, long
+
+    def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
+        mapped = [normalise(s, "DNA") for s in seqs]
+        too_long = [i for i, (s, _) in enumerate(mapped) if len(s) > self.window]
+        if too_long and self.long == "error":
+            names = [str(row_names[i]) if row_names is not None else f"row {i}" for i in too_long[:5]]
+            raise GlmscoreError(f"{len(too_long)} sequence(s) are longer than the model's {self.window:,} bp window "
+                                f"({', '.join(names)}); pass --long truncate to keep the first {self.window:,} bp.")
+        out = []
+        for seq, n_amb in mapped:
+            ids = np.asarray(self.tokenizer(seq[: self.window], add_special_tokens=False)["input_ids"], dtype=np.int64)
+            out.append(Encoded(ids=ids, real=np.ones(len(ids), dtype=bool), n_ambiguous=n_amb, truncated=len(seq) > self.window))
+        return out
+
+
+@register_backend("seq2func")
+class Seq2Func(Backend):
+    Options = TrackOptions
+    embeds = True
+    can_use_gpu = True
+    objectives = ("tracks",)
+
+    @classmethod
+    def card_for(cls, spec: str) -> ModelCard | None:
+        path = Path(spec)
+        if path.is_dir() and (path / "config.json").is_file():
+            hf_id, revision, name = str(path.resolve()), None, path.name
+        elif HUB_ID.fullmatch(spec) and not path.exists():
+            hf_id, revision, name = spec, "main", spec.replace("/", "__")
+        else:
+            return None
+        config = config_dict(hf_id, revision)
+        if config.get("model_type") not in MODEL_TYPES:
+            return None
+        return ModelCard(id=name, hf_id=hf_id, revision=revision, backend=cls.name, objective="tracks",
+                         package=architecture_package(config) or "multimolecule",
+                         notes=f"{config['model_type']} from multimolecule, card derived from its config.json")
+
+    @classmethod
+    def preflight(cls, card, options, task, layer=-1) -> None:
+        import_package(card)
+        load_tokenizer(card.hf_id, card.revision, False)
+        if Path(card.hf_id).is_dir():
+            check_weights(Path(card.hf_id))
+        config = load_config(card.hf_id, card.revision, False)
+        parse_tracks(options.tracks, int(config.num_labels))
+        if task == "embed" and layer != -1:
+            raise GlmscoreError("seq2func models embed from the trunk's last layer only; drop --layer.")
+
+    @classmethod
+    def runtime(cls, card, options, device, threads=None) -> Runtime:
+        import_package(card)
+        config = load_config(card.hf_id, card.revision, False)
+        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device), token_limit=int(config.sequence_length),
+                       threads=threads)
+
+    @classmethod
+    def provenance(cls, card):
+        return hf_provenance(card)
+
+    @classmethod
+    def make_encoder(cls, card, options, runtime) -> WindowEncoder:
+        import_package(card)
+        return WindowEncoder(load_tokenizer(card.hf_id, card.revision, False), runtime.token_limit, options.long)
+
+    def __init__(self, card, options, runtime, fitted=None):
+        super().__init__(card, options, runtime, fitted)
+        import torch  # in here: torch loads where the model runs
+        import transformers
+
+        import_package(card)
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        self.device = torch.device(runtime.device)
+        config = load_config(card.hf_id, card.revision, False)
+        head = next((a for a in config.architectures or [] if a.endswith("ForTokenPrediction")), None)
+        module = __import__(card.package.partition(":")[0])
+        try:
+            cls = getattr(module, head or f"{type(config).__name__[:-len('Config')]}ForTokenPrediction")
+            self.model = cls.from_pretrained(card.hf_id, revision=card.revision, dtype=getattr(torch, runtime.dtype))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
+        self.model = self.model.to(self.device).eval()
+        transformers.logging.set_verbosity_error()
+        tokenizer = load_tokenizer(card.hf_id, card.revision, False)
+        vocab = tokenizer.get_vocab()
+        self.n_id = vocab["N"]
+        # reverse complement on ids: A<->T, C<->G, N stays
+        self.complement = np.arange(max(vocab.values()) + 1)
+        for a, b in ("AT", "TA", "CG", "GC"):
+            self.complement[vocab[a]] = vocab[b]
+        self.window, self.bin = int(config.sequence_length), bin_size(config)
+        self.bins = int(config.target_length)
+        self.crop = (self.window - self.bins * self.bin) // 2  # the first predicted base of the window
+        self.tracks = parse_tracks(options.tracks, int(config.num_labels))
+        self.resolved_revision = getattr(config, "_commit_hash", None) or card.revision
+
+    def _layout(self, e: Encoded) -> tuple[int, int, int]:
+        """(start of the sequence in the window, first bin, end bin) of the bins it overlaps."""
+        start = (self.window - len(e.ids)) // 2
+        lo = max(0, (start - self.crop) // self.bin)
+        hi = min(self.bins, -(-(start + len(e.ids) - self.crop) // self.bin))
+        return start, lo, max(hi, lo + 1)
+
+    def _run(self, encoded: Sequence[Encoded], fn) -> list[np.ndarray]:
+        """``fn(model, ids)`` -> (rows, bins, features) on batches of centred windows (and their reverse
+        complements under --rc); per row, the bins its sequence overlaps."""
+        import torch
+
+        out = []
+        for b0 in range(0, len(encoded), self.options.batch_rows):
+            batch = encoded[b0 : b0 + self.options.batch_rows]
+            ids = np.full((len(batch), self.window), self.n_id, dtype=np.int64)
+            spans = []
+            for i, e in enumerate(batch):
+                start, lo, hi = self._layout(e)
+                ids[i, start : start + len(e.ids)] = e.ids
+                spans.append((lo, hi))
+            with torch.inference_mode():
+                pred = fn(torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
+                if self.options.rc:
+                    flipped = torch.from_numpy(self.complement[ids[:, ::-1]].copy()).to(self.device)
+                    pred = (pred + fn(flipped).float().cpu().numpy()[:, ::-1]) / 2
+            out += [pred[i, lo:hi] for i, (lo, hi) in enumerate(spans)]
+        return out
+
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        def coverage(ids):
+            return self.model.postprocess(self.model(input_ids=ids))[0]
+
+        values = [p[:, self.tracks].astype(np.float64).ravel() for p in self._run(encoded, coverage)]
+        return LoglikResult.from_positions(values, keep_positions)
+
+    def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
+        if pooling.kind != "mean":
+            raise GlmscoreError("seq2func models embed with --pooling mean (over the bins the sequence overlaps).")
+        trunk = self.model.base_model
+        return np.stack([h.mean(axis=0) for h in self._run(encoded, lambda ids: trunk(input_ids=ids).last_hidden_state)]).astype(np.float32)
