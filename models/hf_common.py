@@ -65,7 +65,8 @@ def needs_remote_code(config: dict) -> bool:
 
 # installed packages that register architectures with transformers' Auto classes when imported; a local
 # folder or hub id whose model type only one of them knows gets that package on its card
-ARCHITECTURE_PACKAGES = ("multimolecule", "gpn:register_auto_classes")
+# (gpn first: it imports in seconds, multimolecule in tens of seconds)
+ARCHITECTURE_PACKAGES = ("gpn:register_auto_classes", "multimolecule")
 
 
 def architecture_package(config: dict) -> str | None:

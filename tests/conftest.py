@@ -32,6 +32,7 @@ HEAVIEST_FIRST = [
     "tests/benchmarks/nabench/test_nabench.py",
     "tests/models/test_published_protocols.py",
     "tests/core/test_sweep.py",
+    "tests/models/test_model_rules.py",
     "tests/core/test_layout.py",
     "tests/benchmarks/nabench/test_published_probes.py",
     "tests/core/test_core.py",

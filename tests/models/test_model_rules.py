@@ -302,6 +302,8 @@ def test_sequence_to_function_tracks_match_the_models_own_forward_pass(kind, tmp
     assert load_backend(card, long="truncate").encode(["A" * (window + 1)])[0].truncated
     with pytest.raises(GlmscoreError, match="--tracks"):
         load_backend(card, tracks="2:9")
+    if kind == "borzoi":
+        return  # the driver's path below is the same for both
     dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
                           str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
                           "--long", "truncate", "--tracks", "0:2", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
