@@ -7,6 +7,7 @@ cheap, and baseline actors never load torch.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import itertools
 import json
@@ -71,8 +72,6 @@ ARCHITECTURE_PACKAGES = ("gpn:register_auto_classes", "multimolecule")
 
 def architecture_package(config: dict) -> str | None:
     """The package that registers ``config``'s model type (None: transformers' own, or remote code)."""
-    import importlib.util
-
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 

@@ -15,6 +15,7 @@ the window under ``--long truncate``. What glmscore takes from them:
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -151,7 +152,7 @@ class Seq2Func(Backend):
         self.device = torch.device(runtime.device)
         config = load_config(card.hf_id, card.revision, False)
         head = next((a for a in config.architectures or [] if a.endswith("ForTokenPrediction")), None)
-        module = __import__(card.package.partition(":")[0])
+        module = importlib.import_module(card.package.partition(":")[0])
         try:
             cls = getattr(module, head or f"{type(config).__name__[:-len('Config')]}ForTokenPrediction")
             self.model = cls.from_pretrained(card.hf_id, revision=card.revision, dtype=getattr(torch, runtime.dtype))

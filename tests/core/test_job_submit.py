@@ -49,7 +49,7 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
         assert manifest["rows_total"] == 100 and manifest["shards_computed"] == 20
         # the same submission again reuses every shard
         proc = _submit(submit, env, timeout=300, agent_wait=300)
-        assert proc.returncode == 0 and "20 reused" in proc.stdout
+        assert proc.returncode == 0 and "20 reused" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
         # a user error inside a job: non-zero status and the one-sentence message in the job's log
         bad = submit[: submit.index("--model") + 1] + ["no-such-model", "--out", str(tmp_path / "bad")]
         proc = _submit(bad, env, timeout=300, agent_wait=300)
