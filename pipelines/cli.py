@@ -30,7 +30,7 @@ from pipelines import store
 from pipelines.benchmark import BENCHMARKS, Command
 from pipelines.console import Terminated, handle_sigterm
 from pipelines.demo import DemoOptions, run_demo
-from pipelines.ray_session import supervise_joined_clusters
+from pipelines.ray_session import finished, supervise_drivers
 from pipelines.score import ScoreConfig, run_score
 from pipelines.shards import describe, read_manifest
 from pipelines.sweep import main_sweep
@@ -359,9 +359,12 @@ def _dispatch(args) -> int:
 
 def command() -> int:
     """The ``glmscore`` command and ``python -m pipelines.cli``: ``main`` in a process of its own, so a job
-    that joins a cluster may run under a supervising parent (``ray_session.supervise_driver``)."""
-    supervise_joined_clusters()
-    return main()
+    that starts or joins Ray runs under a supervising parent (``ray_session.supervise_driver``), which
+    exits with the status ``main`` returned."""
+    supervise_drivers()
+    code = main()
+    finished(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from models.base import ActorResources, Backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from pipelines import store
-from pipelines.console import handle_sigterm, quiet_ray, trial_progress
+from pipelines.console import handle_sigterm, quiet_ray, trial_progress, verbose
 
 EXIT_CLUSTER_LOST = 3
 # CPUs each stage's pool actors reserve: a model actor holds one (its torch threads use the cores it shares
@@ -140,22 +140,44 @@ def watch_cluster(every: float = 5.0, misses: int = 3):
 
 _supervisor_pipe: int | None = None  # the write end, in a supervised driver (see ``supervise_driver``)
 _supervise = False  # only the glmscore command forks; a Python program that calls run_score is never forked
+_ray_log: Path | None = None  # where Ray's driver-side log goes (None: to the console, under -v)
 
 
-def supervise_joined_clusters() -> None:
-    """This process is the ``glmscore`` command: a job that joins a cluster runs under ``supervise_driver``."""
+def supervise_drivers() -> None:
+    """This process is the ``glmscore`` command: a job that starts or joins Ray runs under ``supervise_driver``."""
     global _supervise
     _supervise = True
 
 
-def reported() -> None:
+def reported(code: int | None = None) -> None:
     """Tell the supervising parent that this process ends with its own words (a Python exit, or a
-    sentence already printed): the parent then adds none."""
+    sentence already printed: ``code`` None), or that the command finished with exit status ``code``
+    (what this process then does while Ray shuts down no longer changes the job's status)."""
     global _supervisor_pipe
     if _supervisor_pipe is not None:
-        os.write(_supervisor_pipe, b"x")
+        os.write(_supervisor_pipe, b"x" if code is None else b"=" + bytes([code & 0xFF]))
         os.close(_supervisor_pipe)
         _supervisor_pipe = None
+
+
+def finished(code: int) -> None:
+    """The command has said all it says and ends with ``code``. In a supervised driver the parent is told
+    so, and what Ray prints while it shuts down goes to its log, not the console: Ray's teardown has been
+    seen to abort a driver whose job was complete (a gRPC ``grpc_cq_begin_op`` assertion on one of its
+    threads, SIGABRT), which must not turn a finished job into a crash."""
+    if _supervisor_pipe is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        fd = os.open(_ray_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if _ray_log else None
+    except OSError:  # the log's folder is gone (a removed --out): the console it is
+        fd = None
+    if fd is not None:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    reported(code)
 
 
 def _gcs_answers(address: str) -> bool | None:
@@ -171,8 +193,9 @@ def _gcs_answers(address: str) -> bool | None:
 
 
 def supervise_driver(address: str) -> None:
-    """On a cluster this job joins, fork: the child goes on as the Ray driver and runs the job; this
-    process only waits for it and exits with its status. Ray's core worker ends its process at once, with
+    """Before Ray starts, fork: the child goes on as the Ray driver and runs the job; this process only
+    waits for it and exits with its status (the status the child reported with ``finished``, whatever
+    Ray's teardown does after it). Ray's core worker ends its process at once, with
     status 1 and not a word (C++ ``QuickExit``: no Python clean-up), when it loses its node's raylet or
     object store, as when the head is killed mid-job; the kernel's OOM killer ends a driver as silently.
     The parent turns such an end into one sentence. SIGTERM is passed on to the child (the signal of
@@ -195,7 +218,13 @@ def supervise_driver(address: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
     status = os.waitpid(child, 0)[1]  # retried after a signal (PEP 475)
     code = os.waitstatus_to_exitcode(status)
-    if os.read(read_end, 1) != b"x":
+    said = os.read(read_end, 2)
+    if said[:1] == b"=" and len(said) == 2:
+        if code != said[1]:
+            print(f"glmscore: note: Ray's shutdown ended the driver (status {code}) after the job had finished; "
+                  f"the job's status is kept{f' (Ray: {_ray_log})' if _ray_log else ''}.", file=sys.stderr, flush=True)
+        code = said[1]
+    elif said != b"x":
         if _gcs_answers(address) is False:
             print(f"glmscore: error: lost the Ray cluster (its head at {address} stopped answering); finished shards "
                   "are kept and a rerun resumes from them.", file=sys.stderr, flush=True)
@@ -250,12 +279,13 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
     if ray.is_initialized():
         return
+    global _ray_log
     check_address(address)
-    if address != "local":
-        supervise_driver(address)  # a local cluster lives and dies with this process; a joined one may not
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
     logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
+    _ray_log = None if verbose() else Path(logs) / "_logs" / "ray.log"
+    supervise_driver(address)
     ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
              **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
     handle_sigterm()  # ray.init installs handlers of its own
