@@ -42,6 +42,11 @@ def verbose() -> bool:
     return os.environ.get("GLMSCORE_VERBOSE") == "1"
 
 
+def ray_log(out: Path) -> Path:
+    """Where ``quiet_ray`` sends Ray's driver-side log for an output under ``out``."""
+    return Path(out) / "_logs" / "ray.log"
+
+
 def quiet_ray(out: Path) -> dict:
     """Send Ray's driver-side logs to ``<out>/_logs/ray.log`` (printed once) and return the extra
     ``ray.init`` arguments that keep workers' output and Ray's own console logging off."""
@@ -50,9 +55,9 @@ def quiet_ray(out: Path) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy output honours verbose=0 (no result tables)
     from ray.data import DataContext  # first: importing Ray Data configures its console logging
 
-    log_dir = Path(out) / "_logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_dir / "ray.log")
+    log = ray_log(out)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
@@ -63,7 +68,7 @@ def quiet_ray(out: Path) -> dict:
             logger.addHandler(handler)
         logger.propagate = False
     DataContext.get_current().enable_progress_bars = False
-    print(f"glmscore: Ray's logs: {log_dir / 'ray.log'} (-v shows them here)", file=sys.stderr)
+    print(f"glmscore: Ray's logs: {log} (-v shows them here)", file=sys.stderr)
     return {"log_to_driver": False, "configure_logging": False}
 
 

@@ -33,7 +33,7 @@ from models.base import ActorResources, Backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
 from pipelines import store
-from pipelines.console import handle_sigterm, quiet_ray, trial_progress, verbose
+from pipelines.console import handle_sigterm, quiet_ray, ray_log, trial_progress, verbose
 
 EXIT_CLUSTER_LOST = 3
 # CPUs each stage's pool actors reserve: a model actor holds one (its torch threads use the cores it shares
@@ -284,7 +284,7 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
     logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
-    _ray_log = None if verbose() else Path(logs) / "_logs" / "ray.log"
+    _ray_log = None if verbose() else ray_log(logs)
     supervise_driver(address)
     ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
              **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
