@@ -313,33 +313,61 @@ def datasets_of(path) -> list[str]:
     return sorted({_partitions(rel).get("dataset") for rel in _listed(path)} - {None})
 
 
-def read_table(path, datasets: list[str] | None = None) -> pa.Table:
-    """A finished folder's shards (those its manifest lists, each verified against its checksum; only
-    ``datasets`` if given) as one Arrow table with ``dataset`` and ``group`` columns from the layout.
-    A manifest from before shards were listed reads the folder's ``part-*.parquet`` files."""
-    tables = []
-    for rel in _listed(path):
+def _shards(path, datasets: list[str] | None = None, columns: list[str] | None = None, rels: list[str] | None = None):
+    """A finished folder's shards one by one (those its manifest lists, each verified against its checksum,
+    then cut to ``columns``; only ``datasets`` if given), as (dataset, table with ``dataset`` and ``group``
+    columns from the layout). A manifest from before shards were listed reads the folder's
+    ``part-*.parquet`` files."""
+    for rel in _listed(path) if rels is None else rels:
         parts = _partitions(rel)
         if datasets is not None and parts.get("dataset") not in datasets:
             continue
         table = read_shard(store.join(path, *rel.split("/"))).replace_schema_metadata(None)
         n = table.num_rows
-        tables.append(table.append_column("dataset", pa.array([parts.get("dataset")] * n, pa.string()))
-                      .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
+        table = (table.append_column("dataset", pa.array([parts.get("dataset")] * n, pa.string()))
+                 .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
+        yield parts.get("dataset"), (table.select([c for c in columns if c in table.column_names]) if columns else table)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
     if not tables:
         return pa.table({"dataset": pa.array([], pa.string()), "group": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_table(path, datasets: list[str] | None = None) -> pa.Table:
+    """A finished folder's shards (see ``_shards``) as one Arrow table."""
+    return _concat([table for _, table in _shards(path, datasets)])
+
+
+def _needs(table: pa.Table, path, columns: list[str] | None, what: str) -> None:
+    missing = [c for c in columns or [] if c not in table.column_names]
+    if missing:
+        raise GlmscoreError(f"{path} is not a {what}: it has no {', '.join(missing)} column(s).")
 
 
 def read_scores(path, columns: list[str] | None = None, what: str = "score folder"):
     """A finished folder (local or in object storage) as a pandas DataFrame (with ``dataset`` and
     ``group`` from the partitions); a folder without the needed ``columns`` is a user error naming
     ``what`` was expected."""
-    table = read_table(path)
-    missing = [c for c in columns or [] if c not in table.column_names]
-    if missing:
-        raise GlmscoreError(f"{path} is not a {what}: it has no {', '.join(missing)} column(s).")
+    table = _concat([t for _, t in _shards(path, columns=columns)])  # each shard cut to columns as it is read
+    _needs(table, path, columns, what)
     return (table.select(columns) if columns else table).to_pandas()
+
+
+def read_datasets(path, columns: list[str], what: str = "score folder", datasets: list[str] | None = None):
+    """A finished folder one dataset at a time, as (dataset, pandas DataFrame of ``columns``): what a
+    per-assay statistic needs, with memory bounded by the largest dataset instead of the whole folder
+    (each shard is cut to ``columns`` as soon as its checksum is verified)."""
+    by_dataset: dict[str | None, list[str]] = {}
+    for rel in _listed(path):
+        by_dataset.setdefault(_partitions(rel).get("dataset"), []).append(rel)
+    for dataset, rels in by_dataset.items():
+        if datasets is not None and dataset not in datasets:
+            continue
+        table = _concat([t for _, t in _shards(path, columns=columns, rels=rels)])
+        _needs(table, path, columns, what)
+        yield dataset, table.select(columns).to_pandas()
 
 
 def describe(out) -> dict:

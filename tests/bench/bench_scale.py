@@ -10,7 +10,7 @@ in one run, with the ratios. Prints a Markdown table.
 - Nullsette: the demo grammar (``pipelines/benchmarks/nullsette/demo.py``) at N cassettes x 20 groups.
 
 Each command runs as its own process on its own local Ray cluster; memory is sampled every 0.2 s from
-that process (the driver) and its process tree (the Ray session it started: GCS, raylet, workers), never
+the driver (the command's process, or the child it forks to run Ray: whichever is larger) and the command's process tree (the Ray session it started: GCS, raylet, workers), never
 from other Ray processes on the machine. ``pipeline rows/s`` is the progress line's overall rate (from
 the first unit's start: Ray start-up and data discovery excluded); ``end to end`` is the command's wall
 time. Targets (issue: millions of rows at flat cost): pipeline rows/s at 10x >= 0.9 x the rate at 1x,
@@ -71,8 +71,13 @@ def run(args: list[str]) -> dict:
     def sample():
         while not done.is_set():
             try:
-                driver = top.memory_info().rss
-                tree = driver + sum(c.memory_info().rss for c in top.children(recursive=True) if c.is_running())
+                # glmscore forks before Ray starts (the parent only supervises): the driver is whichever of
+                # the command's process and its forked child (same command line) holds more memory.
+                cmd = top.cmdline()
+                forks = [c for c in top.children() if c.cmdline() == cmd]
+                driver = max(p.memory_info().rss for p in [top, *forks])
+                tree = top.memory_info().rss + sum(c.memory_info().rss for c in top.children(recursive=True)
+                                                   if c.is_running())
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 tree = driver = 0
             peaks["driver"], peaks["session"] = max(peaks["driver"], driver), max(peaks["session"], tree)

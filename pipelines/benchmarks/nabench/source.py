@@ -29,7 +29,7 @@ from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, seed_option
 from pipelines.benchmark import Benchmark, Rows, Unit, locator
 from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan
-from pipelines.shards import read_manifest, read_scores
+from pipelines.shards import read_datasets, read_manifest
 
 
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
@@ -162,6 +162,17 @@ class NABenchAnalyzeOptions(Options):
                               help="deprecated and ignored: the labels come from the score shards")
 
 
+def best_and_worst_rows(score_dirs: list[str], models: dict[str, str], assays: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The rows of each model's best and worst assay by Spearman (what the scatter plots draw), read
+    back from the score folders: two assays per model, not the whole release."""
+    picks: dict[str, set[str]] = {}
+    for model, a in assays.dropna(subset=["spearman"]).groupby("model"):
+        picks[model] = {a.loc[a["spearman"].idxmax(), "assay"], a.loc[a["spearman"].idxmin(), "assay"]}
+    frames = [f[f["model"] == models[d]] for d in score_dirs if models.get(d) in picks
+              for _, f in read_datasets(d, columns, what="NABench score folder", datasets=sorted(picks[models[d]]))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, pd.DataFrame, list[Path]]]:
     """Zero-shot Spearman per assay (``nabench_assays.csv``), models x assays, and the summary table."""
     assays, summary = [], []
@@ -227,24 +238,32 @@ class NABenchSource(Benchmark):
             raise GlmscoreError("pass --scores with one or more score folders.")
         if options.data:  # a documented flag of an earlier release: accepted, so old scripts still run
             print("glmscore: note: --data is deprecated and ignored: the labels come from the score shards.", file=sys.stderr)
-        columns = ["model", "dataset", "group", "label", "score", "is_wildtype"]
-        frames = [read_scores(d, columns=columns, what="NABench score folder") for d in score_dirs]
+        # One assay in memory at a time (its shards cut to these columns): per-assay metrics need nothing
+        # else, and a SELEX-scale release does not fit in one frame. The scatter plots re-read two assays.
+        columns = ["model", "dataset", "group", "label", "score"]
         manifests = {d: read_manifest(d) for d in score_dirs}
         notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
-        inputs = pd.DataFrame([{"model": f["model"].iloc[0], "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
-                                "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),
-                                "finished": m.get("finished")} for (d, m), f in zip(manifests.items(), frames)])
-        scores = pd.concat(frames, ignore_index=True)
-        if scores["label"].isna().all():
+        per_assay, models, labelled = [], {}, False
+        for d in score_dirs:
+            for _, frame in read_datasets(d, columns, what="NABench score folder"):
+                labelled = labelled or bool(frame["label"].notna().any())
+                models.setdefault(d, frame["model"].iloc[0])
+                per_assay.append(zero_shot_table(frame, options.cutoff))
+        if not labelled:
             raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
-        assays = zero_shot_table(scores, options.cutoff)
+        inputs = pd.DataFrame([{"model": models.get(d), "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
+                                "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),
+                                "finished": m.get("finished")} for d, m in manifests.items()])
+        assays = (pd.concat(per_assay, ignore_index=True).sort_values(["model", "assay", "family"], kind="stable")
+                  .reset_index(drop=True))
         families, summary = aggregate(assays, n_boot=options.n_boot, seed=options.seed)
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         assays.to_csv(out_dir / "nabench_assays.csv", index=False)
         families.to_csv(out_dir / "nabench_families.csv", index=False)
         summary.to_csv(out_dir / "nabench_summary.csv", index=False)
-        plots = [plot_family_bars(families, out_dir)] + plot_best_worst(scores, assays, out_dir)
+        plots = [plot_family_bars(families, out_dir)] + plot_best_worst(
+            best_and_worst_rows(score_dirs, models, assays, columns), assays, out_dir)
         report = write_table_report(
             "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
                                          "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]}),

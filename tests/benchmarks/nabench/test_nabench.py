@@ -6,9 +6,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import matthews_corrcoef, ndcg_score, roc_auc_score
 
-from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall
+from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall, zero_shot_table
 from analysis.probes import fewshot_splits, fit_eval, supervised_folds
 from models.errors import GlmscoreError
+from pipelines import shards
 from pipelines.benchmarks.nabench.source import discover, family_of, positions, read_assay, read_metadata
 from tests.conftest import shared_data
 
@@ -112,7 +113,7 @@ def test_real_assays_quirks():
 
 @pytest.mark.ray
 @pytest.mark.realdata
-def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama):
+def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama, monkeypatch):
     import pyarrow.dataset as pads
 
     from pipelines.benchmarks.nabench.benchmark import NABench
@@ -142,6 +143,23 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     rows = pd.read_csv(tmp_path / "rep" / "nabench_assays.csv")
     got = rows[(rows["model"] == "kmer3") & (rows["assay"] == "Pitt_2010_ribozyme")]["spearman"].iloc[0]
     assert got == pytest.approx(stats.spearmanr(k3["label"][ok], k3["score"][ok]).statistic)
+    # analyze holds one assay at a time; its table equals the metrics of both folders read whole at once
+    whole = pd.concat([df, llama], ignore_index=True)[["model", "dataset", "group", "label", "score"]]
+    key = ["model", "assay", "family"]
+    pd.testing.assert_frame_equal(rows.sort_values(key).reset_index(drop=True),
+                                  zero_shot_table(whole).sort_values(key).reset_index(drop=True), check_dtype=False)
+    assert len(list((tmp_path / "rep").glob("scatter_*.png"))) == 2
+    # read_datasets: each dataset once, the columns asked for, and only the shards of the datasets asked for
+    columns = ["model", "dataset", "label", "score"]
+    parts = dict(shards.read_datasets(tmp_path / "k3", columns))
+    assert sorted(parts) == sorted(assays) and all(list(f.columns) == columns for f in parts.values())
+    pd.testing.assert_frame_equal(pd.concat(parts.values(), ignore_index=True),
+                                  shards.read_scores(tmp_path / "k3", columns=columns))
+    read = []
+    real_read_shard = shards.read_shard
+    monkeypatch.setattr(shards, "read_shard", lambda path: read.append(str(path)) or real_read_shard(path))
+    assert [d for d, _ in shards.read_datasets(tmp_path / "k3", columns, datasets=["Pitt_2010_ribozyme"])] == ["Pitt_2010_ribozyme"]
+    assert read and all("dataset=Pitt_2010_ribozyme" in p for p in read)
     # embeddings: one-hot and a tiny model's cls+mean, then a Tune sweep
     run_score(ScoreConfig(model="onehot", task="embed", out=str(tmp_path / "oh"), **common))
     run_score(ScoreConfig(model=str(tiny_llama), task="embed", pooling="mean", out=str(tmp_path / "emb"),
