@@ -164,7 +164,8 @@ def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path,
     curves = {k: v for k, v in curves.items() if 0 < np.sum(v[0]) < len(v[0])}
     if not curves:
         return None
-    from sklearn.metrics import roc_auc_score, roc_curve  # in here: every Ray worker imports this module; only a report pays for scikit-learn (1-2 s)
+    # in here: every Ray worker imports this module; only a report pays for scikit-learn (1-2 s)
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -72,6 +72,26 @@ def quiet_ray(out: Path) -> dict:
     return {"log_to_driver": False, "configure_logging": False}
 
 
+class Laps:
+    """Where a job's start-up goes, phase by phase (``lap`` ends the running phase and names it): printed
+    as one line before the first row streams, and kept in the manifest (``startup_s``)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock, self.last, self.laps = clock, clock(), {}
+
+    def lap(self, name: str) -> None:
+        now = self.clock()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.laps.items()}
+
+    def line(self) -> str:
+        return (f"start-up {sum(self.laps.values()):.1f} s: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in self.laps.items()))
+
+
 class Progress:
     """Rows done of ``total`` with rows/s and ETA: a bar that redraws on a terminal, else one line every
     ``every`` seconds (CI, ``ray job submit`` logs). The rate and ETA come from the recent updates

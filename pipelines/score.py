@@ -38,7 +38,7 @@ from models.options import Options, address_option, comma_list, option, option_f
 from models.pooling import Pooling
 from pipelines import shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
-from pipelines.console import Progress
+from pipelines.console import Laps, Progress
 from pipelines.fasta import read_all
 from pipelines.provenance import content_digest, glmscore_version
 from pipelines.ray_session import (
@@ -393,9 +393,11 @@ def reference_digests(references: dict[str | None, list[str]], units: list[Unit]
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    started = shards.now()
+    started, laps = shards.now(), Laps()
     plan = resolve_job(cfg)
+    laps.lap("model and options")
     units = plan.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    laps.lap("input scan")
     out = shards.OutputFolder(cfg.out)
     address = ray_address(cfg.address)
     if cfg.dry_run:
@@ -404,7 +406,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
         if fixed_size:
-            done = _complete_without_ray(plan, units, out, started)
+            done = _complete_without_ray(plan, units, out, started, laps)
             if done is not None:
                 return done
         where = ("the Ray cluster this process joined" if ray.is_initialized() else
@@ -414,6 +416,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             print(f"glmscore: warning: {warning}", file=sys.stderr)
         start_ray(address, out.out, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
         done = watch_cluster()
+        laps.lap("Ray start")
         try:
             cluster = ray.cluster_resources()
             plan = plan_job(cfg, cluster, plan)
@@ -421,7 +424,7 @@ def run_score(cfg: ScoreConfig) -> dict:
                 plan = replace(plan, pool=check_fits(plan.pool, cluster))
             else:
                 warn_if_starved(plan.pool, cluster)
-            return _score(plan, units, out, started)
+            return _score(plan, units, out, started, laps)
         finally:
             done.set()
 
@@ -487,7 +490,8 @@ def local_gpus() -> int:
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
-def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str) -> dict | None:
+def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str,
+                          laps: Laps) -> dict | None:
     """A rerun on a local cluster whose every shard is already this configuration's, from this input:
     verify, write the manifest and return it, without starting Ray (27 s of nothing, before). None when
     anything is left to compute (or the folder holds another run), so the job starts Ray as usual."""
@@ -503,10 +507,10 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
         return None
     print(f"glmscore: {plan.cfg.task}: every shard in {out} is complete for this configuration and input; "
           "Ray not started", file=sys.stderr, flush=True)
-    return _score(predicted, units, out, started)
+    return _score(predicted, units, out, started, laps)
 
 
-def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str) -> dict:
+def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str, laps: Laps) -> dict:
     """The job once planned (and, unless nothing is left to compute, Ray up), ``out`` locked: claim it,
     run the pending units, verify, write the manifest."""
     cfg = plan.cfg
@@ -515,13 +519,16 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
               "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
     out.claim(plan.fingerprint, config, cfg.overwrite, units)
     references, digests = _fitted(plan, units)
+    if references:
+        laps.lap("reference sequences")
     plan = replace(plan, references=digests)
     pending = out.pending(units, plan.fingerprint, plan.references)
     print(f"glmscore: {pending_line(len(units), out.why_pending(pending, plan.fingerprint, plan.references))}",
           file=sys.stderr, flush=True)
-    revisions = _run_pending(plan, pending, references, out) if pending else set()
+    laps.lap("output check")
+    revisions = _run_pending(plan, pending, references, out, laps) if pending else set()
     return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
-                      card=plan.card.to_dict(), started=started, provenance=plan.provenance,
+                      card=plan.card.to_dict(), started=started, provenance={**plan.provenance, "startup_s": laps.seconds()},
                       warnings=plan.benchmark.warnings)
 
 
@@ -532,10 +539,15 @@ def pending_line(total: int, why: dict[str, int]) -> str:
     return f"{todo} of {total} shards to compute" + (f" ({reasons})" if reasons else "") + f"; {total - todo} reused"
 
 
-def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder) -> set[str]:
+def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder, laps: Laps) -> set[str]:
     """Ray Data over the pending units: prepare -> the backend -> write, each an actor pool (see
     ``StageActor``). Returns the model revisions the actors reported."""
-    fitted = plan.backend.fit(plan.card, plan.options, references) if plan.backend.fits_on_reference else None
+    if plan.backend.fits_on_reference:
+        fitted = plan.backend.fit(plan.card, plan.options, references)
+        laps.lap("fit")
+    else:
+        fitted = None
+    print(f"glmscore: {laps.line()}", file=sys.stderr, flush=True)
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
     # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
     # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes

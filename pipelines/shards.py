@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -41,6 +42,9 @@ MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
 LOCK_FILE = ".glmscore.lock"
 META_KEY = b"glmscore"
+# Checking or reading many shards is waiting on I/O (in object storage, a round trip per request), so it is
+# done by this many threads at once; pyarrow's reads release the GIL.
+IO_THREADS = 16
 
 PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
 
@@ -116,6 +120,11 @@ class CorruptShard(GlmscoreError):
 
 def read_shard(path: Path) -> pa.Table:
     """A shard's table, its content verified against the checksum written with it."""
+    return _verified(path)[0]
+
+
+def _verified(path) -> tuple[pa.Table, dict]:
+    """A shard's table and metadata from one read of its bytes, the content verified against its checksum."""
     def corrupt(why: str):
         return CorruptShard(f"shard {path} is damaged ({why}); rerun the same `glmscore score`/`embed` command to "
                             "recompute it.")
@@ -138,21 +147,27 @@ def read_shard(path: Path) -> pa.Table:
         raise corrupt("its content is unreadable") from None
     if actual != expected:
         raise corrupt("its content does not match the checksum written with it")
-    return table
+    return table, meta
 
 
 def is_complete(path: Path, fingerprint: str, crc: int, rows: int, reference: str | None = None) -> bool:
     """Done: written by this run's configuration from this input chunk (and this reference, for a
-    fitted backend), with the expected rows, and its content intact."""
-    meta = shard_meta(path)
-    if not meta or meta.get("fingerprint") != fingerprint or meta.get("crc") != crc or meta.get("rows") != rows \
-            or meta.get("reference") != reference:
-        return False
+    fitted backend), with the expected rows, and its content intact (one read of the shard)."""
     try:
-        read_shard(path)
+        meta = _verified(path)[1]
     except CorruptShard:
         return False
-    return True
+    return (meta.get("fingerprint") == fingerprint and meta.get("crc") == crc and meta.get("rows") == rows
+            and meta.get("reference") == reference)
+
+
+def each(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, ``IO_THREADS`` at a time: for per-shard I/O (reads, footers, checks)."""
+    items = list(items)
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(IO_THREADS, len(items)), thread_name_prefix="glmscore-io") as pool:
+        return list(pool.map(fn, items))
 
 
 @contextmanager
@@ -211,7 +226,7 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
     if store.exists(store.join(out, RUN_FILE)) and not overwrite:
         previous = read_run_file(out)
         if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
-            found = {(shard_meta(store.join(out, *p.split("/"))) or {}).get("fingerprint") for p in existing} - {None}
+            found = {(m or {}).get("fingerprint") for m in each(lambda p: shard_meta(store.join(out, *p.split("/"))), existing)} - {None}
             previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
             raise GlmscoreError(
@@ -223,8 +238,10 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
                 f"{out} holds {len(others)} shard(s) that this run would not write (an earlier run with a larger "
                 "--limit or other datasets); choose a new --out or pass --overwrite."
             )
-        for rel, (crc, rows) in zip(shard_rels, expected or []):
-            meta = shard_meta(store.join(out, *rel.split("/"))) if rel in existing else None
+        present = set(existing)
+        metas = each(lambda rel: shard_meta(store.join(out, *rel.split("/"))) if rel in present else None,
+                     shard_rels if expected else [])
+        for rel, (crc, rows), meta in zip(shard_rels, expected or [], metas):
             # another row count at this path is another selection (a different --limit); other bytes with
             # the same rows are an edited input, which `pending` recomputes unit by unit
             if meta and meta.get("fingerprint") == fingerprint and meta.get("rows") != rows:
@@ -318,15 +335,20 @@ def _shards(path, datasets: list[str] | None = None, columns: list[str] | None =
     then cut to ``columns``; only ``datasets`` if given), as (dataset, table with ``dataset`` and ``group``
     columns from the layout). A manifest from before shards were listed reads the folder's
     ``part-*.parquet`` files."""
-    for rel in _listed(path) if rels is None else rels:
-        parts = _partitions(rel)
-        if datasets is not None and parts.get("dataset") not in datasets:
-            continue
+    wanted = [rel for rel in (_listed(path) if rels is None else rels)
+              if datasets is None or _partitions(rel).get("dataset") in datasets]
+
+    def read(rel: str) -> pa.Table:
         table = read_shard(store.join(path, *rel.split("/"))).replace_schema_metadata(None)
-        n = table.num_rows
+        parts, n = _partitions(rel), table.num_rows
         table = (table.append_column("dataset", pa.array([parts.get("dataset")] * n, pa.string()))
                  .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
-        yield parts.get("dataset"), (table.select([c for c in columns if c in table.column_names]) if columns else table)
+        return table.select([c for c in columns if c in table.column_names]) if columns else table
+
+    for start in range(0, len(wanted), IO_THREADS):  # IO_THREADS shards read at once, never the whole folder
+        batch = wanted[start:start + IO_THREADS]
+        for rel, table in zip(batch, each(read, batch)):
+            yield _partitions(rel).get("dataset"), table
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -437,14 +459,14 @@ class OutputFolder:
     def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
         """The units whose shard is not complete (``references``: per dataset, the digest of a fitted
         backend's reference sequences)."""
-        return [u for u in units if not is_complete(self.path(u), fingerprint, u.crc, u.n_rows, references.get(u.dataset))]
+        done = each(lambda u: is_complete(self.path(u), fingerprint, u.crc, u.n_rows, references.get(u.dataset)), units)
+        return [u for u, complete in zip(units, done) if not complete]
 
     def why_pending(self, pending: list, fingerprint: str, references: dict[str, str]) -> dict[str, int]:
         """How many of ``pending`` have no finished shard of this run, an edited input chunk, another
         fitted reference (the dataset's reference sequences changed), or a damaged shard."""
         counts = {"new": 0, "input changed": 0, "reference changed": 0, "damaged": 0}
-        for u in pending:
-            meta = shard_meta(self.path(u))
+        for u, meta in zip(pending, each(lambda u: shard_meta(self.path(u)), pending)):
             if not meta or meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_rows:
                 counts["new"] += 1
             elif meta.get("crc") != u.crc:
@@ -464,8 +486,7 @@ class OutputFolder:
         rows: dict[str, int] = {}
         listed = []
         revisions = set(revisions)
-        for u in units:
-            meta = shard_meta(self.path(u)) or {}
+        for u, meta in zip(units, each(lambda u: shard_meta(self.path(u)) or {}, units)):
             if meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_rows:
                 raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
             revisions.add(meta.get("resolved_revision", ""))

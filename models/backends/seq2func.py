@@ -26,8 +26,7 @@ from models.alphabet import normalise
 from models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
 from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
-from models.hf_common import (HUB_ID, architecture_package, check_weights, config_dict, hf_provenance, load_config,
-                              resolve_dtype)
+from models.hf_common import HUB_ID, architecture_package, check_weights, config_dict, hf_provenance, load_config, resolve_dtype
 from models.options import Options, option
 from models.tokenization import load_tokenizer
 

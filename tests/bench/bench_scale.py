@@ -10,8 +10,9 @@ in one run, with the ratios. Prints a Markdown table.
 - Nullsette: the demo grammar (``pipelines/benchmarks/nullsette/demo.py``) at N cassettes x 20 groups.
 
 Each command runs as its own process on its own local Ray cluster; memory is sampled every 0.2 s from
-the driver (the command's process, or the child it forks to run Ray: whichever is larger) and the command's process tree (the Ray session it started: GCS, raylet, workers), never
-from other Ray processes on the machine. ``pipeline rows/s`` is the progress line's overall rate (from
+the driver (the command's process, or the child it forks to run Ray: whichever is larger) and the
+command's process tree (the Ray session it started: GCS, raylet, workers), never from other Ray
+processes on the machine. ``pipeline rows/s`` is the progress line's overall rate (from
 the first unit's start: Ray start-up and data discovery excluded); ``end to end`` is the command's wall
 time. Targets (issue: millions of rows at flat cost): pipeline rows/s at 10x >= 0.9 x the rate at 1x,
 driver memory <= 1.1x.
@@ -20,6 +21,7 @@ driver memory <= 1.1x.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -96,6 +98,12 @@ def run(args: list[str]) -> dict:
     return {"wall": wall, "rate": float(hit[-1].replace(",", "")) if hit else float("nan"), **peaks}
 
 
+def startup(scores: Path) -> str:
+    """The score job's start-up phases, from its manifest (``startup_s``)."""
+    laps = json.loads((scores / "_manifest.json").read_text()).get("startup_s", {})
+    return f"{sum(laps.values()):.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in laps.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_out/scale")
@@ -111,6 +119,7 @@ def main() -> None:
         scores = out / f"nabench_{n}_k3"
         score = run(["score", "--benchmark", "nabench", "--data", str(data), "--model", "kmer:3", "--out", str(scores),
                      "--chunk-rows", str(args.chunk_rows)])
+        score["startup"] = startup(scores)
         table.append((f"NABench 2 x {n:,} rows, score kmer:3", 2 * n, score))
         analyze = run(["analyze", "nabench", "--scores", str(scores), "--out", str(out / f"nabench_{n}_report"),
                        "--n-boot", "100"])
@@ -121,6 +130,7 @@ def main() -> None:
         data = nullsette_folder(out / f"nullsette_{n}", n)
         score = run(["score", "--benchmark", "nullsette", "--data", str(data), "--model", "kmer:3", "--out",
                      str(out / f"nullsette_{n}_k3"), "--chunk-rows", str(args.chunk_rows)])
+        score["startup"] = startup(out / f"nullsette_{n}_k3")
         table.append((f"Nullsette {n:,} cassettes x 20 groups, score kmer:3", 20 * n, score))
         shutil.rmtree(out / f"nullsette_{n}")
     print("\n| run | rows | pipeline rows/s | end to end | driver peak RSS | Ray session peak RSS | vs the first size |")
@@ -138,6 +148,10 @@ def main() -> None:
         rate = f"{r['rate']:,.0f}" if r["rate"] == r["rate"] else "-"
         print(f"| {name} | {rows:,} | {rate} | {r['wall']:.1f} s ({rows / r['wall']:,.0f} rows/s) | "
               f"{r['driver'] / 2**20:,.0f} MiB | {r['session'] / 2**20:,.0f} MiB | {ratio} |")
+    print("\n| score run | start-up before the first row (manifest `startup_s`) |\n|---|---|")
+    for name, _, r in table:
+        if "startup" in r:
+            print(f"| {name} | {r['startup']} |")
 
 
 if __name__ == "__main__":

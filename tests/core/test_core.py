@@ -294,6 +294,18 @@ def test_progress_eta_comes_from_the_recent_rate_after_warm_up():
     assert p.line().endswith("done") and "1,000/1,000 rows (100%)" in p.line()
 
 
+def test_start_up_laps_add_up_to_the_time_before_the_first_row():
+    from pipelines.console import Laps
+
+    now = [10.0]
+    laps = Laps(clock=lambda: now[0])
+    for name, took in [("input scan", 3.8), ("Ray start", 6.25), ("fit", 1.0), ("input scan", 0.5)]:
+        now[0] += took
+        laps.lap(name)
+    assert laps.seconds() == {"input scan": 4.3, "Ray start": 6.25, "fit": 1.0}  # a phase met twice adds up
+    assert laps.line() == "start-up 11.6 s: input scan 4.3 s, Ray start 6.2 s, fit 1.0 s"
+
+
 def test_the_generic_job_names_no_backend_and_no_benchmark():
     """pipelines/score.py, pipelines/cli.py and models/loader.py reach backends and benchmarks only
     through their registries (a new one is one file, see docs/architecture.md)."""

@@ -30,6 +30,9 @@ def test_scores_match_in_process_scorer_and_contract(ray_cluster, small_nullsett
     assert manifest["rows_total"] == 20 * 6 and manifest["shards_computed"] == 40
     assert manifest["rows_per_partition"]["dataset=synthetic_ecoli/group=mutant_translocation19"] == 6
     assert {"ray", "torch", "transformers", "pyarrow"} <= set(manifest["packages"])
+    # where the start-up went, phase by phase (printed before the first row streams, kept here)
+    assert list(manifest["startup_s"]) == ["model and options", "input scan", "Ray start", "output check"]
+    assert all(v >= 0 for v in manifest["startup_s"].values())
     table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
     for name, typ in [("seq_id", pa.string()), ("benchmark", pa.string()), ("pair_index", pa.int32()),
                       ("model", pa.string()), ("score", pa.float64()), ("loglik_sum", pa.float64()),

@@ -31,7 +31,6 @@ from pipelines.benchmark import Benchmark, Rows, Unit, locator
 from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan
 from pipelines.shards import read_datasets, read_manifest
 
-
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
 
 

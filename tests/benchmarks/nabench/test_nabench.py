@@ -183,7 +183,6 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
 
 @pytest.mark.ray
 def test_non_numeric_scores_and_missing_metadata_are_counted_and_reported(ray_cluster, tmp_path, capsys):
-    from pipelines.benchmarks.nabench.benchmark import NABench
     from pipelines.cli import main
 
     rng = np.random.default_rng(1)
