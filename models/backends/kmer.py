@@ -26,6 +26,9 @@ from models.options import Options, option
 MAX_ORDER = 12  # 4**12 contexts x 4 float64 = 537 MB per table: the largest that fits a worker
 SMOOTHING = 1.0  # add-one (Laplace) smoothing of the (k+1)-mer counts
 CROSSFIT = "crossfit"
+# Sequences counted in one vectorised pass: ~40 bytes of temporaries per base, so 50,000 sequences of a few
+# hundred bases stay within a few hundred MB however large the reference is.
+FIT_BLOCK = 50_000
 
 
 def _joined(code_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +70,9 @@ def fit_counts(seqs: Sequence[str], order: int, groups: np.ndarray | None = None
     (n_groups, 4**k, 4), in the same single pass (the crossfit folds).
     """
     seqs = list(seqs)
+    if len(seqs) > FIT_BLOCK:  # counts add up over sequences: a block at a time bounds the int64 temporaries
+        return sum(fit_counts(seqs[i:i + FIT_BLOCK], order, None if groups is None else groups[i:i + FIT_BLOCK], n_groups)
+                   for i in range(0, len(seqs), FIT_BLOCK))
     joined = codes(normalise("N".join(seqs) + "N", "DNA")[0])  # N separators: no window spans two sequences
     ctx, nxt, at = _windows(joined, order)
     cells = 4**order * 4

@@ -179,6 +179,18 @@ def test_grouped_kmer_counts_equal_per_group_fits():
         assert np.array_equal(by_group[g], fit_counts([s for s, x in zip(seqs, groups) if x == g], 2))
 
 
+def test_kmer_counts_in_blocks_equal_one_pass(monkeypatch):
+    from models.backends import kmer
+
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGTN"), size=rng.integers(1, 30))) for _ in range(101)]
+    groups = rng.integers(0, 4, size=101)
+    whole, whole_groups = fit_counts(seqs, 3), fit_counts(seqs, 3, groups=groups, n_groups=4)
+    monkeypatch.setattr(kmer, "FIT_BLOCK", 7)  # 15 blocks, the last one short
+    assert np.array_equal(fit_counts(seqs, 3), whole) and whole.sum() > 0
+    assert np.array_equal(fit_counts(seqs, 3, groups=groups, n_groups=4), whole_groups)
+
+
 def test_a_gpu_actor_whose_torch_sees_no_cuda_says_so(tiny_llama, monkeypatch):
     """Ray placed the actor on a GPU, but torch there sees none (a CPU build on a GPU image, Ray's fake GPU
     nodes): the sentence says that, not "this GPU has no bfloat16 support". No GPU here: CUDA's absence
