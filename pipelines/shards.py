@@ -42,9 +42,17 @@ MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
 LOCK_FILE = ".glmscore.lock"
 META_KEY = b"glmscore"
-# Checking or reading many shards is waiting on I/O (in object storage, a round trip per request), so it is
-# done by this many threads at once; pyarrow's reads release the GIL.
+# Checking or reading many shards in object storage is waiting on round trips (several per shard), so it is
+# done by this many threads at once (pyarrow's reads release the GIL): 1.1-1.5x faster on
+# a loopback S3 server, which is itself the bottleneck on 2 cores (a real store was not measured). On a
+# local disk it is CPU work (parsing, checksums) that threads only slow down (1.5-1.9x slower, measured),
+# so local folders are checked one shard at a time (tests/bench/bench_shards.py).
 IO_THREADS = 16
+
+
+def io_threads(path) -> int:
+    return IO_THREADS if store.is_uri(path) else 1
+
 
 PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", pa.string())]), flavor="hive")
 
@@ -161,12 +169,12 @@ def is_complete(path: Path, fingerprint: str, crc: int, rows: int, reference: st
             and meta.get("reference") == reference)
 
 
-def each(fn, items: list) -> list:
-    """``[fn(x) for x in items]``, ``IO_THREADS`` at a time: for per-shard I/O (reads, footers, checks)."""
+def each(fn, items: list, threads: int) -> list:
+    """``[fn(x) for x in items]``, ``threads`` at a time: per-shard I/O (reads, footers, checks)."""
     items = list(items)
-    if len(items) < 2:
+    if threads < 2 or len(items) < 2:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(IO_THREADS, len(items)), thread_name_prefix="glmscore-io") as pool:
+    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="glmscore-io") as pool:
         return list(pool.map(fn, items))
 
 
@@ -226,7 +234,8 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
     if store.exists(store.join(out, RUN_FILE)) and not overwrite:
         previous = read_run_file(out)
         if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
-            found = {(m or {}).get("fingerprint") for m in each(lambda p: shard_meta(store.join(out, *p.split("/"))), existing)} - {None}
+            metas = each(lambda p: shard_meta(store.join(out, *p.split("/"))), existing, io_threads(out))
+            found = {(m or {}).get("fingerprint") for m in metas} - {None}
             previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
             raise GlmscoreError(
@@ -240,7 +249,7 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
             )
         present = set(existing)
         metas = each(lambda rel: shard_meta(store.join(out, *rel.split("/"))) if rel in present else None,
-                     shard_rels if expected else [])
+                     shard_rels if expected else [], io_threads(out))
         for rel, (crc, rows), meta in zip(shard_rels, expected or [], metas):
             # another row count at this path is another selection (a different --limit); other bytes with
             # the same rows are an edited input, which `pending` recomputes unit by unit
@@ -345,9 +354,10 @@ def _shards(path, datasets: list[str] | None = None, columns: list[str] | None =
                  .append_column("group", pa.array([parts.get("group")] * n, pa.string())))
         return table.select([c for c in columns if c in table.column_names]) if columns else table
 
-    for start in range(0, len(wanted), IO_THREADS):  # IO_THREADS shards read at once, never the whole folder
-        batch = wanted[start:start + IO_THREADS]
-        for rel, table in zip(batch, each(read, batch)):
+    threads = io_threads(path)
+    for start in range(0, len(wanted), threads):  # a few shards read at once, never the whole folder
+        batch = wanted[start:start + threads]
+        for rel, table in zip(batch, each(read, batch, threads)):
             yield _partitions(rel).get("dataset"), table
 
 
@@ -459,14 +469,15 @@ class OutputFolder:
     def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
         """The units whose shard is not complete (``references``: per dataset, the digest of a fitted
         backend's reference sequences)."""
-        done = each(lambda u: is_complete(self.path(u), fingerprint, u.crc, u.n_rows, references.get(u.dataset)), units)
+        done = each(lambda u: is_complete(self.path(u), fingerprint, u.crc, u.n_rows, references.get(u.dataset)), units,
+                    io_threads(self.out))
         return [u for u, complete in zip(units, done) if not complete]
 
     def why_pending(self, pending: list, fingerprint: str, references: dict[str, str]) -> dict[str, int]:
         """How many of ``pending`` have no finished shard of this run, an edited input chunk, another
         fitted reference (the dataset's reference sequences changed), or a damaged shard."""
         counts = {"new": 0, "input changed": 0, "reference changed": 0, "damaged": 0}
-        for u, meta in zip(pending, each(lambda u: shard_meta(self.path(u)), pending)):
+        for u, meta in zip(pending, each(lambda u: shard_meta(self.path(u)), pending, io_threads(self.out))):
             if not meta or meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_rows:
                 counts["new"] += 1
             elif meta.get("crc") != u.crc:
@@ -486,7 +497,7 @@ class OutputFolder:
         rows: dict[str, int] = {}
         listed = []
         revisions = set(revisions)
-        for u, meta in zip(units, each(lambda u: shard_meta(self.path(u)) or {}, units)):
+        for u, meta in zip(units, each(lambda u: shard_meta(self.path(u)) or {}, units, io_threads(self.out))):
             if meta.get("fingerprint") != fingerprint or meta.get("rows") != u.n_rows:
                 raise GlmscoreError(f"shard for {u.dataset}/{u.group} chunk {u.chunk} is missing after the run.")
             revisions.add(meta.get("resolved_revision", ""))
