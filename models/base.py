@@ -209,6 +209,12 @@ class Backend(ABC):
     def loglik_sequences(self, seqs: Sequence[str]) -> LoglikResult:
         return self.loglik(self.encode(seqs))
 
+    def shrink_batches(self, factor: int) -> str | None:
+        """Run batches ``factor`` times smaller than configured (1: as configured), after a worker running
+        this unit was killed, most often for memory. Returns the batch size now used, in words
+        (``1,024 tokens``), or None where this backend has no batch size to shrink."""
+        return None
+
 
 def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bool | None = None) -> ModelCard:
     """Turn a model name from the command line into a card.

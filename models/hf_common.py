@@ -299,7 +299,8 @@ class HFBackend(Backend):
         if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
         self.dtype = getattr(torch, runtime.dtype)
-        self.batch_tokens = options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
+        self.batch_tokens = self.configured_batch_tokens = (
+            options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS))
         self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
         # parameters the published script kept in fp32 (Evo: poles and residues) load in fp32 and stay there
         keep = card.paper_keep_float32 if getattr(options, "protocol", "glmscore") == "paper" else ()
@@ -320,6 +321,10 @@ class HFBackend(Backend):
         self.takes_mask = card.masks_padding and any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params)
         self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def shrink_batches(self, factor: int) -> str | None:
+        self.batch_tokens = max(1, self.configured_batch_tokens // factor)  # a longer row still runs alone
+        return f"{self.batch_tokens:,} tokens"
 
     def padded(self, rows: Sequence[np.ndarray]):
         """Right-padded ids and attention mask (right padding keeps causal positions unchanged).

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from dataclasses import MISSING, asdict, dataclass, field, replace
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -36,7 +37,7 @@ from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.options import Options, address_option, comma_list, option, option_fields, out_option
 from models.pooling import Pooling
-from pipelines import shards, store
+from pipelines import attempts, shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
 from pipelines.console import Laps, Progress
 from pipelines.fasta import read_all
@@ -280,8 +281,9 @@ def _ragged(batch: pa.Table, name: str) -> list[np.ndarray]:
 
 class ScoreActor:
     """One backend per actor, loaded once; scores or embeds one unit per call."""
-    def __init__(self, plan: Plan, fitted=None):
+    def __init__(self, plan: Plan, fitted=None, run: str = ""):
         self.error = None
+        self.ledger, self.factor, self.size = attempts.Ledger(run), 1, None
         cfg = plan.cfg
         self.focus_column = plan.benchmark.focus_column if cfg.reduction == "focus" else None
         try:
@@ -293,11 +295,35 @@ class ScoreActor:
             self.pooling = Pooling.parse(plan.pooling)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return guarded(self._run, batch)
+        return guarded(self._attempt, batch)
 
-    def _run(self, batch: pa.Table) -> pa.Table:
+    def _attempt(self, batch: pa.Table) -> pa.Table:
+        """The unit, counted in the job's ledger: after its worker was killed (a retry), batches are halved
+        per kill; after ``attempts.MAX_KILLS`` kills the job stops with a sentence naming the unit."""
         if self.error:
             raise GlmscoreError(self.error)
+        unit = Unit(**{f: batch.column(f)[0].as_py() for f in UNIT_FIELDS})
+        name = f"{unit.dataset}/{unit.group} chunk {unit.chunk} (rows {unit.first_row}-{unit.first_row + unit.n_rows - 1})"
+        with self.ledger.attempt(shards.shard_rel(unit.dataset, unit.group, unit.chunk)) as record:
+            held = (f"it held {attempts.size(record.peak_rss)}; the node had {attempts.size(record.node_used)} of "
+                    f"{attempts.size(record.node_total)} in use")
+            if record.kills >= attempts.MAX_KILLS:
+                size = self.backend.shrink_batches(2 ** (attempts.MAX_KILLS - 1))
+                change = (f"with batches down to {size}; pass a smaller --batch-tokens or" if size else
+                          "and this backend has no batch size to shrink; pass a smaller --chunk-rows or")
+                raise GlmscoreError(f"{name}: the worker scoring it was killed {record.kills} times, most likely for "
+                                    f"memory ({held}), {change} run on nodes with more memory.")
+            factor = 2**record.kills
+            if factor != self.factor:
+                self.factor, self.size = factor, self.backend.shrink_batches(factor)
+            result = self._run(batch)
+            note = ""
+            if record.kills:
+                note = (f"{name}: its worker was killed {record.kills} time(s), most likely for memory ({held}); "
+                        + (f"scored with batches of {self.size}" if self.size else "scored again as it was"))
+            return result.append_column("note", pa.array([note], pa.string()))
+
+    def _run(self, batch: pa.Table) -> pa.Table:
         ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
         row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
         encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
@@ -354,7 +380,7 @@ def write_unit(batch: pa.Table, plan: Plan, out: shards.OutputFolder) -> pa.Tabl
               {"fingerprint": plan.fingerprint, "crc": row["crc"], "rows": table.num_rows,
                "reference": plan.references.get(row["dataset"]), "resolved_revision": row["resolved_revision"]})
     return pa.table({"dataset": [row["dataset"]], "group": [row["group"]], "rows": [table.num_rows],
-                     "resolved_revision": [row["resolved_revision"]]})
+                     "resolved_revision": [row["resolved_revision"]], "note": [row.get("note", "")]})
 
 
 UNIT_FIELDS = tuple(f for f in Unit.__dataclass_fields__)
@@ -548,6 +574,7 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
     else:
         fitted = None
     print(f"glmscore: {laps.line()}", file=sys.stderr, flush=True)
+    ledger = attempts.Ledger(uuid.uuid4().hex)  # this job's kills per unit (a restarted job starts afresh)
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
     # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
     # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes
@@ -562,16 +589,21 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
         # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
         # tests/core/test_faults.py and tests/core/test_node_loss.py hold it to that
         num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
-        fn_constructor_kwargs={"plan": plan, "fitted": fitted},
+        fn_constructor_kwargs={"plan": plan, "fitted": fitted, "run": ledger.run},
     )
     ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
                         compute=ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors),
                         fn_constructor_kwargs={"plan": plan, "out": out})
     revisions = set()
     progress = Progress(sum(u.n_rows for u in pending), "rows")
-    for row in ds.iter_rows():
-        if row.get(ERROR):
-            raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
-        revisions.add(row["resolved_revision"])
-        progress.update(row["rows"])
+    try:
+        for row in ds.iter_rows():
+            if row.get(ERROR):
+                raise GlmscoreError(row[ERROR])  # leaving the loop stops the job; no manifest is written
+            if row.get("note"):
+                print(f"glmscore: {row['note']}", file=sys.stderr, flush=True)
+            revisions.add(row["resolved_revision"])
+            progress.update(row["rows"])
+    finally:
+        ledger.clear()
     return revisions

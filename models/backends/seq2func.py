@@ -171,6 +171,11 @@ class Seq2Func(Backend):
         self.crop = (self.window - self.bins * self.bin) // 2  # the first predicted base of the window
         self.tracks = parse_tracks(options.tracks, int(config.num_labels))
         self.resolved_revision = getattr(config, "_commit_hash", None) or card.revision
+        self.batch_rows = options.batch_rows
+
+    def shrink_batches(self, factor: int) -> str | None:
+        self.batch_rows = max(1, self.options.batch_rows // factor)
+        return f"{self.batch_rows} windows"
 
     def _layout(self, e: Encoded) -> tuple[int, int, int]:
         """(start of the sequence in the window, first bin, end bin) of the bins it overlaps."""
@@ -185,8 +190,8 @@ class Seq2Func(Backend):
         import torch
 
         out = []
-        for b0 in range(0, len(encoded), self.options.batch_rows):
-            batch = encoded[b0 : b0 + self.options.batch_rows]
+        for b0 in range(0, len(encoded), self.batch_rows):
+            batch = encoded[b0 : b0 + self.batch_rows]
             ids = np.full((len(batch), self.window), self.n_id, dtype=np.int64)
             spans = []
             for i, e in enumerate(batch):

@@ -1,7 +1,10 @@
 """The core interfaces: a new backend and a new benchmark plug in without touching the core;
 the token limit is decided once; the fingerprint covers the weights; user errors travel as data."""
 
+import os
+import re
 import shutil
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +36,8 @@ def toys():
 
         gc_weight: float = option(1.0, help="toy: weight of a G or C")
         fail: str = option("", choices=("", "user", "bug"), help="toy: fail on purpose")
+        batch_rows: int = option(4, minimum=1, help="toy: rows per batch")
+        kill_over: int = option(-1, help="toy: SIGKILL this worker on a batch of more rows (-1: never)")
 
     @register_backend("toy_gc")
     class GCBackend(Backend):
@@ -57,8 +62,15 @@ def toys():
             if self.options.fail == "bug":
                 raise ValueError("a toy bug")
             assert context is not None and len(context.pair_index) == len(encoded)
+            rows = getattr(self, "batch_rows", self.options.batch_rows)
+            if 0 <= self.options.kill_over < min(rows, len(encoded)):
+                os.kill(os.getpid(), signal.SIGKILL)  # what Ray's memory monitor does to a worker
             per = [np.where((e.ids == 1) | (e.ids == 2), self.options.gc_weight, -1.0)[e.real] for e in encoded]
             return LoglikResult.from_positions(per)
+
+        def shrink_batches(self, factor):
+            self.batch_rows = max(1, self.options.batch_rows // factor)
+            return f"{self.batch_rows} row(s)"
 
     @dataclass(frozen=True)
     class LinesAnalyze(Options):
@@ -161,6 +173,42 @@ def test_user_errors_travel_as_data_and_bugs_keep_their_traceback(ray_cluster, t
                               options={"fail": "bug"}))
     assert not isinstance(info.value, GlmscoreError) and "a toy bug" in str(info.value)
     assert not (tmp_path / "b" / MANIFEST).exists()
+
+
+@pytest.mark.ray
+def test_a_unit_whose_worker_is_killed_runs_smaller_batches_then_stops_in_one_sentence(ray_cluster, toys, lines_data,
+                                                                                       tmp_path, capsys):
+    """Ray's memory monitor SIGKILLs a worker on a node short of memory, and Ray Data's pools retry without
+    end. The monitor cannot be made to fire on cue on a shared machine, so the toy kills its own worker on
+    batches over a size: the same death, the same retries."""
+    from ray.experimental import internal_kv
+
+    one = tmp_path / "one"  # one unit: each kill costs an actor restart
+    one.mkdir()
+    shutil.copy(lines_data / "first.txt", one)
+
+    def run(kill_over, out):
+        return run_score(ScoreConfig(benchmark="toy_lines", data=str(one), model="toy-gc", out=str(tmp_path / out),
+                                     chunk_rows=4, limit=4, options={"batch_rows": 4, "kill_over": kill_over}))
+
+    # a batch of 4 rows is killed, 2 pass: the unit is scored on its second start, whole
+    manifest = run(2, "shrunk")
+    assert manifest["rows_total"] == 4 and manifest["shards_computed"] == 1
+    df = read_scores(tmp_path / "shrunk")
+    for seq, (_, row) in zip(TOY_SEQS[:4], df[df["dataset"] == "first"].sort_values("pair_index").iterrows()):
+        assert (row["loglik_sum"], row["n_scored"]) == _expected(seq)
+    # the ledger is the job's own: nothing is left in the cluster's key-value store
+    assert not internal_kv._internal_kv_list("attempts/", namespace="glmscore")
+    err = capsys.readouterr().err
+    assert re.search(r"glmscore: first/all chunk 0 \(rows 0-3\): its worker was killed 1 time\(s\), most likely "
+                     r"for memory \(it held [1-9][\d,.]* [MG]iB; the node had [\d,.]+ [MG]iB of [\d.]+ GiB in use\); scored with "
+                     r"batches of 2 row\(s\)", err), err
+    # killed on every batch: after 3 kills, one sentence naming the unit, the memory and what to change
+    with pytest.raises(GlmscoreError, match=r"^first/all chunk 0 \(rows 0-3\): the worker scoring it was killed "
+                       r"3 times, most likely for memory \(it held [1-9][\d,.]* [MG]iB; .*\), with batches down to 1 row\(s\); "
+                       r"pass a smaller --batch-tokens or run on nodes with more memory\.$"):
+        run(0, "killed")
+    assert not (tmp_path / "killed" / MANIFEST).exists()
 
 
 def test_token_limit_is_decided_once_from_the_config(tmp_path):
