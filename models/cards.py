@@ -37,6 +37,9 @@ class ModelCard:
     trust_remote_code: bool = False
     vllm: bool = False
     requires: tuple[str, ...] = ()
+    # pip requirements the model's actors need in an environment of their own (pins that cannot share
+    # glmscore's: enformer-pytorch's transformers==4.56.2); pipelines/environments.py builds it
+    environment: tuple[str, ...] = ()
     # the package whose import registers the architecture and tokenizer with transformers' Auto classes
     # (multimolecule: RNA-FM, RiNALMo, RNAErnie...), ``module:function`` where a call registers them
     # (gpn:register_auto_classes); imported wherever the model or its tokenizer loads
@@ -74,6 +77,7 @@ def registry() -> dict[str, ModelCard]:
     for card_id, fields in raw.items():
         fields = dict(fields)
         fields["requires"] = tuple(fields.get("requires") or ())
+        fields["environment"] = tuple(fields.get("environment") or ())
         fields["protocols"] = tuple(fields.get("protocols") or ("glmscore",))
         fields["paper_keep_float32"] = tuple(fields.get("paper_keep_float32") or ())
         cards[card_id] = ModelCard(id=card_id, **fields)

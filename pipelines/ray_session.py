@@ -279,8 +279,9 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     polls it (without it, every trainer's shutdown waits out a 12 s time-out)."""
     if ray.is_initialized():
         return
-    global _ray_log
+    global _ray_log, _started_local
     check_address(address)
+    _started_local = address == "local"
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
     logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
@@ -290,6 +291,15 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
              **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
     handle_sigterm()  # ray.init installs handlers of its own
 
+
+
+_started_local = False
+
+
+def started_local() -> bool:
+    """Whether this process started the cluster it runs on (``start_ray`` with ``local``): every node is this
+    machine, sharing its files (a model's cached environment, ``pipelines/environments.py``)."""
+    return _started_local
 
 
 def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resources: dict, n_trials: int,

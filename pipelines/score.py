@@ -37,7 +37,7 @@ from models.cards import ModelCard
 from models.errors import GlmscoreError
 from models.options import Options, address_option, comma_list, option, option_fields, out_option
 from models.pooling import Pooling
-from pipelines import attempts, shards, store
+from pipelines import attempts, environments, shards, store
 from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
 from pipelines.console import Laps, Progress
 from pipelines.fasta import read_all
@@ -52,6 +52,7 @@ from pipelines.ray_session import (
     ray_address,
     size_pool,
     start_ray,
+    started_local,
     warn_if_starved,
     watch_cluster,
 )
@@ -61,6 +62,7 @@ REDUCTIONS = ("mean", "sum", "focus")
 DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
+JOB_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}  # every worker's; a model's own env adds to it
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Plan:
     provenance: dict = field(default_factory=dict)
     pool: Pool | None = None
     references: dict = field(default_factory=dict)  # per dataset: digest of a fitted backend's reference
+    actor_env: dict = field(default_factory=dict)  # the model actors' Ray runtime env (pipelines/environments.py)
 
     @property
     def task(self) -> str:
@@ -440,7 +443,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         print(f"glmscore: {cfg.task} on {where}; output {out}", file=sys.stderr, flush=True)  # the first line
         for warning in plan.benchmark.warnings:
             print(f"glmscore: warning: {warning}", file=sys.stderr)
-        start_ray(address, out.out, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        start_ray(address, out.out, runtime_env=JOB_ENV)
         done = watch_cluster()
         laps.lap("Ray start")
         try:
@@ -552,9 +555,15 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
     print(f"glmscore: {pending_line(len(units), out.why_pending(pending, plan.fingerprint, plan.references))}",
           file=sys.stderr, flush=True)
     laps.lap("output check")
+    provenance = dict(plan.provenance)
+    if pending and plan.card.environment:  # built (or found) before the actors ask for it
+        plan = replace(plan, actor_env=environments.actor_env(plan.card, local=started_local()))
+        laps.lap("model environment")
+        provenance["environment"] = {"packages": list(plan.card.environment),
+                                     "installed": environments.installed(plan.card.environment)}
     revisions = _run_pending(plan, pending, references, out, laps) if pending else set()
     return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
-                      card=plan.card.to_dict(), started=started, provenance={**plan.provenance, "startup_s": laps.seconds()},
+                      card=plan.card.to_dict(), started=started, provenance={**provenance, "startup_s": laps.seconds()},
                       warnings=plan.benchmark.warnings)
 
 
@@ -589,6 +598,8 @@ def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.
         # pool actors with max_restarts=-1 and max_task_retries=-1 (and Ray retries a lost task 3 times);
         # tests/core/test_faults.py and tests/core/test_node_loss.py hold it to that
         num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
+        # a model whose packages cannot share glmscore's environment gets its own, for these actors only
+        **({"runtime_env": {**JOB_ENV, **plan.actor_env}} if plan.actor_env else {}),
         fn_constructor_kwargs={"plan": plan, "fitted": fitted, "run": ledger.run},
     )
     ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,

@@ -71,10 +71,11 @@ class TrackOptions(Options):
 
 
 class WindowEncoder:
-    """DNA policy, then the model's own token ids (A C G T N); the window padding is added in the actor."""
+    """DNA policy, then the model's own token ids (A C G T N; ``to_ids``: a normalised sequence -> ids); the
+    window padding is added in the actor."""
 
-    def __init__(self, tokenizer, window: int, long: str):
-        self.tokenizer, self.window, self.long = tokenizer, window, long
+    def __init__(self, to_ids, window: int, long: str):
+        self.to_ids, self.window, self.long = to_ids, window, long
 
     def encode(self, seqs: Sequence[str], row_names: Sequence[str] | None = None) -> list[Encoded]:
         mapped = [normalise(s, "DNA") for s in seqs]
@@ -85,7 +86,7 @@ class WindowEncoder:
                                 f"({', '.join(names)}); pass --long truncate to keep the first {self.window:,} bp.")
         out = []
         for seq, n_amb in mapped:
-            ids = np.asarray(self.tokenizer(seq[: self.window], add_special_tokens=False)["input_ids"], dtype=np.int64)
+            ids = np.asarray(self.to_ids(seq[: self.window]), dtype=np.int64)
             out.append(Encoded(ids=ids, real=np.ones(len(ids), dtype=bool), n_ambiguous=n_amb, truncated=len(seq) > self.window))
         return out
 
@@ -107,7 +108,7 @@ class Seq2Func(Backend):
         else:
             return None
         config = config_dict(hf_id, revision)
-        if config.get("model_type") not in MODEL_TYPES:
+        if config.get("model_type") not in MODEL_TYPES or "output_heads" in config:  # output_heads: enformer-pytorch's
             return None
         return ModelCard(id=name, hf_id=hf_id, revision=revision, backend=cls.name, objective="tracks",
                          package=architecture_package(config) or "multimolecule",
@@ -138,7 +139,8 @@ class Seq2Func(Backend):
     @classmethod
     def make_encoder(cls, card, options, runtime) -> WindowEncoder:
         import_package(card)
-        return WindowEncoder(load_tokenizer(card.hf_id, card.revision, False), runtime.token_limit, options.long)
+        tokenizer = load_tokenizer(card.hf_id, card.revision, False)
+        return WindowEncoder(lambda seq: tokenizer(seq, add_special_tokens=False)["input_ids"], runtime.token_limit, options.long)
 
     def __init__(self, card, options, runtime, fitted=None):
         super().__init__(card, options, runtime, fitted)
@@ -206,15 +208,19 @@ class Seq2Func(Backend):
             out += [pred[i, lo:hi] for i, (lo, hi) in enumerate(spans)]
         return out
 
-    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
-        def coverage(ids):
-            return self.model.postprocess(self.model(input_ids=ids))[0]
+    def coverage(self, ids):
+        """Predicted tracks of a batch of windows: (rows, bins, tracks)."""
+        return self.model.postprocess(self.model(input_ids=ids))[0]
 
-        values = [p[:, self.tracks].astype(np.float64).ravel() for p in self._run(encoded, coverage)]
+    def hidden(self, ids):
+        """The trunk's binned hidden states of a batch of windows: (rows, bins, features)."""
+        return self.model.base_model(input_ids=ids).last_hidden_state
+
+    def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        values = [p[:, self.tracks].astype(np.float64).ravel() for p in self._run(encoded, self.coverage)]
         return LoglikResult.from_positions(values, keep_positions)
 
     def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
         if pooling.kind != "mean":
-            raise GlmscoreError("seq2func models embed with --pooling mean (over the bins the sequence overlaps).")
-        trunk = self.model.base_model
-        return np.stack([h.mean(axis=0) for h in self._run(encoded, lambda ids: trunk(input_ids=ids).last_hidden_state)]).astype(np.float32)
+            raise GlmscoreError(f"{self.name} models embed with --pooling mean (over the bins the sequence overlaps).")
+        return np.stack([h.mean(axis=0) for h in self._run(encoded, self.hidden)]).astype(np.float32)
