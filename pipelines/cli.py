@@ -321,7 +321,8 @@ def _dispatch(args) -> int:
         for card in registry().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
             print(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
-                  f"protocols: {', '.join(card.protocols)})")
+                  f"protocols: {', '.join(card.protocols)}"
+                  + (f"; own environment: {' '.join(card.environment)}" if card.environment else "") + ")")
         print("\nbackends:")
         for cls in BACKENDS.classes():
             can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),
