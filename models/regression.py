@@ -12,6 +12,7 @@ torch is imported inside functions, as in ``models/hf_common.py``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -80,12 +81,27 @@ def pool_torch(hidden, real, pooling: str):
     raise GlmscoreError(f"pooling {pooling} cannot be fine-tuned: choose {', '.join(FINETUNE_POOLINGS)}.")
 
 
-def make_regressor(base, pooling: str, head: str, seed: int):
-    """``base`` + pooling + a regression head (``linear``: one layer; ``mlp``: 256 GELU units)."""
+def takes_mask(base, masks_padding: bool = True) -> bool:
+    """Whether ``base.forward`` is told which positions are padding: it takes an ``attention_mask`` (or
+    ``**kwargs``) and the card does not say it ignores one (GPN's convolutions read every position)."""
+    params = inspect.signature(base.forward).parameters.values()
+    return masks_padding and any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def make_regressor(base, pooling: str, head: str, seed: int, masks_padding: bool = True):
+    """``base`` + pooling + a regression head (``linear``: one layer; ``mlp``: 256 GELU units). A base that
+    takes no attention mask (HyenaDNA's port) runs each padded batch as runs of rows of one length, cut
+    to that length, so it never reads a pad; the outputs keep the batch's row order."""
     import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
     from torch import nn
 
-    dim = base.config.hidden_size * (2 if pooling == "cls+mean" else 1)
+    masked = takes_mask(base, masks_padding)
+
+    # the width's name varies with the port (HyenaDNA's config says d_model, GPT-2's n_embd)
+    width = next((getattr(base.config, k) for k in ("hidden_size", "d_model", "n_embd", "dim") if hasattr(base.config, k)), None)
+    if width is None:
+        raise GlmscoreError(f"cannot tell the hidden size of {type(base).__name__} from its config (no hidden_size or d_model).")
+    dim = int(width) * (2 if pooling == "cls+mean" else 1)
     torch.manual_seed(seed)  # the head starts the same on every worker and every rerun
     if head == "linear":
         top = nn.Linear(dim, 1)
@@ -100,8 +116,18 @@ def make_regressor(base, pooling: str, head: str, seed: int):
             self.base, self.head = base, top
 
         def forward(self, input_ids, attention_mask, real):
-            hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.head(pool_torch(hidden, real, pooling)).squeeze(-1)
+            if masked:
+                hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                return self.head(pool_torch(hidden, real, pooling)).squeeze(-1)
+            lengths = attention_mask.sum(1)
+            rows, pooled = [], []
+            for length in lengths.unique().tolist():
+                idx = (lengths == length).nonzero().squeeze(1)
+                hidden = self.base(input_ids=input_ids[idx, :length]).last_hidden_state
+                rows.append(idx)
+                pooled.append(pool_torch(hidden, real[idx, :length], pooling))
+            order = torch.argsort(torch.cat(rows))
+            return self.head(torch.cat(pooled)[order]).squeeze(-1)
 
     return Regressor()
 

@@ -25,7 +25,7 @@ from tests.tiny_models import dna_tokenizer
 MODELING = textwrap.dedent('''
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
-    from transformers.modeling_outputs import CausalLMOutput
+    from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
 
     class HyenaStandInConfig(PretrainedConfig):
@@ -57,6 +57,14 @@ MODELING = textwrap.dedent('''
             h = torch.tanh(self.conv(torch.nn.functional.pad(x.transpose(1, 2), (3, 0)))).transpose(1, 2)
             h = h * self.poles.to(h.dtype)
             return CausalLMOutput(logits=4 * self.head(h), hidden_states=(x, h) if output_hidden_states else None)
+
+
+    class HyenaStandInModel(HyenaStandInForCausalLM):
+        """The backbone (AutoModel, as the port's HyenaDNAModel): the same weights, hidden states out."""
+
+        def forward(self, input_ids, inputs_embeds=None, output_hidden_states=None, return_dict=None):
+            out = super().forward(input_ids, output_hidden_states=True)
+            return BaseModelOutput(last_hidden_state=out.hidden_states[-1])
 ''')
 
 
@@ -83,6 +91,7 @@ def maskless_model(tmp_path_factory):
     config = json.loads((path / "config.json").read_text())
     config.update(architectures=["HyenaStandInForCausalLM"], model_type="hyena_standin",
                   auto_map={"AutoConfig": "modeling_standin.HyenaStandInConfig",
+                            "AutoModel": "modeling_standin.HyenaStandInModel",
                             "AutoModelForCausalLM": "modeling_standin.HyenaStandInForCausalLM"})
     (path / "config.json").write_text(json.dumps(config))
     return path
@@ -109,6 +118,30 @@ def test_a_model_without_attention_mask_is_scored_without_padding(maskless_model
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     emb = scorer.embed(scorer.encode(SEQS), Pooling.parse("mean"))
     assert emb.shape == (len(SEQS), 32) and np.isfinite(emb).all()
+
+
+def test_a_model_without_attention_mask_fine_tunes_without_padding(maskless_model):
+    """Fine-tuning's regressor on the maskless stand-in (which raises on a pad): a padded batch of mixed
+    lengths runs as runs of one length, equal row by row to the plain forward pass, and gradients reach
+    the backbone."""
+    import torch
+
+    from models.regression import load_base, make_regressor, pad_batch
+    from models.tokenization import TokenPolicy, load_tokenizer
+
+    card = resolve_card(str(maskless_model), trust_remote_code=True)
+    tok = load_tokenizer(card.hf_id, card.revision, True)
+    enc = TokenPolicy(card, tok, 1000).encode(SEQS)
+    assert len({len(e.ids) for e in enc}) > 1  # a batch of mixed lengths: padded, then cut per run
+    model = make_regressor(load_base(card), "mean", "linear", seed=3, masks_padding=card.masks_padding)
+    ids, mask, real = pad_batch([e.ids for e in enc], [e.real for e in enc], tok.pad_token_id)
+    got = model(ids, mask, real)
+    with torch.no_grad():
+        want = [model.head(model.base(input_ids=torch.from_numpy(e.ids[None])).last_hidden_state[0][torch.from_numpy(e.real)]
+                           .mean(0)).item() for e in enc]
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-6)
+    got.pow(2).sum().backward()
+    assert model.base.conv.weight.grad is not None and model.base.conv.weight.grad.abs().sum() > 0
 
 
 def test_remote_code_needs_the_flag_in_one_sentence(maskless_model, tmp_path, small_nullsette):

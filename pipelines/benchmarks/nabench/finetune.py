@@ -312,9 +312,10 @@ def _train_one(config: dict, fit: dict, data: dict, state: dict | None, start_se
     t0 = time.time()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    base = load_base(ModelCard(**config["card"]))  # the pretrained weights, afresh for every fit
+    card = ModelCard(**config["card"])
+    base = load_base(card)  # the pretrained weights, afresh for every fit
     initial_sha = weights_sha256(base)
-    model = make_regressor(base, config["pooling"], fit["head"], config["seed"])
+    model = make_regressor(base, config["pooling"], fit["head"], config["seed"], card.masks_padding)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     inner = model.module if hasattr(model, "module") else model
