@@ -272,7 +272,12 @@ def check_address(address: str, timeout: float = 10.0) -> None:
                             "cluster or pass the head node's address (host:port).") from None
 
 
-def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> None:
+def cluster_words(address: str) -> str:
+    """The cluster a command runs on, as its first line names it."""
+    return {"local": "a new local Ray cluster", "auto": "the running Ray cluster"}.get(address, f"the Ray cluster at {address}")
+
+
+def start_ray(address: str, out: Path, state_api: bool = False, command: str | None = None, **init_args) -> None:
     """Connect to (or start) the cluster every command uses, once per process: Ray's logs to a file under
     ``out`` (``pipelines/console.py``), our SIGTERM handling restored. A local cluster gets no dashboard
     (about 1 s of start-up) unless ``state_api``: Ray's state API is served by the dashboard, and Ray Train
@@ -282,9 +287,11 @@ def start_ray(address: str, out: Path, state_api: bool = False, **init_args) -> 
     global _ray_log, _started_local
     check_address(address)
     _started_local = address == "local"
+    if command:  # the first line of every command that starts Ray names the cluster and the output
+        print(f"glmscore: {command} on {cluster_words(address)}; output {store.absolute(out)}", file=sys.stderr, flush=True)
     dashboard = None if address != "local" else state_api
     # Ray's own log goes beside a local output; an object-store output gets it in the local temp folder
-    logs = store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore"
+    logs = (store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore").absolute()  # the log path printed whole
     _ray_log = None if verbose() else ray_log(logs)
     supervise_driver(address)
     ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,

@@ -444,7 +444,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     print(f"glmscore: fine-tune {card.id} on {len(set(table.assay.tolist()))} assay(s): {len(fits)} fits "
           f"({len(fits) - len(todo)} finished before), {cfg.workers} Ray Train worker(s) each")
     if todo:
-        start_ray(ray_address(cfg.address), out, state_api=True)
+        start_ray(ray_address(cfg.address), out, state_api=True, command="finetune")
         pad_id = _pad_id(card)
         data_ref = ray.put({"ids": table.ids, "real": table.real, "pad_id": pad_id})
         per_fit = cfg.workers * (1.0 if cfg.use_gpu else cfg.cpus_per_worker)

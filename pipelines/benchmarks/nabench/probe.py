@@ -156,7 +156,7 @@ def run_probes(cfg: ProbeConfig) -> dict:
     if not grid:
         raise GlmscoreError(f"no {setting} trial fits these embeddings (few-shot k must be below an assay's rows).")
 
-    start_ray(ray_address(cfg.address), Path(cfg.out))
+    start_ray(ray_address(cfg.address), Path(cfg.out), command="probe")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

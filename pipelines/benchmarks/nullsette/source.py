@@ -58,6 +58,10 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
         raise GlmscoreError(f"Nullsette data folder {root} does not exist.")
     folders = sorted(p.parent for p in root.rglob(f"{NONMUTANT}.txt"))
     if not folders:
+        packed = sorted(root.rglob(f"{NONMUTANT}.txt.gz"))
+        if packed:  # the chunks are byte ranges of the plain file, read by many workers at once
+            raise GlmscoreError(f"Nullsette reads uncompressed FASTA and {packed[0]} is gzipped; decompress the dataset's "
+                                "files first (gunzip -k <dataset>/*.txt.gz).")
         raise GlmscoreError(f"no Nullsette dataset under {root}: expected <dataset>/nonmutant.txt (run `glmscore nullsette build`).")
     found = {str(f.relative_to(root)).replace("/", "_") or root.name: f for f in folders}
     if datasets:
@@ -158,7 +162,7 @@ def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str
 
 
 def _read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark some editors write is not a header
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if not header or header[:2] != ["cassette_id", "expression"] or len(header) < 3:

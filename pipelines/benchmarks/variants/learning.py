@@ -189,7 +189,7 @@ def run_variant_probes(cfg: VariantProbeConfig) -> dict:
     r = data.rows
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
     out = Path(cfg.out)
-    start_ray(ray_address(cfg.address), out)
+    start_ray(ray_address(cfg.address), out, command="probe (variants)")
     pred = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)
     settings = {"setting": "variants", "model": model, "embeddings": str(Path(cfg.embeddings).resolve()),
@@ -246,7 +246,7 @@ def run_cnn(o: CNNOptions) -> dict:
         raise GlmscoreError("the CNN baseline takes variant-centred windows (variants build --view variant).")
     sites, ref, alt = window_codes(o.data)
     data = split_rows(sites, o.test_chroms, o.folds, o.shuffle_labels, o.seed)
-    start_ray(ray_address(o.address), Path(o.out))
+    start_ray(ray_address(o.address), Path(o.out), command="baseline cnn")
     train = {"filters": tuple(o.filters), "kernels": tuple(o.kernels), "hidden": tuple(o.hidden), "lr": o.lr,
              "batch_size": o.batch_size, "max_epochs": o.max_epochs, "patience": o.patience, "seed": o.seed}
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}

@@ -119,6 +119,25 @@ def test_bad_component_table(tmp_path):
     with pytest.raises(GlmscoreError, match="line 3, component start_codon is empty"):
         build(spec, tmp_path / "pd")
     assert not (tmp_path / "pd" / "synthetic_ecoli").exists()
+    # a UTF-8 byte-order mark before the header (it used to be "the header must be cassette_id, ...")
+    table.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    build(spec, tmp_path / "bom")
+    table.write_text("\n".join(lines) + "\n")
+    build(spec, tmp_path / "plain")
+    for name in ("nonmutant.txt", "mutant_translocation1.txt"):
+        assert (tmp_path / "bom" / "synthetic_ecoli" / name).read_bytes() == (tmp_path / "plain" / "synthetic_ecoli" / name).read_bytes()
+
+
+def test_gzipped_fasta_is_one_sentence(small_nullsette, tmp_path):
+    import gzip
+
+    data = tmp_path / "gz" / "synthetic_ecoli"
+    data.mkdir(parents=True)
+    for path in (small_nullsette / "synthetic_ecoli").iterdir():
+        (data / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(GlmscoreError, match=r"^Nullsette reads uncompressed FASTA and .*nonmutant\.txt\.gz is gzipped; "
+                                            r"decompress the dataset's files first \(gunzip -k <dataset>/\*\.txt\.gz\)\.$"):
+        discover(tmp_path / "gz")
 
 
 @pytest.mark.realdata
