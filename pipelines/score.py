@@ -523,7 +523,8 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
                           laps: Laps) -> dict | None:
     """A rerun on a local cluster whose every shard is already this configuration's, from this input:
     verify, write the manifest and return it, without starting Ray (27 s of nothing, before). None when
-    anything is left to compute (or the folder holds another run), so the job starts Ray as usual."""
+    anything is left to compute, so the job starts Ray as usual. Shards of this configuration that the run
+    would refuse (another --limit's, other datasets') are refused here, before Ray starts."""
     if shards.read_run_file(out.out) is None or not units:
         return None
     try:
@@ -531,7 +532,8 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
     except GlmscoreError:
         return None  # the guess of the local devices was wrong for this job: Ray's own count decides
     if shards.read_run_file(out.out) != predicted.fingerprint:
-        return None
+        return None  # another configuration's folder: refused after Ray starts, by the plan Ray's own count decides
+    out.check(predicted.fingerprint, plan.cfg.overwrite, units)
     if out.pending(units, predicted.fingerprint, _fitted(predicted, units)[1]):
         return None
     print(f"glmscore: {plan.cfg.task}: every shard in {out} is complete for this configuration and input; "

@@ -228,9 +228,27 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
     mix two selections under one manifest), or shards of other rows at this run's paths (a different
     --limit, or changed input), which a rerun would silently replace; drop temporary files of dead runs
     and the old manifest (so an interrupted rerun never looks complete)."""
+    existing = check_out(out, fingerprint, overwrite, shard_rels, expected)
+    if overwrite:
+        for rel in existing:
+            store.delete(store.join(out, *rel.split("/")))
+    store.makedirs(out)
+    # under the lock no other run writes here: every temporary file is a dead run's (or a stray copy)
+    for rel in store.files(out, "*.tmp"):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(("part-", ".part-", f".{MANIFEST}", f".{RUN_FILE}")):
+            store.delete(store.join(out, *rel.split("/")))
+    store.delete(store.join(out, MANIFEST))
+    write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config})
+
+
+def check_out(out, fingerprint: str, overwrite: bool, shard_rels: list[str],
+              expected: list[tuple[int, int]] | None = None) -> list[str]:
+    """``prepare_out``'s refusals, changing nothing (a local run makes them before Ray starts, with the plan
+    it predicts); returns the shards ``out`` holds."""
     if store.is_file(out):
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
-    existing = store.files(out, "part-*.parquet")
+    existing = store.files(out, "part-*.parquet") if store.exists(out) else []
     if store.exists(store.join(out, RUN_FILE)) and not overwrite:
         previous = read_run_file(out)
         if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
@@ -259,17 +277,7 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
                     f"{out} holds a shard of {meta.get('rows')} rows where this run would write {rows} ({name} in "
                     f"{folder}): a different --limit or changed input; choose a new --out or pass --overwrite."
                 )
-    if overwrite:
-        for rel in existing:
-            store.delete(store.join(out, *rel.split("/")))
-    store.makedirs(out)
-    # under the lock no other run writes here: every temporary file is a dead run's (or a stray copy)
-    for rel in store.files(out, "*.tmp"):
-        name = rel.rsplit("/", 1)[-1]
-        if name.startswith(("part-", ".part-", f".{MANIFEST}", f".{RUN_FILE}")):
-            store.delete(store.join(out, *rel.split("/")))
-    store.delete(store.join(out, MANIFEST))
-    write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config})
+    return existing
 
 
 def package_versions() -> dict[str, str]:
@@ -465,6 +473,10 @@ class OutputFolder:
         selection's, drop dead runs' temporary files and the old manifest, write the run record."""
         prepare_out(self.out, fingerprint, config, overwrite, [self.rel(u) for u in units],
                     [(u.crc, u.n_rows) for u in units])
+
+    def check(self, fingerprint: str, overwrite: bool, units: list) -> None:
+        """``claim``'s refusals, changing nothing."""
+        check_out(self.out, fingerprint, overwrite, [self.rel(u) for u in units], [(u.crc, u.n_rows) for u in units])
 
     def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
         """The units whose shard is not complete (``references``: per dataset, the digest of a fitted

@@ -233,6 +233,10 @@ def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_pat
     assert "0 of 20 shards to compute; 20 reused" in again.stderr and "Ray" not in again.stdout
     manifest = json.loads((tmp_path / "q" / "_manifest.json").read_text())
     assert manifest["shards_reused"] == 20 and manifest["rows_total"] == 80
+    # a rerun whose --limit would cut those shards short is refused before Ray starts (it used to be after)
+    short = _run_cli(*base[:-1], "2", "--out", "q", cwd=tmp_path)
+    _assert_one_line_error(short, "holds a shard of 4 rows where this run would write 2")
+    assert "Ray cluster" not in short.stderr and "Ray's logs" not in short.stderr
     loud = _run_cli("-v", *base, "--out", str(tmp_path / "v"))
     assert loud.returncode == 0 and "INFO" in loud.stderr and "execution finished" in loud.stderr
 
