@@ -294,8 +294,13 @@ def start_ray(address: str, out: Path, state_api: bool = False, command: str | N
     logs = (store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore").absolute()  # the log path printed whole
     _ray_log = None if verbose() else ray_log(logs)
     supervise_driver(address)
-    ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
-             **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
+                 **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
+    except ConnectionError as exc:  # something answers at the address but will not take this driver
+        raise GlmscoreError(f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0].rstrip('.')}); a "
+                            "cluster with token authentication needs its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), "
+                            "and the address must be its GCS port.") from None
     handle_sigterm()  # ray.init installs handlers of its own
 
 

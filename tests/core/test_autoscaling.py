@@ -138,6 +138,16 @@ def test_autoscaler_adds_gpu_nodes_for_the_pool_and_removes_them_after(tmp_path,
         with ray_head(tmp_path, env, timeout=240, temp_dir=temp_dir, port=port,
                       args=("--num-cpus=2", "--num-gpus=0", f"--autoscaling-config={config}")) as (port, dash, _head):
             assert _gpu_state(dash, env) == (0, 0), "the cluster must start without GPU nodes"
+            # a driver without the cluster's token: one sentence (it was a ConnectionError traceback after
+            # Ray's 20 s of retries); this machine's ~/.ray/auth_token, if any, is another cluster's
+            tokenless = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
+            refused = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                                      str(small_nullsette), "--model", "kmer:3", "--out", str(tmp_path / "refused"),
+                                      "--address", f"127.0.0.1:{port}"], cwd=ROOT, env=tokenless, capture_output=True,
+                                     text=True, timeout=600)
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert f"glmscore: error: could not join the Ray cluster at 127.0.0.1:{port} (" in refused.stderr
+            assert "Traceback" not in refused.stderr
             cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
                    "--model", "kmer:3", "--out", str(out), "--address", f"127.0.0.1:{port}", "--device", "gpu",
                    "--gpus-per-actor", "1", "--min-actors", "2", "--max-actors", "2", "--limit", str(LIMIT), "--chunk-rows", "1"]
