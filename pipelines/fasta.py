@@ -29,8 +29,13 @@ class Chunk:
     max_len: int = 0  # longest record in the chunk (bases)
 
 
-def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, list[Chunk]]:
-    """Validate ``path`` and split its first ``limit`` records into chunks; return (n_records, chunks)."""
+def scan(path: Path, chunk_rows: int, limit: int | None = None, notes: dict | None = None) -> tuple[int, list[Chunk]]:
+    """Validate ``path`` and split its first ``limit`` records into chunks; return (n_records, chunks).
+    ``notes``, if given, gets what is usable but suspicious: ``duplicate_names`` (records whose name an
+    earlier record had) and ``lowercase`` (records with lowercase letters, read as uppercase)."""
+    seen: set[int] | None = set() if notes is not None else None  # hashes of names: 8 bytes of key per record
+    duplicates = lowercase = 0
+    lower_here = False
     chunks: list[Chunk] = []
     n = 0
     seq_lines = 0
@@ -66,6 +71,11 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
                     raise GlmscoreError(f"{path}: line {lineno} is a header without a name.")
                 if n == 0:
                     chunk_start = pos  # blank lines before the first header belong to no record
+                if seen is not None:
+                    key = hash(line[1:].strip())
+                    duplicates += key in seen
+                    seen.add(key)
+                    lower_here = False
                 n += 1
                 seq_lines = 0
                 record_len = 0
@@ -77,6 +87,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
                         raise GlmscoreError(f"{path}: line {lineno} comes before the first '>' header; is this a FASTA file?")
                     if not _SEQ_OK.match(body):
                         raise GlmscoreError(f"{path}: line {lineno} has characters that are not sequence letters.")
+                    if seen is not None and not lower_here and body != body.upper():
+                        lower_here, lowercase = True, lowercase + 1
                     seq_lines += 1
                     record_len += len(body)
                     chunk_max = max(chunk_max, record_len)
@@ -87,6 +99,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> tuple[int, li
     if n == 0:
         raise GlmscoreError(f"{path} holds no FASTA records.")
     chunks.append(Chunk(chunk_start, pos - chunk_start, n - chunk_first, chunk_first, crc, chunk_max))
+    if notes is not None:
+        notes.update(duplicate_names=duplicates, lowercase=lowercase)
     return n, chunks
 
 

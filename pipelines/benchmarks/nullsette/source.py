@@ -51,8 +51,9 @@ class GroupFile:
 
 
 def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
-             datasets: list[str] | None = None) -> list[GroupFile]:
-    """Find and validate every dataset under ``root``; return one entry per (dataset, group) file."""
+             datasets: list[str] | None = None, warnings: list[str] | None = None) -> list[GroupFile]:
+    """Find and validate every dataset under ``root``; return one entry per (dataset, group) file. What is
+    usable but suspicious (repeated record names, lowercase letters) is appended to ``warnings``."""
     root = Path(root)
     if not root.is_dir():
         raise GlmscoreError(f"Nullsette data folder {root} does not exist.")
@@ -82,7 +83,14 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
         files = [(NONMUTANT, folder / f"{NONMUTANT}.txt")] + [(f"mutant_translocation{k}", p) for k, p in mutants]
         expected = None
         for group, path in files:
-            n, chunks = scan(path, chunk_rows, None)
+            notes: dict = {}
+            n, chunks = scan(path, chunk_rows, None, notes)
+            if warnings is not None and notes["duplicate_names"]:
+                warnings.append(f"{path}: {notes['duplicate_names']} record(s) repeat an earlier record's name "
+                                "(records pair by position; the names are only labels)")
+            if warnings is not None and notes["lowercase"]:
+                warnings.append(f"{path}: {notes['lowercase']} record(s) have lowercase letters, read as uppercase "
+                                "(a soft mask is not kept)")
             longest = max(c.max_len for c in chunks)
             if expected is None:
                 expected = n
@@ -319,7 +327,7 @@ class NullsetteSource(Benchmark):
     AnalyzeOptions = NullsetteAnalyzeOptions
 
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
-        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets)
+        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets, warnings=self.warnings)
         widths = {g.dataset: g.max_len for g in groups if g.group == NONMUTANT}
         return [
             Unit(g.dataset, g.group, i, c.n_records, c.first_record, c.crc, widths[g.dataset],
@@ -352,7 +360,7 @@ class NullsetteSource(Benchmark):
             raise GlmscoreError("pass --scores with one or more score folders.")
         if options.labels and len(options.labels) != len(score_dirs):
             raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
-        frames, provenance, limits, datas = [], {}, {}, set()
+        frames, provenance, limits, datas, data_notes = [], {}, {}, set(), set()
         for i, d in enumerate(score_dirs):
             if not store.is_uri(d) and is_published_layout(Path(d)):
                 frame = read_published_scores(Path(d))
@@ -369,6 +377,7 @@ class NullsetteSource(Benchmark):
             frame = read_scores(d, columns=["model", "dataset", "group", "pair_index", "score"],
                                 what="score folder")
             manifest = read_manifest(d)
+            data_notes.update(manifest.get("warnings", []))  # what the score job found suspicious in the input
             if options.labels:
                 frame["model"] = options.labels[i]
             frames.append(frame)
@@ -379,7 +388,7 @@ class NullsetteSource(Benchmark):
                 provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
                                      f"revision {manifest.get('resolved_revision')}, --limit {config.get('limit')}, "
                                      f"finished {manifest['finished']}")
-        notes = []
+        notes = sorted(data_notes)
         if len(set(limits.values())) > 1:
             notes.append("the models were scored on different --limit slices (" + ", ".join(f"{m}: {v}" for m, v in limits.items())
                          + "); their tests use different cassettes")

@@ -128,6 +128,23 @@ def test_bad_component_table(tmp_path):
         assert (tmp_path / "bom" / "synthetic_ecoli" / name).read_bytes() == (tmp_path / "plain" / "synthetic_ecoli" / name).read_bytes()
 
 
+def test_repeated_names_and_lowercase_records_are_warnings(small_nullsette, tmp_path):
+    data = tmp_path / "pd"
+    shutil.copytree(small_nullsette, data)
+    path = data / "synthetic_ecoli" / "mutant_translocation2.txt"
+    names, seqs = read_all(path)
+    names[3], seqs[5], seqs[7] = names[1], seqs[5].lower(), seqs[7][:4].lower() + seqs[7][4:]
+    path.write_text("".join(f">{n}\n{s}\n" for n, s in zip(names, seqs)))
+    bench = Nullsette(str(data))
+    bench.units(chunk_rows=1024, limit=None, datasets=None)
+    assert bench.warnings == [
+        f"{path}: 1 record(s) repeat an earlier record's name (records pair by position; the names are only labels)",
+        f"{path}: 2 record(s) have lowercase letters, read as uppercase (a soft mask is not kept)"]
+    clean = Nullsette(str(small_nullsette))
+    clean.units(chunk_rows=1024, limit=None, datasets=None)
+    assert clean.warnings == []
+
+
 def test_gzipped_fasta_is_one_sentence(small_nullsette, tmp_path):
     import gzip
 
