@@ -104,6 +104,10 @@ def _score_parser(sub, command: str, help_: str) -> None:
             add_option(groups[title], cls.Options, f)
             seen.add(f.name)
             backend_names.append(f.name)
+    for action in p._actions:  # a flag several backends declare takes what any of them takes; each checks its own
+        if action.dest in backend_names and action.choices is not None:
+            merged = [choices_of(f) for cls in BACKENDS.classes() for f in option_fields(cls.Options) if f.name == action.dest]
+            action.choices = None if not all(merged) else list(dict.fromkeys(x for m in merged for x in m))
     bench_names: list[str] = []
     for cls in BENCHMARKS.classes():
         g = p.add_argument_group(f"benchmark {cls.name} options")

@@ -301,6 +301,11 @@ def start_ray(address: str, out: Path, state_api: bool = False, command: str | N
         raise GlmscoreError(f"could not join the Ray cluster at {address} ({str(exc).splitlines()[0].rstrip('.')}); a "
                             "cluster with token authentication needs its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), "
                             "and the address must be its GCS port.") from None
+    except Exception as exc:  # Ray raises a bare Exception when its own raylet does not register in 30 s
+        if "timed out during startup" not in str(exc):
+            raise
+        raise GlmscoreError("the local Ray cluster did not start within Ray's 30 s (its raylet never registered; a "
+                            "machine this busy may need the run again); no shard was written.") from None
     handle_sigterm()  # ray.init installs handlers of its own
 
 
