@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.report import _pyplot, _save
+from analysis.report import _pyplot, _save, write_report
 
 
 def plot_grid(grid: pd.DataFrame, path: Path, title: str, label: str, vmin: float, vmax: float, cmap: str) -> Path:
@@ -100,6 +100,4 @@ def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, lis
               _blank(provenance.drop(columns=["packages", "folder"], errors="ignore")).to_markdown(index=False), "",
               "Packages: " + "; ".join(sorted(set(provenance.get("packages", pd.Series(dtype=str)).dropna()))), "",
               "Table: [provenance.csv](provenance.csv)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_report(lines, out)

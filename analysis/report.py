@@ -1,7 +1,10 @@
-"""Nullsette report: CSV tables, PNG plots and a Markdown summary."""
+"""Reports: CSV tables, PNG plots, a Markdown summary (``report.md``) and the same report as one
+self-contained HTML file (``report.html``: tables, plots inlined, provenance) to mail or attach."""
 
 from __future__ import annotations
 
+import base64
+import html
 import re
 from pathlib import Path
 
@@ -28,6 +31,43 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
+    return path
+
+
+def write_report(lines: list[str], out: Path) -> Path:
+    """``report.md`` and ``report.html`` beside it; returns the Markdown file's path."""
+    text = "\n".join(lines) + "\n"
+    path = out / "report.md"
+    path.write_text(text)
+    write_html(text, out / "report.html")
+    return path
+
+
+HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}"
+              "table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}th,td{border:1px solid #ccc;padding:.25rem .5rem}"
+              "th{background:#f3f3f3}td{text-align:right}img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
+
+
+def write_html(markdown_text: str, path: Path) -> Path:
+    """The Markdown report as one HTML file: PNGs beside it are inlined as data URIs, links to other
+    reports' ``report.md`` point at their ``report.html``. Text from inputs (model names, paths) is
+    escaped first, so nothing in them becomes markup."""
+    import markdown  # in here: only a report pays for the import
+
+    body = markdown.markdown(markdown_text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+                             extensions=["tables"], output_format="html")
+
+    def inline(m: re.Match) -> str:
+        image = path.parent / html.unescape(m.group(1))
+        if image.suffix != ".png" or not image.is_file() or image.parent != path.parent:
+            return m.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="([^"]+)"', inline, body)
+    body = re.sub(r'href="([^"]*)report\.md"', r'href="\1report.html"', body)
+    title = html.escape(markdown_text.split("\n", 1)[0].lstrip("# ").strip())
+    path.write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+                    f"<style>{HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")
     return path
 
 
@@ -106,9 +146,7 @@ def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: p
     lines += ["", "## Provenance", ""]
     for name, info in provenance.items():
         lines.append(f"- `{name}`: {info}")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_report(lines, out)
 
 
 def plot_family_bars(families: pd.DataFrame, out: Path, metric: str = "spearman") -> Path:
@@ -154,9 +192,19 @@ def write_table_report(title: str, tables: dict[str, pd.DataFrame], plots: list[
     for name, frame in tables.items():
         lines += [f"## {name}", "", frame.to_markdown(index=False, floatfmt=".4g"), ""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_report(lines, out)
+
+
+def plot_effect_distributions(effects: dict[str, np.ndarray], out: Path) -> Path:
+    """Histograms of variant effects (alt - ref), one per model, on one shared axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, e in effects.items():
+        ax.hist(e, bins=min(60, max(10, len(e) // 5)), histtype="step", linewidth=1.2, label=f"{name} (n={len(e)})")
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="effect = score(alt) - score(ref)", ylabel="variants", title="variant effects")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "variant_effects.png")
 
 
 def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: str) -> Path | None:

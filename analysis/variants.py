@@ -200,3 +200,22 @@ def fit_variant_probe(probe: str, X: np.ndarray, y: np.ndarray, train: np.ndarra
     else:
         raise GlmscoreError(f"unknown variant probe {probe!r}: choose {', '.join(VARIANT_PROBES)}.")
     return lambda rows: best.predict_proba(scaler.transform(X[rows]))[:, 1]
+
+
+def effect_summary(sites: pd.DataFrame) -> pd.DataFrame:
+    """Per model: how many sites and variants, and the distribution of ``effect`` (alt - ref) over sites."""
+    def one(part: pd.DataFrame) -> pd.Series:
+        e = part["effect"].to_numpy(dtype=float)
+        q05, q50, q95 = np.quantile(e, [0.05, 0.5, 0.95])
+        return pd.Series({"effect": part["effect_type"].iloc[0], "sites": len(e), "variants": part["variant_id"].nunique(),
+                          "mean": e.mean(), "sd": e.std(ddof=1) if len(e) > 1 else np.nan, "q05": q05, "median": q50,
+                          "q95": q95, "fraction < 0": float(np.mean(e < 0))})
+    return pd.DataFrame([{"model": m, **one(p)} for m, p in sites.groupby("model", sort=False)])
+
+
+def largest_effects(sites: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The ``n`` sites with the largest |effect| per model (ties broken by genome order)."""
+    ranked = sites.assign(_abs=sites["effect"].abs()).sort_values(["model", "_abs", "site_index"], ascending=[True, False, True],
+                                                                  kind="stable")
+    cols = ["model", "variant_id", "gene", "score_ref", "score_alt", "effect"]
+    return ranked.groupby("model", sort=False).head(n)[cols].reset_index(drop=True)

@@ -1,6 +1,7 @@
-"""``glmscore analyze variants``: zero-shot LLR AUROCs from score folders, learned predictors' test
-AUROCs from probe and CNN folders, ROC curves, per-tissue AUROCs and the paper's numbers side by side
-(quoted, not recomputed)."""
+"""``glmscore analyze variants``: the variant-effect table (Parquet, TSV, VCF) and the effect
+distributions of score folders; with labels, zero-shot LLR AUROCs, learned predictors' test AUROCs from
+probe and CNN folders, ROC curves, per-tissue AUROCs and the paper's numbers side by side (quoted, not
+recomputed). Unlabelled variants (a VCF without tissues) get the effect table and distributions only."""
 
 from __future__ import annotations
 
@@ -8,24 +9,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report import plot_roc_curves, write_table_report
+from analysis.report import plot_effect_distributions, plot_roc_curves, write_table_report
 from analysis.variants import (
     PAPER,
     auroc_rows,
     bare_chrom,
+    effect_summary,
     labelled_rows,
+    largest_effects,
     summarise_predictions,
 )
 from models.errors import GlmscoreError
+from pipelines.benchmarks.variants.effects import effect_rows, effect_type, write_effects
 from pipelines.shards import read_manifest, read_scores
 
-SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom", "tissue", "label"]
+SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom", "pos", "gene", "tissue", "label"]
+RESULT_COLUMNS = ["method", "kind", "subset", "tissue", "n", "n_pos", "auroc", "ci_low", "ci_high",
+                  "fold_auroc_mean", "fold_auroc_sd", "cv_auroc"]
 
 
 PREDICTIONS = "predictions.parquet"  # what each learner folder holds (learning.py writes it)
 
 def zero_shot_llr(score_dir: str) -> pd.DataFrame:
-    """Per site: LLR = score(alt) - score(ref), with the site's chromosome and tissue/label lists."""
+    """Per site: LLR = score(alt) - score(ref) (and both scores), with the site's chromosome, position,
+    gene and tissue/label lists."""
     scores = read_scores(score_dir, columns=SCORE_COLUMNS, what="causal-variant score folder")
     ref = scores[scores["group"] == "ref"].set_index("pair_index")
     alt = scores[scores["group"] == "alt"].set_index("pair_index")
@@ -33,7 +40,9 @@ def zero_shot_llr(score_dir: str) -> pd.DataFrame:
         raise GlmscoreError(f"{score_dir}: ref and alt rows do not pair up; rerun `glmscore score`.")
     alt = alt.loc[ref.index]
     sites = ref.drop(columns=["group", "score"]).reset_index().rename(columns={"pair_index": "site_index"})
-    sites["llr"] = alt["score"].to_numpy() - ref["score"].to_numpy()
+    sites["score_ref"] = ref["score"].to_numpy()
+    sites["score_alt"] = alt["score"].to_numpy()
+    sites["llr"] = sites["score_alt"] - sites["score_ref"]
     return sites
 
 
@@ -42,14 +51,19 @@ def analyze_variants(score_dirs: list[str], probe_dirs: list[str], cnn_dirs: lis
         raise GlmscoreError("pass at least one of --scores, --probes or --cnn.")
     out.mkdir(parents=True, exist_ok=True)
     test = {bare_chrom(c) for c in o.test_chroms}
-    results, curves, llr_tables, provenance = [], {}, [], []
+    results, curves, llr_tables, provenance, effects, described = [], {}, [], [], [], {}
     for d in score_dirs:
         sites = zero_shot_llr(d)
         model = str(sites["model"].iloc[0])
+        if model in described:  # two folders of one model (other options): keep them apart in the tables
+            model = next(f"{model} ({i})" for i in range(2, len(described) + 3) if f"{model} ({i})" not in described)
+            sites["model"] = model
         manifest = read_manifest(d)
         reduction = manifest.get("config", {}).get("reduction", "mean")
+        described[model] = f"window {reduction}; revision {manifest.get('resolved_revision')}; {d}"
         provenance.append(f"{model}: zero-shot, {d} (LLR of the window {reduction}; revision {manifest.get('resolved_revision')})")
         llr_tables.append(sites.drop(columns=["tissue", "label"]))
+        effects.append(effect_rows(sites, model, effect_type(manifest)))
         rows = labelled_rows(sites)
         if rows.empty:
             continue
@@ -81,25 +95,34 @@ def analyze_variants(score_dirs: list[str], probe_dirs: list[str], cnn_dirs: lis
             for method, part in pred[pred["split"] == "test"].groupby("method"):
                 ens = part.groupby(["site_index", "tissue"]).agg(label=("label", "first"), prob=("prob", "mean"))
                 curves[f"{method} ensemble (test)"] = (ens["label"].to_numpy(), ens["prob"].to_numpy())
-    table = pd.DataFrame(results)
-    if llr_tables:
+    table = pd.DataFrame(results).reindex(columns=RESULT_COLUMNS)
+    tables, plots, summary = {}, [], None
+    if effects:
         pd.concat(llr_tables, ignore_index=True).to_csv(out / "zero_shot_llr.csv", index=False)
-    if table.empty:
-        raise GlmscoreError("none of the inputs carries labels, so no AUROC can be computed (zero_shot_llr.csv has the LLRs).")
-    cols = ["method", "kind", "subset", "tissue", "n", "n_pos", "auroc", "ci_low", "ci_high",
-            "fold_auroc_mean", "fold_auroc_sd", "cv_auroc"]
-    table = table.reindex(columns=cols)
-    table.to_csv(out / "variants_results.csv", index=False)
+        rows = pd.concat(effects, ignore_index=True)
+        files = write_effects(rows, described, out)
+        sites = rows.drop_duplicates(["site_index", "model"])
+        summary = effect_summary(sites)
+        tables["Variant effects per model (effect = score(alt window) - score(ref window); LLR for language models, "
+               f"track change for sequence-to-function models; table: {', '.join(f.name for f in files)})"] = summary
+        tables["Largest |effect| per model"] = largest_effects(sites)
+        plots.append(plot_effect_distributions({m: s["effect"].to_numpy() for m, s in sites.groupby("model", sort=False)}, out))
+    labelled = not table.empty
+    if labelled:
+        table.to_csv(out / "variants_results.csv", index=False)
+        tables = {"AUROC (95% CI: cluster bootstrap over variants; learned methods: ensemble of the fold models, "
+                  "fold mean +- SD beside it)": table[table["tissue"] == "all"].drop(columns="tissue"),
+                  "AUROC per tissue": table[table["tissue"] != "all"], **tables,
+                  "The paper's test AUROCs (quoted from the publication, not recomputed here)": PAPER}
+        plot = plot_roc_curves(curves, out, "causal variants")
+        plots = ([plot] if plot else []) + plots
+    elif not effects:
+        raise GlmscoreError("the probe and CNN folders hold no test predictions with labels, so there is nothing to report.")
+    tables["Inputs"] = pd.DataFrame({"input": provenance})
+    settings = {"test chromosomes": ",".join(o.test_chroms), "bootstrap": o.n_boot, "seed": o.seed,
+                "zero-shot": "-LLR ranks a variant as causal when alt is less likely than ref; |LLR| ignores the sign"}
+    if not labelled:
+        settings = {"labels": "none of the inputs carries labels (no tissue/label columns), so no AUROC is computed"}
+    report = write_table_report("Causal-variant benchmark" if labelled else "Variant effects", tables, plots, out, settings)
     overall = table[table["tissue"] == "all"].drop(columns="tissue")
-    per_tissue = table[table["tissue"] != "all"]
-    plot = plot_roc_curves(curves, out, "causal variants")
-    report = write_table_report(
-        "Causal-variant benchmark",
-        {"AUROC (95% CI: cluster bootstrap over variants; learned methods: ensemble of the fold models, "
-         "fold mean +- SD beside it)": overall, "AUROC per tissue": per_tissue,
-         "The paper's test AUROCs (quoted from the publication, not recomputed here)": PAPER,
-         "Inputs": pd.DataFrame({"input": provenance})},
-        [plot] if plot else [], out,
-        {"test chromosomes": ",".join(o.test_chroms), "bootstrap": o.n_boot, "seed": o.seed,
-         "zero-shot": "-LLR ranks a variant as causal when alt is less likely than ref; |LLR| ignores the sign"})
-    return {"report": str(report), "table": overall}
+    return {"report": str(report), "table": overall, "effects": summary}

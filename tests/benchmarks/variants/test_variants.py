@@ -70,6 +70,51 @@ def test_gtex_variant_ids_without_chrom_pos_columns_are_parsed(tmp_path, capsys)
     assert "unlabelled: the variants carry no tissue or label column" in out and "0 variant x tissue rows" not in out
 
 
+@pytest.mark.ray
+@pytest.mark.realdata
+def test_unlabelled_real_variants_get_an_effect_table_a_vcf_and_a_report(ray_cluster, tiny_llama, tmp_path, capsys):
+    """The GTEx fixture carries no labels: `analyze variants` writes the effect table (Parquet, TSV, a VCF
+    that htslib reads back, one value per gene of a variant) and a report of the effect distributions,
+    where it used to exit 2 with only zero_shot_llr.csv. Gene view, every TSS within 2 kb: 4 variants
+    with 2 genes each."""
+    import pysam
+
+    from pipelines.benchmarks.variants.report import zero_shot_llr
+    from pipelines.cli import main
+
+    data = shared_data("variants")
+    w, scores, report = (str(tmp_path / n) for n in ("w", "s", "r"))
+    assert main(["variants", "build", "--genome", str(data / HG38), "--variants", str(data / GTEX_VCF), "--view", "gene",
+                 "--annotation", str(data / "gencode_gene_tss.tsv.gz"), "--gene-rule", "all", "--window", "4000",
+                 "--out", w]) == 0
+    assert main(["score", "--benchmark", "variants", "--data", w, "--model", str(tiny_llama), "--reduction", "sum", "--out", scores]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "variants", "--scores", scores, "--out", report]) == 0
+    llr = zero_shot_llr(scores)
+    effects = pd.read_parquet(tmp_path / "r" / "variant_effects.parquet")
+    assert len(effects) == len(llr) and effects["tissue"].eq("").all() and effects["label"].isna().all()
+    assert np.allclose(effects["effect"], llr["llr"]) and np.allclose(effects["effect"], effects["score_alt"] - effects["score_ref"])
+    assert (effects["ref"] + ">" + effects["alt"]).tolist() == llr["variant_id"].str.split(":").str[2].tolist()
+    tsv = pd.read_csv(tmp_path / "r" / "variant_effects.tsv", sep="\t", keep_default_na=False)
+    assert tsv["variant_id"].tolist() == effects["variant_id"].tolist()
+    per_variant = llr.groupby("variant_id", sort=False)
+    assert per_variant.ngroups < len(llr)  # some variant has several genes
+    with pysam.VariantFile(str(tmp_path / "r" / "variant_effects.vcf")) as vcf:
+        key = next(k for k in vcf.header.info if k.endswith("_EFFECT"))
+        records = list(vcf)
+    assert [r.id for r in records] == list(per_variant.groups)
+    for r in records:
+        mine = llr[llr["variant_id"] == r.id]
+        assert (r.chrom, r.pos, r.ref, r.alts[0]) == (mine["chrom"].iloc[0], mine["pos"].iloc[0], *r.id.split(":")[2].split(">"))
+        assert list(r.info["GENE"]) == mine["gene"].tolist()
+        assert np.allclose(r.info[key], mine["llr"], rtol=1e-5)  # htslib writes 6 significant digits
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "# Variant effects" in text and "none of the inputs carries labels" in text and "AUROC (95% CI" not in text
+    assert not (tmp_path / "r" / "variants_results.csv").exists()
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "variant_effects.vcf" in page and "<table>" in page
+
+
 @pytest.mark.realdata
 def test_chromosome_names_ref_mismatch_and_multiallelic_records(tmp_path):
     data = shared_data("variants")
@@ -286,6 +331,11 @@ def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthe
     assert {"all", "test"} <= set(table["subset"]) and table["auroc"].between(0, 1).all()
     assert "quoted from the publication, not recomputed" in (tmp_path / "report" / "report.md").read_text()
     assert result["table"]["kind"].eq("zero-shot").all()
+    effects = pd.read_parquet(tmp_path / "report" / "variant_effects.parquet")  # one row per variant x tissue
+    labelled = effects.merge(llr.reset_index()[["variant_id", "llr"]], on="variant_id")
+    assert effects["label"].notna().all() and np.allclose(labelled["effect"], labelled["llr"])
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "quoted from the publication" in page  # ROC + effects
 
 
 @pytest.mark.ray
