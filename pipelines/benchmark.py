@@ -63,7 +63,9 @@ class Command(NamedTuple):
 
 
 def result_text(result: dict) -> str:
-    """What a learner command prints: its summary table and where its report is."""
+    """What a learner command prints: its summary table and where its report is (or its dry run)."""
+    if "dry_run" in result:
+        return result["dry_run"]
     return f"{result['summary'].to_string(index=False)}\nreport: {result['report']}"
 
 

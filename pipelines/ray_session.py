@@ -320,7 +320,7 @@ def started_local() -> bool:
 
 
 def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resources: dict, n_trials: int,
-               max_concurrent: int | None = None, **shared) -> list:
+               max_concurrent: int | None = None, dry_run: str | None = None, **shared) -> list | str:
     """The one Ray Tune runner of every sweep (probes, fine-tuning, a benchmark's learners): the trials of
     ``param_space`` (its ``tune.grid_search`` entries), each with ``resources``; ``shared`` goes to the
     object store once (``tune.with_parameters``); one progress line per finished trial (of ``n_trials``).
@@ -329,12 +329,27 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
 
     Ctrl-C: Tune stops the trials and saves the experiment's state; this raises ``TrialsInterrupted``
     (exit 130). A rerun of the same grid into the same ``storage``/``name`` restores the experiment, so
-    its finished trials are reused and only the others run; another grid starts afresh."""
+    its finished trials are reused and only the others run; another grid starts afresh.
+
+    ``dry_run`` (the Ray address the run would use): nothing starts and nothing is written; returns the
+    lines saying how many trials would run with what, and whether an interrupted run's trials would be reused."""
     experiment = Path(storage).resolve() / name
     stamp = experiment / GRID_STAMP
     h = hashlib.blake2b(json.dumps(param_space, sort_keys=True, default=str).encode(), digest_size=16)
     _digest(shared, h)  # the data too: a rerun on other embeddings must not reuse the trials of these
     grid = h.hexdigest()
+    if dry_run is not None:
+        each = ", ".join(f"{v:g} {k.upper()}" for k, v in resources.items() if v)
+        at_once = (f"a new local Ray cluster on this machine's {os.cpu_count()} CPUs runs "
+                   f"{min(n_trials, int(os.cpu_count() // max(resources.get('cpu', 1), 1e-9)) or 1)} at once"
+                   if dry_run == "local" else f"the Ray cluster at {dry_run} decides how many run at once")
+        if stamp.is_file() and stamp.read_text() == grid:
+            reuse = f"{experiment} holds an interrupted run of this grid: its finished trials would be reused"
+        elif experiment.exists():
+            reuse = f"the trials in {experiment} (a finished run, or another grid's) are replaced: every trial runs"
+        else:
+            reuse = "no earlier trials: every trial runs"
+        return f"  trials: {n_trials} Ray Tune trials, {each} each; {at_once}\n  reuse: {reuse}"
     runnable = tune.with_resources(tune.with_parameters(trainable, **shared), resources)
     if stamp.is_file() and stamp.read_text() == grid and tune.Tuner.can_restore(str(experiment)):
         print(f"glmscore: resuming the interrupted trials in {experiment}: finished trials are reused", file=sys.stderr, flush=True)

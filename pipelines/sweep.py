@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -594,30 +594,39 @@ def write_summary(sweep: Sweep, runs: list[Run], wall: float, local: Path, repor
     return table
 
 
-def check_sweep(sweep: Sweep) -> int:
+def check_sweep(sweep: Sweep, dry_run: bool = False) -> int:
     """``sweep --check``: the preflight each run makes before Ray starts (the model resolves, its folder
     has a tokenizer and weights, the options apply, the data is found and valid), nothing started; 0
-    when every run passes, 2 (each failing run in a sentence) otherwise."""
-    failed = 0
+    when every run passes, 2 (each failing run in a sentence) otherwise. ``--dry-run`` adds each run's
+    own dry run (``glmscore score --dry-run``: units, rows, shards reused or computed, token limit,
+    actors): what the sweep would compute, still with nothing started or written."""
+    failed, pending, units = 0, 0, 0
     for run in sweep.runs():
         try:
             plan = resolve_job(run.cfg, stage=False)
             if not store.is_uri(run.cfg.data):  # object-store data is checked when each node stages it
                 plan.benchmark.units(chunk_rows=run.cfg.chunk_rows, limit=run.cfg.limit, datasets=run.cfg.datasets)
+            dry = run_score(replace(run.cfg, dry_run=True)) if dry_run and not store.is_uri(run.cfg.data) else None
         except GlmscoreError as exc:
             failed += 1
             print(f"glmscore: error: {run.label}: {exc}", file=sys.stderr)
             continue
         print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
+        if dry is not None:
+            print("  " + dry["dry_run"].replace("\n", "\n  "))
+            pending, units = pending + dry["pending"], units + dry["units"]
+        elif dry_run:
+            print("  (object-store data: its units are counted when each node stages it)")
     if failed:
         print(f"glmscore: error: {failed} of {len(sweep.runs())} run(s) in {sweep.path.name} would fail; nothing was started.",
               file=sys.stderr)
         return EXIT_INVALID
-    print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s).")
+    print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s)."
+          + (f" The sweep would compute {pending} of {units} units; nothing was started or written." if dry_run else ""))
     return 0
 
 
-def main_sweep(file: str, check: bool = False) -> int:
+def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
     """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
     the report) failed, 2 when the file is invalid (nothing ran)."""
 
@@ -627,8 +636,8 @@ def main_sweep(file: str, check: bool = False) -> int:
         for problem in exc.problems:
             print(f"glmscore: error: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if check:
-        return check_sweep(sweep)
+    if check or dry_run:
+        return check_sweep(sweep, dry_run=dry_run)
 
     started = time.monotonic()
     remote = store.is_uri(sweep.out)

@@ -102,6 +102,9 @@ def test_combined_report(swept):
     assert "torch" in prov.loc["tiny-llama", "packages"]
     text = (report / "report.md").read_text()
     assert "## Failed runs" in text and "broken" in text and "Provenance" in text
+    page = (report / "report.html").read_text()  # the same report, one file: plots inlined, links to the HTML reports
+    assert page.count('src="data:image/png;base64,') == text.count(".png)") > 0 and '.png"' not in page
+    assert 'href="nullsette/report.html"' in page and (report / "nullsette" / "report.html").is_file()
 
 
 @pytest.mark.ray
@@ -220,6 +223,12 @@ def test_check_lists_the_runs_and_starts_nothing(tmp_path, capsys, small_nullset
     out = capsys.readouterr().out
     assert "kmer3 x nullsette" in out and "kmer4 x nullsette" in out and "is valid: 2 model(s) x 1 benchmark(s)" in out
     assert not (tmp_path / "o").exists()
+    # --dry-run: each run's own dry run too (units, rows, shards), still nothing started or written
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    said = capsys.readouterr()
+    assert "  dry run: score nullsette with kmer4 (backend kmer)" in said.out and "240 rows, 20 unit(s)" in said.out
+    assert "The sweep would compute 40 of 40 units; nothing was started or written." in said.out
+    assert "Ray" not in said.err and not (tmp_path / "o").exists()
     # --check makes each run's own preflight: an unknown model, a folder without tokenizer, bad data
     no_tok = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_llama, no_tok)

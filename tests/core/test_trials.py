@@ -48,13 +48,19 @@ def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_
         _wait_for(lambda: (marks / "ran-2").exists() and (marks / "ran-3").exists(), "trials 2 and 3 to start")
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Tune's handler stops the run and saves its state
 
+    def dry_run() -> str:  # what --dry-run says; it never starts a trial
+        return run_trials(_trial, grid, **common, dry_run="local")
+
+    assert "4 Ray Tune trials, 1 CPU each" in dry_run() and "no earlier trials: every trial runs" in dry_run()
     sender = threading.Thread(target=interrupt_once_2_and_3_run, daemon=True)
     sender.start()
     with pytest.raises(TrialsInterrupted):
         run_trials(_trial, grid, **common)
     sender.join(timeout=60)
+    assert "holds an interrupted run of this grid: its finished trials would be reused" in dry_run()
     (marks / "release").touch()
     results = run_trials(_trial, grid, **common)
+    assert "(a finished run, or another grid's) are replaced: every trial runs" in dry_run()
     assert sorted(r.metrics["value"] for r in results) == [0, 10, 20, 30]
     runs = {i: (marks / f"ran-{i}").read_text().count("run") for i in range(4)}
     assert runs[0] == 1 and runs[1] == 1, runs  # finished trials were reused, not rerun

@@ -61,6 +61,8 @@ class ProbeConfig(Options):
     transfer_from: list[str] | None = option(None, parse=family_list, help="transfer: train on these families ...")
     transfer_to: list[str] | None = option(None, parse=family_list, help="transfer: ... and predict each assay of these")
     address: str | None = address_option()
+    dry_run: bool = option(False, help="say what would run (assays, rows, trials, resources, trials reused from an "
+                                       "interrupted run) and stop: nothing is started or written")
 
 
 def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
@@ -156,8 +158,16 @@ def run_probes(cfg: ProbeConfig) -> dict:
     if not grid:
         raise GlmscoreError(f"no {setting} trial fits these embeddings (few-shot k must be below an assay's rows).")
 
-    start_ray(ray_address(cfg.address), Path(cfg.out), command="probe")
     out_dir = Path(out)
+    if cfg.dry_run:
+        rows = sum(len(a.y) for a in data.values())
+        dims = sorted({a.X.shape[1] for a in data.values()})
+        head = (f"dry run: probe {setting} ({cfg.protocol} protocol) on {model} embeddings from {cfg.embeddings} into "
+                f"{out_dir.resolve()}; nothing is started or written\n"
+                f"  assays: {len(data)} ({rows:,} rows, {'/'.join(map(str, dims))}-dim embeddings); probes {','.join(probes)}; "
+                f"wild type: {rule}; folds: {folds_label}")
+        return {"dry_run": head + "\n" + run_sweep(data, grid, out_dir / "tune", name=setting, dry_run=ray_address(cfg.address))}
+    start_ray(ray_address(cfg.address), Path(cfg.out), command="probe")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")
@@ -215,11 +225,13 @@ def run_probes(cfg: ProbeConfig) -> dict:
 
 
 def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
-              cpus_per_trial: float = 1.0) -> pd.DataFrame:
+              cpus_per_trial: float = 1.0, dry_run: str | None = None) -> pd.DataFrame | str:
     """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); the arrays go to
-    the object store once. Returns one row per trial."""
+    the object store once. Returns one row per trial (``dry_run``: what would run, as text)."""
     results = run_trials(probe_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
-                         resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data)
+                         resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data, dry_run=dry_run)
+    if dry_run is not None:
+        return results
     rows = [r.metrics for r in results]
     keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
         ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (

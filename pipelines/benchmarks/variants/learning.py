@@ -112,12 +112,14 @@ def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray
 
 
 def fold_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: Path, name: str, resources: dict,
-                extra: dict | None = None, **data) -> pd.DataFrame:
-    """One Ray Tune trial per (method, fold); returns all trials' predictions."""
+                extra: dict | None = None, dry_run: str | None = None, **data) -> pd.DataFrame | str:
+    """One Ray Tune trial per (method, fold); returns all trials' predictions (``dry_run``: what would run)."""
     space = {"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
              "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})}
     results = run_trials(trainable, space, storage=storage, name=name, resources=resources,
-                         n_trials=len(methods) * n_folds, **data)
+                         n_trials=len(methods) * n_folds, dry_run=dry_run, **data)
+    if dry_run is not None:
+        return results
     frames = []
     for result in results:
         with result.checkpoint.as_directory() as d:
@@ -176,6 +178,8 @@ class VariantProbeConfig(Options):
     chrom_folds: int = option(5, minimum=2, help="CV folds grouped by chromosome on the other chromosomes")
     shuffle_labels: bool = option(False, help="the control, labels permuted across rows (expect AUROC near 0.5)")
     address: str | None = address_option()
+    dry_run: bool = option(False, help="say what would run (rows, trials, resources, trials reused from an "
+                                       "interrupted run) and stop: nothing is started or written")
 
 
 def run_variant_probes(cfg: VariantProbeConfig) -> dict:
@@ -189,6 +193,14 @@ def run_variant_probes(cfg: VariantProbeConfig) -> dict:
     r = data.rows
     X = np.hstack([features[r["site_row"].to_numpy()], tissue_onehot(r["tissue"], data.tissues)])
     out = Path(cfg.out)
+    if cfg.dry_run:
+        n_test = int((r["fold"] == -1).sum())
+        head = (f"dry run: probe variants on {model} embeddings from {cfg.embeddings} into {out.resolve()}; nothing is "
+                f"started or written\n  rows: {len(r):,} variant x tissue rows ({n_test:,} on the test chromosomes "
+                f"{','.join(cfg.test_chroms)}), {X.shape[1]} features; probes {','.join(probes)} x {cfg.chrom_folds} folds")
+        trials = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1},
+                             dry_run=ray_address(cfg.address), data=data, X=X)
+        return {"dry_run": f"{head}\n{trials}"}
     start_ray(ray_address(cfg.address), out, command="probe (variants)")
     pred = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)
     pred.insert(0, "model", model)

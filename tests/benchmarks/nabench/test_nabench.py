@@ -117,7 +117,7 @@ def test_real_assays_quirks():
 
 @pytest.mark.ray
 @pytest.mark.realdata
-def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama, monkeypatch):
+def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama, monkeypatch, capsys):
     import pyarrow.dataset as pads
 
     from pipelines.benchmarks.nabench.benchmark import NABench
@@ -172,6 +172,15 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     # one-hot widths differ per assay; the folder still reads as one table
     onehot = pd.read_parquet(tmp_path / "oh")
     assert onehot["dataset"].nunique() == 3 and onehot.groupby("dataset")["embedding"].apply(lambda e: e.map(len).nunique()).eq(1).all()
+    # --dry-run: what the sweep would run, with nothing started or written (no Ray line, no --out)
+    from pipelines.cli import main
+    capsys.readouterr()
+    assert main(["probe", "--embeddings", str(tmp_path / "oh"), "--setting", "supervised", "--probes", "ridge",
+                 "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    said = capsys.readouterr()
+    assert "dry run: probe supervised (glmscore protocol) on onehot embeddings" in said.out and "assays: 3 (" in said.out
+    assert "no earlier trials: every trial runs" in said.out and "Ray Tune trials, 1 CPU each" in said.out
+    assert "Ray" not in said.err and not (tmp_path / "dry").exists()
     # the probe sweep as a user starts it (its own local Ray cluster; a relative --out): the first line names
     # the cluster and the output, the log path is printed whole
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

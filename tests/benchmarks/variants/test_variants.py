@@ -277,6 +277,9 @@ def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not
                           out=str(emb)))
     X = pd.read_parquet(emb / "dataset=gene" / "group=ref")
     assert len(X["embedding"].iloc[0]) == 384 * 4  # the 384 bp around the TSS, one-hot
+    dry = run_variant_probes(VariantProbeConfig(embeddings=str(emb), out=str(tmp_path / "dry"), dry_run=True))["dry_run"]
+    assert "10 Ray Tune trials, 1 CPU each" in dry and "probes mlp,logistic x 5 folds" in dry, dry  # 2 probes x 5 folds
+    assert "1,909 variant x tissue rows" in dry and not (tmp_path / "dry").exists()
     results = {}
     for shuffle in (False, True):
         probes = run_variant_probes(VariantProbeConfig(embeddings=str(emb), probes=["logistic"],
