@@ -102,7 +102,9 @@ class VariantTable:
 def _open_text(path: Path):
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
-    return io.TextIOWrapper(gzip.open(path), newline="") if gz else open(path, newline="")
+    # utf-8-sig: a byte-order mark (spreadsheets and Windows editors write one) is not part of the first line
+    return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="") if gz else \
+        open(path, encoding="utf-8-sig", newline="")
 
 
 def read_variants(path: str | Path) -> VariantTable:

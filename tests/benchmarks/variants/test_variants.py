@@ -34,6 +34,10 @@ def test_real_vcf_without_chrom_line_matches_the_genome_and_windows_centre_on_th
     data = shared_data("variants")
     table = read_variants(data / GTEX_VCF)
     assert len(table.frame) == 8 and table.frame["pos"].min() == 14677  # no #CHROM line, still 8 SNVs
+    for name, opener in (("bom.vcf", open), ("bom.vcf.gz", gzip.open)):  # a byte-order mark first: the same table
+        with opener(tmp_path / name, "wb") as fh:
+            fh.write(b"\xef\xbb\xbf" + (data / GTEX_VCF).read_bytes())
+        pd.testing.assert_frame_equal(read_variants(tmp_path / name).frame, table.frame)
     record, sites = _build(tmp_path, data)
     assert record["sites"] == 8 and record["dropped"] == {}
     genome = Genome(data / HG38)
