@@ -129,6 +129,7 @@ class Plan:
     staged: tuple[str, str, str] | None = None  # --data in object storage: (URI, version, copy root) per node
     runtime: Runtime | None = None
     fingerprint: str = ""
+    identity: dict = field(default_factory=dict)  # what the fingerprint hashes (a refusal names what changed)
     provenance: dict = field(default_factory=dict)
     pool: Pool | None = None
     references: dict = field(default_factory=dict)  # per dataset: digest of a fitted backend's reference
@@ -203,7 +204,8 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> P
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
                        "weights": provenance["weights"], "glmscore": version["version"]}, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return replace(r, card=card, runtime=runtime, fingerprint=fingerprint, provenance=provenance, pool=pool)
+    return replace(r, card=card, runtime=runtime, fingerprint=fingerprint, identity=json.loads(blob), provenance=provenance,
+                   pool=pool)
 
 
 # ---------------------------------------------------------------- Ray Data stages (run in workers)
@@ -531,9 +533,11 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
         predicted = local_plan(plan)
     except GlmscoreError:
         return None  # the guess of the local devices was wrong for this job: Ray's own count decides
-    if shards.read_run_file(out.out) != predicted.fingerprint:
-        return None  # another configuration's folder: refused after Ray starts, by the plan Ray's own count decides
-    out.check(predicted.fingerprint, plan.cfg.overwrite, units)
+    if shards.read_run_file(out.out) != predicted.fingerprint and plan.cfg.overwrite:
+        return None  # another configuration's folder, replaced: computed on Ray
+    # another configuration's folder is refused here, naming what changed: on the cluster a local run
+    # starts (this machine, a fixed size) the plan is the one predicted
+    out.check(predicted.fingerprint, plan.cfg.overwrite, units, predicted.identity)
     if out.pending(units, predicted.fingerprint, _fitted(predicted, units)[1]):
         return None
     print(f"glmscore: {plan.cfg.task}: every shard in {out} is complete for this configuration and input; "
@@ -548,7 +552,7 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
     config = {**asdict(cfg), "data": cfg.data if plan.staged else str(Path(cfg.data).resolve()), "out": str(out),
               "resolved_pooling": plan.pooling, "options": plan.options.to_dict(),
               "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
-    out.claim(plan.fingerprint, config, cfg.overwrite, units)
+    out.claim(plan.fingerprint, config, cfg.overwrite, units, plan.identity)
     references, digests = _fitted(plan, units)
     if references:
         laps.lap("reference sequences")

@@ -221,14 +221,14 @@ def read_run_file(out) -> str | None:
 
 
 def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels: list[str],
-                expected: list[tuple[int, int]] | None = None) -> None:
+                expected: list[tuple[int, int]] | None = None, identity: dict | None = None) -> None:
     """Claim ``out`` (whose lock the caller holds) for this run, whose shards are ``shard_rels`` (paths
     relative to ``out``, with ``expected`` (crc, rows) each): refuse one that holds a different run,
     shards this run would not write (an earlier run of more rows or other datasets: the folder would then
     mix two selections under one manifest), or shards of other rows at this run's paths (a different
     --limit, or changed input), which a rerun would silently replace; drop temporary files of dead runs
     and the old manifest (so an interrupted rerun never looks complete)."""
-    existing = check_out(out, fingerprint, overwrite, shard_rels, expected)
+    existing = check_out(out, fingerprint, overwrite, shard_rels, expected, identity)
     if overwrite:
         for rel in existing:
             store.delete(store.join(out, *rel.split("/")))
@@ -239,13 +239,58 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
         if name.startswith(("part-", ".part-", f".{MANIFEST}", f".{RUN_FILE}")):
             store.delete(store.join(out, *rel.split("/")))
     store.delete(store.join(out, MANIFEST))
-    write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config})
+    write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config, "identity": identity})
+
+
+def read_run_identity(out) -> dict | None:
+    """What the fingerprint in ``out``'s run record hashed (None for a record written before it was kept)."""
+    try:
+        return json.loads(store.read_bytes(store.join(out, RUN_FILE))).get("identity")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+
+
+WHAT_CHANGED = {"card": "the model card's {key}", "weights": "the model's weights (their content)",
+                "glmscore": "the glmscore version", "runtime": "the runtime's {key}", "backend": "--backend",
+                "pooling": "--pooling"}
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The differences between two fingerprint identities, each as the user names it (``--reduction mean
+    -> sum``, ``the model's weights (their content)``), the options they typed first; what follows from
+    another --model (its card, backend, weights, runtime) is not listed beside it."""
+    said = []
+    new_model = before.get("job", {}).get("model") != after.get("job", {}).get("model")
+    for key in ("job", "options", "benchmark_options", "pooling", "backend", "weights", "card", "runtime", "glmscore"):
+        a, b = before.get(key), after.get(key)
+        if a == b or (new_model and key in ("backend", "weights", "card", "runtime")):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            said += [f"{WHAT_CHANGED[key].format(key=k) if key in WHAT_CHANGED else '--' + k.replace('_', '-')} {v}"
+                     for k, v in _pairs(a, b)]
+        elif key == "weights":
+            said.append(WHAT_CHANGED[key])
+        else:
+            said.append(f"{WHAT_CHANGED[key]} {_short(a)} -> {_short(b)}")
+    return said
+
+
+def _pairs(a: dict, b: dict):
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            yield k, f"{_short(a.get(k))} -> {_short(b.get(k))}"
+
+
+def _short(value) -> str:
+    text = "none" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_out(out, fingerprint: str, overwrite: bool, shard_rels: list[str],
-              expected: list[tuple[int, int]] | None = None) -> list[str]:
+              expected: list[tuple[int, int]] | None = None, identity: dict | None = None) -> list[str]:
     """``prepare_out``'s refusals, changing nothing (a local run makes them before Ray starts, with the plan
-    it predicts); returns the shards ``out`` holds."""
+    it predicts); returns the shards ``out`` holds. ``identity``: what this run's fingerprint hashes, so
+    that a refusal names what changed since the folder's run."""
     if store.is_file(out):
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
     existing = store.files(out, "part-*.parquet") if store.exists(out) else []
@@ -256,9 +301,11 @@ def check_out(out, fingerprint: str, overwrite: bool, shard_rels: list[str],
             found = {(m or {}).get("fingerprint") for m in metas} - {None}
             previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
-            raise GlmscoreError(
-                f"{out} holds scores from a different model, data or configuration; choose a new --out or pass --overwrite."
-            )
+            before = read_run_identity(out)
+            said = changes(before, identity) if before and identity else []
+            what = f"another configuration ({'; '.join(said[:4])}{'; ...' if len(said) > 4 else ''})" if said else \
+                "a different model, data or configuration"
+            raise GlmscoreError(f"{out} holds scores from {what}; choose a new --out or pass --overwrite.")
         others = sorted(set(existing) - set(shard_rels))
         if others:
             raise GlmscoreError(
@@ -468,15 +515,16 @@ class OutputFolder:
         folder another run is writing is refused in a second."""
         return locked(self.out)
 
-    def claim(self, fingerprint: str, config: dict, overwrite: bool, units: list) -> None:
+    def claim(self, fingerprint: str, config: dict, overwrite: bool, units: list, identity: dict | None = None) -> None:
         """Claim the locked folder for this run (``prepare_out``): refuse another run's shards or another
         selection's, drop dead runs' temporary files and the old manifest, write the run record."""
         prepare_out(self.out, fingerprint, config, overwrite, [self.rel(u) for u in units],
-                    [(u.crc, u.n_rows) for u in units])
+                    [(u.crc, u.n_rows) for u in units], identity)
 
-    def check(self, fingerprint: str, overwrite: bool, units: list) -> None:
+    def check(self, fingerprint: str, overwrite: bool, units: list, identity: dict | None = None) -> None:
         """``claim``'s refusals, changing nothing."""
-        check_out(self.out, fingerprint, overwrite, [self.rel(u) for u in units], [(u.crc, u.n_rows) for u in units])
+        check_out(self.out, fingerprint, overwrite, [self.rel(u) for u in units], [(u.crc, u.n_rows) for u in units],
+                  identity)
 
     def pending(self, units: list, fingerprint: str, references: dict[str, str]) -> list:
         """The units whose shard is not complete (``references``: per dataset, the digest of a fitted

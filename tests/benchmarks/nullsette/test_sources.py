@@ -254,6 +254,10 @@ def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_pat
     short = _run_cli(*base[:-1], "2", "--out", "q", cwd=tmp_path)
     _assert_one_line_error(short, "holds a shard of 4 rows where this run would write 2")
     assert "Ray cluster" not in short.stderr and "Ray's logs" not in short.stderr
+    # another configuration: refused before Ray starts too, in a sentence naming what changed
+    other = _run_cli(*base, "--reduction", "sum", "--out", "q", cwd=tmp_path)
+    _assert_one_line_error(other, "holds scores from another configuration (--reduction mean -> sum); choose a new --out")
+    assert "Ray cluster" not in other.stderr and "Ray's logs" not in other.stderr
     loud = _run_cli("-v", *base, "--out", str(tmp_path / "v"))
     assert loud.returncode == 0 and "INFO" in loud.stderr and "execution finished" in loud.stderr
 
