@@ -158,6 +158,12 @@ class Backend(ABC):
         return Runtime(device=device, dtype="none", token_limit=None, threads=threads)
 
     @classmethod
+    def fewest_tokens(cls, card: ModelCard, n_bases: int) -> int | None:
+        """The fewest tokens a sequence of ``n_bases`` can take under this backend's encoding (a lower
+        bound, for the driver's context check before Ray starts); None when the backend cannot say."""
+        return None
+
+    @classmethod
     def provenance(cls, card: ModelCard) -> tuple[str | None, str | None]:
         """(resolved revision, local path whose content identifies the weights), for the fingerprint."""
         return None, None

@@ -28,7 +28,15 @@ from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
 from models.options import option
 from models.pooling import pool
-from models.tokenization import PROTOCOLS, TokenPolicy, check_hub, check_protocol, load_tokenizer, token_policy
+from models.tokenization import (
+    PROTOCOLS,
+    TokenPolicy,
+    check_hub,
+    check_protocol,
+    fewest_tokens,
+    load_tokenizer,
+    token_policy,
+)
 
 # Measured (tests/bench/bench_nullsette.py): on CPU, batches beyond a few sequences get slower
 # (cache-bound) and ~4k tokens is best; GPUs want large batches.
@@ -280,6 +288,10 @@ class HFBackend(Backend):
     @classmethod
     def provenance(cls, card):
         return hf_provenance(card)
+
+    @classmethod
+    def fewest_tokens(cls, card, n_bases):
+        return fewest_tokens(card, n_bases)
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:

@@ -89,6 +89,18 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
 PROTOCOLS = ("glmscore", "paper")
 
 
+def fewest_tokens(card: ModelCard, n_bases: int) -> int:
+    """The fewest tokens a sequence of ``n_bases`` can become (special tokens aside): a k-mer card's
+    n/k, else n over the longest all-nucleotide token of the vocabulary (1 for one-letter vocabularies,
+    the longest merge for BPE ones). A lower bound, so a driver check on it never refuses a row that fits."""
+    import re
+
+    per_token = card.kmer if card.kmer > 1 else max(
+        (len(t) for t in load_tokenizer(card.hf_id, card.revision, card.trust_remote_code).get_vocab()
+         if re.fullmatch(r"[ACGTUNacgtun]+", t)), default=1)
+    return -(-n_bases // per_token)
+
+
 def token_policy(card: ModelCard, options, runtime) -> "TokenPolicy":
     """The encoder of a tokenizer-based backend: the card's tokenizer, the runtime's token limit, the
     options' ``long`` mode and protocol (``Backend.make_encoder`` of the transformers and vLLM backends)."""

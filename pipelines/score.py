@@ -433,6 +433,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     address = ray_address(cfg.address)
     if cfg.dry_run:
         return dry_run(plan, units, out, address)
+    refuse_over_context(plan, units)
     out.create()
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
@@ -458,6 +459,33 @@ def run_score(cfg: ScoreConfig) -> dict:
             return _score(plan, units, out, started, laps)
         finally:
             done.set()
+
+
+def refuse_over_context(plan: Plan, units: list[Unit]) -> None:
+    """``--long error``: a dataset whose longest sequence cannot fit the model's context, however it is
+    tokenized, is refused on the driver before Ray starts (before: by the first actor, 20-45 s later).
+    Only for whole datasets (no ``--limit``: the longest sequence may lie outside a slice), and only when
+    the backend bounds its token count (``Backend.fewest_tokens``); the actors still check each row."""
+    if plan.cfg.limit or getattr(plan.options, "long", None) != "error" or not units:
+        return
+    try:
+        limit = local_plan(plan).runtime.token_limit  # the limit is the model's, whatever devices run it
+    except GlmscoreError:
+        return  # planned for another cluster's devices: the actors decide
+    if not limit:
+        return
+    longest: dict[str, int] = {}
+    for u in units:
+        longest[u.dataset] = max(longest.get(u.dataset, 0), u.dataset_max_len)
+    over = {}
+    for dataset, n in longest.items():
+        fewest = plan.backend.fewest_tokens(plan.card, n)
+        if fewest is not None and fewest > limit:
+            over[dataset] = (n, fewest)
+    if over:
+        dataset, (n, fewest) = max(over.items(), key=lambda kv: kv[1][1])
+        raise GlmscoreError(f"{len(over)} dataset(s) hold sequences longer than the model's context of {limit} tokens "
+                            f"({dataset}: {n:,} nt, at least {fewest:,} tokens); pass --long truncate or --long window.")
 
 
 def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: str) -> dict:

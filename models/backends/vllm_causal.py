@@ -35,7 +35,7 @@ from models.base import (
 from models.errors import GlmscoreError
 from models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
 from models.options import option
-from models.tokenization import TokenPolicy, token_policy
+from models.tokenization import TokenPolicy, fewest_tokens, token_policy
 
 # vLLM's own default (0.9) leaves room for other processes on a GPU; on CPU the value is the fraction of
 # NUMA node 0's memory for the KV cache, where 0.3 was measured to start (0.92 is refused on 24 GiB).
@@ -114,6 +114,10 @@ class VLLMCausal(Backend):
             return ActorResources({"num_gpus": 0}, float(tp) if gpus_per_actor else 0.0,
                                   bundles=({"GPU": 1, "CPU": 1},) * tp)
         return super().actor_resources(card, options, gpus_per_actor)
+
+    @classmethod
+    def fewest_tokens(cls, card, n_bases):
+        return fewest_tokens(card, n_bases)
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:

@@ -195,8 +195,13 @@ def test_model_problems_fail_before_ray_starts(tmp_path, small_nullsette, tiny_l
     shutil.copytree(tiny_llama, cut)
     weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    from tests.tiny_models import make_tiny_llama
+
+    short = make_tiny_llama(tmp_path / "short-context", max_positions=64)  # the cassettes are 300-450 nt
     base = ("--benchmark", "nullsette", "--data", str(small_nullsette), "--out", str(tmp_path / "o"))
-    for args, phrase in ((("score", "--model", str(no_tok)), "could not load the tokenizer"),
+    for args, phrase in ((("score", "--model", str(short)), "1 dataset(s) hold sequences longer than the model's "
+                                                            "context of 64 tokens (synthetic_ecoli: 4"),
+                         (("score", "--model", str(no_tok)), "could not load the tokenizer"),
                          (("score", "--model", str(no_weights)), "has no weights"),
                          (("score", "--model", str(cut)), f"the weights {weights} are damaged or incomplete"),
                          (("embed", "--model", str(tiny_llama), "--layer", "7"), "--layer 7 does not exist: model tiny-llama has 3")):
