@@ -161,6 +161,10 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
         # options only the card's fallback backend has (``--protocol paper`` on a vLLM card) pick it
         card = card.with_(backend=card.fallback_backend)
         backend = BACKENDS.get(card.backend)
+    if backend.fits_on_reference and not backend.reference_file(card) \
+            and type(benchmark).reference_sequences is Benchmark.reference_sequences:  # the base class only refuses
+        raise GlmscoreError(f"backend {backend.name} fits on a benchmark's reference sequences, and benchmark "
+                            f"{benchmark.name} has none; use a model that needs no fitting.")
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:

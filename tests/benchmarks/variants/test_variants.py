@@ -80,7 +80,7 @@ def test_unlabelled_real_variants_get_an_effect_table_a_vcf_and_a_report(ray_clu
     """The GTEx fixture carries no labels: `analyze variants` writes the effect table (Parquet, TSV, a VCF
     that htslib reads back, one value per gene of a variant) and a report of the effect distributions,
     where it used to exit 2 with only zero_shot_llr.csv. Gene view, every TSS within 2 kb: 4 variants
-    with 2 genes each."""
+    with 2 genes each (the first 2 scored)."""
     import pysam
 
     from pipelines.benchmarks.variants.report import zero_shot_llr
@@ -91,7 +91,8 @@ def test_unlabelled_real_variants_get_an_effect_table_a_vcf_and_a_report(ray_clu
     assert main(["variants", "build", "--genome", str(data / HG38), "--variants", str(data / GTEX_VCF), "--view", "gene",
                  "--annotation", str(data / "gencode_gene_tss.tsv.gz"), "--gene-rule", "all", "--window", "4000",
                  "--out", w]) == 0
-    assert main(["score", "--benchmark", "variants", "--data", w, "--model", str(tiny_llama), "--reduction", "sum", "--out", scores]) == 0
+    assert main(["score", "--benchmark", "variants", "--data", w, "--model", str(tiny_llama), "--reduction", "sum", "--limit", "4",
+                 "--out", scores]) == 0
     capsys.readouterr()
     assert main(["analyze", "variants", "--scores", scores, "--out", report]) == 0
     llr = zero_shot_llr(scores)
@@ -268,6 +269,11 @@ def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
     assert main(["variants", "build", "--genome", str(src / "genome.fa"), "--variants", str(bad), "--view", "gene",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--view gene needs --annotation" in capsys.readouterr().err
+    # a k-mer baseline fits on a benchmark's reference sequences; variants has none: refused before Ray starts
+    assert main(["score", "--benchmark", "variants", "--data", str(synthetic / "var"), "--model", "kmer:3",
+                 "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark variants has none; use a model that needs no fitting" in err and "glmscore: score on" not in err
 
 
 @pytest.mark.ray
