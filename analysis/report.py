@@ -8,6 +8,7 @@ import html
 import re
 from pathlib import Path
 
+import markdown
 import numpy as np
 import pandas as pd
 
@@ -52,8 +53,6 @@ def write_html(markdown_text: str, path: Path) -> Path:
     """The Markdown report as one HTML file: PNGs beside it are inlined as data URIs, links to other
     reports' ``report.md`` point at their ``report.html``. Text from inputs (model names, paths) is
     escaped first, so nothing in them becomes markup."""
-    import markdown  # in here: only a report pays for the import
-
     body = markdown.markdown(markdown_text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
                              extensions=["tables"], output_format="html")
 

@@ -31,6 +31,7 @@ real nucleotide tokens only.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -93,8 +94,6 @@ def fewest_tokens(card: ModelCard, n_bases: int) -> int:
     """The fewest tokens a sequence of ``n_bases`` can become (special tokens aside): a k-mer card's
     n/k, else n over the longest all-nucleotide token of the vocabulary (1 for one-letter vocabularies,
     the longest merge for BPE ones). A lower bound, so a driver check on it never refuses a row that fits."""
-    import re
-
     per_token = card.kmer if card.kmer > 1 else max(
         (len(t) for t in load_tokenizer(card.hf_id, card.revision, card.trust_remote_code).get_vocab()
          if re.fullmatch(r"[ACGTUNacgtun]+", t)), default=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pysam
 
 EFFECT_FILES = ("variant_effects.parquet", "variant_effects.tsv", "variant_effects.vcf")
 COLUMNS = ["model", "variant_id", "chrom", "pos", "ref", "alt", "gene", "tissue", "label", "score_ref", "score_alt",
@@ -66,8 +67,6 @@ def _value(text: str) -> str:
 
 
 def _write_vcf(sites: pd.DataFrame, descriptions: dict[str, str], path: Path) -> None:
-    import pysam  # in here: a Ray worker importing this module never pays for htslib
-
     header = pysam.VariantHeader()
     header.add_line("##source=glmscore analyze variants")
     for chrom in dict.fromkeys(sites["chrom"]):
