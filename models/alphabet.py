@@ -31,6 +31,15 @@ def _table(alphabet: Alphabet) -> bytes:
 
 
 _TABLES = {"DNA": _table("DNA"), "RNA": _table("RNA")}
+_COMPLEMENT_DNA = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
+_COMPLEMENT_RNA = str.maketrans("ACGUTNacgutn", "UGCAANugcaan")
+
+
+def reverse_complement(seq: str) -> str:
+    """The other strand, read 5'->3'. An RNA sequence (U and no T) stays RNA; other letters are kept (the
+    alphabet mapping makes them N, as on the forward strand)."""
+    rna = ("U" in seq or "u" in seq) and not ("T" in seq or "t" in seq)
+    return seq.translate(_COMPLEMENT_RNA if rna else _COMPLEMENT_DNA)[::-1]
 
 
 def normalise(seq: str, alphabet: Alphabet = "DNA") -> tuple[str, int]:

@@ -129,6 +129,9 @@ class Backend(ABC):
     fits_on_reference: ClassVar[bool] = False  # fitted on the driver before scoring (``fit``)
     objectives: ClassVar[tuple[str, ...]] = ("clm",)  # card objectives this backend runs
     scores_focus: ClassVar[bool] = False  # can score one position per row (``Context.focus``)
+    # a reverse-complemented row's output means what the forward row's does (``--rc``); not so for
+    # position-resolved outputs such as a sequence-to-function model's bins
+    strand_symmetric: ClassVar[bool] = True
 
     # ------------------------------------------------------------ driver side: no model is loaded
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
 
+from models.alphabet import reverse_complement
 from models.base import BACKENDS, Backend, Context, Encoded, Runtime, resolve_card
 from models.cards import ModelCard
 from models.errors import GlmscoreError
@@ -59,6 +60,7 @@ from pipelines.ray_session import (
 
 TASKS = ("score", "embed")
 REDUCTIONS = ("mean", "sum", "focus")
+RC_MODES = ("none", "mean", "both")
 DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CHUNK_ROWS = 1024
 ERROR = "error"  # the column a stage's user error travels in
@@ -84,6 +86,10 @@ class ScoreConfig(Options):
                                  "position only (variants: the variant's base; masked LMs)")
     pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END (variants: tss, or a window relative to the window centre)")
     layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
+    rc: str = option("none", choices=RC_MODES,
+                     help="reverse-complement averaging: mean scores or embeds both strands and averages them (as Evo 2's "
+                          "score_sequences_rc and gReLU's rc=True); both keeps each strand too (score: score_fwd and "
+                          "score_rc beside their mean; embed: the two strands' embeddings side by side)")
     limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
     datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
@@ -165,6 +171,12 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
             and type(benchmark).reference_sequences is Benchmark.reference_sequences:  # the base class only refuses
         raise GlmscoreError(f"backend {backend.name} fits on a benchmark's reference sequences, and benchmark "
                             f"{benchmark.name} has none; use a model that needs no fitting.")
+    if cfg.rc != "none" and not backend.strand_symmetric:
+        raise GlmscoreError(f"--rc {cfg.rc}: backend {backend.name}'s outputs are position-resolved (a reverse-complemented "
+                            "window's bins run backwards), so the strands cannot be averaged as they are; use --rc none.")
+    if cfg.rc != "none" and cfg.task == "embed" and cfg.pooling.startswith(("window:", "tss")):
+        raise GlmscoreError(f"--rc {cfg.rc} with --pooling {cfg.pooling}: a window of the forward strand lies elsewhere on the "
+                            "reverse strand; use a whole-sequence pooling (mean, cls, last, cls+mean) or --rc none.")
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
@@ -203,6 +215,8 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> P
                   "token_limit": runtime.token_limit, "glmscore": version}
     job = {f.name: getattr(cfg, f.name) for f in option_fields(ScoreConfig)
            if f.metadata["affects_result"] and cfg.task in (f.metadata["commands"] or TASKS)}
+    if job.get("rc") == "none":
+        del job["rc"]  # the default: folders written before --rc existed keep their fingerprint
     blob = json.dumps({"job": job, "pooling": r.pooling if cfg.task == "embed" else None, "card": card.to_dict(), "backend": backend.name, "options": options.result_fields(),
                        "benchmark_options": benchmark.options.result_fields(),
                        "runtime": {"device": device, "dtype": runtime.dtype, "token_limit": runtime.token_limit},
@@ -258,17 +272,24 @@ def prepare_unit(batch: pa.Table, plan: Plan) -> pa.Table:
     unit = Unit(**row)
     rows = plan.benchmark.read(unit)
     encoder = _encoder(plan.backend, plan.card, plan.options, plan.runtime)
-    encoded = encoder.encode(rows.sequences, [f"{s} ({n})" for s, n in zip(rows.seq_ids, rows.names)])
+    names = [f"{s} ({n})" for s, n in zip(rows.seq_ids, rows.names)]
+    encoded = encoder.encode(rows.sequences, names)
     table = pa.Table.from_pylist([{
         **row,
         "seq_id": rows.seq_ids,
         "pair_index": rows.pair_index.tolist(),
         "n_ambiguous": [e.n_ambiguous for e in encoded],
         "truncated": [e.truncated for e in encoded],
+        "n_bases": [len(s) for s in rows.sequences],
         **rows.extra,
     }])
     table = table.append_column("ids", _nested([e.ids for e in encoded], np.int32))
-    return table.append_column("real", _nested([e.real for e in encoded], np.bool_))
+    table = table.append_column("real", _nested([e.real for e in encoded], np.bool_))
+    if plan.cfg.rc != "none":  # the other strand, encoded by the same rules
+        other = encoder.encode([reverse_complement(s) for s in rows.sequences], [f"{n}, reverse strand" for n in names])
+        table = table.append_column("ids_rc", _nested([e.ids for e in other], np.int32))
+        table = table.append_column("real_rc", _nested([e.real for e in other], np.bool_))
+    return table
 
 
 def _nested(arrays: list[np.ndarray], dtype) -> pa.Array:
@@ -299,7 +320,7 @@ class ScoreActor:
             self.backend = plan.backend(plan.card, plan.options, plan.runtime, fitted)
         except GlmscoreError as exc:  # reported with the first unit, as data (see errors_as_rows)
             self.error = str(exc)
-        self.task, self.reduction, self.layer = cfg.task, cfg.reduction, cfg.layer
+        self.task, self.reduction, self.layer, self.rc = cfg.task, cfg.reduction, cfg.layer, cfg.rc
         if cfg.task == "embed":
             self.pooling = Pooling.parse(plan.pooling)
 
@@ -333,21 +354,31 @@ class ScoreActor:
             return result.append_column("note", pa.array([note], pa.string()))
 
     def _run(self, batch: pa.Table) -> pa.Table:
-        ids, real = _ragged(batch, "ids"), _ragged(batch, "real")
-        row = batch.drop_columns(["ids", "real"]).to_pylist()[0]
-        encoded = [Encoded(ids=i, real=r) for i, r in zip(ids, real)]
+        strands = [""] if self.rc == "none" else ["", "_rc"]
+        encoded = {s: [Encoded(ids=i, real=r) for i, r in zip(_ragged(batch, f"ids{s}"), _ragged(batch, f"real{s}"))]
+                   for s in strands}
+        row = batch.drop_columns([f"{c}{s}" for c in ("ids", "real") for s in strands]).to_pylist()[0]
+        n_bases = np.asarray(row.pop("n_bases", []))
         focus = np.asarray(row[self.focus_column]) if self.focus_column else None
-        context = Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], focus)
+        contexts = {"": Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], focus),
+                    # the same base on the other strand: position i of n is n - 1 - i there
+                    "_rc": Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"],
+                                   None if focus is None else n_bases - 1 - focus)}
         row["resolved_revision"] = str(self.backend.resolved_revision or "")
         if self.task == "embed":
-            emb = np.ascontiguousarray(self.backend.embed(encoded, self.pooling, self.layer, context), dtype=np.float32)
+            per = [np.asarray(self.backend.embed(encoded[s], self.pooling, self.layer, contexts[s]), dtype=np.float32)
+                   for s in strands]
+            emb = np.ascontiguousarray(np.concatenate(per, axis=1) if self.rc == "both" else np.mean(per, axis=0))
             # the unit's (rows x dim) matrix as one list<fixed_size_list<float32>> cell, never as Python floats
             cell = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])
             return pa.Table.from_pylist([row]).append_column(
                 "embedding", pa.ListArray.from_arrays(pa.array([0, len(emb)], pa.int32()), cell))
-        res = self.backend.loglik(encoded, context)
-        row.update(score=res.score("sum" if self.focus_column else self.reduction).tolist(), loglik_sum=res.loglik_sum.tolist(),
-                   n_scored=res.n_scored.tolist())
+        results = [self.backend.loglik(encoded[s], contexts[s]) for s in strands]
+        scores = [r.score("sum" if self.focus_column else self.reduction) for r in results]
+        row.update(score=np.mean(scores, axis=0).tolist(), loglik_sum=np.mean([r.loglik_sum for r in results], axis=0).tolist(),
+                   n_scored=results[0].n_scored.tolist())
+        if self.rc == "both":
+            row.update(score_fwd=scores[0].tolist(), score_rc=scores[1].tolist())
         return pa.Table.from_pylist([row])
 
 
@@ -368,6 +399,8 @@ def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, p
             score=pa.array(row["score"], pa.float64()), loglik_sum=pa.array(row["loglik_sum"], pa.float64()),
             n_scored=pa.array(row["n_scored"], pa.int32()),
         )
+        if "score_fwd" in row:  # --rc both: each strand beside their mean
+            cols.update(score_fwd=pa.array(row["score_fwd"], pa.float64()), score_rc=pa.array(row["score_rc"], pa.float64()))
     cols.update(n_ambiguous=pa.array(row["n_ambiguous"], pa.int32()), truncated=pa.array(row["truncated"], pa.bool_()))
     cols.update({name: pa.array(row[name], typ) for name, typ in extra_columns.items()})
     return pa.table(cols)

@@ -97,6 +97,7 @@ class Seq2Func(Backend):
     embeds = True
     can_use_gpu = True
     objectives = ("tracks",)
+    strand_symmetric = False  # its tracks are position-resolved: a reverse-complemented window's bins run backwards
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:

@@ -366,3 +366,41 @@ def test_the_generic_job_names_no_backend_and_no_benchmark():
         text = (ROOT / path).read_text()
         quoted = {n for n in names if re.search(rf"[\"']{re.escape(n)}[\"']", text)}
         assert not quoted, f"{path} names {sorted(quoted)}"
+
+
+@pytest.mark.ray
+def test_reverse_complement_averaging_scores_and_embeds_both_strands(ray_cluster, small_nullsette, tiny_llama, tmp_path):
+    """--rc both: every row and its reverse complement, each scored (embedded) by the model's own backend
+    as a direct call would, their mean in ``score`` and each strand beside it; embeddings side by side.
+    A window pooling (its bases lie elsewhere on the other strand) is refused before Ray."""
+    from models.alphabet import reverse_complement
+    from models.pooling import Pooling
+
+    common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(tiny_llama), limit=2,
+                  datasets=["synthetic_ecoli"], chunk_rows=8)
+    bench = BENCHMARKS.get("nullsette")(str(small_nullsette), BENCHMARKS.get("nullsette").Options())
+    rows = [bench.read(u) for u in bench.units(chunk_rows=8, limit=2, datasets=["synthetic_ecoli"])]
+    seqs = {i: s for r in rows for i, s in zip(r.seq_ids, r.sequences)}
+    assert reverse_complement("ACGTN") == "NACGT" and reverse_complement("AACGU") == "ACGUU"  # RNA stays RNA
+    backend = load_backend(resolve_card(str(tiny_llama)))
+    ids = sorted(seqs)
+
+    both = run_score(ScoreConfig(out=str(tmp_path / "s"), rc="both", **common))
+    assert both["config"]["rc"] == "both"
+    got = read_scores(tmp_path / "s", columns=["seq_id", "score", "score_fwd", "score_rc"]).set_index("seq_id").loc[ids]
+    fwd = backend.loglik_sequences([seqs[i] for i in ids]).score("mean")
+    rev = backend.loglik_sequences([reverse_complement(seqs[i]) for i in ids]).score("mean")
+    np.testing.assert_allclose(got["score_fwd"], fwd, rtol=1e-4)
+    np.testing.assert_allclose(got["score_rc"], rev, rtol=1e-4)
+    np.testing.assert_allclose(got["score"], (fwd + rev) / 2, rtol=1e-4)
+    assert not np.allclose(fwd, rev)  # the strands do differ: the test can see which one was scored
+
+    run_score(ScoreConfig(task="embed", out=str(tmp_path / "e"), rc="both", **common))
+    emb = pd.read_parquet(tmp_path / "e", columns=["seq_id", "embedding"]).set_index("seq_id").loc[ids]
+    got = np.stack(emb["embedding"].to_numpy())
+    direct = [backend.embed(backend.encode(s), Pooling.parse("mean"), -1, None)
+              for s in ([seqs[i] for i in ids], [reverse_complement(seqs[i]) for i in ids])]
+    np.testing.assert_allclose(got, np.concatenate(direct, axis=1), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(GlmscoreError, match="a window of the forward strand lies elsewhere on the reverse strand"):
+        run_score(ScoreConfig(task="embed", out=str(tmp_path / "w"), rc="mean", pooling="window:0-10", **common))

@@ -124,5 +124,6 @@ def analyze_variants(score_dirs: list[str], probe_dirs: list[str], cnn_dirs: lis
     if not labelled:
         settings = {"labels": "none of the inputs carries labels (no tissue/label columns), so no AUROC is computed"}
     report = write_table_report("Causal-variant benchmark" if labelled else "Variant effects", tables, plots, out, settings)
-    overall = table[table["tissue"] == "all"].drop(columns="tissue")
+    # what the CLI prints: the AUROCs, or for unlabelled variants the effect summary
+    overall = table[table["tissue"] == "all"].drop(columns="tissue") if labelled else summary
     return {"report": str(report), "table": overall, "effects": summary}

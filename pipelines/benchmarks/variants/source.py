@@ -250,6 +250,8 @@ def variants_tables(parts: list[dict], order: list[str], out: Path, bid: str) ->
     rows = []
     for p in parts:
         table = p["result"]["table"]
+        if "method" not in table.columns:
+            continue  # unlabelled variants: an effect summary, no AUROC to combine
         for card, name in p["names"].items():
             prefix = f"{card} zero-shot "
             mine = table[table["method"].astype(str).str.startswith(prefix)]

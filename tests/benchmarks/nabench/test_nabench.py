@@ -181,6 +181,21 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     assert "dry run: probe supervised (glmscore protocol) on onehot embeddings" in said.out and "assays: 3 (" in said.out
     assert "no earlier trials: every trial runs" in said.out and "Ray Tune trials, 1 CPU each" in said.out
     assert "Ray" not in said.err and not (tmp_path / "dry").exists()
+    # Ctrl-C inside the Tune sweep (run_trials raises TrialsInterrupted there, tests/core/test_trials.py): one
+    # sentence and exit 130, not a traceback (before: KeyError: nan in the summary of stopped trials)
+    from pipelines.benchmarks.nabench import probe as probe_module
+    from pipelines.ray_session import TrialsInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrialsInterrupted()
+
+    monkeypatch.setattr(probe_module, "run_sweep", interrupted)
+    assert main(["probe", "--embeddings", str(tmp_path / "oh"), "--setting", "supervised", "--probes", "ridge",
+                 "--out", str(tmp_path / "stopped")]) == 130
+    err = capsys.readouterr().err
+    assert "glmscore: interrupted; finished trials are kept and a rerun of the same command reuses them." in err
+    assert "Traceback" not in err and not (tmp_path / "stopped" / "probe_summary.csv").exists()
+    monkeypatch.undo()
     # the probe sweep as a user starts it (its own local Ray cluster; a relative --out): the first line names
     # the cluster and the output, the log path is printed whole
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -95,6 +95,8 @@ def test_unlabelled_real_variants_get_an_effect_table_a_vcf_and_a_report(ray_clu
                  "--out", scores]) == 0
     capsys.readouterr()
     assert main(["analyze", "variants", "--scores", scores, "--out", report]) == 0
+    printed = capsys.readouterr().out
+    assert "fraction < 0" in printed and "Empty DataFrame" not in printed and "report: " in printed
     llr = zero_shot_llr(scores)
     effects = pd.read_parquet(tmp_path / "r" / "variant_effects.parquet")
     assert len(effects) == len(llr) and effects["tissue"].eq("").all() and effects["label"].isna().all()
