@@ -11,7 +11,7 @@ in one ``Context``. To add a backend, write one module in ``models/backends/`` (
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
@@ -79,6 +79,11 @@ class Context:
     pair_index: np.ndarray | None = None
     dataset_max_len: int = 0
     focus: np.ndarray | None = None  # per row, a nucleotide offset to score alone (``--reduction focus``)
+
+    def subset(self, rows: np.ndarray) -> "Context":
+        """The context of some of the unit's rows (their positions in it)."""
+        return replace(self, pair_index=None if self.pair_index is None else self.pair_index[rows],
+                       focus=None if self.focus is None else self.focus[rows])
 
 
 @dataclass(frozen=True)

@@ -174,9 +174,6 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
     if cfg.rc != "none" and not backend.strand_symmetric:
         raise GlmscoreError(f"--rc {cfg.rc}: backend {backend.name}'s outputs are position-resolved (a reverse-complemented "
                             "window's bins run backwards), so the strands cannot be averaged as they are; use --rc none.")
-    if cfg.rc != "none" and cfg.task == "embed" and cfg.pooling.startswith(("window:", "tss")):
-        raise GlmscoreError(f"--rc {cfg.rc} with --pooling {cfg.pooling}: a window of the forward strand lies elsewhere on the "
-                            "reverse strand; use a whole-sequence pooling (mean, cls, last, cls+mean) or --rc none.")
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
@@ -366,7 +363,7 @@ class ScoreActor:
                                    None if focus is None else n_bases - 1 - focus)}
         row["resolved_revision"] = str(self.backend.resolved_revision or "")
         if self.task == "embed":
-            per = [np.asarray(self.backend.embed(encoded[s], self.pooling, self.layer, contexts[s]), dtype=np.float32)
+            per = [np.asarray(self._embed(encoded[s], contexts[s], n_bases if s else None), dtype=np.float32)
                    for s in strands]
             emb = np.ascontiguousarray(np.concatenate(per, axis=1) if self.rc == "both" else np.mean(per, axis=0))
             # the unit's (rows x dim) matrix as one list<fixed_size_list<float32>> cell, never as Python floats
@@ -380,6 +377,22 @@ class ScoreActor:
         if self.rc == "both":
             row.update(score_fwd=scores[0].tolist(), score_rc=scores[1].tolist())
         return pa.Table.from_pylist([row])
+
+
+    def _embed(self, encoded: list[Encoded], context: Context, mirror_lengths: np.ndarray | None) -> np.ndarray:
+        """Pooled embeddings; on the reverse strand (``mirror_lengths``: each row's bases) a window pooling
+        takes the same bases, which lie at ``[n - end, n - start)`` there: rows are pooled in groups of
+        one length (a variants view has one)."""
+        if mirror_lengths is None or self.pooling.kind != "window":
+            return self.backend.embed(encoded, self.pooling, self.layer, context)
+        out = None
+        for n in np.unique(mirror_lengths):
+            rows = np.flatnonzero(mirror_lengths == n)
+            pooling = replace(self.pooling, start=max(int(n) - self.pooling.end, 0), end=int(n) - self.pooling.start)
+            part = np.asarray(self.backend.embed([encoded[i] for i in rows], pooling, self.layer, context.subset(rows)))
+            out = np.zeros((len(encoded), part.shape[1]), dtype=part.dtype) if out is None else out
+            out[rows] = part
+        return out
 
 
 def unit_table(row: dict, benchmark: str, model: str, extra_columns: dict[str, pa.DataType],

@@ -371,8 +371,8 @@ def test_the_generic_job_names_no_backend_and_no_benchmark():
 @pytest.mark.ray
 def test_reverse_complement_averaging_scores_and_embeds_both_strands(ray_cluster, small_nullsette, tiny_llama, tmp_path):
     """--rc both: every row and its reverse complement, each scored (embedded) by the model's own backend
-    as a direct call would, their mean in ``score`` and each strand beside it; embeddings side by side.
-    A window pooling (its bases lie elsewhere on the other strand) is refused before Ray."""
+    as a direct call would, their mean in ``score`` and each strand beside it; embeddings side by side
+    (a window pooling follows its bases onto the other strand: tests/benchmarks/variants)."""
     from models.alphabet import reverse_complement
     from models.pooling import Pooling
 
@@ -402,5 +402,3 @@ def test_reverse_complement_averaging_scores_and_embeds_both_strands(ray_cluster
               for s in ([seqs[i] for i in ids], [reverse_complement(seqs[i]) for i in ids])]
     np.testing.assert_allclose(got, np.concatenate(direct, axis=1), rtol=1e-4, atol=1e-5)
 
-    with pytest.raises(GlmscoreError, match="a window of the forward strand lies elsewhere on the reverse strand"):
-        run_score(ScoreConfig(task="embed", out=str(tmp_path / "w"), rc="mean", pooling="window:0-10", **common))

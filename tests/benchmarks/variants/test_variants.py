@@ -420,6 +420,17 @@ def test_tss_pooling_averages_the_384_bases_around_the_tss(synthetic, ray_cluste
             hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]
         expected = hidden[1 + 256 - 192: 1 + 256 + 192].mean(0)  # [CLS] first; the TSS at 256, 384 bases around it
         np.testing.assert_allclose(np.asarray(got), expected.numpy(), rtol=1e-4, atol=1e-5)
+    # --rc both: the reverse strand pools the same 384 bases, at [512 - 448, 512 - 64) of the reverse complement
+    run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model=str(tiny_bert),
+                          pooling="tss", out=str(tmp_path / "rc"), limit=3, rc="both", options={"long": "truncate"}))
+    both = pd.read_parquet(tmp_path / "rc" / "dataset=gene" / "group=alt").sort_values("pair_index")
+    for s, fwd, got in zip(sites.to_dict("records"), table["embedding"], both["embedding"]):
+        _, alt, _ = window_pair(genome, s, 512)
+        with torch.no_grad():
+            ids = torch.tensor([tok(reverse_complement(alt))["input_ids"][:512]])
+            hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(np.asarray(got[:len(fwd)]), np.asarray(fwd), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got[len(fwd):]), hidden[1 + 64: 1 + 448].mean(0).numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(GlmscoreError, match="needs a gene-view windows folder"):
         run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "var"), model="onehot",
                               pooling="tss", out=str(tmp_path / "x")))
