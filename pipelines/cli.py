@@ -105,9 +105,8 @@ def _score_parser(sub, command: str, help_: str) -> None:
             seen.add(f.name)
             backend_names.append(f.name)
     for action in p._actions:  # a flag several backends declare takes what any of them takes; each checks its own
-        if action.dest in backend_names and action.choices is not None:
-            merged = [choices_of(f) for cls in BACKENDS.classes() for f in option_fields(cls.Options) if f.name == action.dest]
-            action.choices = None if not all(merged) else list(dict.fromkeys(x for m in merged for x in m))
+        if action.dest in backend_names:
+            _union_choices(action, [f for cls in BACKENDS.classes() for f in option_fields(cls.Options) if f.name == action.dest])
     bench_names: list[str] = []
     for cls in BENCHMARKS.classes():
         g = p.add_argument_group(f"benchmark {cls.name} options")
@@ -153,10 +152,16 @@ def _command_parser(sub_of: dict, parent_sub, words: tuple[str, ...], entries: l
                 continue
             if len(owners) < len(commands):
                 action.required = False
-            if action.choices is not None:
-                merged = [choices_of(f) for f in owners]
-                action.choices = None if not all(merged) else list(dict.fromkeys(x for m in merged for x in m))
+            _union_choices(action, owners)
     c.set_defaults(fields=names, commands=entries)
+
+
+def _union_choices(action: argparse.Action, owners: list) -> None:
+    """A flag declared by several option classes takes any value one of them takes (free text if one of
+    them has no choices); the class that runs checks its own."""
+    if action.choices is not None:
+        merged = [choices_of(f) for f in owners]
+        action.choices = None if not all(merged) else list(dict.fromkeys(x for m in merged for x in m))
 
 
 class Parser(argparse.ArgumentParser):

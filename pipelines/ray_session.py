@@ -274,6 +274,8 @@ def check_address(address: str, timeout: float = 10.0) -> None:
 
 def cluster_words(address: str) -> str:
     """The cluster a command runs on, as its first line names it."""
+    if ray.is_initialized():
+        return "the Ray cluster this process joined"
     return {"local": "a new local Ray cluster", "auto": "the running Ray cluster"}.get(address, f"the Ray cluster at {address}")
 
 

@@ -50,6 +50,7 @@ from pipelines.ray_session import (
     Pool,
     actor_remote_args,
     check_fits,
+    cluster_words,
     ray_address,
     size_pool,
     start_ray,
@@ -491,9 +492,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             done = _complete_without_ray(plan, units, out, started, laps)
             if done is not None:
                 return done
-        where = ("the Ray cluster this process joined" if ray.is_initialized() else
-                 "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
-        print(f"glmscore: {cfg.task} on {where}; output {out}", file=sys.stderr, flush=True)  # the first line
+        print(f"glmscore: {cfg.task} on {cluster_words(address)}; output {out}", file=sys.stderr, flush=True)  # the first line
         for warning in plan.benchmark.warnings:
             print(f"glmscore: warning: {warning}", file=sys.stderr)
         start_ray(address, out.out, runtime_env=JOB_ENV)
