@@ -256,11 +256,14 @@ WHAT_CHANGED = {"card": "the model card's {key}", "weights": "the model's weight
 
 
 def changes(before: dict, after: dict) -> list[str]:
-    """The differences between two fingerprint identities, each as the user names it (``--reduction mean
-    -> sum``, ``the model's weights (their content)``), the options they typed first; what follows from
-    another --model (its card, backend, weights, runtime) is not listed beside it."""
+    """The differences between two fingerprint identities, each as the user names it (``the model kmer4
+    -> kmer5``, ``--reduction mean -> sum``, ``the model's weights (their content)``); what follows from
+    another model (its card's fields, backend, weights, runtime) is not listed beside it."""
     said = []
-    new_model = before.get("job", {}).get("model") != after.get("job", {}).get("model")
+    card_a, card_b = before.get("card", {}), after.get("card", {})
+    new_model = card_a.get("id") != card_b.get("id")
+    if new_model:
+        said.append(f"the model {_short(card_a.get('id'))} -> {_short(card_b.get('id'))}")
     for key in ("job", "options", "benchmark_options", "pooling", "backend", "weights", "card", "runtime", "glmscore"):
         a, b = before.get(key), after.get(key)
         if a == b or (new_model and key in ("backend", "weights", "card", "runtime")):

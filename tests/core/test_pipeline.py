@@ -67,8 +67,8 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
     after = pads.dataset(out, partitioning="hive").to_table().to_pandas()
     key = ["group", "pair_index"]
     assert before.sort_values(key).reset_index(drop=True).equals(after.sort_values(key).reset_index(drop=True))
-    # a different model into the same folder is refused
-    with pytest.raises(GlmscoreError, match="different model"):
+    # a different model into the same folder is refused, naming it (not its card's fields one by one)
+    with pytest.raises(GlmscoreError, match=r"holds scores from another configuration \(the model kmer4 -> kmer5\); choose"):
         run_score(_cfg(small_nullsette, "kmer:5", out, limit=8, chunk_rows=4))
     # so is a smaller selection, whose folder would keep the larger run's extra shards under a new manifest
     with pytest.raises(GlmscoreError, match="holds 20 shard\\(s\\) that this run would not write"):
