@@ -228,7 +228,7 @@ def test_check_lists_the_runs_and_starts_nothing(tmp_path, capsys, small_nullset
     said = capsys.readouterr()
     assert "  dry run: score nullsette with kmer4 (backend kmer)" in said.out and "240 rows, 20 unit(s)" in said.out
     assert "The sweep would compute 40 of 40 units; nothing was started or written." in said.out
-    assert "Ray" not in said.err and not (tmp_path / "o").exists()
+    assert "glmscore: score on" not in said.err and not (tmp_path / "o").exists()  # no run started
     # --check makes each run's own preflight: an unknown model, a folder without tokenizer, bad data
     no_tok = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_llama, no_tok)
