@@ -38,10 +38,12 @@ def paired_differences(scores: pd.DataFrame) -> dict[tuple[str, str, str], np.nd
     return out
 
 
-def nullsette_tests(scores: pd.DataFrame, *, n_perm: int = 10_000, seed: int = 0, correction: str = "bh",
+def nullsette_tests(scores: pd.DataFrame | dict, *, n_perm: int = 10_000, seed: int = 0, correction: str = "bh",
                     estimator: str = "plus_one", alpha: float = 0.05) -> pd.DataFrame:
-    """The test table: one row per (model, dataset, mutant type); corrected within (model, dataset)."""
-    diffs = paired_differences(scores)
+    """The test table: one row per (model, dataset, mutant type); corrected within (model, dataset).
+    ``scores``: a score table, or its ``paired_differences`` (what an analysis reading one dataset at a
+    time keeps: a float per pair instead of the rows)."""
+    diffs = scores if isinstance(scores, dict) else paired_differences(scores)
     rows = []
     families: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     for (model, dataset, group), d in diffs.items():

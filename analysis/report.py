@@ -12,8 +12,6 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from analysis.nullsette import paired_differences
-
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -75,12 +73,11 @@ def type_labels(groups: list[str], significant: set[str]) -> list[str]:
     return [g.replace("mutant_translocation", "") + ("*" if g in significant else "") for g in groups]
 
 
-def plot_differences(scores: pd.DataFrame, out: Path, tests: pd.DataFrame | None = None) -> list[Path]:
-    """One PNG per (model, dataset): paired score differences (mutant - nonmutant) by mutant type;
-    types significant in ``tests`` are starred and drawn in colour."""
+def plot_differences(diffs: dict[tuple[str, str, str], np.ndarray], out: Path, tests: pd.DataFrame | None = None) -> list[Path]:
+    """One PNG per (model, dataset): paired score differences (mutant - nonmutant, ``paired_differences``)
+    by mutant type; types significant in ``tests`` are starred and drawn in colour."""
     plt = _pyplot()
 
-    diffs = paired_differences(scores)
     by_md: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     for (model, dataset, group), d in diffs.items():
         by_md.setdefault((model, dataset), []).append((group, d[~np.isnan(d)]))
@@ -124,12 +121,12 @@ def plot_success_heatmap(success: pd.DataFrame, out: Path) -> Path | None:
     return _save(fig, out / "success_heatmap.png")
 
 
-def write_nullsette_report(scores: pd.DataFrame, tests: pd.DataFrame, success: pd.DataFrame, out: Path,
-                           settings: dict, provenance: dict) -> Path:
+def write_nullsette_report(diffs: dict[tuple[str, str, str], np.ndarray], tests: pd.DataFrame, success: pd.DataFrame,
+                           out: Path, settings: dict, provenance: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tests.to_csv(out / "nullsette_tests.csv", index=False)
     success.to_csv(out / "nullsette_success.csv", index=False)
-    plots = plot_differences(scores, out, tests)
+    plots = plot_differences(diffs, out, tests)
     heat = plot_success_heatmap(success, out)
     lines = ["# Nullsette report", ""]
     lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -189,9 +189,11 @@ class Backend(ABC):
         return None
 
     @classmethod
-    def fit(cls, card: ModelCard, options: Options, references: Mapping[str | None, list[str]]) -> Any:
-        """Fit on reference sequences per dataset (key None: one background for all); the result is
-        given to every actor. ``references[d][i]`` is the row with pair_index i of dataset d."""
+    def fit(cls, card: ModelCard, options: Options, references: Mapping[str | None, Iterable[list[str]]]) -> Any:
+        """Fit on reference sequences per dataset (key None: one background for all), each given as
+        blocks of sequences read while the fit consumes them (the driver never holds them all); the
+        i-th sequence over a dataset's blocks is its row with pair_index i. The result is given to every
+        actor."""
         raise NotImplementedError
 
     @classmethod

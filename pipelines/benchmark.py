@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -22,6 +23,8 @@ from analysis.combined import generic_tables
 from models.errors import GlmscoreError
 from models.options import NoOptions, Options
 from models.registry import Registry
+
+REFERENCE_BLOCK = 50_000  # sequences per block of a benchmark's reference sequences (a few MB of text)
 
 BENCHMARKS: Registry["Benchmark"] = Registry("benchmark", "pipelines.benchmarks")
 register_benchmark = BENCHMARKS.register
@@ -104,9 +107,10 @@ class Benchmark(ABC):
     def read(self, unit: Unit) -> Rows:
         """A unit's rows (in a Ray task). Must raise a user error if the input changed since ``units``."""
 
-    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+    def reference_sequences(self, units: list[Unit], dataset: str) -> Iterator[list[str]]:
         """Sequences a baseline may be fitted on for ``dataset`` (all of them, not only the --limit
-        slice); element i is the row with pair_index i. Labels are never part of it."""
+        slice), in blocks of at most ``REFERENCE_BLOCK`` (streamed: the driver never holds them all);
+        the i-th sequence over the blocks is the row with pair_index i. Labels are never part of it."""
         raise GlmscoreError(f"benchmark {self.name} has no reference sequences to fit a baseline on.")
 
     def resolve_pooling(self, pooling: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,13 @@ def read_all(path: Path) -> tuple[list[str], list[str]]:
     n, chunks = scan(path, chunk_rows=1 << 62)
     c = chunks[0]
     return read_chunk(str(path), c.offset, c.length)
+
+
+def sequence_blocks(path: Path, rows: int) -> Iterator[list[str]]:
+    """The sequences of ``path``, ``rows`` records at a time: memory bounded by one block, whatever the
+    file's size (a fitted baseline's reference streams through this)."""
+    for c in scan(Path(path), chunk_rows=rows)[1]:
+        yield read_chunk(str(path), c.offset, c.length)[1]
 
 
 def write_fasta(path: Path, names, seqs) -> None:

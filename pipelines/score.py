@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, replace
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -39,9 +40,9 @@ from models.errors import GlmscoreError
 from models.options import Options, address_option, comma_list, option, option_fields, out_option
 from models.pooling import Pooling
 from pipelines import attempts, environments, shards, store
-from pipelines.benchmark import BENCHMARKS, Benchmark, Unit
+from pipelines.benchmark import BENCHMARKS, REFERENCE_BLOCK, Benchmark, Unit
 from pipelines.console import Laps, Progress
-from pipelines.fasta import read_all
+from pipelines.fasta import sequence_blocks
 from pipelines.provenance import content_digest, glmscore_version
 from pipelines.ray_session import (
     ACTOR_CPUS,
@@ -452,26 +453,39 @@ class WriteActor(StageActor):
 
 # ---------------------------------------------------------------- driver
 
-def _references(plan: Plan, units: list[Unit]) -> dict[str | None, list[str]]:
-    """What a fitted backend learns from: its own reference FASTA (key None), or the benchmark's
-    reference sequences per dataset."""
+def _references(plan: Plan, units: list[Unit]) -> dict[str | None, Iterator[list[str]]]:
+    """What a fitted backend learns from, as blocks of sequences read lazily: its own reference FASTA
+    (key None), or the benchmark's reference sequences per dataset."""
     path = plan.backend.reference_file(plan.card)
     if path:
-        return {None: read_all(Path(path))[1]}
+        return {None: sequence_blocks(Path(path), REFERENCE_BLOCK)}
     return {d: plan.benchmark.reference_sequences(units, d) for d in sorted({u.dataset for u in units})}
 
 
-def reference_digests(references: dict[str | None, list[str]], units: list[Unit]) -> dict[str, str]:
-    """Per dataset, a digest of the sequences its fitted table came from: a shard's scores depend on
-    every reference sequence, not only on its own chunk (editing one nonmutant changes every k-mer
-    crossfit score of that dataset), so resume compares this too."""
-    digests = {}
-    for key, seqs in references.items():
-        h = hashlib.blake2b(digest_size=12)
-        for seq in seqs:
+def _digesting(blocks: Iterator[list[str]], h) -> Iterator[list[str]]:
+    for block in blocks:
+        for seq in block:
             h.update(seq.encode() + b"\n")
-        digests[key] = h.hexdigest()
-    return {u.dataset: digests.get(u.dataset, digests.get(None)) for u in units}
+        yield block
+
+
+def _fitted(plan: Plan, units: list[Unit], fit: bool = False) -> tuple[object, dict[str, str]]:
+    """A fitted backend's table (with ``fit``) and, per dataset, a digest of the sequences it came from;
+    (None, {}) for other backends. A shard's scores depend on every reference sequence, not only on its
+    own chunk (editing one nonmutant changes every k-mer crossfit score of that dataset), so resume
+    compares the digest too. One streaming pass does both: the sequences are read block by block and
+    never held whole on the driver."""
+    if not plan.backend.fits_on_reference:
+        return None, {}
+    references = _references(plan, units)
+    hashes = {key: hashlib.blake2b(digest_size=12) for key in references}
+    streams = {key: _digesting(blocks, hashes[key]) for key, blocks in references.items()}
+    fitted = plan.backend.fit(plan.card, plan.options, streams) if fit else None
+    for stream in streams.values():
+        for _ in stream:  # whatever the fit left unread still belongs in the digest
+            pass
+    digests = {key: h.hexdigest() for key, h in hashes.items()}
+    return fitted, {u.dataset: digests.get(u.dataset, digests.get(None)) for u in units}
 
 
 def run_score(cfg: ScoreConfig) -> dict:
@@ -484,12 +498,16 @@ def run_score(cfg: ScoreConfig) -> dict:
     address = ray_address(cfg.address)
     if cfg.dry_run:
         return dry_run(plan, units, out, address)
-    refuse_over_context(plan, units)
+    try:
+        predicted = local_plan(plan)  # the plan on this machine's devices, decided without Ray
+    except GlmscoreError:
+        predicted = None  # the guess of the local devices was wrong for this job: Ray's own count decides
+    refuse_over_context(plan, predicted, units)
     out.create()
     fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
     with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
-        if fixed_size:
-            done = _complete_without_ray(plan, units, out, started, laps)
+        if fixed_size and predicted is not None:
+            done = _complete_without_ray(plan, predicted, units, out, started, laps)
             if done is not None:
                 return done
         print(f"glmscore: {cfg.task} on {cluster_words(address)}; output {out}", file=sys.stderr, flush=True)  # the first line
@@ -510,17 +528,15 @@ def run_score(cfg: ScoreConfig) -> dict:
             done.set()
 
 
-def refuse_over_context(plan: Plan, units: list[Unit]) -> None:
+def refuse_over_context(plan: Plan, predicted: Plan | None, units: list[Unit]) -> None:
     """``--long error``: a dataset whose longest sequence cannot fit the model's context, however it is
     tokenized, is refused on the driver before Ray starts (before: by the first actor, 20-45 s later).
     Only for whole datasets (no ``--limit``: the longest sequence may lie outside a slice), and only when
-    the backend bounds its token count (``Backend.fewest_tokens``); the actors still check each row."""
-    if plan.cfg.limit or getattr(plan.options, "long", None) != "error" or not units:
+    the backend bounds its token count (``Backend.fewest_tokens``); the actors still check each row.
+    ``predicted``: the plan on this machine's devices (``local_plan``; None: another cluster's decide)."""
+    if plan.cfg.limit or getattr(plan.options, "long", None) != "error" or not units or predicted is None:
         return
-    try:
-        limit = local_plan(plan).runtime.token_limit  # the limit is the model's, whatever devices run it
-    except GlmscoreError:
-        return  # planned for another cluster's devices: the actors decide
+    limit = predicted.runtime.token_limit  # the limit is the model's, whatever devices run it
     if not limit:
         return
     longest: dict[str, int] = {}
@@ -578,12 +594,6 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
             "fingerprint": predicted.fingerprint}
 
 
-def _fitted(plan: Plan, units: list[Unit]) -> tuple[dict, dict[str, str]]:
-    """A fitted backend's reference sequences and their digest per dataset (both empty for others)."""
-    references = _references(plan, units) if plan.backend.fits_on_reference else {}
-    return references, reference_digests(references, units) if references else {}
-
-
 def local_plan(plan: Plan) -> Plan:
     """The plan on the cluster a local run would start here (this machine's CPUs and GPUs), without Ray."""
     return plan_job(plan.cfg, {"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus())}, plan)
@@ -598,19 +608,17 @@ def local_gpus() -> int:
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
-def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str,
+def _complete_without_ray(plan: Plan, predicted: Plan, units: list[Unit], out: shards.OutputFolder, started: str,
                           laps: Laps) -> dict | None:
-    """A rerun on a local cluster whose every shard is already this configuration's, from this input:
-    verify, write the manifest and return it, without starting Ray (27 s of nothing, before). None when
-    anything is left to compute, so the job starts Ray as usual. Shards of this configuration that the run
-    would refuse (another --limit's, other datasets') are refused here, before Ray starts."""
-    if shards.read_run_file(out.out) is None or not units:
+    """A rerun on a local cluster (whose plan is ``predicted``) whose every shard is already this
+    configuration's, from this input: verify, write the manifest and return it, without starting Ray (27 s
+    of nothing, before). None when anything is left to compute, so the job starts Ray as usual. Shards of
+    this configuration that the run would refuse (another --limit's, other datasets') are refused here,
+    before Ray starts."""
+    previous = shards.read_run_file(out.out)
+    if previous is None or not units:
         return None
-    try:
-        predicted = local_plan(plan)
-    except GlmscoreError:
-        return None  # the guess of the local devices was wrong for this job: Ray's own count decides
-    if shards.read_run_file(out.out) != predicted.fingerprint and plan.cfg.overwrite:
+    if previous != predicted.fingerprint and plan.cfg.overwrite:
         return None  # another configuration's folder, replaced: computed on Ray
     # another configuration's folder is refused here, naming what changed: on the cluster a local run
     # starts (this machine, a fixed size) the plan is the one predicted
@@ -619,20 +627,24 @@ def _complete_without_ray(plan: Plan, units: list[Unit], out: shards.OutputFolde
         return None
     print(f"glmscore: {plan.cfg.task}: every shard in {out} is complete for this configuration and input; "
           "Ray not started", file=sys.stderr, flush=True)
-    return _score(predicted, units, out, started, laps)
+    return _score(predicted, units, out, started, laps, fit=False)
 
 
-def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str, laps: Laps) -> dict:
+def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str, laps: Laps, fit: bool = True) -> dict:
     """The job once planned (and, unless nothing is left to compute, Ray up), ``out`` locked: claim it,
-    run the pending units, verify, write the manifest."""
+    run the pending units, verify, write the manifest. ``fit=False``: nothing is pending (known before),
+    so a fitted backend's table is not made."""
     cfg = plan.cfg
     config = {**asdict(cfg), "data": cfg.data if plan.staged else str(Path(cfg.data).resolve()), "out": str(out),
               "resolved_pooling": plan.pooling, "options": plan.options.to_dict(),
               "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
     out.claim(plan.fingerprint, config, cfg.overwrite, units, plan.identity)
-    references, digests = _fitted(plan, units)
-    if references:
-        laps.lap("reference sequences")
+    # the fit comes with the digest (one pass over the reference sequences), before we know whether any
+    # shard is pending: the fit costs a fraction of reading them (a local rerun known to have nothing
+    # left to compute comes from ``_complete_without_ray`` with fit=False)
+    fitted, digests = _fitted(plan, units, fit=fit)
+    if digests:
+        laps.lap("reference sequences and fit")
     plan = replace(plan, references=digests)
     pending = out.pending(units, plan.fingerprint, plan.references)
     print(f"glmscore: {pending_line(len(units), out.why_pending(pending, plan.fingerprint, plan.references))}",
@@ -644,7 +656,7 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
         laps.lap("model environment")
         provenance["environment"] = {"packages": list(plan.card.environment),
                                      "installed": environments.installed(plan.card.environment)}
-    revisions = _run_pending(plan, pending, references, out, laps) if pending else set()
+    revisions = _run_pending(plan, pending, fitted, out, laps) if pending else set()
     return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
                       card=plan.card.to_dict(), started=started, provenance={**provenance, "startup_s": laps.seconds()},
                       warnings=plan.benchmark.warnings)
@@ -657,14 +669,10 @@ def pending_line(total: int, why: dict[str, int]) -> str:
     return f"{todo} of {total} shards to compute" + (f" ({reasons})" if reasons else "") + f"; {total - todo} reused"
 
 
-def _run_pending(plan: Plan, pending: list[Unit], references: dict, out: shards.OutputFolder, laps: Laps) -> set[str]:
-    """Ray Data over the pending units: prepare -> the backend -> write, each an actor pool (see
-    ``StageActor``). Returns the model revisions the actors reported."""
-    if plan.backend.fits_on_reference:
-        fitted = plan.backend.fit(plan.card, plan.options, references)
-        laps.lap("fit")
-    else:
-        fitted = None
+def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFolder, laps: Laps) -> set[str]:
+    """Ray Data over the pending units: prepare -> the backend (given ``fitted``, a fitted backend's
+    table) -> write, each an actor pool (see ``StageActor``). Returns the model revisions the actors
+    reported."""
     print(f"glmscore: {laps.line()}", file=sys.stderr, flush=True)
     ledger = attempts.Ledger(uuid.uuid4().hex)  # this job's kills per unit (a restarted job starts afresh)
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))

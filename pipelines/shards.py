@@ -209,15 +209,19 @@ def write_json(path, payload: dict) -> None:
     store.write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
 
 
-def read_run_file(out) -> str | None:
-    """The fingerprint in ``out``'s run record; None when there is none or it is unreadable (then each
-    shard's own fingerprint decides what is reused)."""
+def read_run_record(out) -> dict:
+    """``out``'s run record: its ``fingerprint`` and the ``identity`` that fingerprint hashed; empty when
+    there is none or it is unreadable (then each shard's own fingerprint decides what is reused)."""
     try:
-        return json.loads(store.read_bytes(store.join(out, RUN_FILE))).get("fingerprint")
-    except FileNotFoundError:
-        return None
-    except (ValueError, AttributeError):
-        return None
+        record = json.loads(store.read_bytes(store.join(out, RUN_FILE)))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def read_run_file(out) -> str | None:
+    """The fingerprint in ``out``'s run record (None: none, or unreadable)."""
+    return read_run_record(out).get("fingerprint")
 
 
 def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels: list[str],
@@ -240,14 +244,6 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
             store.delete(store.join(out, *rel.split("/")))
     store.delete(store.join(out, MANIFEST))
     write_json(store.join(out, RUN_FILE), {"fingerprint": fingerprint, "config": config, "identity": identity})
-
-
-def read_run_identity(out) -> dict | None:
-    """What the fingerprint in ``out``'s run record hashed (None for a record written before it was kept)."""
-    try:
-        return json.loads(store.read_bytes(store.join(out, RUN_FILE))).get("identity")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
 
 
 WHAT_CHANGED = {"card": "the model card's {key}", "weights": "the model's weights (their content)",
@@ -298,13 +294,14 @@ def check_out(out, fingerprint: str, overwrite: bool, shard_rels: list[str],
         raise GlmscoreError(f"--out {out} is a file, not a folder.")
     existing = store.files(out, "part-*.parquet") if store.exists(out) else []
     if store.exists(store.join(out, RUN_FILE)) and not overwrite:
-        previous = read_run_file(out)
+        record = read_run_record(out)
+        previous = record.get("fingerprint")
         if previous is None:  # an unreadable record (a run killed while writing it, before writes were atomic)
             metas = each(lambda p: shard_meta(store.join(out, *p.split("/"))), existing, io_threads(out))
             found = {(m or {}).get("fingerprint") for m in metas} - {None}
             previous = fingerprint if found <= {fingerprint} else next(iter(found - {fingerprint}))
         if previous != fingerprint:
-            before = read_run_identity(out)
+            before = record.get("identity")
             said = changes(before, identity) if before and identity else []
             what = f"another configuration ({'; '.join(said[:4])}{'; ...' if len(said) > 4 else ''})" if said else \
                 "a different model, data or configuration"

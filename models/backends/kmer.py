@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -133,14 +133,19 @@ class Kmer(Backend):
         return None, cls.reference_file(card)
 
     @classmethod
-    def fit(cls, card: ModelCard, options: KmerOptions, references: Mapping[str | None, list[str]]) -> dict:
-        """Background: {None: table}. Crossfit: {(dataset, fold): table fitted on the other folds}."""
+    def fit(cls, card: ModelCard, options: KmerOptions, references: Mapping[str | None, Iterable[list[str]]]) -> dict:
+        """Background: {None: table}. Crossfit: {(dataset, fold): table fitted on the other folds}.
+        Counts add up block by block, so the sequences stream through (a row's fold: its pair_index)."""
         if None in references:
-            return {None: logprob_table(fit_counts(references[None], card.order))}
+            return {None: logprob_table(sum((fit_counts(b, card.order) for b in references[None]),
+                                            np.zeros((4**card.order, 4), np.int64)))}
         tables = {}
         n = options.kmer_folds
-        for dataset, seqs in references.items():
-            folds = fit_counts(seqs, card.order, groups=fold_of(np.arange(len(seqs)), n), n_groups=n)
+        for dataset, blocks in references.items():
+            folds, start = np.zeros((n, 4**card.order, 4), np.int64), 0
+            for block in blocks:
+                folds += fit_counts(block, card.order, groups=fold_of(np.arange(start, start + len(block)), n), n_groups=n)
+                start += len(block)
             total = folds.sum(axis=0)
             for f in range(n):
                 tables[(dataset, f)] = logprob_table(total - folds[f])

@@ -2,12 +2,18 @@
 in one run, with the ratios. Prints a Markdown table.
 
     .venv/bin/python -m tests.bench.bench_scale [--out bench_out/scale] [--nabench-rows 100000,1000000]
-                                                [--nullsette-cassettes 500,5000]
+                                                [--nullsette-cassettes 500,5000] [--variant-sites 10000,100000]
+                                                [--probe-rows 100000,500000]
 
 - NABench: two SELEX-like assays (random 40-nt RNA, ``mutant,DMS_score,sequence``, seeded) of N rows each,
   ``glmscore score --model kmer:3`` (crossfit on every sequence of the assay), then
   ``glmscore analyze nabench`` on the scores.
-- Nullsette: the demo grammar (``pipelines/benchmarks/nullsette/demo.py``) at N cassettes x 20 groups.
+- Probes: two random 64-nt assays of N rows, ``embed --model onehot`` (256 features a row), then
+  ``probe --setting supervised --probes ridge`` (Ray Tune, the assay's folds).
+- Nullsette: the demo grammar (``pipelines/benchmarks/nullsette/demo.py``) at N cassettes x 20 groups,
+  ``score --model kmer:3`` then ``analyze nullsette``.
+- Variants: N random SNVs on ``variants synth``'s genome, ``variants build`` (128-bp windows), ``score
+  --model kmer:3@genome.fa`` (a chain fitted on the genome), ``analyze variants`` (AUROC, effect table, VCF).
 
 Each command runs as its own process on its own local Ray cluster; memory is sampled every 0.2 s from
 the driver (the command's process, or the child it forks to run Ray: whichever is larger) and the
@@ -37,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERALL = re.compile(r"rows \(100%\), ([\d,.]+) rows/s overall")
 
 
-def nabench_folder(folder: Path, rows: int, assays: int = 2, seed: int = 0) -> Path:
-    """``assays`` random 40-nt RNA assays of ``rows`` rows (a point mutant name, a normal score)."""
+def nabench_folder(folder: Path, rows: int, assays: int = 2, seed: int = 0, length: int = 40) -> Path:
+    """``assays`` random ``length``-nt RNA assays of ``rows`` rows (a point mutant name, a normal score)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for a in range(assays):
@@ -47,7 +53,7 @@ def nabench_folder(folder: Path, rows: int, assays: int = 2, seed: int = 0) -> P
             fh.write(b"mutant,DMS_score,sequence\n")
             for start in range(0, rows, 100_000):
                 n = min(100_000, rows - start)
-                seqs = np.frombuffer(b"ACGU", np.uint8)[rng.integers(0, 4, size=(n, 40))].view("S40").ravel()
+                seqs = np.frombuffer(b"ACGU", np.uint8)[rng.integers(0, 4, size=(n, length))].view(f"S{length}").ravel()
                 scores = rng.normal(size=n)
                 fh.write(b"".join(b"A%dG,%.4f,%s\n" % ((start + i) % 40 + 1, scores[i], seqs[i]) for i in range(n)))
     (folder / "metadata.csv").write_text("DMS_ID,RNA_TYPE\n" + "".join(f"Selex_2024_scale{a},aptamer\n" for a in range(assays)))
@@ -60,6 +66,27 @@ def nullsette_folder(folder: Path, cassettes: int, seed: int = 0) -> Path:
 
     build(write_spec(folder / "spec", cassettes, seed=seed), folder / "processed_data")
     return folder / "processed_data"
+
+
+def variants_folder(folder: Path, sites: int, seed: int = 0) -> tuple[Path, Path]:
+    """A synthetic genome (``glmscore variants synth``: 12 chromosomes x 200 kb) and ``sites`` random SNVs
+    on it (chrom,pos,ref,alt,label,tissue; labels random: the benchmark's cost, not its AUROC, is measured)."""
+    import pysam
+
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "variants", "synth", "--out", str(folder)], cwd=ROOT,
+                   check=True, capture_output=True)
+    rng = np.random.default_rng(seed)
+    fasta = pysam.FastaFile(str(folder / "genome.fa"))
+    rows = ["chrom,pos,ref,alt,label,tissue"]
+    for chrom in fasta.references:
+        n = sites // len(fasta.references) + (chrom == fasta.references[0]) * (sites % len(fasta.references))
+        seq = fasta.fetch(chrom).upper()
+        for pos in rng.choice(np.arange(1_000, len(seq) - 1_000), size=n, replace=False) + 1:
+            ref = seq[pos - 1]
+            alt = "ACGT"[("ACGT".index(ref) + int(rng.integers(1, 4))) % 4]
+            rows.append(f"{chrom},{pos},{ref},{alt},{int(rng.integers(0, 2))},Whole_Blood")
+    (folder / "scale_variants.csv").write_text("\n".join(rows) + "\n")
+    return folder / "genome.fa", folder / "scale_variants.csv"
 
 
 def run(args: list[str]) -> dict:
@@ -109,6 +136,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/scale")
     ap.add_argument("--nabench-rows", default="100000,1000000", help="rows per assay at 1x, 10x (...)")
     ap.add_argument("--nullsette-cassettes", default="500,5000", help="cassettes at 1x, 10x (...); 0 to skip")
+    ap.add_argument("--probe-rows", default="100000,500000", help="rows per assay of 256-feature embeddings to "
+                    "probe at 1x, 5x (...); 0 to skip")
+    ap.add_argument("--variant-sites", default="10000,100000", help="variant sites at 1x, 10x (...); 0 to skip")
     ap.add_argument("--chunk-rows", type=int, default=16384)
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -126,13 +156,45 @@ def main() -> None:
         table.append((f"NABench 2 x {n:,} rows, analyze", 2 * n, analyze))
         shutil.rmtree(data)
         shutil.rmtree(scores)
+    for n in [int(x) for x in args.probe_rows.split(",") if int(x)]:
+        # 64-nt rows, one-hot: 256 float32 features a row (2 x 500,000 rows: 1M x 256 embeddings)
+        data = nabench_folder(out / f"probe_{n}", n, length=64)
+        emb = out / f"probe_{n}_onehot"
+        embed = run(["embed", "--benchmark", "nabench", "--data", str(data), "--model", "onehot", "--out", str(emb),
+                     "--chunk-rows", str(args.chunk_rows)])
+        table.append((f"NABench 2 x {n:,} rows x 256 features, embed onehot", 2 * n, embed))
+        probe = run(["probe", "--embeddings", str(emb), "--setting", "supervised", "--probes", "ridge",
+                     "--out", str(out / f"probe_{n}_ridge")])
+        table.append((f"NABench 2 x {n:,} rows x 256 features, probe ridge (supervised)", 2 * n, probe))
+        shutil.rmtree(data)
+        shutil.rmtree(emb)
     for n in [int(x) for x in args.nullsette_cassettes.split(",") if int(x)]:
         data = nullsette_folder(out / f"nullsette_{n}", n)
         score = run(["score", "--benchmark", "nullsette", "--data", str(data), "--model", "kmer:3", "--out",
                      str(out / f"nullsette_{n}_k3"), "--chunk-rows", str(args.chunk_rows)])
         score["startup"] = startup(out / f"nullsette_{n}_k3")
         table.append((f"Nullsette {n:,} cassettes x 20 groups, score kmer:3", 20 * n, score))
+        analyze = run(["analyze", "nullsette", "--scores", str(out / f"nullsette_{n}_k3"), "--out",
+                       str(out / f"nullsette_{n}_report"), "--n-perm", "1000"])
+        table.append((f"Nullsette {n:,} cassettes x 20 groups, analyze", 20 * n, analyze))
         shutil.rmtree(out / f"nullsette_{n}")
+        shutil.rmtree(out / f"nullsette_{n}_k3")
+    for n in [int(x) for x in args.variant_sites.split(",") if int(x)]:
+        genome, variants = variants_folder(out / f"variants_{n}", n)
+        windows, scores = out / f"variants_{n}_windows", out / f"variants_{n}_k3"
+        build = run(["variants", "build", "--genome", str(genome), "--variants", str(variants), "--window", "128",
+                     "--out", str(windows)])
+        table.append((f"Variants {n:,} sites, build (128-bp windows)", n, build))
+        # a k-mer chain fitted on the genome itself (the benchmark has no reference sequences of its own)
+        score = run(["score", "--benchmark", "variants", "--data", str(windows), "--model", f"kmer:3@{genome}",
+                     "--out", str(scores), "--chunk-rows", str(args.chunk_rows)])
+        score["startup"] = startup(scores)
+        table.append((f"Variants {n:,} sites (ref + alt), score kmer:3", 2 * n, score))
+        analyze = run(["analyze", "variants", "--scores", str(scores), "--out", str(out / f"variants_{n}_report"),
+                       "--n-boot", "100"])
+        table.append((f"Variants {n:,} sites, analyze", n, analyze))
+        for folder in (genome.parent, windows, scores):
+            shutil.rmtree(folder)
     print("\n| run | rows | pipeline rows/s | end to end | driver peak RSS | Ray session peak RSS | vs the first size |")
     print("|---|---|---|---|---|---|---|")
     first: dict[str, dict] = {}

@@ -15,7 +15,7 @@ from models.loader import load_backend
 from pipelines.benchmarks.nullsette.benchmark import Nullsette
 from pipelines.fasta import read_all
 from pipelines.score import ScoreConfig, run_score
-from pipelines.shards import MANIFEST
+from pipelines.shards import MANIFEST, read_scores
 
 pytestmark = pytest.mark.ray
 
@@ -204,6 +204,11 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     first = tests[tests["group"] == "mutant_translocation1"]["order"].iloc[0]
     assert first == "cds-promoter-rbs-start_codon-stop_codon-terminator"
     assert set(result["table"]["model"]) == {"kmer3", "kmer5"} and (result["table"]["n_pairs"] == 12).all()
+    # the analysis reads one dataset of one folder at a time; its tests equal those of every score at once
+    from analysis.nullsette import nullsette_tests
+
+    whole = pd.concat([read_scores(d) for d in dirs], ignore_index=True)
+    pd.testing.assert_frame_equal(result["tests"].drop(columns="order"), nullsette_tests(whole, n_perm=2000))
     # one model twice under two labels, and a warning when the folders cover different --limit slices
     run_score(_cfg(small_nullsette, "kmer:3", tmp_path / "k3small", limit=6))
     again = Nullsette.analyze([dirs[0], str(tmp_path / "k3small")], str(tmp_path / "report2"),

@@ -191,6 +191,24 @@ def test_kmer_counts_in_blocks_equal_one_pass(monkeypatch):
     assert np.array_equal(fit_counts(seqs, 3, groups=groups, n_groups=4), whole_groups)
 
 
+def test_kmer_fit_on_streamed_blocks_equals_one_block():
+    """The driver streams reference sequences to ``fit`` in blocks: the crossfit folds follow each row's
+    pair_index across blocks, so the tables equal a fit on one block of every sequence."""
+    from models.backends.kmer import Kmer, KmerOptions
+    from models.base import resolve_card
+
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(list("ACGT"), size=rng.integers(5, 40))) for _ in range(103)]
+    card, options = resolve_card("kmer:3"), KmerOptions()
+    one = Kmer.fit(card, options, {"d": iter([seqs])})
+    blocks = Kmer.fit(card, options, {"d": (seqs[i:i + 10] for i in range(0, 103, 10))})
+    assert one.keys() == blocks.keys() and len(one) == options.kmer_folds
+    for key in one:
+        assert np.array_equal(one[key], blocks[key])
+    background = Kmer.fit(card, options, {None: (seqs[i:i + 10] for i in range(0, 103, 10))})
+    assert np.array_equal(background[None], logprob_table(fit_counts(seqs, 3)))
+
+
 def test_a_gpu_actor_whose_torch_sees_no_cuda_says_so(tiny_llama, monkeypatch):
     """Ray placed the actor on a GPU, but torch there sees none (a CPU build on a GPU image, Ray's fake GPU
     nodes): the sentence says that, not "this GPU has no bfloat16 support". No GPU here: CUDA's absence

@@ -10,8 +10,9 @@ unit is recomputed on a rerun; a unit at the end of a 1M-row assay costs what on
 (the earlier reader re-parsed the file from its first line for every unit: quadratic in rows).
 
 Rows are physical lines: a quoted field that spans lines is refused (no assay format has one). A UTF-8
-byte-order mark before the header is skipped. gzip-compressed assays are refused in one sentence (a
-byte range of a gzip stream cannot be read without decompressing everything before it).
+byte-order mark before the header is skipped. A gzip-compressed assay is scanned and read through a copy
+decompressed once (``pipelines/gunzip.py``: a byte range of a gzip stream cannot be read without
+decompressing everything before it).
 """
 
 from __future__ import annotations
@@ -84,9 +85,6 @@ def _is_number(text: str) -> bool | None:
 
 def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
     """Validate ``path`` in one streaming pass and split its first ``limit`` rows into spans."""
-    if path.name.endswith(".gz"):
-        raise GlmscoreError(f"{path.name} is gzip-compressed; NABench assays are read by byte range, so "
-                            f"decompress it first (gunzip {path.name}).")
     try:
         fh = open(path, "rb")
     except OSError as exc:

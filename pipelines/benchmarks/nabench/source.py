@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from analysis.fitness import aggregate, zero_shot_table
 from analysis.report import plot_best_worst, plot_family_bars, write_table_report
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, seed_option
-from pipelines.benchmark import Benchmark, Rows, Unit, locator
+from pipelines import gunzip
+from pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
 from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan
 from pipelines.shards import read_datasets, read_manifest
 
@@ -49,6 +51,7 @@ class Assay:
     crc: int  # of the whole file
     max_len: int = 0
     spans: tuple[Span, ...] = ()  # where each chunk of rows lies in the file (its own CRC)
+    source: Path | None = None  # the file as found: ``path``, or the .gz that ``path`` is the decompressed copy of
 
 
 def read_metadata(data: Path) -> dict[str, str]:
@@ -86,13 +89,13 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
     warnings = warnings if warnings is not None else []
     if not meta:
         warnings.append(f"{data / 'metadata.csv'} is missing, so every assay's family is 'unknown'.")
-    files = {p.stem: p for p in sorted(data.glob("*.csv")) if p.name not in ("metadata.csv", "metadata_rfam_id.csv")}
+    # <DMS_ID>.csv, or <DMS_ID>.csv.gz (read through a copy decompressed once: pipelines/gunzip.py)
+    files = {gunzip.plain_name(p)[:-len(".csv")]: p for p in sorted(data.glob("*.csv.gz"))}
+    files.update({p.stem: p for p in sorted(data.glob("*.csv"))})  # a plain file beside its .gz is the one read
+    for name in ("metadata", "metadata_rfam_id"):
+        files.pop(name, None)
     if not files:
-        gz = sorted(p.name for p in data.glob("*.csv.gz"))
-        if gz:
-            raise GlmscoreError(f"the assays in {data} are gzip-compressed ({gz[0]}...); NABench assays are read by "
-                                "byte range, so decompress them first (gunzip).")
-        raise GlmscoreError(f"no assay files (<DMS_ID>.csv) in {data}.")
+        raise GlmscoreError(f"no assay files (<DMS_ID>.csv or .csv.gz) in {data}.")
     if assays:
         missing = sorted(set(assays) - set(files))
         if missing:
@@ -103,6 +106,7 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         family = meta.get(dms_id, "unknown")
         if families and family not in families:
             continue
+        path = gunzip.readable(path)
         found = scan(path, chunk_rows, limit)
         if found.n_rows == 0:
             raise GlmscoreError(f"{path.name} has no variants.")
@@ -118,7 +122,7 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
             warnings.append(f"{path.name}: {found.with_t} sequence(s) have T and {found.with_u} have U: DNA and RNA "
                             "letters mixed in one assay (the model card's alphabet maps both).")
         n_rows = min(found.n_rows, limit) if limit else found.n_rows
-        out.append(Assay(dms_id, family, path, n_rows, found.file_crc, found.max_len, found.spans))
+        out.append(Assay(dms_id, family, path, n_rows, found.file_crc, found.max_len, found.spans, files[dms_id]))
     if not out:
         raise GlmscoreError(f"no assay in {data} matches the families {families}.")
     return out
@@ -204,16 +208,16 @@ class NABenchSource(Benchmark):
         units = []
         for a in discover(Path(self.data), assays=wanted, families=self.options.families, limit=limit,
                           warnings=self.warnings, chunk_rows=chunk_rows):
-            path = str(a.path.resolve())
+            file = gunzip.where(a.path, a.source)  # a worker without the driver's copy of a .gz makes its own
             for i, s in enumerate(a.spans):
                 # each unit's CRC covers its own bytes: an edited row recomputes only its unit
                 units.append(Unit(a.dms_id, a.family, i, s.n_rows, s.first_row, s.crc, a.max_len,
-                                  locator(path=path, offset=s.offset, length=s.length)))
+                                  locator(**file, offset=s.offset, length=s.length)))
         return units
 
     def read(self, unit: Unit) -> Rows:
         where = unit.where()
-        path = Path(where["path"])
+        path = gunzip.unit_file(where)
         frame = read_span(path, where["offset"], where["length"], unit.crc)
         if len(frame) != unit.n_rows:
             raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
@@ -222,14 +226,12 @@ class NABenchSource(Benchmark):
         return Rows([f"{unit.dataset}/{i}" for i in pair_index], names, frame["sequence"].tolist(), pair_index,
                     {"label": frame["DMS_score"].tolist(), "mutant": names, "is_wildtype": [m == "" for m in names]})
 
-    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
-        """Every variant of the assay (sequences only: labels are never read for fitting), read span by
-        span, not only the --limit slice the units cover."""
-        path = Path(next(u for u in units if u.dataset == dataset).where()["path"])
-        seqs: list[str] = []
-        for s in scan(path, chunk_rows=100_000).spans:
-            seqs += read_span(path, s.offset, s.length)["sequence"].tolist()
-        return seqs
+    def reference_sequences(self, units: list[Unit], dataset: str) -> Iterator[list[str]]:
+        """Every variant of the assay (sequences only: labels are never read for fitting), span by span,
+        not only the --limit slice the units cover."""
+        path = gunzip.unit_file(next(u for u in units if u.dataset == dataset).where())
+        for s in scan(path, chunk_rows=REFERENCE_BLOCK).spans:
+            yield read_span(path, s.offset, s.length, s.crc)["sequence"].tolist()
 
     @classmethod
     def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:

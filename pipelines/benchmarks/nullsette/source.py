@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
@@ -24,18 +25,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.combined import ordered, plot_grid
-from analysis.nullsette import nullsette_tests, success_rates
+from analysis.nullsette import nullsette_tests, paired_differences, success_rates
 from analysis.report import write_nullsette_report
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, out_option, seed_option
-from pipelines import store
-from pipelines.benchmark import Benchmark, Rows, Unit, locator
-from pipelines.fasta import Chunk, read_chunk, scan, write_fasta
-from pipelines.shards import read_manifest, read_scores
+from pipelines import gunzip, store
+from pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
+from pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
+from pipelines.shards import read_datasets, read_manifest
 
 NONMUTANT = "nonmutant"
 BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}}}, written by build
-_MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt$")
+_MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt(?:\.gz)?$")
 # Released folder of each component table shipped with the benchmark; other tables use their file stem.
 RELEASED_FOLDERS = {"deboer_Abf1TATA": "deboer/Abf1TATA", "deboer_pTpA": "deboer/pTpA"}
 
@@ -48,6 +49,7 @@ class GroupFile:
     n_records: int
     chunks: tuple[Chunk, ...]
     max_len: int = 0  # longest record of the whole file (not only the --limit slice)
+    source: Path | None = None  # the file as found: ``path``, or the .gz that ``path`` is the decompressed copy of
 
 
 def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
@@ -57,12 +59,10 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
     root = Path(root)
     if not root.is_dir():
         raise GlmscoreError(f"Nullsette data folder {root} does not exist.")
-    folders = sorted(p.parent for p in root.rglob(f"{NONMUTANT}.txt"))
+    # <group>.txt, or <group>.txt.gz read through a copy decompressed once (pipelines/gunzip.py)
+    folders = sorted({p.parent for pattern in (f"{NONMUTANT}.txt", f"{NONMUTANT}.txt.gz")
+                      for p in root.rglob(pattern) if not gunzip.in_cache(p.relative_to(root))})
     if not folders:
-        packed = sorted(root.rglob(f"{NONMUTANT}.txt.gz"))
-        if packed:  # the chunks are byte ranges of the plain file, read by many workers at once
-            raise GlmscoreError(f"Nullsette reads uncompressed FASTA and {packed[0]} is gzipped; decompress the dataset's "
-                                "files first (gunzip -k <dataset>/*.txt.gz).")
         raise GlmscoreError(f"no Nullsette dataset under {root}: expected <dataset>/nonmutant.txt (run `glmscore nullsette build`).")
     found = {str(f.relative_to(root)).replace("/", "_") or root.name: f for f in folders}
     if datasets:
@@ -72,17 +72,22 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
         found = {k: v for k, v in found.items() if k in datasets}
     out: list[GroupFile] = []
     for name, folder in sorted(found.items()):
-        mutants = sorted(
-            (int(m.group(1)), p) for p in folder.iterdir() if (m := _MUTANT_RE.match(p.name))
-        )
+        by_type: dict[int, Path] = {}
+        for p in sorted(folder.iterdir(), key=lambda p: not gunzip.is_gzip(p)):  # a plain file wins over its .gz
+            if m := _MUTANT_RE.match(p.name):
+                by_type[int(m.group(1))] = p
+        mutants = sorted(by_type.items())
         if not mutants:
             raise GlmscoreError(f"dataset {name} ({folder}) has nonmutant.txt but no mutant_translocation<k>.txt files.")
         ks = [k for k, _ in mutants]
         if ks != list(range(1, len(ks) + 1)):
             raise GlmscoreError(f"dataset {name}: mutant types must be numbered 1..K without gaps, found {ks}.")
-        files = [(NONMUTANT, folder / f"{NONMUTANT}.txt")] + [(f"mutant_translocation{k}", p) for k, p in mutants]
+        nonmutant = folder / f"{NONMUTANT}.txt"
+        files = [(NONMUTANT, nonmutant if nonmutant.exists() else folder / f"{NONMUTANT}.txt.gz")] + \
+            [(f"mutant_translocation{k}", p) for k, p in mutants]
         expected = None
-        for group, path in files:
+        for group, source in files:
+            path = gunzip.readable(source)
             notes: dict = {}
             n, chunks = scan(path, chunk_rows, None, notes)
             if warnings is not None and notes["duplicate_names"]:
@@ -100,7 +105,7 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
                 )
             if limit is not None and limit < n:
                 n, chunks = scan(path, chunk_rows, limit)
-            out.append(GroupFile(name, group, path, n, tuple(chunks), longest))
+            out.append(GroupFile(name, group, path, n, tuple(chunks), longest, source))
     return out
 
 
@@ -331,27 +336,24 @@ class NullsetteSource(Benchmark):
         widths = {g.dataset: g.max_len for g in groups if g.group == NONMUTANT}
         return [
             Unit(g.dataset, g.group, i, c.n_records, c.first_record, c.crc, widths[g.dataset],
-                 locator(path=str(g.path.resolve()), offset=c.offset, length=c.length))
+                 locator(**gunzip.where(g.path, g.source or g.path), offset=c.offset, length=c.length))
             for g in groups for i, c in enumerate(g.chunks)
         ]
 
     def read(self, unit: Unit) -> Rows:
         where = unit.where()
-        names, seqs = read_chunk(where["path"], where["offset"], where["length"])
+        names, seqs = read_chunk(str(gunzip.unit_file(where)), where["offset"], where["length"])
         if len(seqs) != unit.n_rows:
             raise GlmscoreError(f"{where['path']} changed while the job ran; rerun to rescan it.")
         pair_index = np.arange(unit.first_row, unit.first_row + len(seqs), dtype=np.int32)
         return Rows([f"{unit.dataset}/{unit.group}/{i}" for i in pair_index], names, seqs, pair_index)
 
-    def reference_sequences(self, units: list[Unit], dataset: str) -> list[str]:
+    def reference_sequences(self, units: list[Unit], dataset: str) -> Iterator[list[str]]:
         """The dataset's nonmutants, all cassettes (a crossfit baseline must never see mutants)."""
         non = [u for u in units if u.dataset == dataset and u.group == NONMUTANT]
         if not non:
             raise GlmscoreError(f"fitting on dataset {dataset} needs its nonmutant sequences.")
-        path = Path(non[0].where()["path"])
-        full = discover(path.parent, chunk_rows=1 << 40)[0]
-        c = full.chunks[0]
-        return read_chunk(str(full.path), c.offset, c.length)[1]
+        return sequence_blocks(gunzip.unit_file(non[0].where()), REFERENCE_BLOCK)
 
     @classmethod
     def analyze(cls, score_dirs: list[str], out: str, options: NullsetteAnalyzeOptions) -> dict:
@@ -360,30 +362,42 @@ class NullsetteSource(Benchmark):
             raise GlmscoreError("pass --scores with one or more score folders.")
         if options.labels and len(options.labels) != len(score_dirs):
             raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
-        frames, provenance, limits, datas, data_notes = [], {}, {}, set(), set()
+        # one dataset of one folder in memory at a time: what the tests need of it is a float per pair
+        diffs: dict[tuple[str, str, str], np.ndarray] = {}
+        provenance, limits, datas, data_notes = {}, {}, set(), set()
+
+        def add(frame: pd.DataFrame, folder: str, label: str | None) -> None:
+            if label:
+                frame["model"] = label
+            for key, d in paired_differences(frame).items():
+                if key in diffs:
+                    raise GlmscoreError(f"the score folders overlap: model {key[0]} scored dataset {key[1]} twice "
+                                        f"(again in {folder}); pass each model once or name them apart with --labels.")
+                diffs[key] = d
+
         for i, d in enumerate(score_dirs):
             if not store.is_uri(d) and is_published_layout(Path(d)):
                 frame = read_published_scores(Path(d))
-                if options.labels:
-                    if frame["model"].nunique() > 1:
-                        raise GlmscoreError(f"{d} holds {frame['model'].nunique()} models; --labels names one per folder, "
-                                            "so pass <out>/<model> folders one by one.")
-                    frame["model"] = options.labels[i]
-                frames.append(frame)
-                for model in frame["model"].unique():
+                if options.labels and frame["model"].nunique() > 1:
+                    raise GlmscoreError(f"{d} holds {frame['model'].nunique()} models; --labels names one per folder, "
+                                        "so pass <out>/<model> folders one by one.")
+                models = [options.labels[i]] if options.labels else frame["model"].unique()
+                add(frame, d, options.labels[i] if options.labels else None)
+                for model in models:
                     limits[model] = None
                     provenance[model] = f"{d}, the published scripts' score files (seqs, scores)"
                 continue
-            frame = read_scores(d, columns=["model", "dataset", "group", "pair_index", "score"],
-                                what="score folder")
             manifest = read_manifest(d)
+            models = set()
+            for _, frame in read_datasets(d, columns=["model", "dataset", "group", "pair_index", "score"],
+                                          what="score folder"):
+                models.update(frame["model"].unique())
+                add(frame, d, options.labels[i] if options.labels else None)
+            models = {options.labels[i]} if options.labels else models
             data_notes.update(manifest.get("warnings", []))  # what the score job found suspicious in the input
-            if options.labels:
-                frame["model"] = options.labels[i]
-            frames.append(frame)
             config = manifest.get("config", {})
             datas.add(config.get("data"))
-            for model in frame["model"].unique():
+            for model in sorted(models):
                 limits[model] = config.get("limit")
                 provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
                                      f"revision {manifest.get('resolved_revision')}, --limit {config.get('limit')}, "
@@ -393,12 +407,10 @@ class NullsetteSource(Benchmark):
             notes.append("the models were scored on different --limit slices (" + ", ".join(f"{m}: {v}" for m, v in limits.items())
                          + "); their tests use different cassettes")
             print(f"glmscore: warning: {notes[-1]}.", file=sys.stderr)
-        scores = pd.concat(frames, ignore_index=True)
-        if scores.duplicated(["model", "dataset", "group", "pair_index"]).any():
-            raise GlmscoreError("the score folders overlap: the same model scored the same rows twice; pass each model once "
-                                "or name them apart with --labels.")
         o = options
-        tests = nullsette_tests(scores, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
+        # (model, dataset) in order, mutant types in each as paired_differences orders them (a stable sort)
+        diffs = dict(sorted(diffs.items(), key=lambda kv: kv[0][:2]))
+        tests = nullsette_tests(diffs, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
                                 alpha=o.alpha)
         orders = mutant_orders(o.translocations, datas, tests)
         tests.insert(tests.columns.get_loc("group") + 1, "order",
@@ -406,7 +418,7 @@ class NullsetteSource(Benchmark):
         success = success_rates(tests)
         settings = {**{k: v for k, v in o.to_dict().items() if v is not None}, "alternative": "less (mutant < nonmutant)",
                     **({"notes": "; ".join(notes)} if notes else {})}
-        report = write_nullsette_report(scores, tests, success, Path(out), settings, provenance)
+        report = write_nullsette_report(diffs, tests, success, Path(out), settings, provenance)
         return {"report": str(report), "table": success, "tests": tests}
 
     @classmethod

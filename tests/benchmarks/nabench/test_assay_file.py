@@ -1,13 +1,15 @@
 """NABench assays read in O(unit): byte-range units, a CRC per unit, the scan's validation."""
 
 import gzip
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from models.errors import GlmscoreError
-from pipelines.benchmarks.nabench import assay_file
+from pipelines.benchmarks.nabench import assay_file, source
 from pipelines.benchmarks.nabench.benchmark import NABench
 from pipelines.benchmarks.nabench.source import read_assay
 
@@ -32,7 +34,7 @@ def _reference(path):
                        na_values={"DMS_score": ["", "NA", "NaN", "nan"]})
 
 
-def test_units_cover_the_assay_and_match_pandas(tmp_path):
+def test_units_cover_the_assay_and_match_pandas(tmp_path, monkeypatch):
     path = _assay(tmp_path / "nab", 2_503)
     bench = NABench(str(tmp_path / "nab"))
     units = bench.units(chunk_rows=500, limit=None, datasets=None)
@@ -44,7 +46,10 @@ def test_units_cover_the_assay_and_match_pandas(tmp_path):
     labels = np.array(sum((r.extra["label"] for r in rows), []), float)
     assert np.allclose(labels, ref["DMS_score"].to_numpy(float), equal_nan=True)
     assert np.concatenate([r.pair_index for r in rows]).tolist() == list(range(2_503))
-    assert bench.reference_sequences(units, "Big_2024_selex") == ref["sequence"].tolist()
+    assert sum(bench.reference_sequences(units, "Big_2024_selex"), []) == ref["sequence"].tolist()
+    monkeypatch.setattr(source, "REFERENCE_BLOCK", 1_000)  # streamed: the driver holds one block at a time
+    blocks = list(bench.reference_sequences(units, "Big_2024_selex"))
+    assert [len(b) for b in blocks] == [1_000, 1_000, 503] and sum(blocks, []) == ref["sequence"].tolist()
     limited = bench.units(chunk_rows=500, limit=700, datasets=None)
     assert [u.n_rows for u in limited] == [500, 200]
     assert bench.read(limited[1]).sequences == ref["sequence"].tolist()[500:700]
@@ -138,9 +143,49 @@ def test_scan_refuses_bad_rows_in_one_sentence_and_accepts_a_bom(tmp_path):
     with pytest.raises(GlmscoreError, match="header must start with mutant,DMS_score,sequence \\(it starts with mutant,score"):
         bench.units(chunk_rows=10, limit=None, datasets=None)
     path.unlink()
-    (folder / "Toy_2024_assay.csv.gz").write_bytes(gzip.compress(b"mutant,DMS_score,sequence\n,0.5,ACGT\n"))
-    with pytest.raises(GlmscoreError, match="gzip-compressed.*decompress them first"):
+    (folder / "Toy_2024_assay.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(GlmscoreError, match="Toy_2024_assay.csv.gz is not a readable gzip file"):
         bench.units(chunk_rows=10, limit=None, datasets=None)
+
+
+def test_gzipped_assays_are_read_through_a_copy_decompressed_once(tmp_path, monkeypatch, capsys):
+    """A .csv.gz assay scores as its plain CSV does: the same units, CRCs and rows, from a copy made once
+    beside it (reused while the .gz is unchanged, remade by a worker that lacks it); an edited row
+    changes only its own unit's CRC; a data folder that cannot take it puts the copy under GLMSCORE_CACHE."""
+    plain = _assay(tmp_path / "plain", 2_503)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    gz = packed / "Big_2024_selex.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    want = NABench(str(tmp_path / "plain")).units(chunk_rows=500, limit=None, datasets=None)
+    bench = NABench(str(packed))
+    units = bench.units(chunk_rows=500, limit=None, datasets=None)
+    assert "decompressing" in capsys.readouterr().err
+    assert [(u.dataset, u.n_rows, u.first_row, u.crc) for u in units] == [(u.dataset, u.n_rows, u.first_row, u.crc) for u in want]
+    ref = _reference(plain)
+    assert sum((bench.read(u).sequences for u in units), []) == ref["sequence"].tolist()
+    assert sum(bench.reference_sequences(units, "Big_2024_selex"), []) == ref["sequence"].tolist()
+    copy = packed / ".glmscore-gunzip" / "Big_2024_selex.csv"
+    assert copy.read_bytes() == plain.read_bytes()
+    NABench(str(packed)).units(chunk_rows=500, limit=None, datasets=None)
+    assert "decompressing" not in capsys.readouterr().err  # reused
+    copy.unlink()  # a worker on a node without the driver's copy
+    assert bench.read(units[3]).sequences == ref["sequence"].tolist()[1_500:2_000]
+    lines = plain.read_text().splitlines(keepends=True)
+    lines[1_700] = lines[1_700].rstrip("\n") + "A\n"  # row 1,699 (unit 3) gets a longer sequence
+    gz.write_bytes(gzip.compress("".join(lines).encode()))
+    os.utime(gz, ns=(gz.stat().st_atime_ns, gz.stat().st_mtime_ns + 10**9))
+    edited = NABench(str(packed)).units(chunk_rows=500, limit=None, datasets=None)
+    assert [i for i, (a, b) in enumerate(zip(units, edited)) if a.crc != b.crc] == [3]
+    assert len(NABench(str(packed)).read(edited[3]).sequences[199]) == 41
+    with pytest.raises(GlmscoreError, match="changed while the job ran"):
+        bench.read(units[3])  # a unit of the old scan is not read from the new copy
+    shutil.rmtree(packed / ".glmscore-gunzip")
+    monkeypatch.setenv("GLMSCORE_CACHE", str(tmp_path / "cache"))
+    (packed / ".glmscore-gunzip").write_text("")  # no copy can be made beside the data (root ignores chmod)
+    again = NABench(str(packed)).units(chunk_rows=500, limit=None, datasets=None)
+    assert [u.crc for u in again] == [u.crc for u in edited]
+    assert list((tmp_path / "cache" / "gunzip").glob("*/Big_2024_selex.csv"))
 
 
 def test_duplicate_mutants_and_mixed_t_u_are_warnings(tmp_path):

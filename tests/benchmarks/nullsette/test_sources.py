@@ -145,16 +145,30 @@ def test_repeated_names_and_lowercase_records_are_warnings(small_nullsette, tmp_
     assert clean.warnings == []
 
 
-def test_gzipped_fasta_is_one_sentence(small_nullsette, tmp_path):
+def test_gzipped_fasta_is_read_through_a_copy_decompressed_once(small_nullsette, tmp_path):
+    """Gzipped group files (.txt.gz) give the plain files' units, rows and reference sequences; the copies
+    made beside them are never found as a dataset of their own; a plain file wins over its .gz."""
     import gzip
 
     data = tmp_path / "gz" / "synthetic_ecoli"
     data.mkdir(parents=True)
     for path in (small_nullsette / "synthetic_ecoli").iterdir():
         (data / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
-    with pytest.raises(GlmscoreError, match=r"^Nullsette reads uncompressed FASTA and .*nonmutant\.txt\.gz is gzipped; "
-                                            r"decompress the dataset's files first \(gunzip -k <dataset>/\*\.txt\.gz\)\.$"):
-        discover(tmp_path / "gz")
+    plain, packed = Nullsette(str(small_nullsette)), Nullsette(str(tmp_path / "gz"))
+    for _ in range(2):  # the second scan finds the copies made by the first, and only as copies
+        want = plain.units(chunk_rows=5, limit=None, datasets=None)
+        got = packed.units(chunk_rows=5, limit=None, datasets=None)
+        key = [(u.dataset, u.group, u.n_rows, u.first_row, u.crc) for u in want]
+        assert [(u.dataset, u.group, u.n_rows, u.first_row, u.crc) for u in got] == key
+    assert all(json.loads(u.locator)["gz"].endswith(".txt.gz") for u in got)
+    assert [packed.read(u).sequences for u in got] == [plain.read(u).sequences for u in want]
+    assert sum(packed.reference_sequences(got, "synthetic_ecoli"), []) == \
+        read_all(small_nullsette / "synthetic_ecoli" / "nonmutant.txt")[1]
+    (data / "nonmutant.txt.gz").unlink()
+    shutil.copy(small_nullsette / "synthetic_ecoli" / "nonmutant.txt", data / "nonmutant.txt")
+    mixed = Nullsette(str(tmp_path / "gz")).units(chunk_rows=5, limit=None, datasets=None)
+    assert [(u.dataset, u.group, u.n_rows, u.crc) for u in mixed] == [(u.dataset, u.group, u.n_rows, u.crc) for u in want]
+    assert "gz" not in json.loads(mixed[0].locator)
 
 
 @pytest.mark.realdata
