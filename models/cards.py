@@ -68,20 +68,52 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
 
+ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it scores: never in a fingerprint
+
+
 @lru_cache(maxsize=1)
-def registry() -> dict[str, ModelCard]:
-    """All cards in ``models/cards.yaml``, keyed by id."""
+def _read() -> tuple[dict[str, ModelCard], dict[str, dict[str, str]]]:
     text = resources.files("models").joinpath("cards.yaml").read_text()
     raw = yaml.safe_load(text) or {}
-    cards = {}
+    cards, about = {}, {}
     for card_id, fields in raw.items():
         fields = dict(fields)
+        about[card_id] = {k: str(fields.pop(k, "") or "") for k in ABOUT_FIELDS}
         fields["requires"] = tuple(fields.get("requires") or ())
         fields["environment"] = tuple(fields.get("environment") or ())
         fields["protocols"] = tuple(fields.get("protocols") or ("glmscore",))
         fields["paper_keep_float32"] = tuple(fields.get("paper_keep_float32") or ())
         cards[card_id] = ModelCard(id=card_id, **fields)
-    return cards
+    return cards, about
+
+
+def registry() -> dict[str, ModelCard]:
+    """All cards in ``models/cards.yaml``, keyed by id."""
+    return _read()[0]
+
+
+def about(card_id: str) -> dict[str, str]:
+    """A card's ``seed`` (the model as the benchmarks' papers name it) and ``verified`` (what this card
+    was checked against: a tiny configuration of the model's own class, a stand-in with its quirks, or
+    nothing but the model's documentation). Kept out of ``ModelCard``, so out of every fingerprint."""
+    return _read()[1].get(card_id, {k: "" for k in ABOUT_FIELDS})
+
+
+def zoo_table() -> str:
+    """The model zoo as a Markdown table, one row per card (the README's, kept equal by a test)."""
+    rows = ["| seed model | card id | backend | environment | verified against | protocols | GPU memory |",
+            "|---|---|---|---|---|---|---|"]
+    for card in registry().values():
+        if card.environment:
+            env = "own: " + ", ".join(card.environment)
+        else:
+            env = f"glmscore's + {card.package.partition(':')[0]}" if card.package else "glmscore's"
+            env += "; " + ", ".join(card.requires) if card.requires else ""
+        env += "; remote code" if card.trust_remote_code else ""
+        info = about(card.id)
+        rows.append(f"| {info['seed']} | `{card.id}` | {card.backend} | {env} | {info['verified'] or 'none'} | "
+                    f"{', '.join(card.protocols)} | {card.gpu_memory_gb:g} GB |")
+    return "\n".join(rows)
 
 
 def import_package(card: ModelCard) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from models.base import BACKENDS
-from models.cards import registry
+from models.cards import about, registry, zoo_table
 from models.errors import GlmscoreError
 from models.options import base_type, choices_of, flag_of, option_fields
 from pipelines import store
@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.set_defaults(fields=add_options(d, DemoOptions))
-    sub.add_parser("models", help="list the model cards and backends")
+    m = sub.add_parser("models", help="list the model cards and backends")
+    m.add_argument("--table", action="store_true", help="the model zoo as a Markdown table (the README's)")
     r = sub.add_parser("runs", help="what output folders hold: benchmark, model, rows, finished or not, fingerprint")
     r.add_argument("folders", nargs="+", help="score or embed output folders (local or s3://)")
     return parser
@@ -329,11 +330,15 @@ def _dispatch(args) -> int:
     _local_only(args)
 
     if args.command == "models":
+        if args.table:
+            print(zoo_table())
+            return 0
         for card in registry().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
             print(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
                   f"protocols: {', '.join(card.protocols)}"
                   + (f"; own environment: {' '.join(card.environment)}" if card.environment else "") + ")")
+            print(f"{'':28s} verified: {about(card.id)['verified'] or 'none'}")
         print("\nbackends:")
         for cls in BACKENDS.classes():
             can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),

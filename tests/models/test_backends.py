@@ -47,6 +47,21 @@ def test_cards_and_unknown_model():
         resolve_card("kmer:x")
 
 
+def test_every_card_says_what_it_was_verified_against_and_the_readme_shows_the_zoo():
+    """Each card names its seed model and what it was checked against; the README's model zoo is
+    ``glmscore models --table`` as it is now; the descriptive fields never enter a card's fingerprint."""
+    from pathlib import Path
+
+    from models.cards import ModelCard, about, zoo_table
+
+    for card_id in registry():
+        info = about(card_id)
+        assert info["seed"] and info["verified"].split(":")[0] in ("tiny real class", "stand-in", "none"), card_id
+    assert "seed" not in ModelCard.__dataclass_fields__ and "verified" not in ModelCard.__dataclass_fields__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert zoo_table() in readme, "README's model zoo differs from `glmscore models --table`: paste it again"
+
+
 def test_causal_matches_manual_forward_and_is_batch_invariant(tiny_llama):
     card = resolve_card(str(tiny_llama))
     assert not card.trust_remote_code
@@ -59,6 +74,31 @@ def test_causal_matches_manual_forward_and_is_batch_invariant(tiny_llama):
         alone = scorer.loglik_sequences([s])
         assert alone.loglik_sum[0] == pytest.approx(together.loglik_sum[i], abs=1e-5)
     # a tiny token budget forces one row per forward pass: same scores
+    scorer.batch_tokens = 1
+    assert np.allclose(scorer.loglik_sequences(SEQS).loglik_sum, together.loglik_sum, atol=1e-5)
+
+
+def test_a_gpt2_model_matches_its_own_forward_pass(tmp_path):
+    """GPT-2 (Plant DNAGPT's architecture: absolute positions, no rotary) with a single-base tokenizer:
+    scores equal a direct forward pass, batched with padding or one row at a time."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.tiny_models import dna_tokenizer
+
+    tok = dna_tokenizer(with_bos=True)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    card = resolve_card(str(tmp_path / "gpt2"))
+    assert (card.backend, card.objective, card.trust_remote_code) == ("hf_causal", "clm", False)
+    scorer = load_backend(card)
+    together = scorer.loglik_sequences(SEQS)
+    for i, s in enumerate(SEQS):
+        total, n = _manual_causal(tmp_path / "gpt2", s)
+        assert together.loglik_sum[i] == pytest.approx(total, abs=1e-4) and together.n_scored[i] == n
     scorer.batch_tokens = 1
     assert np.allclose(scorer.loglik_sequences(SEQS).loglik_sum, together.loglik_sum, atol=1e-5)
 

@@ -198,18 +198,21 @@ def test_a_cards_hub_id_gets_the_card():
     assert resolve_card("GenerTeam/GENERator-eukaryote-3b-base").id == "generator-eukaryote-3b"
 
 
-def _tiny_rnafm(path):
+def _tiny_multimolecule(path, arch: str):
+    """A tiny random ``<arch>ForMaskedLM`` of multimolecule (RnaFm, RiNALMo, RnaErnie, ErnieRna, SpliceBert:
+    the architectures of the RNA cards) with the package's RNA tokenizer."""
     import multimolecule
     import torch
 
     tok = multimolecule.RnaTokenizer()
     torch.manual_seed(0)
-    model = multimolecule.RnaFmForMaskedLM(multimolecule.RnaFmConfig(
+    model_class = getattr(multimolecule, f"{arch}ForMaskedLM")
+    model = model_class(getattr(multimolecule, f"{arch}Config")(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=128))
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    return multimolecule.RnaFmForMaskedLM, ["ACGUACGUAA", "GGGCCCAU", "UUAGCACGU"]
+    return model_class, ["ACGUACGUAA", "GGGCCCAU", "UUAGCACGU"]
 
 
 def _tiny_gpn(path):
@@ -228,16 +231,17 @@ def _tiny_gpn(path):
     return GPNForMaskedLM, ["ACGTACGTAA", "GGGCCCAT", "TTAGCACGT", "ACGTAC"]
 
 
-@pytest.mark.parametrize("package", ["multimolecule", "gpn:register_auto_classes"])
-def test_an_architecture_from_its_package_matches_the_packages_own_forward_pass(package, tmp_path, small_nullsette):
-    """RNA-FM (multimolecule) and GPN (gpn) at tiny random sizes, written with the packages' own classes:
-    the folder gets a card naming the package (so actors import it), and scores equal the class's own
-    forward pass, one sequence at a time. GPN's convolutions ignore an attention mask, so its card batches
-    rows of one length only."""
+@pytest.mark.parametrize("package,arch", [("multimolecule", a) for a in ("RnaFm", "RiNALMo", "RnaErnie", "ErnieRna", "SpliceBert")]
+                         + [("gpn:register_auto_classes", "GPN")])
+def test_an_architecture_from_its_package_matches_the_packages_own_forward_pass(package, arch, tmp_path, small_nullsette):
+    """The RNA cards' architectures (multimolecule) and GPN (gpn) at tiny random sizes, written with the
+    packages' own classes: the folder gets a card naming the package (so actors import it), and scores
+    equal the class's own forward pass, one sequence at a time. GPN's convolutions ignore an attention
+    mask, so its card batches rows of one length only."""
     import torch
 
     path = tmp_path / "tiny"
-    model_class, seqs = (_tiny_rnafm if package == "multimolecule" else _tiny_gpn)(path)
+    model_class, seqs = (_tiny_multimolecule(path, arch) if package == "multimolecule" else _tiny_gpn(path))
     card = resolve_card(str(path))
     assert (card.backend, card.package, card.trust_remote_code, card.vllm) == ("hf_masked", package, False, False)
     scorer = load_backend(card, batch_tokens=1000)

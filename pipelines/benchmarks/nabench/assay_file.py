@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
+import os
 import re
 import zlib
 from array import array
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +159,21 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
     hashes = np.frombuffer(mutant_hashes, dtype=np.uint64) if mutant_hashes else np.zeros(0, np.uint64)
     duplicates = len(hashes) - len(np.unique(hashes))
     return Scan(header, n, tuple(spans), max_all, file_crc, counts[False], counts[True], duplicates, with_t, with_u)
+
+
+PARALLEL_BYTES = 32 << 20  # below this, scanning in this process beats starting others
+
+
+def scan_files(paths: list[Path], chunk_rows: int, limit: int | None = None) -> list[Scan]:
+    """``scan`` of each file, in order. Many large files (SELEX-scale assays) are scanned in parallel
+    processes, one per CPU: the scan is pure Python over every line. It stays on the driver, before Ray
+    starts, so a bad input is refused before a cluster is paid for (Ray tasks would need one)."""
+    workers = min(len(paths), os.cpu_count() or 1)
+    if workers < 2 or sum(p.stat().st_size for p in paths) < PARALLEL_BYTES:
+        return [scan(p, chunk_rows, limit) for p in paths]
+    # forkserver, not fork: the driver may already hold Ray's threads (an in-process ray.init)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return list(pool.map(scan, paths, [chunk_rows] * len(paths), [limit] * len(paths)))
 
 
 def read_span(path: Path, offset: int, length: int, crc: int | None = None) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, seed_option
 from pipelines import gunzip
 from pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
-from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan
+from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan, scan_files
 from pipelines.shards import read_datasets, read_manifest
 
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
@@ -101,13 +101,11 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         if missing:
             raise GlmscoreError(f"assay(s) {', '.join(missing)} not found in {data}.")
         files = {k: v for k, v in files.items() if k in assays}
+    chosen = {dms_id: gunzip.readable(path) for dms_id, path in files.items()
+              if not families or meta.get(dms_id, "unknown") in families}
     out = []
-    for dms_id, path in files.items():
+    for (dms_id, path), found in zip(chosen.items(), scan_files(list(chosen.values()), chunk_rows, limit)):
         family = meta.get(dms_id, "unknown")
-        if families and family not in families:
-            continue
-        path = gunzip.readable(path)
-        found = scan(path, chunk_rows, limit)
         if found.n_rows == 0:
             raise GlmscoreError(f"{path.name} has no variants.")
         if found.numeric_scores == 0:

@@ -197,3 +197,22 @@ def test_duplicate_mutants_and_mixed_t_u_are_warnings(tmp_path):
     bench.units(chunk_rows=10, limit=None, datasets=None)
     assert any("1 row(s) repeat an earlier row's mutant name" in w for w in bench.warnings)
     assert any("1 sequence(s) have T and 3 have U: DNA and RNA letters mixed" in w for w in bench.warnings)
+
+
+def test_large_assays_are_scanned_in_parallel_processes_with_the_same_result(tmp_path, monkeypatch):
+    """Many large files are scanned in worker processes (``scan_files``): the units equal a scan in this
+    process, and a user error in one file is still the one sentence naming it."""
+    for i in range(3):
+        _assay(tmp_path / "nab", 1_200 + i, seed=i, name=f"Big_2024_selex{i}")
+    one_by_one = NABench(str(tmp_path / "nab")).units(chunk_rows=500, limit=None, datasets=None)
+    monkeypatch.setattr(assay_file, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(assay_file.os, "cpu_count", lambda: 2)
+    calls = []
+    real = assay_file.ProcessPoolExecutor
+    monkeypatch.setattr(assay_file, "ProcessPoolExecutor", lambda *a, **k: calls.append(a) or real(*a, **k))
+    parallel = NABench(str(tmp_path / "nab")).units(chunk_rows=500, limit=None, datasets=None)
+    assert calls == [(2,)] and parallel == one_by_one
+    (tmp_path / "nab" / "Big_2024_selex1.csv").write_text("mutant,DMS_score,sequence\n,0.5,AC-T\n")
+    with pytest.raises(GlmscoreError, match=r"Big_2024_selex1.csv: line 2 has '-' in its sequence"):
+        NABench(str(tmp_path / "nab")).units(chunk_rows=500, limit=None, datasets=None)
+    assert len(calls) == 2
