@@ -44,6 +44,14 @@ class AssayArrays:
                        folds={name: col[keep] for name, col in self.folds.items()}, wildtype=self.wildtype[keep])
 
 
+def fetch(data: dict, keys) -> dict:
+    """The assays ``keys`` of ``data``: values, or object references (``run_trials(by_item=...)``: the
+    sweep puts each assay in the object store on its own, and a trial gets only those it reads)."""
+    import ray
+
+    return {k: ray.get(data[k]) if isinstance(data[k], ray.ObjectRef) else data[k] for k in dict.fromkeys(keys)}
+
+
 def probe_trial(config: dict, data: dict) -> dict:
 
     # small-data MLP fits stop at max_iter by design, and constant one-hot columns make ridge
@@ -51,6 +59,7 @@ def probe_trial(config: dict, data: dict) -> dict:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     warnings.filterwarnings("ignore", category=LinAlgWarning)
     c = config["trial"]
+    data = fetch(data, (c["assay"], *c.get("train_assays", ())))  # this trial's assays only (object refs)
     a: AssayArrays = data[c["assay"]]
     if c.get("drop_wildtype"):  # --wildtype published: the rule of the script this trial follows
         a = a.without_wildtype()

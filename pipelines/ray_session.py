@@ -322,10 +322,14 @@ def started_local() -> bool:
 
 
 def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resources: dict, n_trials: int,
-               max_concurrent: int | None = None, dry_run: str | None = None, **shared) -> list | str:
+               max_concurrent: int | None = None, dry_run: str | None = None, by_item: tuple[str, ...] = (),
+               **shared) -> list | str:
     """The one Ray Tune runner of every sweep (probes, fine-tuning, a benchmark's learners): the trials of
     ``param_space`` (its ``tune.grid_search`` entries), each with ``resources``; ``shared`` goes to the
     object store once (``tune.with_parameters``); one progress line per finished trial (of ``n_trials``).
+    The dicts named in ``by_item`` go there one value at a time, and the trial is given a dict of object
+    references to ``ray.get`` what it reads: a trial of one assay then holds that assay, not
+    every assay of the sweep (2 x 500k x 256 embeddings: 15 GB of trial processes before).
     Returns Tune's results; the first failed trial's error is raised (a user error keeps its sentence, a
     bug its traceback). No configuration is ever chosen here: every trial's result is returned.
 
@@ -352,6 +356,7 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
         else:
             reuse = "no earlier trials: every trial runs"
         return f"  trials: {n_trials} Ray Tune trials, {each} each; {at_once}\n  reuse: {reuse}"
+    shared = {k: ({item: ray.put(v) for item, v in value.items()} if k in by_item else value) for k, value in shared.items()}
     runnable = tune.with_resources(tune.with_parameters(trainable, **shared), resources)
     if stamp.is_file() and stamp.read_text() == grid and tune.Tuner.can_restore(str(experiment)):
         print(f"glmscore: resuming the interrupted trials in {experiment}: finished trials are reused", file=sys.stderr, flush=True)

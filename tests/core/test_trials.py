@@ -93,3 +93,24 @@ def test_the_grid_stamp_covers_the_shared_data():
     assert digest({"data": frame}) != digest({"data": edited})
     assert digest({"X": np.zeros((3, 4), np.float32)}) != digest({"X": np.zeros((4, 3), np.float32)})
     assert digest({"X": np.arange(4)}) == digest({"X": np.arange(4)})
+
+
+def _one_item(config, data):
+    """A trial of a ``by_item`` sweep: it is given object references, and fetches only its own item."""
+    import ray
+
+    assert all(isinstance(v, ray.ObjectRef) for v in data.values())
+    from analysis.probe_trials import fetch
+
+    got = fetch(data, [config["item"]])
+    return {"item": config["item"], "sum": float(got[config["item"]].sum()), "fetched": len(got)}
+
+
+def test_a_by_item_sweep_gives_each_trial_only_the_items_it_reads(ray_cluster, tmp_path):
+    import numpy as np
+
+    data = {name: np.full(1_000, i, dtype=np.float32) for i, name in enumerate(["a", "b", "c"])}
+    results = run_trials(_one_item, {"item": tune.grid_search(["a", "c"])}, storage=tmp_path / "tune", name="items",
+                         resources={"cpu": 1}, n_trials=2, data=data, by_item=("data",))
+    assert sorted((r.metrics["item"], r.metrics["sum"], r.metrics["fetched"]) for r in results) == \
+        [("a", 0.0, 1), ("c", 2_000.0, 1)]

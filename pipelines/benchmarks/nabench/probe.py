@@ -226,10 +226,12 @@ def run_probes(cfg: ProbeConfig) -> dict:
 
 def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
               cpus_per_trial: float = 1.0, dry_run: str | None = None) -> pd.DataFrame | str:
-    """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); the arrays go to
-    the object store once. Returns one row per trial (``dry_run``: what would run, as text)."""
+    """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); each assay's arrays
+    go to the object store once, and a trial fetches only the assays it reads. Returns one row per trial
+    (``dry_run``: what would run, as text)."""
     results = run_trials(probe_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
-                         resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data, dry_run=dry_run)
+                         resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data, by_item=("data",),
+                         dry_run=dry_run)
     if dry_run is not None:
         return results
     rows = [r.metrics for r in results]
