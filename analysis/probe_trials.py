@@ -34,6 +34,9 @@ class AssayArrays:
     folds: dict[str, np.ndarray] = field(default_factory=dict)
     fold_source: str = "generated"
     wildtype: np.ndarray | None = None  # rows that are the wild type (an empty mutant)
+    # with ``X`` in Ray's object store (an ObjectRef: the probe driver keeps no embeddings), a digest of its
+    # content, so that a sweep's grid stamp still follows the data
+    x_digest: str = ""
 
     def without_wildtype(self) -> "AssayArrays":
         """The same assay without its wild-type rows (fold columns too)."""
@@ -46,10 +49,17 @@ class AssayArrays:
 
 def fetch(data: dict, keys) -> dict:
     """The assays ``keys`` of ``data``: values, or object references (``run_trials(by_item=...)``: the
-    sweep puts each assay in the object store on its own, and a trial gets only those it reads)."""
+    sweep puts each assay in the object store on its own, and a trial gets only those it reads); an
+    assay's embeddings put there by the driver as it read them (``X`` a reference) are fetched too."""
     import ray
 
-    return {k: ray.get(data[k]) if isinstance(data[k], ray.ObjectRef) else data[k] for k in dict.fromkeys(keys)}
+    out = {}
+    for k in dict.fromkeys(keys):
+        value = ray.get(data[k]) if isinstance(data[k], ray.ObjectRef) else data[k]
+        if isinstance(getattr(value, "X", None), ray.ObjectRef):
+            value = replace(value, X=ray.get(value.X))
+        out[k] = value
+    return out
 
 
 def probe_trial(config: dict, data: dict) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import ray
 from ray import tune
 
 from analysis.fitness import aggregate
@@ -65,12 +67,14 @@ class ProbeConfig(Options):
                                        "interrupted run) and stop: nothing is started or written")
 
 
-def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -> tuple[str, dict]:
+def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None, put=None) -> tuple[str, dict]:
     """Per-assay arrays from an embedding folder (each assay read on its own: one-hot widths differ).
 
     Rows are in assay-file order (``pair_index``); rows without a label are left out, and with
     ``wildtype="drop"`` the wild type too (an empty ``mutant``). ``keys``, if given, receives per assay
-    the kept rows' mutants and occurrence numbers (to join distributed folds).
+    the kept rows' mutants and occurrence numbers (to join distributed folds). ``put`` (``ray.put``):
+    each assay's embeddings go to the object store as soon as they are read, and only the reference
+    stays here, so the driver's memory is bound by the largest assay, not by all of them.
     """
 
 
@@ -82,8 +86,9 @@ def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -
             raise GlmscoreError(f"{folder} holds no NABench embeddings with labels.")
         frame = t.select(["pair_index", "label", "mutant", "model", "group"]).to_pandas()
         X = np.asarray(t.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(t.num_rows, -1)
+        del t
         order = np.argsort(frame["pair_index"].to_numpy())
-        frame, X = frame.iloc[order].reset_index(drop=True), X[order]
+        frame = frame.iloc[order].reset_index(drop=True)
         keep = ~frame["label"].isna().to_numpy()
         mutants = frame["mutant"].fillna("").astype(str).str.strip()
         if wildtype == "drop":
@@ -91,8 +96,13 @@ def load_embeddings(emb_dir, wildtype: str = "keep", keys: dict | None = None) -
         if keys is not None:
             keys[name] = (mutants[keep].tolist(), occurrence(mutants)[keep])
         model = frame["model"].iloc[0]
+        X = X[order[keep]]  # one copy: sorted and cut together
+        digest = ""
+        if put is not None:
+            digest = hashlib.blake2b(X.tobytes(), digest_size=16).hexdigest() + str(X.shape)
+            X = put(X)
         data[name] = AssayArrays(
-            X=X[keep], y=frame["label"].to_numpy()[keep],
+            X=X, x_digest=digest, y=frame["label"].to_numpy()[keep],
             positions=[positions(m) for m in frame["mutant"][keep]], family=frame["group"].iloc[0],
             wildtype=(mutants == "").to_numpy()[keep])
     if not data:
@@ -146,7 +156,10 @@ def run_probes(cfg: ProbeConfig) -> dict:
     keys: dict = {}
     rule = wildtype_rule(cfg)
     # "published" decides per trial, so the rows keep the wild type here and each trial drops it or not
-    model, data = load_embeddings(cfg.embeddings, wildtype="drop" if rule == "drop" else "keep", keys=keys)
+    if not cfg.dry_run:  # Ray first: each assay's embeddings go to its object store as they are read
+        start_ray(ray_address(cfg.address), Path(cfg.out), command="probe")
+    model, data = load_embeddings(cfg.embeddings, wildtype="drop" if rule == "drop" else "keep", keys=keys,
+                                  put=None if cfg.dry_run else ray.put)
     if cfg.folds is not None:
         attach_folds(data, keys, cfg.folds)
     folds_label = str(Path(cfg.folds).resolve()) if cfg.folds is not None else "generated"
@@ -167,7 +180,6 @@ def run_probes(cfg: ProbeConfig) -> dict:
                 f"  assays: {len(data)} ({rows:,} rows, {'/'.join(map(str, dims))}-dim embeddings); probes {','.join(probes)}; "
                 f"wild type: {rule}; folds: {folds_label}")
         return {"dry_run": head + "\n" + run_sweep(data, grid, out_dir / "tune", name=setting, dry_run=ray_address(cfg.address))}
-    start_ray(ray_address(cfg.address), Path(cfg.out), command="probe")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")
