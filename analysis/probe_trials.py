@@ -34,8 +34,8 @@ class AssayArrays:
     folds: dict[str, np.ndarray] = field(default_factory=dict)
     fold_source: str = "generated"
     wildtype: np.ndarray | None = None  # rows that are the wild type (an empty mutant)
-    # with ``X`` in Ray's object store (an ObjectRef: the probe driver keeps no embeddings), a digest of its
-    # content, so that a sweep's grid stamp still follows the data
+    # with ``X`` in Ray's object store (a reference: the probe driver keeps no embeddings; a trial fetches
+    # it), a digest of its content, so that a sweep's grid stamp still follows the data
     x_digest: str = ""
 
     def without_wildtype(self) -> "AssayArrays":
@@ -47,21 +47,6 @@ class AssayArrays:
                        folds={name: col[keep] for name, col in self.folds.items()}, wildtype=self.wildtype[keep])
 
 
-def fetch(data: dict, keys) -> dict:
-    """The assays ``keys`` of ``data``: values, or object references (``run_trials(by_item=...)``: the
-    sweep puts each assay in the object store on its own, and a trial gets only those it reads); an
-    assay's embeddings put there by the driver as it read them (``X`` a reference) are fetched too."""
-    import ray
-
-    out = {}
-    for k in dict.fromkeys(keys):
-        value = ray.get(data[k]) if isinstance(data[k], ray.ObjectRef) else data[k]
-        if isinstance(getattr(value, "X", None), ray.ObjectRef):
-            value = replace(value, X=ray.get(value.X))
-        out[k] = value
-    return out
-
-
 def probe_trial(config: dict, data: dict) -> dict:
 
     # small-data MLP fits stop at max_iter by design, and constant one-hot columns make ridge
@@ -69,7 +54,6 @@ def probe_trial(config: dict, data: dict) -> dict:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     warnings.filterwarnings("ignore", category=LinAlgWarning)
     c = config["trial"]
-    data = fetch(data, (c["assay"], *c.get("train_assays", ())))  # this trial's assays only (object refs)
     a: AssayArrays = data[c["assay"]]
     if c.get("drop_wildtype"):  # --wildtype published: the rule of the script this trial follows
         a = a.without_wildtype()

@@ -388,6 +388,20 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     return list(results)
 
 
+def fetch(items: dict, keys) -> dict:
+    """In a trial of ``run_trials(by_item=...)``: the values of ``keys`` (object references there), with any
+    field of theirs that is itself a reference fetched too (embeddings the driver put as it read them)."""
+    out = {}
+    for k in dict.fromkeys(keys):
+        value = ray.get(items[k]) if isinstance(items[k], ray.ObjectRef) else items[k]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            refs = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                    if isinstance(getattr(value, f.name), ray.ObjectRef)}
+            value = dataclasses.replace(value, **dict(zip(refs, ray.get(list(refs.values()))))) if refs else value
+        out[k] = value
+    return out
+
+
 def _digest(value, h) -> None:
     """Feed the content of a trial's shared data (arrays, dataclasses, containers) into ``h``."""
     if isinstance(value, np.ndarray):

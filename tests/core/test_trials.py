@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from pipelines.ray_session import TrialsInterrupted, run_trials
+from pipelines.ray_session import TrialsInterrupted, fetch, run_trials
 
 pytestmark = pytest.mark.ray
 
@@ -100,8 +100,6 @@ def _one_item(config, data):
     import ray
 
     assert all(isinstance(v, ray.ObjectRef) for v in data.values())
-    from analysis.probe_trials import fetch
-
     got = fetch(data, [config["item"]])
     return {"item": config["item"], "sum": float(got[config["item"]].sum()), "fetched": len(got)}
 

@@ -22,7 +22,7 @@ from models.options import Options, address_option, comma_list, option, out_opti
 from pipelines import store
 from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence
 from pipelines.benchmarks.nabench.source import family_list, positions
-from pipelines.ray_session import ray_address, run_trials, start_ray
+from pipelines.ray_session import fetch, ray_address, run_trials, start_ray
 from pipelines.shards import datasets_of, read_manifest, read_table
 
 SETTINGS = ("fewshot", "supervised", "transfer")
@@ -236,12 +236,18 @@ def run_probes(cfg: ProbeConfig) -> dict:
     return {"report": str(report), "summary": summary}
 
 
+def _assays_trial(config: dict, data: dict) -> dict:
+    """``probe_trial`` on the assays it reads, fetched from the object store (``run_trials(by_item=...)``)."""
+    c = config["trial"]
+    return probe_trial(config, fetch(data, (c["assay"], *c.get("train_assays", ()))))
+
+
 def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
               cpus_per_trial: float = 1.0, dry_run: str | None = None) -> pd.DataFrame | str:
     """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); each assay's arrays
     go to the object store once, and a trial fetches only the assays it reads. Returns one row per trial
     (``dry_run``: what would run, as text)."""
-    results = run_trials(probe_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
+    results = run_trials(_assays_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
                          resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data, by_item=("data",),
                          dry_run=dry_run)
     if dry_run is not None:
