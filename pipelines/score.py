@@ -616,10 +616,8 @@ def _complete_without_ray(plan: Plan, predicted: Plan, units: list[Unit], out: s
     this configuration that the run would refuse (another --limit's, other datasets') are refused here,
     before Ray starts."""
     previous = shards.read_run_file(out.out)
-    if previous is None or not units:
-        return None
-    if previous != predicted.fingerprint and plan.cfg.overwrite:
-        return None  # another configuration's folder, replaced: computed on Ray
+    if previous is None or not units or plan.cfg.overwrite:
+        return None  # --overwrite replaces the folder's shards, so everything is computed, on Ray
     # another configuration's folder is refused here, naming what changed: on the cluster a local run
     # starts (this machine, a fixed size) the plan is the one predicted
     out.check(predicted.fingerprint, plan.cfg.overwrite, units, predicted.identity)
@@ -673,6 +671,8 @@ def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFold
     """Ray Data over the pending units: prepare -> the backend (given ``fitted``, a fitted backend's
     table) -> write, each an actor pool (see ``StageActor``). Returns the model revisions the actors
     reported."""
+    if not ray.is_initialized():  # Ray Data would otherwise join whatever cluster it finds on the machine
+        raise RuntimeError("_run_pending needs the Ray cluster this job started or joined")
     print(f"glmscore: {laps.line()}", file=sys.stderr, flush=True)
     ledger = attempts.Ledger(uuid.uuid4().hex)  # this job's kills per unit (a restarted job starts afresh)
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))

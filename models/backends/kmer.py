@@ -26,9 +26,9 @@ from models.options import Options, option
 MAX_ORDER = 12  # 4**12 contexts x 4 float64 = 537 MB per table: the largest that fits a worker
 SMOOTHING = 1.0  # add-one (Laplace) smoothing of the (k+1)-mer counts
 CROSSFIT = "crossfit"
-# Sequences counted in one vectorised pass: ~40 bytes of temporaries per base, so 50,000 sequences of a few
-# hundred bases stay within a few hundred MB however large the reference is.
-FIT_BLOCK = 50_000
+# Bases counted in one vectorised pass: ~60 bytes of int64 temporaries per base, so a block of 2M bases stays
+# near 130 MB however large the reference is (blocks of 50,000 sequences were 1 GB for Nullsette's cassettes).
+FIT_BASES = 1 << 21
 
 
 def _joined(code_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,9 +70,13 @@ def fit_counts(seqs: Sequence[str], order: int, groups: np.ndarray | None = None
     (n_groups, 4**k, 4), in the same single pass (the crossfit folds).
     """
     seqs = list(seqs)
-    if len(seqs) > FIT_BLOCK:  # counts add up over sequences: a block at a time bounds the int64 temporaries
-        return sum(fit_counts(seqs[i:i + FIT_BLOCK], order, None if groups is None else groups[i:i + FIT_BLOCK], n_groups)
-                   for i in range(0, len(seqs), FIT_BLOCK))
+    ends = np.cumsum(np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs)))
+    if len(seqs) > 1 and ends[-1] > FIT_BASES:
+        # counts add up over sequences: blocks of about FIT_BASES bases bound the int64 temporaries (~8 arrays
+        # of 8 bytes a base); by bases, not by sequences: 50,000 Nullsette cassettes are 19M bases, 1 GB
+        edges = np.unique(np.concatenate([[0], np.searchsorted(ends, np.arange(FIT_BASES, ends[-1], FIT_BASES)), [len(seqs)]]))
+        return sum(fit_counts(seqs[a:b], order, None if groups is None else groups[a:b], n_groups)
+                   for a, b in zip(edges[:-1], edges[1:]) if b > a)
     joined = codes(normalise("N".join(seqs) + "N", "DNA")[0])  # N separators: no window spans two sequences
     ctx, nxt, at = _windows(joined, order)
     cells = 4**order * 4

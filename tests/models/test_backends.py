@@ -226,7 +226,7 @@ def test_kmer_counts_in_blocks_equal_one_pass(monkeypatch):
     seqs = ["".join(rng.choice(list("ACGTN"), size=rng.integers(1, 30))) for _ in range(101)]
     groups = rng.integers(0, 4, size=101)
     whole, whole_groups = fit_counts(seqs, 3), fit_counts(seqs, 3, groups=groups, n_groups=4)
-    monkeypatch.setattr(kmer, "FIT_BLOCK", 7)  # 15 blocks, the last one short
+    monkeypatch.setattr(kmer, "FIT_BASES", 100)  # blocks of about 100 bases, the last one short
     assert np.array_equal(fit_counts(seqs, 3), whole) and whole.sum() > 0
     assert np.array_equal(fit_counts(seqs, 3, groups=groups, n_groups=4), whole_groups)
 

@@ -269,6 +269,13 @@ def test_console_is_quiet_with_real_progress_and_verbose_brings_ray_back(tmp_pat
     assert "0 of 20 shards to compute; 20 reused" in again.stderr and "Ray" not in again.stdout
     manifest = json.loads((tmp_path / "q" / "_manifest.json").read_text())
     assert manifest["shards_reused"] == 20 and manifest["rows_total"] == 80
+    # --overwrite of that complete folder recomputes every shard on a cluster of its own (it used to skip
+    # Ray's start, then find every shard replaced, and Ray Data joined whatever cluster ran on the machine)
+    replaced = _run_cli(*base, "--out", "q", "--overwrite", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stderr.splitlines()[0].startswith("glmscore: score on a new local Ray cluster"), replaced.stderr[:2000]
+    assert "20 of 20 shards to compute" in replaced.stderr and "Connecting to existing Ray cluster" not in replaced.stderr
+    assert json.loads((tmp_path / "q" / "_manifest.json").read_text())["shards_computed"] == 20
     # a rerun whose --limit would cut those shards short is refused before Ray starts (it used to be after)
     short = _run_cli(*base[:-1], "2", "--out", "q", cwd=tmp_path)
     _assert_one_line_error(short, "holds a shard of 4 rows where this run would write 2")
