@@ -174,8 +174,15 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
         raise GlmscoreError(f"backend {backend.name} fits on a benchmark's reference sequences, and benchmark "
                             f"{benchmark.name} has none; use a model that needs no fitting.")
     if cfg.rc != "none" and not backend.strand_symmetric:
-        raise GlmscoreError(f"--rc {cfg.rc}: backend {backend.name}'s outputs are position-resolved (a reverse-complemented "
-                            "window's bins run backwards), so the strands cannot be averaged as they are; use --rc none.")
+        if cfg.rc == "mean" and "rc" in _option_names(backend):
+            # position-resolved outputs (tracks in bins): the backend flips the other strand's bins back itself
+            # (Enformer's ensembling), so the job's own strand averaging stands aside
+            cfg = replace(cfg, rc="none", options={**cfg.options, "rc": True})
+        else:
+            raise GlmscoreError(f"--rc {cfg.rc}: backend {backend.name}'s outputs are position-resolved (a reverse-"
+                                "complemented window's bins run backwards), so the strands cannot be kept or averaged "
+                                "as they are; use --rc none" + (" or --rc mean (its own ensembling)."
+                                                                if "rc" in _option_names(backend) else "."))
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
@@ -197,6 +204,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> P
     """The backend's runtime on ``cluster`` (Ray's resource totals), the weights' identity and the
     fingerprint: everything that changes a score is in the fingerprint."""
     r = resolved or resolve_job(cfg)
+    cfg = r.cfg  # as resolved (--rc mean on a tracks model is the backend's own option)
     benchmark, backend, card, options = r.benchmark, r.backend, r.card, r.options
     pool = size_pool(cfg, backend, cluster, card)
     gpus, threads = pool.gpus, pool.threads

@@ -37,8 +37,9 @@ COMPLEMENT = np.array([3, 2, 1, 0, 4])  # A C G T N -> T G C A N
 @dataclass(frozen=True)
 class EnformerOptions(TrackOptions):
     """Enformer (enformer-pytorch)"""
-    head: str = option("human", help="enformer_pytorch: the output head whose tracks are scored (human, mouse)")
-    window: int | None = option(None, minimum=128, help="enformer_pytorch: the model's input length in bp (default: the card's, 196,608)")
+    head: str = option("human", help="enformer_pytorch, borzoi_pytorch: the output head whose tracks are scored (human, mouse)")
+    window: int | None = option(None, minimum=128, help="enformer_pytorch, borzoi_pytorch: the model's input length in bp "
+                                                        "(default: the card's, 196,608 / 524,288)")
 
 
 def _config(card: ModelCard) -> dict:
@@ -48,6 +49,7 @@ def _config(card: ModelCard) -> dict:
 @register_backend("enformer_pytorch")
 class EnformerPyTorch(Seq2Func):
     Options = EnformerOptions
+    package = PACKAGE  # what a card derived from a local folder lists under environment:
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:
@@ -60,14 +62,14 @@ class EnformerPyTorch(Seq2Func):
         if config.get("model_type") != MODEL_TYPE or "output_heads" not in config:
             return None
         return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
-                         environment=(PACKAGE,), notes="enformer-pytorch, card derived from its config.json")
+                         environment=(cls.package,), notes="enformer-pytorch, card derived from its config.json")
 
     @classmethod
     def check_card(cls, card: ModelCard) -> None:
         super().check_card(card)
         if not card.environment:
-            raise GlmscoreError(f"card {card.id} runs enformer-pytorch, which needs an environment of its own; "
-                                f"give it environment: [{PACKAGE}].")
+            raise GlmscoreError(f"card {card.id} runs {cls.package.partition('==')[0]}, which needs an environment of "
+                                f"its own; give it environment: [{cls.package}].")
 
     @classmethod
     def _layout_of(cls, card: ModelCard, options) -> tuple[int, int, int, int]:

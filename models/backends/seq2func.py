@@ -66,7 +66,8 @@ class TrackOptions(Options):
     long: str = option("error", choices=("error", "truncate"),
                        help="sequences longer than the model's window: error (naming the rows) or truncate")
     tracks: str = option("all", help="seq2func: the tracks a score averages: all, A:B (index range) or i,j,k")
-    rc: bool = option(False, help="seq2func: average with the reverse complement's predictions (Enformer's ensembling)")
+    rc: bool = option(False, cli=False, help="average with the reverse complement's predictions, bins flipped back "
+                                             "(Enformer's ensembling; set by --rc mean)")
     batch_rows: int = option(1, minimum=1, affects_result=False, help="seq2func: windows per forward pass")
 
 
@@ -109,8 +110,8 @@ class Seq2Func(Backend):
         else:
             return None
         config = config_dict(hf_id, revision)
-        if config.get("model_type") not in MODEL_TYPES or "output_heads" in config:  # output_heads: enformer-pytorch's
-            return None
+        if config.get("model_type") not in MODEL_TYPES or {"output_heads", "bins_to_return"} & set(config):
+            return None  # enformer-pytorch's (output_heads) and borzoi-pytorch's (bins_to_return) configs
         return ModelCard(id=name, hf_id=hf_id, revision=revision, backend=cls.name, objective="tracks",
                          package=architecture_package(config) or "multimolecule",
                          notes=f"{config['model_type']} from multimolecule, card derived from its config.json")

