@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def installed(packages: tuple[str, ...]) -> dict[str, str]:
     ready = env_dir(packages) / READY
     if not ready.is_file():
         return {}
-    return {p["name"]: p["version"] for p in json.loads(ready.read_text())["installed"]}
+    # names as PEP 503 normalises them (pip reports a wheel's own spelling: alphagenome_pt for alphagenome-pt)
+    return {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(ready.read_text())["installed"]}
 
 
 def actor_env(card: ModelCard, local: bool) -> dict:

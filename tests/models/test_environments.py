@@ -17,6 +17,7 @@ from models.alphabet import normalise
 from models.backends.borzoi_pt import BorzoiPyTorch
 from models.base import resolve_card
 from models.errors import GlmscoreError
+from models.loader import load_backend
 from pipelines import environments
 from pipelines.benchmark import BENCHMARKS
 from pipelines.shards import MANIFEST, read_scores
@@ -107,86 +108,139 @@ def test_a_package_that_cannot_be_installed_is_one_sentence_naming_it(env_cache)
     assert not (environments.env_dir(("glmscore-no-such-package==9",)) / environments.READY).exists()
 
 
-BORZOI = "borzoi-pytorch==0.5.1"
-BORZOI_WINDOW, BORZOI_BINS = 4096, 96  # the tiny model: 128 bins of 32 bp in the window, the central 96 predicted
+BORZOI, ALPHAGENOME = "borzoi-pytorch==0.5.1", "alphagenome-pt==1.0.0"
+S2F_WINDOW = 4096  # the tiny models' window; the nullsette rows are cut to it (--long truncate)
 
-# run by the environment's Python from the repository root: the package's own class, saved; its forward pass
-# by hand (mouse head, tracks 2..4, the reverse complement's bins flipped back and averaged) and the trunk's
-# embedding by hand, beside glmscore's backend object built in the same environment
-BORZOI_BY_HAND = r"""
+# Run by each environment's Python from the repository root: the package's own class at a tiny size, saved;
+# its forward pass by hand on centred windows built here (the tracks a sweep asks for, the reverse
+# complement's positions flipped back and averaged) and its trunk's embedding by hand, beside glmscore's
+# backend object built from the saved folder in the same environment.
+BY_HAND_COMMON = r"""
 import json, sys
-import numpy as np, torch, transformers, borzoi_pytorch
-from borzoi_pytorch.config_borzoi import BorzoiConfig
+import numpy as np, torch
 from models.base import resolve_card
 from models.pooling import Pooling
-from models.backends.borzoi_pt import BorzoiPyTorch
-path, window, bins, bin_bp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, window = sys.argv[1], int(sys.argv[2])
 seqs = json.loads(sys.stdin.read())
 torch.manual_seed(0)
-config = BorzoiConfig(dim=32, depth=1, heads=2, attn_dim_key=8, attn_dim_value=16, bins_to_return=bins, enable_mouse_head=True)
-borzoi_pytorch.Borzoi(config).eval().save_pretrained(path)
-model = borzoi_pytorch.Borzoi.from_pretrained(path).eval()
-crop = (window - bins * bin_bp) // 2
-scores, embeddings = [], []
-for seq in seqs:
+
+def windows(seq, crop, bins, bin_bp):
     seq = seq[:window]
     ids = np.full(window, 4)
     start = (window - len(seq)) // 2
     ids[start : start + len(seq)] = ["ACGTN".index(c) for c in seq]
     covered = sorted({(p - crop) // bin_bp for p in range(start, start + len(seq)) if 0 <= (p - crop) // bin_bp < bins})
-    one_hot = np.eye(5)[ids][:, :4].T  # N: an all-zero column
-    rc = one_hot[::-1, ::-1].copy()  # A C G T reversed is the complement; positions reversed
+    one_hot = np.eye(5)[ids][:, :4]  # (window, 4); N: an all-zero row
+    return torch.from_numpy(np.stack([one_hot, one_hot[::-1, ::-1].copy()])).float(), covered  # A C G T reversed = complement
+
+def ours(cls, **options):
+    card = resolve_card(path)
+    opts = cls.Options(window=window, long="truncate", **options)
+    backend = cls(card, opts, cls.runtime(card, opts, "cpu"))
+    return backend.embed(cls.make_encoder(card, opts, backend.runtime).encode(seqs), Pooling.parse("mean")).tolist()
+"""
+
+BORZOI_BY_HAND = BY_HAND_COMMON + r"""
+import borzoi_pytorch, transformers
+from borzoi_pytorch.config_borzoi import BorzoiConfig
+from models.backends.borzoi_pt import BorzoiPyTorch
+bins = 96  # of the window's 128 bins of 32 bp, the central 96 are predicted
+config = BorzoiConfig(dim=32, depth=1, heads=2, attn_dim_key=8, attn_dim_value=16, bins_to_return=bins, enable_mouse_head=True)
+borzoi_pytorch.Borzoi(config).eval().save_pretrained(path)
+model = borzoi_pytorch.Borzoi.from_pretrained(path).eval()
+scores, embeddings = [], []
+for seq in seqs:
+    x, covered = windows(seq, (window - bins * 32) // 2, bins, 32)
     with torch.no_grad():
-        x = torch.from_numpy(np.stack([one_hot, rc])).float()
-        pred = model(x, is_human=False).double().numpy()
-        hidden = model.get_embs_after_crop(x[:1])[0].double().numpy()
-    both = (pred[0] + pred[1][:, ::-1]) / 2  # (tracks, bins)
+        pred = model(x.transpose(1, 2), is_human=False).double().numpy()  # (2, tracks, bins)
+        hidden = model.get_embs_after_crop(x[:1].transpose(1, 2))[0].double().numpy()
+    both = (pred[0] + pred[1][:, ::-1]) / 2
     scores.append(float(both[2:5][:, covered].mean()))
     embeddings.append(hidden[:, covered].mean(axis=1).tolist())
-card = resolve_card(path)
-options = BorzoiPyTorch.Options(window=window, long="truncate")
-backend = BorzoiPyTorch(card, options, BorzoiPyTorch.runtime(card, options, "cpu"))
-encoded = BorzoiPyTorch.make_encoder(card, options, backend.runtime).encode(seqs)
-ours = backend.embed(encoded, Pooling.parse("mean")).tolist()
-print(json.dumps({"transformers": transformers.__version__, "scores": scores, "embeddings": embeddings, "ours": ours}))
+print(json.dumps({"transformers": transformers.__version__, "scores": scores, "embeddings": embeddings,
+                  "ours": ours(BorzoiPyTorch)}))
+"""
+
+ALPHAGENOME_BY_HAND = BY_HAND_COMMON + r"""
+import alphagenome_pt as ag
+from models.backends.alphagenome_pt import AlphaGenomePT
+metadata = ag.synthetic_metadata(heads=[ag.HeadName.RNA_SEQ, ag.HeadName.CAGE], organisms=["human", "mouse"], num_tracks=5)
+ag.small_alphagenome(metadata, max_seq_len=window, num_channels=48, transformer_layers=1, dtype_policy="float32").eval().save(path)
+model = ag.AlphaGenome.load(path).eval()
+scores, embeddings = [], []
+for seq in seqs:
+    x, covered = windows(seq, 0, window, 1)  # 1 bp predictions over the whole window
+    with torch.no_grad():
+        pred = model.predict(x, torch.tensor([1, 1]))["rna_seq"]["predictions_1bp"].double().numpy()  # (2, window, tracks)
+        hidden = model.embed(x[:1], torch.tensor([0])).embeddings_1bp[0].double().numpy()
+    both = (pred[0] + pred[1][::-1]) / 2
+    scores.append(float(both[covered][:, 1:4].mean()))
+    embeddings.append(hidden[covered].mean(axis=0).tolist())
+print(json.dumps({"scores": scores, "embeddings": embeddings, "ours": ours(AlphaGenomePT, organism="human")}))
 """
 
 
-def test_borzoi_pytorch_scores_and_embeds_in_its_own_environment_as_its_forward_pass(env_cache, small_nullsette, tmp_path):
-    """borzoi-pytorch (``transformers<5``) beside the driver's transformers 5: ``glmscore score`` through Ray
-    on the mouse head with --rc equals the package's forward pass by hand; the backend's embeddings equal the
-    trunk's (``get_embs_after_crop``) over the same bins; a Flashzoi checkpoint on CPU is one sentence."""
-    assert importlib.util.find_spec("borzoi_pytorch") is None
-    python = environments.local_python((BORZOI,))
+def _by_hand(package: str, script: str, model, seqs: list[str]) -> dict:
+    python = environments.local_python((package,))
+    ref = subprocess.run([str(python), "-c", script, str(model), str(S2F_WINDOW)], cwd=ROOT, input=json.dumps(seqs),
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = json.loads(ref.stdout.splitlines()[-1])
+    np.testing.assert_allclose(out["ours"], out["embeddings"], rtol=1e-5, atol=1e-6)  # embed = the trunk's, by hand
+    return out
+
+
+@pytest.mark.ray
+def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_one_sweep(
+        env_cache, small_nullsette, tiny_llama, tmp_path):
+    """borzoi-pytorch (``transformers<5``) and alphagenome-pt, each in its own environment, beside a vLLM run
+    in the driver's (transformers 5) in one ``glmscore sweep``: each model's scores (its tracks, --rc mean)
+    equal the package's forward pass by hand, and its embeddings the trunk's; a Flashzoi checkpoint on a CPU
+    is one sentence."""
+    for module in ("borzoi_pytorch", "alphagenome_pt"):
+        assert importlib.util.find_spec(module) is None
     bench = BENCHMARKS.get("nullsette")(str(small_nullsette))
     rows = [bench.read(u) for u in bench.units(chunk_rows=1024, limit=2, datasets=None)]
     seqs = {sid: normalise(s, "DNA")[0] for r in rows for sid, s in zip(r.seq_ids, r.sequences)}
-    model = tmp_path / "tiny-borzoi"
-    ref = subprocess.run([str(python), "-c", BORZOI_BY_HAND, str(model), str(BORZOI_WINDOW), str(BORZOI_BINS), "32"],
-                         cwd=ROOT, input=json.dumps(list(seqs.values())), capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    by_hand = json.loads(ref.stdout.splitlines()[-1])
-    assert by_hand["transformers"].startswith("4.")
-    np.testing.assert_allclose(by_hand["ours"], by_hand["embeddings"], rtol=1e-5, atol=1e-6)
-    card = resolve_card(str(model))
-    assert (card.backend, card.environment) == ("borzoi_pytorch", (BORZOI,))
+    borzoi, alphagenome = tmp_path / "tiny-borzoi", tmp_path / "tiny-alphagenome"
+    want = {"tiny-borzoi": _by_hand(BORZOI, BORZOI_BY_HAND, borzoi, list(seqs.values())),
+            "tiny-alphagenome": _by_hand(ALPHAGENOME, ALPHAGENOME_BY_HAND, alphagenome, list(seqs.values()))}
+    assert want["tiny-borzoi"]["transformers"].startswith("4.")
+    assert (resolve_card(str(borzoi)).environment, resolve_card(str(alphagenome)).environment) == ((BORZOI,), (ALPHAGENOME,))
 
-    out = tmp_path / "scores"
-    cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
-           "--model", str(model), "--window", str(BORZOI_WINDOW), "--long", "truncate", "--head", "mouse",
-           "--tracks", "2:5", "--rc", "mean", "--limit", "2", "--out", str(out)]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({  # JSON is YAML
+        "out": str(tmp_path / "out"), "max_parallel": 3, "local_cpus": 4, "defaults": {"threads_per_actor": 1},
+        "models": [
+            {"model": str(borzoi), "window": S2F_WINDOW, "long": "truncate", "head": "mouse", "tracks": "2:5", "rc": "mean"},
+            {"model": str(alphagenome), "window": S2F_WINDOW, "long": "truncate", "organism": "mouse", "tracks": "1:4",
+             "rc": "mean"},
+            {"model": str(tiny_llama), "name": "vllm", "backend": "vllm", "max_model_len": 1024}],
+        "benchmarks": [{"name": "nullsette", "data": str(small_nullsette), "limit": 2, "analyze": {"n_perm": 100}}]}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", str(sweep)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((out / MANIFEST).read_text())["environment"]["installed"]["borzoi-pytorch"] == "0.5.1"
-    df = read_scores(out)
-    assert len(df) == len(seqs)
-    want = dict(zip(seqs, by_hand["scores"]))
-    np.testing.assert_allclose(df["score"], [want[s] for s in df["seq_id"]], rtol=1e-5, atol=1e-7)
+    scores = tmp_path / "out" / "scores"
+    for name, package in (("tiny-borzoi", BORZOI), ("tiny-alphagenome", ALPHAGENOME)):
+        folder = scores / name / "nullsette"
+        installed = json.loads((folder / MANIFEST).read_text())["environment"]["installed"]
+        assert installed[package.split("==")[0]] == package.split("==")[1]
+        df = read_scores(folder)
+        assert len(df) == len(seqs)
+        by_hand = dict(zip(seqs, want[name]["scores"]))
+        np.testing.assert_allclose(df["score"], [by_hand[s] for s in df["seq_id"]], rtol=1e-5, atol=1e-7, err_msg=name)
+    # the vLLM run (the driver's environment) scores as transformers does in a direct call
+    vllm = read_scores(scores / "vllm" / "nullsette")
+    assert list(vllm.columns) == list(df.columns) and len(vllm) == len(seqs)
+    hf = load_backend(resolve_card(str(tiny_llama))).loglik_sequences([seqs[s] for s in vllm["seq_id"]])
+    assert (vllm["n_scored"].to_numpy() == hf.n_scored).all()
+    np.testing.assert_allclose(vllm["score"], hf.mean, atol=1e-4)
+    assert json.loads((scores / "vllm" / "nullsette" / MANIFEST).read_text()).get("environment") is None
 
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "flashed": True}))
-    flash = resolve_card(str(model))
+    config = json.loads((borzoi / "config.json").read_text())
+    (borzoi / "config.json").write_text(json.dumps({**config, "flashed": True}))
+    flash = resolve_card(str(borzoi))
     assert "flash-attn>=2.6.3" in flash.environment
     with pytest.raises(GlmscoreError, match=r"^tiny-borzoi is a Flashzoi checkpoint: its flash-attn attention runs on "
                                             r"CUDA GPUs only, not on this run's CPU actors\.$"):

@@ -1,7 +1,6 @@
-"""vLLM (CPU build in CI) against transformers on tiny Llama models, and inside the Ray pipeline."""
+"""vLLM (CPU build in CI) against transformers on tiny Llama models (in the Ray pipeline: test_environments.py's sweep)."""
 
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 
 from models.base import resolve_card
@@ -54,19 +53,4 @@ def test_bad_engine_settings_are_one_sentence(tiny_llama):
         resolve_card("nt-v1-500m-human-ref", backend="vllm")
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-def test_vllm_backend_in_ray_pipeline(ray_cluster, small_nullsette, tiny_llama, tmp_path):
-    from pipelines.score import ScoreConfig, run_score
-
-    common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(tiny_llama), limit=3,
-                  datasets=["synthetic_ecoli"])
-    run_score(ScoreConfig(out=str(tmp_path / "v"), backend="vllm", options={"max_model_len": 1024}, **common))
-    run_score(ScoreConfig(out=str(tmp_path / "h"), **common))
-    v = pads.dataset(tmp_path / "v", partitioning="hive").to_table()
-    h = pads.dataset(tmp_path / "h", partitioning="hive").to_table()
-    assert v.schema == h.schema
-    key = ["group", "pair_index"]
-    v, h = v.to_pandas().sort_values(key), h.to_pandas().sort_values(key)
-    assert (v["n_scored"].to_numpy() == h["n_scored"].to_numpy()).all()
-    np.testing.assert_allclose(v["score"], h["score"], atol=1e-4)
+# vLLM inside the Ray pipeline, beside models in environments of their own: tests/models/test_environments.py (one sweep)
