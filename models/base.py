@@ -79,11 +79,13 @@ class Context:
     pair_index: np.ndarray | None = None
     dataset_max_len: int = 0
     focus: np.ndarray | None = None  # per row, a nucleotide offset to score alone (``--reduction focus``)
+    region: np.ndarray | None = None  # per row, [start, end) of the bases a score reads (rows x 2; tracks models)
 
     def subset(self, rows: np.ndarray) -> "Context":
         """The context of some of the unit's rows (their positions in it)."""
         return replace(self, pair_index=None if self.pair_index is None else self.pair_index[rows],
-                       focus=None if self.focus is None else self.focus[rows])
+                       focus=None if self.focus is None else self.focus[rows],
+                       region=None if self.region is None else self.region[rows])
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Backend(ABC):
     # a reverse-complemented row's output means what the forward row's does (``--rc``); not so for
     # position-resolved outputs such as a sequence-to-function model's bins
     strand_symmetric: ClassVar[bool] = True
+    scores_regions: ClassVar[bool] = False  # reads Context.region: a score (embedding) of part of each sequence
 
     # ------------------------------------------------------------ driver side: no model is loaded
 

@@ -72,6 +72,11 @@ def result_text(result: dict) -> str:
     return f"{result['summary'].to_string(index=False)}\nreport: {result['report']}"
 
 
+# extra columns of a benchmark whose rows score only a region of their sequence ([start, end) in its bases;
+# the published alphagenome_infer.py's names)
+REGION_COLUMNS = ("score_region_start", "score_region_end")
+
+
 @dataclass
 class Rows:
     """One unit's rows. ``seq_ids`` are unique within the benchmark; ``names`` are what an error
@@ -93,6 +98,7 @@ class Benchmark(ABC):
     AnalyzeOptions: ClassVar[type[Options]] = NoOptions  # flags of `glmscore analyze <name>`
     extra_columns: ClassVar[dict[str, pa.DataType]] = {}  # shard columns beyond the shared contract
     focus_column: ClassVar[str | None] = None  # an extra column with the nucleotide offset ``--reduction focus`` scores
+    has_regions: ClassVar[bool] = False  # rows carry REGION_COLUMNS: the part of each sequence a score reads
 
     def __init__(self, data: str, options: Options | None = None):
         self.data = data

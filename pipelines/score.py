@@ -40,7 +40,7 @@ from models.errors import GlmscoreError
 from models.options import Options, address_option, comma_list, option, option_fields, out_option
 from models.pooling import Pooling
 from pipelines import attempts, environments, shards, store
-from pipelines.benchmark import BENCHMARKS, REFERENCE_BLOCK, Benchmark, Unit
+from pipelines.benchmark import BENCHMARKS, REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Unit
 from pipelines.console import Laps, Progress
 from pipelines.fasta import sequence_blocks
 from pipelines.provenance import content_digest, glmscore_version
@@ -183,6 +183,9 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
                                 "complemented window's bins run backwards), so the strands cannot be kept or averaged "
                                 "as they are; use --rc none" + (" or --rc mean (its own ensembling)."
                                                                 if "rc" in _option_names(backend) else "."))
+    if benchmark.has_regions and not backend.scores_regions:
+        raise GlmscoreError(f"benchmark {benchmark.name} scores a region of each sequence here (--score-subsequence), "
+                            f"which only sequence-to-function models read; backend {backend.name} scores whole sequences.")
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
@@ -367,10 +370,12 @@ class ScoreActor:
         row = batch.drop_columns([f"{c}{s}" for c in ("ids", "real") for s in strands]).to_pylist()[0]
         n_bases = np.asarray(row.pop("n_bases", []))
         focus = np.asarray(row[self.focus_column]) if self.focus_column else None
-        contexts = {"": Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], focus),
-                    # the same base on the other strand: position i of n is n - 1 - i there
+        region = np.stack([np.asarray(row[c]) for c in REGION_COLUMNS], axis=1) if REGION_COLUMNS[0] in row else None
+        contexts = {"": Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], focus, region),
+                    # the same bases on the other strand: position i of n is n - 1 - i there
                     "_rc": Context(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"],
-                                   None if focus is None else n_bases - 1 - focus)}
+                                   None if focus is None else n_bases - 1 - focus,
+                                   None if region is None else n_bases[:, None] - region[:, ::-1])}
         row["resolved_revision"] = str(self.backend.resolved_revision or "")
         if self.task == "embed":
             per = [np.asarray(self._embed(encoded[s], contexts[s], n_bases if s else None), dtype=np.float32)

@@ -99,6 +99,7 @@ class Seq2Func(Backend):
     can_use_gpu = True
     objectives = ("tracks",)
     strand_symmetric = False  # its tracks are position-resolved: a reverse-complemented window's bins run backwards
+    scores_regions = True  # a score (embedding) of the bins a region of the sequence overlaps (Context.region)
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:
@@ -181,16 +182,21 @@ class Seq2Func(Backend):
         self.batch_rows = max(1, self.options.batch_rows // factor)
         return f"{self.batch_rows} windows"
 
-    def _layout(self, e: Encoded) -> tuple[int, int, int]:
-        """(start of the sequence in the window, first bin, end bin) of the bins it overlaps."""
+    def _layout(self, e: Encoded, region=None) -> tuple[int, int, int]:
+        """(start of the sequence in the window, first bin, end bin) of the bins it overlaps, or the bins
+        ``region`` ([start, end) in the sequence's bases) overlaps."""
         start = (self.window - len(e.ids)) // 2
-        lo = max(0, (start - self.crop) // self.bin)
-        hi = min(self.bins, -(-(start + len(e.ids) - self.crop) // self.bin))
+        r0, r1 = (0, len(e.ids)) if region is None else (int(region[0]), min(int(region[1]), len(e.ids)))
+        if r0 >= r1:
+            raise GlmscoreError(f"a scored region ({int(region[0])}-{int(region[1])}) lies beyond the {len(e.ids):,} bases "
+                                "the model's window kept of its sequence (--long truncate); use a longer --window.")
+        lo = max(0, (start + r0 - self.crop) // self.bin)
+        hi = min(self.bins, -(-(start + r1 - self.crop) // self.bin))
         return start, lo, max(hi, lo + 1)
 
-    def _run(self, encoded: Sequence[Encoded], fn) -> list[np.ndarray]:
+    def _run(self, encoded: Sequence[Encoded], fn, regions=None) -> list[np.ndarray]:
         """``fn(model, ids)`` -> (rows, bins, features) on batches of centred windows (and their reverse
-        complements under --rc); per row, the bins its sequence overlaps."""
+        complements under --rc); per row, the bins its sequence (or its region, ``regions``) overlaps."""
         import torch
 
         out = []
@@ -199,7 +205,7 @@ class Seq2Func(Backend):
             ids = np.full((len(batch), self.window), self.n_id, dtype=np.int64)
             spans = []
             for i, e in enumerate(batch):
-                start, lo, hi = self._layout(e)
+                start, lo, hi = self._layout(e, None if regions is None else regions[b0 + i])
                 ids[i, start : start + len(e.ids)] = e.ids
                 spans.append((lo, hi))
             with torch.inference_mode():
@@ -219,10 +225,12 @@ class Seq2Func(Backend):
         return self.model.base_model(input_ids=ids).last_hidden_state
 
     def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
-        values = [p[:, self.tracks].astype(np.float64).ravel() for p in self._run(encoded, self.coverage)]
+        region = context.region if context is not None else None
+        values = [p[:, self.tracks].astype(np.float64).ravel() for p in self._run(encoded, self.coverage, region)]
         return LoglikResult.from_positions(values, keep_positions)
 
     def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
         if pooling.kind != "mean":
             raise GlmscoreError(f"{self.name} models embed with --pooling mean (over the bins the sequence overlaps).")
-        return np.stack([h.mean(axis=0) for h in self._run(encoded, self.hidden)]).astype(np.float32)
+        region = context.region if context is not None else None
+        return np.stack([h.mean(axis=0) for h in self._run(encoded, self.hidden, region)]).astype(np.float32)

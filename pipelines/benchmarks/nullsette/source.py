@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from analysis.combined import ordered, plot_grid
 from analysis.nullsette import nullsette_tests, paired_differences, success_rates
@@ -30,12 +31,13 @@ from analysis.report import write_nullsette_report
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, out_option, seed_option
 from pipelines import gunzip, store
-from pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
+from pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Rows, Unit, locator
 from pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
 from pipelines.shards import read_datasets, read_manifest
 
 NONMUTANT = "nonmutant"
-BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}}}, written by build
+BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}, fixed: {component: seq}}}
+REGION_TYPES = {name: pa.int64() for name in REGION_COLUMNS}
 _MUTANT_RE = re.compile(r"^mutant_translocation(\d+)\.txt(?:\.gz)?$")
 # Released folder of each component table shipped with the benchmark; other tables use their file stem.
 RELEASED_FOLDERS = {"deboer_Abf1TATA": "deboer/Abf1TATA", "deboer_pTpA": "deboer/pTpA"}
@@ -169,7 +171,10 @@ def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str
         tmp.rename(folder)
         name = str(folder.relative_to(out)).replace("/", "_")
         built[name] = len(ids)
-        record[name] = {"kingdom": kingdom, "orders": dict(orders)}
+        # components that are one sequence in every cassette (the CDS, the start codon...): what
+        # --score-subsequence cds scores, as the published alphagenome_infer.py --score-subsequence does
+        fixed = {c: columns[c][0] for c in components if len(set(columns[c])) == 1}
+        record[name] = {"kingdom": kingdom, "orders": dict(orders), "fixed": fixed}
     (out / BUILD_RECORD).write_text(json.dumps(record, indent=1))  # names the mutant types in reports
     return built
 
@@ -323,16 +328,53 @@ def nullsette_tables(parts: list[dict], order: list[str], out: Path, bid: str) -
              grid.reset_index(), [csv, png])]
 
 
+@dataclass(frozen=True)
+class NullsetteOptions(Options):
+    """Nullsette (score, embed)"""
+    score_subsequence: str | None = option(
+        None, help="Nullsette, sequence-to-function models: score only this subsequence of each cassette, as "
+                   "alphagenome_infer.py --score-subsequence (its first occurrence): a DNA sequence, or a component "
+                   "that is one sequence in every cassette of a dataset (cds, start_codon...), from the build record")
+
+
 class NullsetteSource(Benchmark):
     """Rows are FASTA records; record i of every file of a dataset is cassette i (``pair_index``)."""
     data_help = "Nullsette: the released layout <dataset>/{nonmutant,mutant_translocation<k>}.txt"
     scores_help = ("glmscore score folders, or the published scripts' outputs <out>[/<model>]/<dataset>/"
                    "{nonmutant,mutant_translocation<k>}.csv (tab-separated seqs, scores)")
 
+    Options = NullsetteOptions
     AnalyzeOptions = NullsetteAnalyzeOptions
+
+    @property
+    def extra_columns(self) -> dict[str, pa.DataType]:
+        return REGION_TYPES if self.options.score_subsequence else {}
+
+    @property
+    def has_regions(self) -> bool:
+        return bool(self.options.score_subsequence)
+
+    def subsequence(self, dataset: str) -> str:
+        """The sequence --score-subsequence names for ``dataset``: itself, or the dataset's fixed component."""
+        spec = self.options.score_subsequence
+        if re.fullmatch(r"[ACGTNacgtn]+", spec):  # component names (cds, rbs, promoter...) are not DNA
+            return spec.upper()
+        record = Path(self.data) / BUILD_RECORD
+        entry = json.loads(record.read_text()).get(dataset, {}) if record.is_file() else {}
+        if "fixed" not in entry:
+            raise GlmscoreError(f"--score-subsequence {spec}: dataset {dataset} has no record of its components "
+                                f"({record} from `glmscore nullsette build`, rebuilt since 2026-12-04); give the "
+                                "subsequence itself instead.")
+        if spec not in entry["fixed"]:
+            raise GlmscoreError(f"--score-subsequence {spec} is not a DNA sequence nor a component that is one "
+                                f"sequence in every cassette of {dataset} ({', '.join(entry['fixed']) or 'none is'}).")
+        return entry["fixed"][spec].upper()
 
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
         groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets, warnings=self.warnings)
+        if self.options.score_subsequence:
+            for dataset in sorted({g.dataset for g in groups}):
+                self.subsequence(dataset)  # refused on the driver, before Ray starts
         widths = {g.dataset: g.max_len for g in groups if g.group == NONMUTANT}
         return [
             Unit(g.dataset, g.group, i, c.n_records, c.first_record, c.crc, widths[g.dataset],
@@ -346,7 +388,17 @@ class NullsetteSource(Benchmark):
         if len(seqs) != unit.n_rows:
             raise GlmscoreError(f"{where['path']} changed while the job ran; rerun to rescan it.")
         pair_index = np.arange(unit.first_row, unit.first_row + len(seqs), dtype=np.int32)
-        return Rows([f"{unit.dataset}/{unit.group}/{i}" for i in pair_index], names, seqs, pair_index)
+        seq_ids = [f"{unit.dataset}/{unit.group}/{i}" for i in pair_index]
+        extra = {}
+        if self.options.score_subsequence:
+            sub = self.subsequence(unit.dataset)
+            starts = [seq.upper().find(sub) for seq in seqs]
+            missing = [seq_ids[i] for i, start in enumerate(starts) if start < 0]
+            if missing:
+                raise GlmscoreError(f"--score-subsequence {self.options.score_subsequence} ({len(sub)} bp) is not in "
+                                    f"{len(missing)} cassette(s) of {unit.dataset}/{unit.group} ({', '.join(missing[:3])}).")
+            extra = {"score_region_start": starts, "score_region_end": [start + len(sub) for start in starts]}
+        return Rows(seq_ids, names, seqs, pair_index, extra)
 
     def reference_sequences(self, units: list[Unit], dataset: str) -> Iterator[list[str]]:
         """The dataset's nonmutants, all cassettes (a crossfit baseline must never see mutants)."""
