@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from models.errors import GlmscoreError
 from models.options import Options, comma_list, option, out_option, seed_option, test_chroms_option
-from pipelines.benchmark import Benchmark, Rows, Unit, locator
+from pipelines.benchmark import REGION_COLUMNS, Benchmark, Rows, Unit, locator
 from pipelines.benchmarks.variants.genome import (
     Genome,
     open_genome,
@@ -265,13 +265,33 @@ def variants_tables(parts: list[dict], order: list[str], out: Path, bid: str) ->
     return [(f"{bid}: causal-variant zero-shot AUROC (95% CI: cluster bootstrap)", table, [csv])]
 
 
+@dataclass(frozen=True)
+class VariantsOptions(Options):
+    """Causal variants (score, embed)"""
+    track_region: str = option("all", choices=("all", "centre"),
+                               help="variants, sequence-to-function models: the bins a track effect reads: all (the whole "
+                                    "output, SAD-style) or centre (the build's --tss-span bp around the window's centre: "
+                                    "the TSS in the gene view, Enformer's 3 bins of 128 bp at 384; the variant otherwise)")
+
+
+SITE_COLUMNS = {"variant_id": pa.string(), "chrom": pa.string(), "pos": pa.int64(), "gene": pa.string(),
+                "variant_offset": pa.int32(), "tissue": pa.list_(pa.string()), "label": pa.list_(pa.int8())}
+
+
 class VariantsSource(Benchmark):
     """Rows are windows read from the genome on demand; ``pair_index`` = site index (ref and alt)."""
     data_help = "variants: a windows folder written by `glmscore variants build`"
+    Options = VariantsOptions
     AnalyzeOptions = VariantsAnalyzeOptions
-    extra_columns = {"variant_id": pa.string(), "chrom": pa.string(), "pos": pa.int64(), "gene": pa.string(),
-                     "variant_offset": pa.int32(), "tissue": pa.list_(pa.string()), "label": pa.list_(pa.int8())}
     focus_column = "variant_offset"  # --reduction focus: masked LMs score the variant's base only
+
+    @property
+    def has_regions(self) -> bool:
+        return self.options.track_region == "centre"
+
+    @property
+    def extra_columns(self) -> dict[str, pa.DataType]:
+        return {**SITE_COLUMNS, **({c: pa.int64() for c in REGION_COLUMNS} if self.has_regions else {})}
 
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
         record, sites_path = read_build(Path(self.data))
@@ -301,7 +321,11 @@ class VariantsSource(Benchmark):
         sites = table.to_pylist()
         seqs = [window_pair(genome, s, where["window"])[GROUPS.index(unit.group)] for s in sites]
         pair_index = np.array([s["site_index"] for s in sites], dtype=np.int32)
-        extra = {c: table.column(c).to_pylist() for c in self.extra_columns}
+        extra = {c: table.column(c).to_pylist() for c in SITE_COLUMNS}
+        if self.has_regions:  # the --tss-span bases around the window's centre (the TSS, or the variant's base)
+            span = read_build(Path(where["sites"]).parent)[0]["tss_span"]
+            start = where["window"] // 2 - span // 2
+            extra.update(dict(zip(REGION_COLUMNS, ([start] * len(sites), [start + span] * len(sites)))))
         return Rows([f"{unit.dataset}/{unit.group}/{i}" for i in pair_index], extra["variant_id"], seqs, pair_index, extra)
 
     def resolve_pooling(self, pooling: str) -> str:

@@ -437,3 +437,47 @@ def test_tss_pooling_averages_the_384_bases_around_the_tss(synthetic, ray_cluste
     with pytest.raises(GlmscoreError, match="needs a gene-view windows folder"):
         run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "var"), model="onehot",
                               pooling="tss", out=str(tmp_path / "x")))
+
+
+def test_track_effects_over_the_tss_bins_and_the_whole_output(synthetic, ray_cluster, tmp_path):
+    """A sequence-to-function model's variant scores: ``--track-region centre`` averages the tracks over the
+    bins the 384 bp around the TSS overlap (the gene view, as Enformer's 3 TSS bins), ``all`` over every
+    output bin; each equals the model's own forward pass on the ref and alt windows by hand."""
+    import multimolecule
+    import torch
+    from multimolecule.tokenisers.dna.utils import get_alphabet
+
+    from models.base import resolve_card
+    from pipelines.score import ScoreConfig, run_score
+
+    torch.manual_seed(0)  # 512 bp window = the gene view's windows; 8 bp bins, the central 60 of 64 predicted
+    window, bin_bp, bins = 512, 8, 60
+    config = multimolecule.EnformerConfig(sequence_length=window, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+                                          attention_head_size=4, num_downsamples=3, dim_divisible_by=2, target_length=bins,
+                                          num_labels=4)
+    model = multimolecule.EnformerForTokenPrediction(config).eval()
+    path = tmp_path / "enformer"
+    model.save_pretrained(path)
+    multimolecule.DnaTokenizer(alphabet=get_alphabet("streamline", prepend_tokens=[]), unk_token="N", pad_token="N",
+                               model_max_length=window).save_pretrained(path)
+    assert resolve_card(str(path)).objective == "tracks"
+    crop = (window - bins * bin_bp) // 2
+    genome = Genome(synthetic / "src" / "genome.fa")
+    sites = pd.read_parquet(synthetic / "gene" / "sites.parquet").head(3)
+
+    def by_hand(seq: str, first: int, end: int) -> float:
+        ids = torch.tensor([["ACGTN".index(c) for c in seq]])
+        covered = sorted({(p - crop) // bin_bp for p in range(first, end) if 0 <= (p - crop) // bin_bp < bins})
+        with torch.no_grad():
+            pred = model.postprocess(model(input_ids=ids))[0][0].double().numpy()
+        return float(pred[covered][:, 0:2].mean())
+
+    for region, (first, end) in (("centre", (256 - 192, 256 + 192)), ("all", (0, window))):
+        out = tmp_path / region
+        run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "gene"), model=str(path), out=str(out), limit=3,
+                              options={"tracks": "0:2"}, benchmark_options={"track_region": region}))
+        for group, strand in (("ref", 0), ("alt", 1)):
+            got = pd.read_parquet(out / "dataset=gene" / f"group={group}").sort_values("pair_index")
+            want = [by_hand(window_pair(genome, s, window)[strand], first, end) for s in sites.to_dict("records")]
+            np.testing.assert_allclose(got["score"], want, rtol=1e-5, atol=1e-6, err_msg=f"{region} {group}")
+            assert ("score_region_start" in got.columns) == (region == "centre")
