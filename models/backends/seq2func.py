@@ -230,7 +230,10 @@ class Seq2Func(Backend):
         return LoglikResult.from_positions(values, keep_positions)
 
     def embed(self, encoded: Sequence[Encoded], pooling, layer: int = -1, context: Context | None = None) -> np.ndarray:
-        if pooling.kind != "mean":
-            raise GlmscoreError(f"{self.name} models embed with --pooling mean (over the bins the sequence overlaps).")
+        if pooling.kind not in ("mean", "window"):
+            raise GlmscoreError(f"{self.name} models embed with --pooling mean (over the bins the sequence overlaps) or "
+                                "window:START-END / tss (over the bins those bases overlap).")
         region = context.region if context is not None else None
+        if pooling.kind == "window":  # the trunk's bins over these bases of every row (a TSS, a variant's surroundings)
+            region = np.tile([pooling.start, pooling.end], (len(encoded), 1))
         return np.stack([h.mean(axis=0) for h in self._run(encoded, self.hidden, region)]).astype(np.float32)

@@ -245,3 +245,71 @@ def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_on
     with pytest.raises(GlmscoreError, match=r"^tiny-borzoi is a Flashzoi checkpoint: its flash-attn attention runs on "
                                             r"CUDA GPUs only, not on this run's CPU actors\.$"):
         BorzoiPyTorch.runtime(flash, BorzoiPyTorch.Options(), "cpu")
+
+
+EVO2 = "evo2==0.6.0"
+
+# Run by the evo2 environment's Python. Vortex (the package's model code) cannot run on a CPU: it imports
+# flash-attn's CUDA extension at import time and its StripedHyena constructor places blocks with
+# torch.cuda.device. So this script registers an empty module under the extension's name (the one mock
+# here, for what needs a GPU) to import the package's own scoring function, and scores a stand-in causal
+# model with StripedHyena's call shape (``model(ids) -> (logits, cache)``) both ways: through glmscore's
+# backend (its model loading replaced by the stand-in) and through ``evo2.scoring.score_sequences``.
+EVO2_BY_HAND = r"""
+import json, sys, types
+sys.modules["flash_attn_2_cuda"] = types.ModuleType("flash_attn_2_cuda")
+import numpy as np, torch
+from evo2.scoring import score_sequences
+from vortex.model.tokenizer import CharLevelTokenizer
+from models.base import resolve_card
+from models.backends.evo2_vortex import Evo2Vortex
+
+class StandIn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.mix, self.out = torch.nn.Embedding(512, 16), torch.nn.Conv1d(16, 16, 3), torch.nn.Linear(16, 512)
+    def forward(self, ids):  # causal: position t sees t-2..t
+        x = self.embed(ids).transpose(1, 2)
+        x = self.mix(torch.nn.functional.pad(x, (2, 0))).transpose(1, 2)
+        return self.out(torch.tanh(x)), None
+
+class Backend(Evo2Vortex):
+    def _load(self, card):
+        return StandIn().eval()
+
+seqs = json.loads(sys.stdin.read())
+card = resolve_card("evo2-1b-base")
+options = Evo2Vortex.Options()
+backend = Backend(card, options, Evo2Vortex.runtime(card, options, "cpu"))
+ours = backend.loglik(backend.encode(seqs)).mean.tolist()
+model, tokenizer = backend.model, CharLevelTokenizer(512)
+one = [float(s) for s in score_sequences(seqs, model, tokenizer, batch_size=1, device="cpu")]
+batched = [float(s) for s in score_sequences(seqs, model, tokenizer, batch_size=len(seqs), device="cpu")]
+print(json.dumps({"ours": ours, "package": one, "package_batched": batched}))
+"""
+
+
+def test_evo2_scores_as_its_package_and_needs_a_gpu(env_cache):
+    """Evo 2's backend scores as ``evo2.scoring.score_sequences`` (bases 2..L, byte tokens) on a stand-in
+    model in the package's own environment, and never scores a pad where the package's batches do; on a CPU
+    cluster the card is refused in one sentence before Ray starts (Vortex needs CUDA)."""
+    from pipelines.score import ScoreConfig, plan_job, resolve_job
+
+    seqs = ["ACGTACGTTAGCATTGACA", "GGGAAATTTCCC" * 4, "ACGTACGTTAGCATTGACT", "TTGACATATAATAGG"]
+    python = environments.local_python((EVO2,))
+    ref = subprocess.run([str(python), "-c", EVO2_BY_HAND], cwd=ROOT, input=json.dumps(seqs), capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    got = json.loads(ref.stdout.splitlines()[-1])
+    np.testing.assert_allclose(got["ours"], got["package"], rtol=1e-5, atol=1e-6)
+    # the package's padded batch scores one pad prediction for every row shorter than the longest
+    longest = max(map(len, seqs))
+    differs = [not np.isclose(a, b, rtol=1e-5) for a, b in zip(got["package_batched"], got["package"])]
+    assert differs == [len(s) < longest for s in seqs]
+
+    card = resolve_card("evo2-7b")
+    assert (card.backend, card.environment[0]) == ("evo2", EVO2)
+    cfg = ScoreConfig(benchmark="nullsette", data=str(ROOT / "tests"), model="evo2-7b", out="unused")
+    with pytest.raises(GlmscoreError, match=r"^backend evo2 needs a GPU; pass --gpus-per-actor or use a cluster with GPUs\.$"):
+        plan_job(cfg, {"CPU": 2.0, "GPU": 0.0}, resolve_job(cfg))

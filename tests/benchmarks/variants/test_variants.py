@@ -481,3 +481,13 @@ def test_track_effects_over_the_tss_bins_and_the_whole_output(synthetic, ray_clu
             want = [by_hand(window_pair(genome, s, window)[strand], first, end) for s in sites.to_dict("records")]
             np.testing.assert_allclose(got["score"], want, rtol=1e-5, atol=1e-6, err_msg=f"{region} {group}")
             assert ("score_region_start" in got.columns) == (region == "centre")
+    # gene-centred embeddings for the probes: the trunk's bins over the 384 bp around the TSS
+    run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model=str(path), pooling="tss",
+                          out=str(tmp_path / "emb"), limit=3))
+    got = pd.read_parquet(tmp_path / "emb" / "dataset=gene" / "group=ref").sort_values("pair_index")
+    covered = sorted({(p - crop) // bin_bp for p in range(256 - 192, 256 + 192)})
+    for s, emb in zip(sites.to_dict("records"), got["embedding"]):
+        ids = torch.tensor([["ACGTN".index(c) for c in window_pair(genome, s, window)[0]]])
+        with torch.no_grad():
+            hidden = model.model(input_ids=ids).last_hidden_state[0].double().numpy()
+        np.testing.assert_allclose(np.asarray(emb), hidden[covered].mean(axis=0), rtol=1e-4, atol=1e-5)
