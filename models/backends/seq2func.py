@@ -41,6 +41,25 @@ def bin_size(config) -> int:
     return 2 ** len(config.conv_tower_channels)
 
 
+def read_tracks_file(path: str) -> str:
+    """A tracks file -> ``i,j,k``: one index per line, or a table with a header whose ``index`` column (else its
+    first, unnamed one, as in Basenji's and Borzoi's ``targets.txt``) holds them; filter the model's targets
+    file (``grep -e RNA: -e index targets.txt``) to choose tracks by name."""
+    rows = [line.rstrip("\r\n").split("\t") for line in Path(path).read_text().splitlines() if line.strip()]
+    try:
+        if all(len(r) == 1 for r in rows):
+            indices = [int(r[0]) for r in rows]
+        else:
+            column = rows[0].index("index") if "index" in rows[0] else 0
+            indices = [int(r[column]) for r in rows[1:]]
+    except (ValueError, IndexError):
+        raise GlmscoreError(f"--tracks {path}: a tracks file holds one track index per line, or a table with a header "
+                            "and an index column (a model's targets.txt).") from None
+    if not indices:
+        raise GlmscoreError(f"--tracks {path} lists no track.")
+    return ",".join(map(str, indices))
+
+
 def parse_tracks(spec: str, n_tracks: int) -> np.ndarray:
     """``all`` | ``A:B`` (a half-open index range) | ``i,j,k``: the track indices to average."""
     try:
@@ -65,10 +84,16 @@ class TrackOptions(Options):
                                help="model dtype (default auto: bf16 on GPU, fp32 on CPU)")
     long: str = option("error", choices=("error", "truncate"),
                        help="sequences longer than the model's window: error (naming the rows) or truncate")
-    tracks: str = option("all", help="seq2func: the tracks a score averages: all, A:B (index range) or i,j,k")
+    tracks: str = option("all", help="tracks models: the tracks a score averages: all, A:B (index range), i,j,k, or a "
+                                     "file (an index per line, or a targets.txt table: its index column)")
     rc: bool = option(False, cli=False, help="average with the reverse complement's predictions, bins flipped back "
                                              "(Enformer's ensembling; set by --rc mean)")
     batch_rows: int = option(1, minimum=1, affects_result=False, help="seq2func: windows per forward pass")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tracks not in ("all", "") and Path(self.tracks).is_file():  # read once, on the driver: the indices
+            object.__setattr__(self, "tracks", read_tracks_file(self.tracks))  # travel to the actors and the fingerprint
 
 
 class WindowEncoder:

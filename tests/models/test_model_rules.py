@@ -428,3 +428,23 @@ def test_nullsette_cds_rule_averages_tracks_over_each_real_kosuri_cassettes_cds(
     lacking = Nullsette(str(tmp_path / "pd"), Nullsette.Options(score_subsequence="GATTACAGATTACAGATTACA"))
     with pytest.raises(GlmscoreError, match=r"\(21 bp\) is not in 4 cassette\(s\) of kosuri/nonmutant"):
         lacking.read(lacking.units(chunk_rows=4, limit=4, datasets=None)[0])
+
+
+def test_tracks_file_lists_indices_or_a_targets_table(tmp_path):
+    """--tracks FILE: one index per line, or a targets.txt table (Borzoi's, with its unnamed first index
+    column), read once into i,j,k (what the actors and the fingerprint see); anything else is one sentence."""
+    from models.backends.seq2func import TrackOptions
+
+    plain = tmp_path / "tracks.txt"
+    plain.write_text("3\n5\n\n8\n")
+    assert TrackOptions(tracks=str(plain)).tracks == "3,5,8"
+    targets = tmp_path / "targets.txt"  # the header and rows of borzoi-pytorch's precomputed/targets.txt, filtered
+    targets.write_text("\tidentifier\tfile\tclip\tclip_soft\tscale\tsum_stat\tstrand_pair\tdescription\n"
+                       "7\tCNhs11250+\t/x.w5\t768\t384\t1.0\tsum\t8\tCAGE:K562\n"
+                       "2070\tENCFF194XTD+\t/y.w5\t384\t320\t0.3\tsum_sqrt\t2071\tRNA:K562\n")
+    assert TrackOptions(tracks=str(targets)).tracks == "7,2070"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("RNA:K562\n")
+    with pytest.raises(GlmscoreError, match=r"a tracks file holds one track index per line"):
+        TrackOptions(tracks=str(bad))
+    assert TrackOptions(tracks="1:3").tracks == "1:3"
