@@ -276,3 +276,80 @@ def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path
     broken.write_text("\n".join(broken.read_text().splitlines()[:-1]) + "\n")
     with pytest.raises(GlmscoreError, match="must pair row by row"):
         Nullsette.analyze([str(published)], str(tmp_path / "r4"), opts)
+
+
+@pytest.mark.realdata
+def test_nullsette_cds_rule_averages_tracks_over_each_real_kosuri_cassettes_cds(ray_cluster, tmp_path):
+    """``--score-subsequence cds`` (the published alphagenome_infer.py rule): a tracks model's score of a
+    real kosuri cassette is the mean of its tracks over the bins its CDS overlaps, wherever a translocation
+    put the CDS; by hand here from the component table (the CDS offset = the lengths of the components
+    before it in the group's order), not by searching the sequence. A model that scores whole sequences is
+    refused in one sentence, and so is a subsequence a cassette lacks."""
+    import multimolecule
+    import pandas as pd
+    import torch
+    from multimolecule.tokenisers.dna.utils import get_alphabet
+
+    from models.base import Context
+    from pipelines.benchmarks.nullsette.source import build
+    from tests.conftest import shared_data
+
+    spec = shared_data("nullsette")
+    build(spec, tmp_path / "pd", tables=["kosuri"])
+    table = pd.read_csv(spec / "kosuri.tsv", sep="\t")
+    orders = json.loads((spec / "translocations.json").read_text())["prokaryotic"]
+    record = json.loads((tmp_path / "pd" / "_nullsette_build.json").read_text())["kosuri"]
+    assert record["fixed"]["cds"] == table["cds"].iloc[0] and "promoter" not in record["fixed"]
+
+    torch.manual_seed(0)  # 1,024 bp window, 8 bp bins, the central 120 of 128 predicted: kosuri is 887-928 bp
+    config = multimolecule.EnformerConfig(sequence_length=1024, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+                                          attention_head_size=4, num_downsamples=3, dim_divisible_by=2, target_length=120,
+                                          num_labels=4)
+    model = multimolecule.EnformerForTokenPrediction(config).eval()
+    path = tmp_path / "enformer"
+    model.save_pretrained(path)
+    multimolecule.DnaTokenizer(alphabet=get_alphabet("streamline", prepend_tokens=[]), unk_token="N", pad_token="N",
+                               model_max_length=1024).save_pretrained(path)
+    window, bin_bp, bins = 1024, 8, 120
+    crop = (window - bins * bin_bp) // 2
+
+    def by_hand(i: int, order: list[str]) -> float:
+        cassette = table.iloc[i]
+        seq = "".join(cassette[c] for c in order)
+        cds0 = sum(len(cassette[c]) for c in order[: order.index("cds")])
+        ids = np.full(window, 4)
+        start = (window - len(seq)) // 2
+        ids[start : start + len(seq)] = ["ACGTN".index(c) for c in seq]
+        covered = sorted({(p - crop) // bin_bp for p in range(start + cds0, start + cds0 + len(cassette["cds"]))})
+        with torch.no_grad():
+            pred = model.postprocess(model(input_ids=torch.from_numpy(ids[None])))[0][0].double().numpy()
+        return float(pred[covered][:, 1:3].mean())
+
+    bench = Nullsette(str(tmp_path / "pd"), Nullsette.Options(score_subsequence="cds"))
+    units = bench.units(chunk_rows=4, limit=4, datasets=None)
+    backend = load_backend(resolve_card(str(path)), tracks="1:3")
+    groups = {"nonmutant": orders["nonmutant"], "mutant_translocation1": orders["mutants"][0],
+              "mutant_translocation19": orders["mutants"][18]}
+    for unit in (u for u in units if u.group in groups):
+        rows = bench.read(unit)
+        region = np.stack([rows.extra["score_region_start"], rows.extra["score_region_end"]], axis=1)
+        got = backend.loglik(backend.encode(rows.sequences), Context(region=region)).mean
+        np.testing.assert_allclose(got, [by_hand(int(i), groups[unit.group]) for i in rows.pair_index], rtol=1e-5, atol=1e-6)
+
+    # through the job: the shards carry the region beside the score
+    from pipelines.score import resolve_job
+
+    run_score(ScoreConfig(benchmark="nullsette", data=str(tmp_path / "pd"), model=str(path), out=str(tmp_path / "s"),
+                          limit=2, options={"tracks": "1:3"}, benchmark_options={"score_subsequence": "cds"}))
+    df = read_scores(tmp_path / "s")
+    df = df[df["group"].isin(groups)].sort_values(["group", "pair_index"])
+    assert len(df) == 6 and (df["score_region_end"] - df["score_region_start"] == len(record["fixed"]["cds"])).all()
+    np.testing.assert_allclose(df["score"], [by_hand(int(i), groups[g]) for g, i in zip(df["group"], df["pair_index"])],
+                               rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(GlmscoreError, match="only sequence-to-function models read; backend kmer scores whole sequences"):
+        resolve_job(ScoreConfig(benchmark="nullsette", data=str(tmp_path / "pd"), model="kmer:3", out=str(tmp_path / "k"),
+                                benchmark_options={"score_subsequence": "cds"}))
+    lacking = Nullsette(str(tmp_path / "pd"), Nullsette.Options(score_subsequence="GATTACAGATTACAGATTACA"))
+    with pytest.raises(GlmscoreError, match=r"\(21 bp\) is not in 4 cassette\(s\) of kosuri/nonmutant"):
+        lacking.read(lacking.units(chunk_rows=4, limit=4, datasets=None)[0])

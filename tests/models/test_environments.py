@@ -1,7 +1,8 @@
 """A model whose package pins what glmscore cannot share runs in an environment of its own, for real:
-enformer-pytorch (``transformers==4.56.2``) scores through ``glmscore score`` while the driver keeps its
-vLLM-compatible transformers (>= 5.16). pip reaches the package registry from this machine and from CI;
-the environment is built once per test session (about 15 s here) in a temporary cache."""
+enformer-pytorch (``transformers==4.56.2``), borzoi-pytorch (``transformers<5``) and alphagenome-pt score in one
+``glmscore sweep`` beside vLLM while the driver keeps its vLLM-compatible transformers (>= 5.16). pip reaches
+the package registry from this machine and from CI; each environment is built once per test session (1-15 s
+here) in a temporary cache. Evo 2's package, which needs CUDA, is checked as far as a CPU allows."""
 
 import importlib.util
 import json
@@ -62,43 +63,6 @@ def env_cache(tmp_path_factory):
         os.environ.pop("GLMSCORE_ENVS")
     else:
         os.environ["GLMSCORE_ENVS"] = old
-
-
-def test_a_model_package_with_conflicting_pins_scores_in_its_own_environment(env_cache, small_nullsette, tmp_path):
-    # the driver's environment: vLLM's transformers, and no enformer-pytorch to import by mistake
-    assert int(transformers.__version__.split(".")[0]) >= 5 and importlib.util.find_spec("vllm") is not None
-    assert importlib.util.find_spec("enformer_pytorch") is None
-    python = environments.local_python((PACKAGE,))
-    assert environments.local_python((PACKAGE,)) == python  # cached: the second call builds nothing
-
-    # the rows `--limit 2` scores, read as the job reads them, and the package's model on them by hand
-    bench = BENCHMARKS.get("nullsette")(str(small_nullsette))
-    rows = [bench.read(u) for u in bench.units(chunk_rows=1024, limit=2, datasets=None)]
-    seqs = {sid: normalise(s, "DNA")[0] for r in rows for sid, s in zip(r.seq_ids, r.sequences)}
-    model = tmp_path / "tiny-enformer"
-    ref = subprocess.run([str(python), "-c", BY_HAND, str(model), str(WINDOW), str(BINS), str(BIN)],
-                         input=json.dumps(list(seqs.values())), capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    by_hand = json.loads(ref.stdout.splitlines()[-1])
-    assert by_hand["transformers"] == "4.56.2"
-    card = resolve_card(str(model))
-    assert (card.backend, card.environment) == ("enformer_pytorch", (PACKAGE,))
-
-    out = tmp_path / "scores"
-    cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
-           "--model", str(model), "--window", str(WINDOW), "--long", "truncate", "--tracks", "1:4", "--limit", "2",
-           "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "building the model's environment" not in run.stderr  # built above, found in the cache
-    manifest = json.loads((out / MANIFEST).read_text())
-    installed = manifest["environment"]["installed"]
-    assert installed["transformers"] == "4.56.2" and installed["enformer-pytorch"] == "0.8.12"
-    df = read_scores(out)
-    assert len(df) == len(seqs)
-    want = dict(zip(seqs, by_hand["scores"]))
-    np.testing.assert_allclose(df["score"], [want[s] for s in df["seq_id"]], rtol=1e-5, atol=1e-7)
 
 
 def test_a_package_that_cannot_be_installed_is_one_sentence_naming_it(env_cache):
@@ -193,25 +157,38 @@ def _by_hand(package: str, script: str, model, seqs: list[str]) -> dict:
 @pytest.mark.ray
 def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_one_sweep(
         env_cache, small_nullsette, tiny_llama, tmp_path):
-    """borzoi-pytorch (``transformers<5``) and alphagenome-pt, each in its own environment, beside a vLLM run
-    in the driver's (transformers 5) in one ``glmscore sweep``: each model's scores (its tracks, --rc mean)
-    equal the package's forward pass by hand, and its embeddings the trunk's; a Flashzoi checkpoint on a CPU
+    """enformer-pytorch (``transformers==4.56.2``), borzoi-pytorch (``transformers<5``) and alphagenome-pt, each in
+    its own environment, beside a vLLM run in the driver's (transformers 5) in one ``glmscore sweep``: each
+    model's scores (its tracks; --rc mean for two) equal the package's forward pass by hand, and its
+    embeddings the trunk's; the environments, built once, come from the cache; a Flashzoi checkpoint on a CPU
     is one sentence."""
-    for module in ("borzoi_pytorch", "alphagenome_pt"):
+    # the driver's environment: vLLM's transformers, and none of the model packages to import by mistake
+    assert int(transformers.__version__.split(".")[0]) >= 5 and importlib.util.find_spec("vllm") is not None
+    for module in ("enformer_pytorch", "borzoi_pytorch", "alphagenome_pt"):
         assert importlib.util.find_spec(module) is None
+    python = environments.local_python((PACKAGE,))
+    assert environments.local_python((PACKAGE,)) == python  # cached: the second call builds nothing
+
+    # the rows `--limit 2` scores, read as the job reads them, and each package's model on them by hand
     bench = BENCHMARKS.get("nullsette")(str(small_nullsette))
     rows = [bench.read(u) for u in bench.units(chunk_rows=1024, limit=2, datasets=None)]
     seqs = {sid: normalise(s, "DNA")[0] for r in rows for sid, s in zip(r.seq_ids, r.sequences)}
-    borzoi, alphagenome = tmp_path / "tiny-borzoi", tmp_path / "tiny-alphagenome"
-    want = {"tiny-borzoi": _by_hand(BORZOI, BORZOI_BY_HAND, borzoi, list(seqs.values())),
+    enformer, borzoi, alphagenome = tmp_path / "tiny-enformer", tmp_path / "tiny-borzoi", tmp_path / "tiny-alphagenome"
+    ref = subprocess.run([str(python), "-c", BY_HAND, str(enformer), str(WINDOW), str(BINS), str(BIN)],
+                         input=json.dumps(list(seqs.values())), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    want = {"tiny-enformer": json.loads(ref.stdout.splitlines()[-1]),
+            "tiny-borzoi": _by_hand(BORZOI, BORZOI_BY_HAND, borzoi, list(seqs.values())),
             "tiny-alphagenome": _by_hand(ALPHAGENOME, ALPHAGENOME_BY_HAND, alphagenome, list(seqs.values()))}
-    assert want["tiny-borzoi"]["transformers"].startswith("4.")
-    assert (resolve_card(str(borzoi)).environment, resolve_card(str(alphagenome)).environment) == ((BORZOI,), (ALPHAGENOME,))
+    assert want["tiny-enformer"]["transformers"] == "4.56.2" and want["tiny-borzoi"]["transformers"].startswith("4.")
+    assert [(resolve_card(str(m)).backend, resolve_card(str(m)).environment) for m in (enformer, borzoi, alphagenome)] == [
+        ("enformer_pytorch", (PACKAGE,)), ("borzoi_pytorch", (BORZOI,)), ("alphagenome_pt", (ALPHAGENOME,))]
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({  # JSON is YAML
-        "out": str(tmp_path / "out"), "max_parallel": 3, "local_cpus": 4, "defaults": {"threads_per_actor": 1},
+        "out": str(tmp_path / "out"), "max_parallel": 4, "local_cpus": 8, "defaults": {"threads_per_actor": 1},
         "models": [
+            {"model": str(enformer), "window": WINDOW, "long": "truncate", "tracks": "1:4"},
             {"model": str(borzoi), "window": S2F_WINDOW, "long": "truncate", "head": "mouse", "tracks": "2:5", "rc": "mean"},
             {"model": str(alphagenome), "window": S2F_WINDOW, "long": "truncate", "organism": "mouse", "tracks": "1:4",
              "rc": "mean"},
@@ -221,11 +198,14 @@ def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_on
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", str(sweep)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "building the model's environment" not in run.stderr  # built above, found in the cache
     scores = tmp_path / "out" / "scores"
-    for name, package in (("tiny-borzoi", BORZOI), ("tiny-alphagenome", ALPHAGENOME)):
+    for name, package in (("tiny-enformer", PACKAGE), ("tiny-borzoi", BORZOI), ("tiny-alphagenome", ALPHAGENOME)):
         folder = scores / name / "nullsette"
         installed = json.loads((folder / MANIFEST).read_text())["environment"]["installed"]
         assert installed[package.split("==")[0]] == package.split("==")[1]
+        if name == "tiny-enformer":
+            assert installed["transformers"] == "4.56.2"
         df = read_scores(folder)
         assert len(df) == len(seqs)
         by_hand = dict(zip(seqs, want[name]["scores"]))
