@@ -26,13 +26,10 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from models.alphabet import codes
-from models.backends.enformer_pt import COMPLEMENT
-from models.backends.seq2func import Seq2Func, TrackOptions, WindowEncoder, parse_tracks
-from models.base import Runtime, register_backend
+from models.backends.seq2func import PackagedTracks, TrackOptions
+from models.base import register_backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
-from models.hf_common import check_weights, resolve_dtype
 from models.options import option
 from models.tokenization import check_hub
 
@@ -55,6 +52,13 @@ class AlphaGenomeOptions(TrackOptions):
                                                               "(default 16,384)")
 
 
+def _model_name(folder: str) -> str | None:
+    try:
+        return json.loads(Path(folder, "config.json").read_text()).get("model_name")
+    except (OSError, ValueError):
+        return None
+
+
 def _read(card: ModelCard) -> tuple[dict, dict]:
     """(config, metadata) as plain data: a saved folder's files, or the official model's fixed config and
     the hub's converted metadata."""
@@ -73,29 +77,19 @@ def _read(card: ModelCard) -> tuple[dict, dict]:
 
 
 @register_backend("alphagenome_pt")
-class AlphaGenomePT(Seq2Func):
+class AlphaGenomePT(PackagedTracks):
     Options = AlphaGenomeOptions
+    package = PACKAGE
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:
         """A folder saved by ``AlphaGenome.save()`` (config.json naming the model, metadata.json beside it)."""
-        path = Path(spec)
-        if not (path.is_dir() and (path / "config.json").is_file() and (path / METADATA).is_file()):
+        if not Path(spec, METADATA).is_file() or _model_name(spec) != "AlphaGenome":
             return None
-        if json.loads((path / "config.json").read_text()).get("model_name") != "AlphaGenome":
-            return None
-        return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
-                         environment=(PACKAGE,), notes="alphagenome-pt, card derived from its config.json")
+        return cls.folder_card(spec, None, "max_seq_len")  # its config.json has no model_type
 
     @classmethod
-    def check_card(cls, card: ModelCard) -> None:
-        super().check_card(card)
-        if not card.environment:
-            raise GlmscoreError(f"card {card.id} runs alphagenome-pt, which runs in an environment of its own; "
-                                f"give it environment: [{PACKAGE}].")
-
-    @classmethod
-    def _layout_of(cls, card: ModelCard, options) -> tuple[int, int, int]:
+    def _organism_and_tracks(cls, card: ModelCard, options) -> tuple[int, int, int]:
         """(window, organism index, tracks of the output for that organism) from config and metadata."""
         config, metadata = _read(card)
         window = options.window or WINDOW
@@ -114,51 +108,26 @@ class AlphaGenomePT(Seq2Func):
         return window, org, int(head["num_tracks"][org])
 
     @classmethod
-    def preflight(cls, card, options, task, layer=-1) -> None:
-        if Path(card.hf_id).is_dir():
-            check_weights(Path(card.hf_id))
-        parse_tracks(options.tracks, cls._layout_of(card, options)[2])
-        if task == "embed" and layer != -1:
-            raise GlmscoreError("alphagenome_pt models embed from the 1 bp embedding only; drop --layer.")
-
-    @classmethod
-    def runtime(cls, card, options, device, threads=None) -> Runtime:
-        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
-                       token_limit=cls._layout_of(card, options)[0], threads=threads)
+    def layout(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
+        window, _, n_tracks = cls._organism_and_tracks(card, options)
+        return window, 1, window, n_tracks  # 1 bp predictions over the whole window
 
     @classmethod
     def provenance(cls, card):
         return (None, card.hf_id) if Path(card.hf_id).is_dir() else (card.revision, None)
 
-    @classmethod
-    def make_encoder(cls, card, options, runtime) -> WindowEncoder:
-        return WindowEncoder(codes, runtime.token_limit, options.long)
-
-    def __init__(self, card, options, runtime, fitted=None):
-        super(Seq2Func, self).__init__(card, options, runtime, fitted)
+    def load(self, card, runtime):
         import alphagenome_pt  # in here: only the model's actors, in the card's own environment, have it
-        import torch
 
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        self.device = torch.device(runtime.device)
-        try:
-            if Path(card.hf_id).is_dir():
-                model = alphagenome_pt.AlphaGenome.load(card.hf_id)
-            else:  # DeepMind's released parameters, converted (all folds' model)
-                model = alphagenome_pt.deepmind_model(load_state=True, repo_id=card.hf_id)
-        except (OSError, ValueError) as exc:
-            raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
+        if Path(card.hf_id).is_dir():
+            model = alphagenome_pt.AlphaGenome.load(card.hf_id)
+        else:  # DeepMind's released parameters, converted (all folds' model)
+            model = alphagenome_pt.deepmind_model(load_state=True, repo_id=card.hf_id)
         # DeepMind's policy (fp32 weights, bf16 compute) for a 16-bit dtype; fp32 throughout otherwise
         model.dtype_policy = alphagenome_pt.get_dtype_policy("float32" if runtime.dtype == "float32" else "deepmind")
         model.set_sync_bn(False)  # one process: no batch-norm statistics to gather (eval uses the running ones)
-        self.model = model.to(self.device).eval()
-        self.window, self.organism, n_tracks = self._layout_of(card, options)
-        self.bin, self.bins, self.crop = 1, self.window, 0  # 1 bp predictions over the whole window
-        self.tracks = parse_tracks(options.tracks, n_tracks)
-        self.n_id, self.complement = 4, COMPLEMENT
-        self.resolved_revision = card.revision
-        self.batch_rows = options.batch_rows
+        self.organism = self._organism_and_tracks(card, self.options)[1]
+        return model
 
     def _inputs(self, ids):
         """ids (rows, window) in A C G T N -> (one-hot (rows, window, 4) with N all zero, organism indices)."""

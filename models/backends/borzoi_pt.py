@@ -23,44 +23,35 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from models.backends.enformer_pt import COMPLEMENT, EnformerOptions, EnformerPyTorch, _config
-from models.backends.seq2func import Seq2Func, parse_tracks
+from models.backends.enformer_pt import EnformerOptions
+from models.backends.seq2func import PackagedTracks
 from models.base import Runtime, register_backend
 from models.cards import ModelCard
 from models.errors import GlmscoreError
+from models.hf_common import config_dict
 
 WINDOW = 524_288  # the published model's input length (its 6,144 output bins cover the central 196,608 bp)
 BIN = 32  # ConvDna pools once, the residual tower 4 more times, the U-net's max pool once, then it upsamples twice
 MODEL_TYPE = "borzoi"
 PACKAGE = "borzoi-pytorch==0.5.1"
+FLASH = "flash-attn>=2.6.3"
 HEAD_TRACKS = {"human": 7611, "mouse": 2608}  # the heads' output channels, fixed in the package's Borzoi class
 UNCROPPED_BINS = 16384 - 32  # the package's crop when return_center_bins_only is false
 
 
 @register_backend("borzoi_pytorch")
-class BorzoiPyTorch(EnformerPyTorch):
+class BorzoiPyTorch(PackagedTracks):
     Options = EnformerOptions
     package = PACKAGE
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:
-        """A local folder saved by borzoi-pytorch (``model_type`` borzoi with its ``bins_to_return``);
-        multimolecule's Borzoi has the same model type and goes to ``seq2func``."""
-        path = Path(spec)
-        if not (path.is_dir() and (path / "config.json").is_file()):
-            return None
-        config = json.loads((path / "config.json").read_text())
-        if config.get("model_type") != MODEL_TYPE or "bins_to_return" not in config:
-            return None
-        flashed = bool(config.get("flashed"))
-        return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
-                         environment=(cls.package, "flash-attn>=2.6.3") if flashed else (cls.package,),
-                         notes="borzoi-pytorch, card derived from its config.json")
+        flashed = Path(spec, "config.json").is_file() and json.loads(Path(spec, "config.json").read_text()).get("flashed")
+        return cls.folder_card(spec, MODEL_TYPE, "bins_to_return", (PACKAGE, FLASH) if flashed else (PACKAGE,))
 
     @classmethod
-    def _layout_of(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
-        """(window, bin, bins, tracks of the head) from the config alone."""
-        config = _config(card)
+    def layout(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
+        config = config_dict(card.hf_id, card.revision)
         window = options.window or card.max_context or WINDOW
         if window % (4 * BIN):  # the transformer runs at 128 bp: two upsamplings must land on the skip connections
             raise GlmscoreError(f"--window {window:,} is not a multiple of 128 bp, as borzoi-pytorch needs.")
@@ -76,33 +67,19 @@ class BorzoiPyTorch(EnformerPyTorch):
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
-        if _config(card).get("flashed") and not str(device).startswith("cuda"):
+        if config_dict(card.hf_id, card.revision).get("flashed") and not str(device).startswith("cuda"):
             raise GlmscoreError(f"{card.id} is a Flashzoi checkpoint: its flash-attn attention runs on CUDA GPUs only, "
                                 "not on this run's CPU actors.")
         return super().runtime(card, options, device, threads)
 
-    def __init__(self, card, options, runtime, fitted=None):
-        super(Seq2Func, self).__init__(card, options, runtime, fitted)
+    def load(self, card, runtime):
         import borzoi_pytorch  # in here: only the model's actors, in the card's own environment, have it
         import torch
 
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        self.device = torch.device(runtime.device)
-        try:
-            model = borzoi_pytorch.Borzoi.from_pretrained(card.hf_id, revision=card.revision)
-        except (OSError, ValueError) as exc:
-            raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
-        self.model = model.to(self.device).eval()
         # fp32 weights; a 16-bit dtype runs under autocast (the package's last layer casts its input to fp32)
         self.autocast = (nullcontext if runtime.dtype == "float32" else
-                         lambda: torch.autocast(self.device.type, dtype=getattr(torch, runtime.dtype)))
-        self.window, self.bin, self.bins, n_tracks = self._layout_of(card, options)
-        self.crop = (self.window - self.bins * self.bin) // 2
-        self.tracks = parse_tracks(options.tracks, n_tracks)
-        self.n_id, self.complement = 4, COMPLEMENT
-        self.resolved_revision = getattr(model.config, "_commit_hash", None) or card.revision
-        self.batch_rows = options.batch_rows
+                         lambda: torch.autocast(torch.device(runtime.device).type, dtype=getattr(torch, runtime.dtype)))
+        return borzoi_pytorch.Borzoi.from_pretrained(card.hf_id, revision=card.revision)
 
     def _one_hot(self, ids):
         """ids (rows, window) in A C G T N -> (rows, 4, window) floats, N an all-zero column."""

@@ -16,13 +16,14 @@ the window under ``--long truncate``. What glmscore takes from them:
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from models.alphabet import normalise
+from models.alphabet import codes, normalise
 from models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
 from models.cards import ModelCard, import_package
 from models.errors import GlmscoreError
@@ -262,3 +263,81 @@ class Seq2Func(Backend):
         if pooling.kind == "window":  # the trunk's bins over these bases of every row (a TSS, a variant's surroundings)
             region = np.tile([pooling.start, pooling.end], (len(encoded), 1))
         return np.stack([h.mean(axis=0) for h in self._run(encoded, self.hidden, region)]).astype(np.float32)
+
+
+COMPLEMENT = np.array([3, 2, 1, 0, 4])  # A C G T N -> T G C A N: the packages' own ids (N an all-zero one-hot column)
+
+
+class PackagedTracks(Seq2Func):
+    """A tracks model from a package that runs in an environment of its own (``environment:`` on its card):
+    the driver reads the model's layout from its files as plain data (``layout``) and never imports the
+    package; only ``__init__`` (in the model's actors) does, through ``load``. The window handling, the
+    bins, ``--tracks``, ``--rc`` and regions are ``Seq2Func``'s; ids are A C G T N = 0-4."""
+
+    package = ""  # the pip requirement a card derived from a local folder lists under environment:
+
+    @classmethod
+    def folder_card(cls, spec: str, model_type: str | None, marker: str, environment: tuple[str, ...] = ()) -> ModelCard | None:
+        """A card for a local folder the package saved: ``config.json`` with ``model_type`` and the package's
+        own ``marker`` key (multimolecule's classes share the model types and go to ``seq2func``)."""
+        path = Path(spec)
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            return None
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") != model_type or marker not in config:
+            return None
+        return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
+                         environment=environment or (cls.package,),
+                         notes=f"{cls.package.partition('==')[0]}, card derived from its config.json")
+
+    @classmethod
+    def layout(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
+        """(window, bp per bin, predicted bins, tracks of the chosen output), from the model's files."""
+        raise NotImplementedError
+
+    def load(self, card: ModelCard, runtime: Runtime):
+        """The package's model, on the CPU (imports the package: actors only)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_card(cls, card: ModelCard) -> None:
+        super().check_card(card)
+        if not card.environment:
+            raise GlmscoreError(f"card {card.id} runs {cls.package.partition('==')[0]}, which runs in an environment "
+                                f"of its own; give it environment: [{cls.package}].")
+
+    @classmethod
+    def preflight(cls, card, options, task, layer=-1) -> None:
+        if Path(card.hf_id).is_dir():
+            check_weights(Path(card.hf_id))
+        parse_tracks(options.tracks, cls.layout(card, options)[3])
+        if task == "embed" and layer != -1:
+            raise GlmscoreError(f"{cls.name} models embed from one fixed layer only; drop --layer.")
+
+    @classmethod
+    def runtime(cls, card, options, device, threads=None) -> Runtime:
+        return Runtime(device=device, dtype=resolve_dtype(options.dtype, card, device),
+                       token_limit=cls.layout(card, options)[0], threads=threads)
+
+    @classmethod
+    def make_encoder(cls, card, options, runtime) -> WindowEncoder:
+        return WindowEncoder(codes, runtime.token_limit, options.long)
+
+    def __init__(self, card, options, runtime, fitted=None):
+        Backend.__init__(self, card, options, runtime, fitted)
+        import torch  # in here: torch loads where the model runs
+
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        self.device = torch.device(runtime.device)
+        try:
+            model = self.load(card, runtime)
+        except (OSError, ValueError) as exc:
+            raise GlmscoreError(f"could not load model {card.hf_id}: {str(exc).splitlines()[0]}") from None
+        self.model = model.to(self.device).eval()
+        self.window, self.bin, self.bins, n_tracks = self.layout(card, options)
+        self.crop = (self.window - self.bins * self.bin) // 2
+        self.tracks = parse_tracks(options.tracks, n_tracks)
+        self.n_id, self.complement = 4, COMPLEMENT
+        self.resolved_revision = getattr(getattr(model, "config", None), "_commit_hash", None) or card.revision
+        self.batch_rows = options.batch_rows
