@@ -55,6 +55,10 @@ class ModelCard:
     paper_dtype: str = "float32"  # paper: the precision the script ran the model in
     paper_keep_float32: tuple[str, ...] = ()  # paper: parameters (name parts) the script kept in fp32 (Evo's poles, residues)
     paper_uncapped: bool = False  # paper: the script set no context limit, so no sequence is refused or cut
+    # what a model's vocabulary reads DNA as: gLM2 reads lowercase letters as nucleotides (uppercase ones are
+    # amino acids) after a strand token; the prefix is text before each sequence, never scored
+    letter_case: str = "upper"
+    sequence_prefix: str = ""
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -62,12 +66,19 @@ class ModelCard:
     vllm_engine: dict = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The card as data (what fingerprints hash): fields added later are left out at their defaults, so
+        the fingerprints of cards that do not use them stay as they were."""
+        data = dataclasses.asdict(self)
+        for name in OMITTED_AT_DEFAULT:
+            if data[name] == ModelCard.__dataclass_fields__[name].default:
+                del data[name]
+        return data
 
     def with_(self, **changes) -> "ModelCard":
         return dataclasses.replace(self, **changes)
 
 
+OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix")
 ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it scores: never in a fingerprint
 
 

@@ -137,6 +137,10 @@ class TokenPolicy:
         else:
             self.bos_id = None
         self.special_ids = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+        if card.letter_case not in ("upper", "lower"):
+            raise GlmscoreError(f"model card {card.id}: letter_case must be upper or lower, not {card.letter_case!r}.")
+        # tokens of the card's sequence prefix (gLM2's strand token), context only: never scored
+        self.n_prefix = len(tokenizer(card.sequence_prefix, add_special_tokens=False)["input_ids"]) if card.sequence_prefix else 0
 
     def _kmer_cut(self, seq: str) -> str:
         k = self.card.kmer
@@ -171,6 +175,9 @@ class TokenPolicy:
             return apply_context(self._encode_paper(seqs), self.max_context, self.long, self.card.objective == "clm", row_names)
         mapped = [normalise(s, self.card.alphabet) for s in seqs]
         texts = [self._kmer_cut(m[0]) for m in mapped]
+        if self.card.letter_case == "lower":
+            texts = [t.lower() for t in texts]
+        texts = [self.card.sequence_prefix + t for t in texts]
         clm = self.card.objective == "clm"
         toks = self.tokenizer(texts, add_special_tokens=not clm)["input_ids"]
         out = []
@@ -184,6 +191,9 @@ class TokenPolicy:
                     real[0] = False
             else:
                 real = ~np.isin(ids, self.special_ids)
+            if self.n_prefix:  # the prefix's tokens follow any leading special token
+                first = int(np.argmax(real)) if real.any() else 0
+                real[first : first + self.n_prefix] = False
             out.append(Encoded(ids=ids, real=real, n_ambiguous=n_amb))
         return apply_context(out, self.max_context, self.long, clm, row_names)
 

@@ -367,3 +367,47 @@ def test_tracks_file_lists_indices_or_a_targets_table(tmp_path):
     with pytest.raises(GlmscoreError, match=r"a tracks file holds one track index per line"):
         TrackOptions(tracks=str(bad))
     assert TrackOptions(tracks="1:3").tracks == "1:3"
+
+
+def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path):
+    """gLM2's vocabulary reads lowercase letters as nucleotides and uppercase ones as amino acids, after a
+    strand token. A stand-in with that vocabulary (a tiny BERT: gLM2's own code is remote and not on this
+    machine) scored under the ``glm2-150m`` card's rules equals a direct forward pass on ``<+>`` + the
+    lowercase sequence with the strand token left unscored; upper-cased, the same rows would be read as
+    protein. Cards that do not use these fields keep their fingerprints (the fields are left out of to_dict)."""
+    import torch
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    from models.cards import registry
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + ["<+>", "<->"] + list("acgtn") + list("ACDEFGHIKLMNPQRSTVWY"))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[+-]>|."), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, pad_token_id=0)).eval()
+    path = tmp_path / "glm2-like"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+    card = registry()["glm2-150m"].with_(hf_id=str(path), revision=None, trust_remote_code=False)
+    seqs = ["ACGTTGCA", "acgtnNAC", "GATTACAGATTACA"]
+    scorer = load_backend(card)
+    encoded = scorer.encode(seqs)
+    got = scorer.loglik(encoded).mean
+    for seq, e, score in zip(seqs, encoded, got):
+        ids = tokenizer("<+>" + seq.upper().lower())["input_ids"]
+        assert e.ids.tolist() == ids and ids[1] == vocab["<+>"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        scored = range(2, len(ids) - 1)  # not [CLS], not the strand token, not [SEP]
+        assert score == pytest.approx(float(np.mean([logp[i, ids[i]] for i in scored])), abs=1e-6)
+    upper = load_backend(card.with_(letter_case="upper", sequence_prefix="")).encode(seqs[:1])[0]
+    assert set(upper.ids[1:-1].tolist()) <= {vocab[c] for c in "ACGT"}  # amino acids A, C, G, T: protein
+    assert "letter_case" not in registry()["hyenadna-small-32k"].to_dict() and card.to_dict()["letter_case"] == "lower"
