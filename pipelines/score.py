@@ -184,8 +184,9 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
                                 "as they are; use --rc none" + (" or --rc mean (its own ensembling)."
                                                                 if "rc" in _option_names(backend) else "."))
     if benchmark.has_regions and not backend.scores_regions:
-        raise GlmscoreError(f"benchmark {benchmark.name} scores a region of each sequence here (--score-subsequence), "
-                            f"which only sequence-to-function models read; backend {backend.name} scores whole sequences.")
+        raise GlmscoreError(f"benchmark {benchmark.name} is set to score a region of each sequence (--score-subsequence, "
+                            f"--track-region centre), which only sequence-to-function models read; backend {backend.name} "
+                            "scores whole sequences.")
     if cfg.task == "embed" and not backend.embeds:
         raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
     if cfg.task == "score" and not backend.scores:
