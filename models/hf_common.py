@@ -144,6 +144,12 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
                      notes=note + (f"; architecture from {package}" if package else ""))
 
 
+# model types whose learned positions count from padding_idx + 1 (RoBERTa's scheme, which ESM and NT keep;
+# multimolecule's RNA-FM adds one more, its upstream's off-by-one): max_position_embeddings - padding_idx - this
+# many tokens fit, and one more fails inside the embedding
+OFFSET_POSITIONS = {"roberta": 1, "xlm-roberta": 1, "camembert": 1, "esm": 1, "rnafm": 2}
+
+
 def config_context(card: ModelCard) -> int | None:
     """The card's context, else the config's position limit (None when neither says)."""
     if card.max_context:
@@ -152,6 +158,9 @@ def config_context(card: ModelCard) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
+            if key == "max_position_embeddings" and config.model_type in OFFSET_POSITIONS \
+                    and getattr(config, "position_embedding_type", "absolute") in (None, "absolute"):
+                value -= (config.pad_token_id or 0) + OFFSET_POSITIONS[config.model_type]
             return value
     return None
 

@@ -411,3 +411,19 @@ def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path)
     upper = load_backend(card.with_(letter_case="upper", sequence_prefix="")).encode(seqs[:1])[0]
     assert set(upper.ids[1:-1].tolist()) <= {vocab[c] for c in "ACGT"}  # amino acids A, C, G, T: protein
     assert "letter_case" not in registry()["hyenadna-small-32k"].to_dict() and card.to_dict()["letter_case"] == "lower"
+
+
+def test_token_limit_of_models_whose_positions_start_after_the_pad(tmp_path):
+    """RNA-FM (as RoBERTa, ESM, NT) counts learned positions from padding_idx + 1, so a folder whose config
+    says 128 positions fits 126 tokens; the limit derived from its config says so, and a longer row is cut
+    (--long truncate) instead of failing inside the embedding (IndexError, found by tests/bench/sweep_families)."""
+    from models.hf_common import config_context
+
+    _tiny_multimolecule(tmp_path / "rnafm", "RnaFm")
+    _tiny_multimolecule(tmp_path / "splicebert", "SpliceBert")
+    rnafm, splicebert = resolve_card(str(tmp_path / "rnafm")), resolve_card(str(tmp_path / "splicebert"))
+    assert (config_context(rnafm), config_context(splicebert)) == (126, 128)
+    scorer = load_backend(rnafm, long="truncate")
+    encoded = scorer.encode(["ACGU" * 60])
+    assert encoded[0].truncated and len(encoded[0].ids) == 126
+    assert np.isfinite(scorer.loglik(encoded).mean).all()
