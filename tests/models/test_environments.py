@@ -186,7 +186,7 @@ def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_on
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({  # JSON is YAML
-        "out": str(tmp_path / "out"), "max_parallel": 4, "local_cpus": 8, "defaults": {"threads_per_actor": 1},
+        "out": str(tmp_path / "out"), "max_parallel": 2, "local_cpus": 4,  # two at once: the suite runs beside it "defaults": {"threads_per_actor": 1},
         "models": [
             {"model": str(enformer), "window": WINDOW, "long": "truncate", "tracks": "1:4"},
             {"model": str(borzoi), "window": S2F_WINDOW, "long": "truncate", "head": "mouse", "tracks": "2:5", "rc": "mean"},
