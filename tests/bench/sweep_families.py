@@ -2,8 +2,7 @@
 timed test: multimolecule's import alone is tens of seconds per actor pool, too dear for the suite):
 a multimolecule RNA language model (RNA-FM's class), GPN (the gpn package), a multimolecule Enformer
 (tracks), a Llama (the transformers path of the causal cards), borzoi-pytorch in its own environment, and a
-vLLM run, x Nullsette (the synthetic demo cassettes), NABench (two real assays from ../shared/data) and the
-causal variants (the planted-mechanism set's 512 bp windows).
+vLLM run, x Nullsette (the synthetic demo cassettes) and NABench (two real assays from ../shared/data).
 Prints each run's rows and seconds, and exits non-zero if any run failed. Evo 2 (CUDA only) and GenSLM
 (weights off the hub) cannot run here.
 
@@ -38,10 +37,6 @@ def main() -> None:
         tmp = Path(tmp)
         nullsette = tmp / "pd"
         build(write_spec(tmp / "spec", 12, seed=0), nullsette)
-        for args in (["variants", "synth", "--out", str(tmp / "src")],  # the planted-mechanism variant set, 512 bp windows
-                     ["variants", "build", "--genome", str(tmp / "src" / "genome.fa"), "--variants",
-                      str(tmp / "src" / "variants.csv"), "--window", "512", "--out", str(tmp / "variants")]):
-            subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, check=True, capture_output=True)
         _tiny_multimolecule(tmp / "rnafm", "RnaFm")
         _tiny_gpn(tmp / "gpn")
         _tiny_track_model("enformer", tmp / "enformer")
@@ -57,15 +52,13 @@ def main() -> None:
                        str(tmp / "llama"), {"model": str(tmp / "borzoi"), "window": S2F_WINDOW, "long": "truncate"},
                        {"model": str(tmp / "llama"), "name": "llama-vllm", "backend": "vllm", "max_model_len": 1024}],
             "benchmarks": [{"name": "nullsette", "data": str(nullsette), "limit": 4, "analyze": {"n_perm": 200}},
-                           {"name": "nabench", "data": str(shared_data("nabench")), "datasets": ASSAYS, "limit": 40},
-                           {"name": "variants", "data": str(tmp / "variants"), "limit": 40}]}))
+                           {"name": "nabench", "data": str(shared_data("nabench")), "datasets": ASSAYS, "limit": 40}]}))
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         t0 = time.monotonic()
         run = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", str(sweep)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
         wall = time.monotonic() - t0
-        print(f"sweep of 6 models x Nullsette + NABench ({', '.join(ASSAYS)}) + variants: exit {run.returncode}, "
-              f"{wall:.0f} s")
+        print(f"sweep of 6 models x Nullsette + NABench ({', '.join(ASSAYS)}): exit {run.returncode}, {wall:.0f} s")
         for folder in sorted((tmp / "out" / "scores").glob("*/*")):
             rows = len(read_scores(folder)) if (folder / "_manifest.json").exists() else 0
             print(f"  {folder.parent.name:12} {folder.name:10} {rows:5d} rows")
