@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.report import _pyplot, _save, write_report
+from glmscore.analysis.report import _pyplot, _save, write_report
 
 
 def plot_grid(grid: pd.DataFrame, path: Path, title: str, label: str, vmin: float, vmax: float, cmap: str) -> Path:

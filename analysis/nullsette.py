@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.paired import adjust, signflip_pvalues
-from models.errors import GlmscoreError
+from glmscore.analysis.paired import adjust, signflip_pvalues
+from glmscore.models.errors import GlmscoreError
 
 NONMUTANT = "nonmutant"
 TEST_COLUMNS = ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]

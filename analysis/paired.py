@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 ESTIMATORS = ("plus_one", "seed", "paper")
 CORRECTIONS = ("bh", "bonferroni", "holm", "none")

@@ -18,10 +18,10 @@ import numpy as np
 from scipy.linalg import LinAlgWarning
 from sklearn.exceptions import ConvergenceWarning
 
-from analysis.fitness import spearman
-from analysis.probes import FEWSHOT_K, given_folds, run_fewshot, run_supervised, run_supervised_given
-from analysis.published_probes import PAPER_SCHEMES, paper_fewshot, paper_supervised
-from analysis.transfer import TransferTask, transfer_predict, transfer_tasks
+from glmscore.analysis.fitness import spearman
+from glmscore.analysis.probes import FEWSHOT_K, given_folds, run_fewshot, run_supervised, run_supervised_given
+from glmscore.analysis.published_probes import PAPER_SCHEMES, paper_fewshot, paper_supervised
+from glmscore.analysis.transfer import TransferTask, transfer_predict, transfer_tasks
 
 
 @dataclass

@@ -28,7 +28,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 PROBES = ("ridge", "mlp", "logistic")
 SCHEMES = ("random", "modulo", "contiguous")

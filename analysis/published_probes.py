@@ -57,7 +57,7 @@ def paper_alphas() -> np.ndarray:
     return np.logspace(-3, 3, 7)
 
 
-def _spearman(pred, y) -> float:
+def published_spearman(pred, y) -> float:
     """``scipy.stats.spearmanr(pred, y).correlation`` as the scripts call it (NaN for a constant side)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -83,11 +83,11 @@ def paper_fewshot(X: np.ndarray, y: np.ndarray, k: int, repeats: int = 5, seed: 
     corrs = []
     for idx in paper_fewshot_draws(len(y), k, repeats, seed):
         model = Ridge(alpha=PAPER_FEWSHOT_ALPHA).fit(X[idx], y[idx])
-        corrs.append(_spearman(model.predict(np.delete(X, idx, axis=0)), np.delete(y, idx)))
+        corrs.append(published_spearman(model.predict(np.delete(X, idx, axis=0)), np.delete(y, idx)))
     return {"metric": float(np.mean(corrs)), "metric_std": float(np.std(corrs)), "n_splits": len(corrs)}
 
 
-def _ridgecv_predict(X, y, train, test) -> np.ndarray:
+def ridgecv_predict(X, y, train, test) -> np.ndarray:
     return RidgeCV(alphas=paper_alphas()).fit(X[train], y[train]).predict(X[test])
 
 
@@ -103,10 +103,10 @@ def pooled_oof(X: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.nd
     for train, test in folds:
         if len(train) == 0 or len(test) == 0:
             continue
-        pred[test] = _ridgecv_predict(X, y, train, test)
+        pred[test] = ridgecv_predict(X, y, train, test)
         used += 1
     ok = ~np.isnan(pred)
-    metric = _spearman(pred[ok], y[ok]) if ok.sum() >= 2 else np.nan
+    metric = published_spearman(pred[ok], y[ok]) if ok.sum() >= 2 else np.nan
     return {"metric": metric, "metric_std": np.nan, "n_splits": used}
 
 
@@ -147,11 +147,11 @@ def paper_contiguous(X: np.ndarray, y: np.ndarray, positions: list[list[int]]) -
     corrs, skipped = [], 0
     for tr, te in paper_contiguous_folds(positions):
         try:
-            pred = _ridgecv_predict(X, y, tr, te)
+            pred = ridgecv_predict(X, y, tr, te)
         except (ValueError, np.linalg.LinAlgError):
             skipped += 1
             continue
-        corrs.append(_spearman(pred, y[te]))
+        corrs.append(published_spearman(pred, y[te]))
     if not corrs or np.all(np.isnan(corrs)):
         return {"metric": np.nan, "metric_std": np.nan, "n_splits": len(corrs), "n_skipped": skipped}
     return {"metric": float(np.nanmean(corrs)), "metric_std": float(np.nanstd(corrs)), "n_splits": len(corrs),

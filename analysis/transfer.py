@@ -20,8 +20,8 @@ import numpy as np
 from scipy import stats
 from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut
 
-from analysis.probes import GRIDS, make_probe
-from models.errors import GlmscoreError
+from glmscore.analysis.probes import GRIDS, make_probe
+from glmscore.models.errors import GlmscoreError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 TEST_CHROMS = ("chr9", "chr10")
 EPSILON = 1e-6

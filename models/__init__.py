@@ -5,6 +5,6 @@ Heavy imports (torch, transformers, vllm) happen inside the backend modules, so 
 is cheap.
 """
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 __all__ = ["GlmscoreError"]

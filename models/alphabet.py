@@ -11,8 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-from models.base import Encoded
-from models.errors import GlmscoreError
+from glmscore.models.base import Encoded
+from glmscore.models.errors import GlmscoreError
 
 Alphabet = Literal["DNA", "RNA"]
 

@@ -17,17 +17,17 @@ from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from models.cards import ModelCard, registry
-from models.errors import GlmscoreError
-from models.options import NoOptions, Options, option
-from models.registry import Registry
+from glmscore.models.cards import ModelCard, registry
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import NoOptions, Options, option
+from glmscore.models.registry import Registry
 
-BACKENDS: Registry["Backend"] = Registry("backend", "models.backends")
+BACKENDS: Registry["Backend"] = Registry("backend", "glmscore.models.backends")
 register_backend = BACKENDS.register
 
 LONG_MODES = ("error", "truncate", "window")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("cpu", "cuda")
+TORCH_DEVICES = ("cpu", "cuda")  # where a backend runs (Runtime.device); ScoreConfig.device is what the user asks
 
 
 @dataclass

@@ -16,7 +16,7 @@ from importlib import resources
 
 import yaml
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it
 
 @lru_cache(maxsize=1)
 def _read() -> tuple[dict[str, ModelCard], dict[str, dict[str, str]]]:
-    text = resources.files("models").joinpath("cards.yaml").read_text()
+    text = resources.files("glmscore.models").joinpath("cards.yaml").read_text()
     raw = yaml.safe_load(text) or {}
     cards, about = {}, {}
     for card_id, fields in raw.items():

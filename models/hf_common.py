@@ -23,12 +23,12 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
-from models.cards import ModelCard, import_package
-from models.errors import GlmscoreError
-from models.options import option
-from models.pooling import pool
-from models.tokenization import (
+from glmscore.models.base import Backend, Context, Encoded, LMOptions, Runtime, token_budget_batches
+from glmscore.models.cards import ModelCard, import_package
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import option
+from glmscore.models.pooling import pool
+from glmscore.models.tokenization import (
     PROTOCOLS,
     TokenPolicy,
     check_hub,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from models.base import BACKENDS, Backend
-from models.cards import ModelCard
+from glmscore.models.base import BACKENDS, Backend
+from glmscore.models.cards import ModelCard
 
 
 def default_device() -> str:

@@ -13,7 +13,7 @@ import typing
 from dataclasses import MISSING, field, fields
 from typing import Any, Callable
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, choices: Callable[[], list] | list | tuple | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 
 @dataclass(frozen=True)

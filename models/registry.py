@@ -12,7 +12,7 @@ import pkgutil
 import threading
 from typing import Generic, TypeVar
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 T = TypeVar("T")
 

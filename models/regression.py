@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from models.cards import ModelCard, import_package
-from models.errors import GlmscoreError
+from glmscore.models.cards import ModelCard, import_package
+from glmscore.models.errors import GlmscoreError
 
 HEADS = ("linear", "mlp")
 FINETUNE_POOLINGS = ("mean", "cls", "last", "cls+mean")

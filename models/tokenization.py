@@ -41,10 +41,10 @@ from urllib.parse import urlparse
 import numpy as np
 from huggingface_hub import try_to_load_from_cache
 
-from models.alphabet import normalise
-from models.base import LONG_MODES, Encoded
-from models.cards import ModelCard, import_package
-from models.errors import GlmscoreError
+from glmscore.models.alphabet import normalise
+from glmscore.models.base import LONG_MODES, Encoded
+from glmscore.models.cards import ModelCard, import_package
+from glmscore.models.errors import GlmscoreError
 
 
 @lru_cache(maxsize=1)

@@ -19,14 +19,14 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from analysis.combined import generic_tables
-from models.errors import GlmscoreError
-from models.options import NoOptions, Options
-from models.registry import Registry
+from glmscore.analysis.combined import generic_tables
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import NoOptions, Options
+from glmscore.models.registry import Registry
 
 REFERENCE_BLOCK = 50_000  # sequences per block of a benchmark's reference sequences (a few MB of text)
 
-BENCHMARKS: Registry["Benchmark"] = Registry("benchmark", "pipelines.benchmarks")
+BENCHMARKS: Registry["Benchmark"] = Registry("benchmark", "glmscore.pipelines.benchmarks")
 register_benchmark = BENCHMARKS.register
 
 

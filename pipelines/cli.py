@@ -13,27 +13,24 @@ import argparse
 import dataclasses
 import errno
 import os
-import shutil
 import signal
-import sys
-import tempfile
 from dataclasses import MISSING
-from pathlib import Path
 
 import pandas as pd
 
-from models.base import BACKENDS
-from models.cards import about, registry, zoo_table
-from models.errors import GlmscoreError
-from models.options import base_type, choices_of, flag_of, option_fields
-from pipelines import store
-from pipelines.benchmark import BENCHMARKS, Command
-from pipelines.console import Terminated, handle_sigterm
-from pipelines.demo import DemoOptions, run_demo
-from pipelines.ray_session import finished, supervise_drivers
-from pipelines.score import ScoreConfig, run_score
-from pipelines.shards import describe, read_manifest
-from pipelines.sweep import main_sweep
+from glmscore.models.base import BACKENDS
+from glmscore.models.cards import about, registry, zoo_table
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import base_type, choices_of, flag_of, option_fields
+from glmscore.pipelines import store
+from glmscore.pipelines.api import analyze
+from glmscore.pipelines.benchmark import BENCHMARKS, Command
+from glmscore.pipelines.console import Terminated, handle_sigterm, say
+from glmscore.pipelines.demo import DemoOptions, run_demo
+from glmscore.pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.shards import describe
+from glmscore.pipelines.supervise import CHANNEL
+from glmscore.pipelines.sweep import main_sweep
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -239,7 +236,17 @@ def score_config_from_args(args):
                        benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
+    """The command line in this process (``argv``: the words after ``glmscore``). ``supervised``: this is
+    the child of the ``glmscore`` command (``pipelines/supervise.py``), which is told how the command ends."""
+    if supervised:
+        CHANNEL.attach()
+    code = _main(argv)
+    CHANNEL.finished(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["GLMSCORE_VERBOSE"] = "1"
@@ -259,59 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                 "sweep": "; completed shards are kept and a rerun resumes from them",
                 "analyze": f"; no report was written to {getattr(args, 'out', '')} (it holds what it held before)"}
         said = f"; {exc.kept}" if getattr(exc, "kept", None) else kept.get(args.command, "")
-        print(f"glmscore: {what}{said}.", file=sys.stderr)
+        say(f"{what}{said}.")
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except GlmscoreError as exc:
-        print(f"glmscore: error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return EXIT_USER_ERROR
     except OSError as exc:
         # a location the user named that cannot be written (read-only, no permission, disk full): one
         # sentence; any other OSError is a bug and keeps its traceback
         if exc.errno not in PATH_ERRNOS:
             raise
-        print(f"glmscore: error: cannot write or read {exc.filename or 'the output'}: {exc.strerror}.", file=sys.stderr)
+        say(f"error: cannot write or read {exc.filename or 'the output'}: {exc.strerror}.")
         return EXIT_USER_ERROR
-
-
-def _check_benchmark_of(cls, score_dirs: list[str]) -> None:
-    """A score folder of another benchmark is named as such (its analysis would otherwise fail on a
-    missing column or pairing, in that benchmark's terms)."""
-    for d in score_dirs:
-        try:
-            made_by = read_manifest(d).get("config", {}).get("benchmark")
-        except GlmscoreError:
-            continue  # not a finished glmscore folder: the benchmark's own analysis says what it reads
-        if made_by and made_by != cls.name:
-            raise GlmscoreError(f"{d} is a {made_by} score folder; analyse it with `glmscore analyze {made_by}`.")
-
-
-def _analyze_to(cls, args) -> dict:
-    """``analyze``, its report written whole or not at all: into a temporary folder beside ``--out`` (an
-    interrupted or failed analysis leaves no tables that look complete), then moved into ``--out`` file by
-    file (atomic renames); for an object-store ``--out``, written locally and uploaded (plots and tables
-    are written by libraries that need a local file)."""
-    options = cls.AnalyzeOptions(**given(args, args.fields))
-    _check_benchmark_of(cls, args.scores)
-    if store.is_uri(args.out):
-        with tempfile.TemporaryDirectory(prefix="glmscore-report-") as tmp:
-            result = cls.analyze(args.scores, tmp, options)
-            store.upload_folder(Path(tmp), args.out)
-        return {**result, "report": str(result["report"]).replace(tmp, args.out.rstrip("/"))}
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise GlmscoreError(f"--out {out} is a file, not a folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        result = cls.analyze(args.scores, str(tmp), options)
-        out.mkdir(exist_ok=True)
-        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            target = out / f.relative_to(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(f, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {**result, "report": str(result["report"]).replace(str(tmp), str(out))}
 
 
 def _local_only(args) -> None:
@@ -359,10 +325,9 @@ def _dispatch(args) -> int:
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
         return 0
     if args.command == "analyze":
-        cls = BENCHMARKS.get(args.benchmark)
-        result = _analyze_to(cls, args)
-        print(result["table"].to_string(index=False))
-        print(f"report: {result['report']}")
+        result = analyze(args.benchmark, args.scores, args.out, **given(args, args.fields))
+        print(result.table.to_string(index=False))
+        print(f"report: {result.report}")
         return 0
     if args.command == "sweep":
         return main_sweep(args.file, check=args.check, dry_run=args.dry_run)
@@ -374,15 +339,7 @@ def _dispatch(args) -> int:
     return 0
 
 
-def command() -> int:
-    """The ``glmscore`` command and ``python -m pipelines.cli``: ``main`` in a process of its own, so a job
-    that starts or joins Ray runs under a supervising parent (``ray_session.supervise_driver``), which
-    exits with the status ``main`` returned."""
-    supervise_drivers()
-    code = main()
-    finished(code)
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(command())
+    from glmscore.pipelines.supervise import command
+
+    command()

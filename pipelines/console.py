@@ -14,7 +14,49 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
+
+
+class Console:
+    """Where glmscore's own lines go: ``stream`` (None: ``sys.stderr`` at the time of writing, never kept:
+    Tune pickles callbacks that print, and tests swap stderr), or nowhere while ``silent``. A library
+    caller redirects or silences them with ``console.redirect``; the CLI leaves them on stderr."""
+
+    stream = None
+    silent = False
+
+    def write(self, text: str) -> None:
+        if self.silent:
+            return
+        stream = self.stream or sys.stderr
+        stream.write(text)
+        stream.flush()
+
+
+CONSOLE = Console()
+
+
+def say(text: str) -> None:
+    """One line of glmscore's own (``glmscore: text``)."""
+    CONSOLE.write(f"glmscore: {text}\n")
+
+
+def warn(text: str) -> None:
+    """Suspicious but usable input, or a choice the user should know of (``glmscore: warning: text``)."""
+    CONSOLE.write(f"glmscore: warning: {text}\n")
+
+
+@contextmanager
+def redirect(stream=None, *, silent: bool = False):
+    """glmscore's lines to ``stream`` (or none at all with ``silent``) inside the block."""
+    before = (CONSOLE.stream, CONSOLE.silent)
+    CONSOLE.stream, CONSOLE.silent = stream, silent
+    try:
+        yield CONSOLE
+    finally:
+        CONSOLE.stream, CONSOLE.silent = before
+
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve",
                "ray._private.authentication")  # the token-auth notice does not reach the "ray" logger's handlers
@@ -68,7 +110,7 @@ def quiet_ray(out: Path) -> dict:
             logger.addHandler(handler)
         logger.propagate = False
     DataContext.get_current().enable_progress_bars = False
-    print(f"glmscore: Ray's logs: {log} (-v shows them here)", file=sys.stderr)
+    say(f"Ray's logs: {log} (-v shows them here)")
     return {"log_to_driver": False, "configure_logging": False}
 
 
@@ -136,15 +178,10 @@ class Progress:
         return f"glmscore: {self.done:,}/{self.total:,} {self.what} ({pct:.0f}%), {speed}, elapsed {elapsed:.0f} s, {eta}"
 
     def _show(self, now: float) -> None:
-        # sys.stderr at the time of writing, never kept: Tune pickles its callbacks, and tests swap stderr
-        stream = sys.stderr
         if self.tty:
-            stream.write("\r" + self.line(now))
-            if self.done >= self.total:
-                stream.write("\n")
+            CONSOLE.write("\r" + self.line(now) + ("\n" if self.done >= self.total else ""))
         else:
-            stream.write(self.line(now) + "\n")
-        stream.flush()
+            CONSOLE.write(self.line(now) + "\n")
 
 
 def trial_progress(total: int):

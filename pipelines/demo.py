@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.options import Options, option
-from pipelines.benchmark import BENCHMARKS
+from glmscore.models.options import Options, option
+from glmscore.pipelines.benchmark import BENCHMARKS
 
 DEMO_CASSETTES = 300  # ~1 minute on 2 cores, enough pairs for the permutation tests to separate
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 import site
 import subprocess
@@ -31,14 +30,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.cards import ModelCard
-from models.errors import GlmscoreError
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.caches import cache_dir
+from glmscore.pipelines.console import say
 
 READY = "glmscore-env.json"  # written last: an environment without it was never finished
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("GLMSCORE_ENVS") or Path.home() / ".cache" / "glmscore" / "envs")
+    return cache_dir("envs")
 
 
 def env_dir(packages: tuple[str, ...]) -> Path:
@@ -74,8 +75,7 @@ def local_python(packages: tuple[str, ...]) -> Path:
             return python
         wanted = " ".join(packages)
         log = where.with_suffix(".log")
-        print(f"glmscore: building the model's environment ({wanted}) in {where}, once; pip's log: {log}",
-              file=sys.stderr, flush=True)
+        say(f"building the model's environment ({wanted}) in {where}, once; pip's log: {log}")
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(where)], check=True)
         own = next(where.glob("lib/python*/site-packages"))
@@ -91,7 +91,7 @@ def local_python(packages: tuple[str, ...]) -> Path:
         frozen = subprocess.run([str(python), "-m", "pip", "list", "--format", "json", "--path", str(own)],
                                 capture_output=True, text=True, check=True).stdout
         (where / READY).write_text(json.dumps({"packages": list(packages), "installed": json.loads(frozen)}, indent=1))
-        print(f"glmscore: the model's environment is ready ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        say(f"the model's environment is ready ({time.monotonic() - started:.0f} s)")
     return python
 
 

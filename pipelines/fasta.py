@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 _SEQ_OK = re.compile(rb"^[A-Za-z*\-.]+$")
 BOM = b"\xef\xbb\xbf"

@@ -16,12 +16,13 @@ import gzip
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import zlib
 from pathlib import Path
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.caches import cache_dir
+from glmscore.pipelines.console import say
 
 CACHE = ".glmscore-gunzip"
 
@@ -58,7 +59,7 @@ def unit_file(fields: dict) -> Path:
 
 
 def _folders(path: Path) -> list[Path]:
-    home = Path(os.environ.get("GLMSCORE_CACHE") or Path(tempfile.gettempdir()) / "glmscore-cache") / "gunzip"
+    home = cache_dir("gunzip")
     key = hashlib.blake2b(str(path.parent.resolve()).encode(), digest_size=8).hexdigest()
     return [path.parent / CACHE, home / key]
 
@@ -99,8 +100,8 @@ def _current(target: Path, source: Path, stamp: str) -> bool:
 
 
 def _decompress(path: Path, target: Path, folder: Path) -> None:
-    print(f"glmscore: decompressing {path} once into {target} (inputs are read by byte range; the copy is "
-          "reused while the .gz is unchanged)", file=sys.stderr, flush=True)
+    say(f"decompressing {path} once into {target} (inputs are read by byte range; the copy is "
+          "reused while the .gz is unchanged)")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:

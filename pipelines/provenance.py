@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.caches import cache_dir
 
 HASH_BLOCK = 1 << 22  # bytes read at a time
 
@@ -36,7 +36,7 @@ def content_digest(location: str) -> str:
     base = path if path.is_dir() else path.parent
     stats = [(str(f.relative_to(base)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     key = hashlib.sha256(json.dumps([str(path.resolve()), stats]).encode()).hexdigest()
-    cache = Path(os.environ.get("GLMSCORE_CACHE", Path.home() / ".cache" / "glmscore")) / "digests" / f"{key}.json"
+    cache = cache_dir("digests") / f"{key}.json"
     try:
         return json.loads(cache.read_text())["digest"]
     except (OSError, ValueError, KeyError):

@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from models.errors import GlmscoreError
-from pipelines import store
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines import store
 
 MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"

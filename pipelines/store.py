@@ -21,14 +21,14 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.caches import cache_dir
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -59,6 +59,12 @@ def local_path(location) -> Path | None:
 def _filesystem(root: str) -> pafs.FileSystem:
     """One filesystem per bucket and process (S3 clients resolve credentials and region once)."""
     return pafs.FileSystem.from_uri(root)[0]
+
+
+def forget_filesystems() -> None:
+    """Drop the filesystems made so far: the next access resolves endpoint and credentials again (after the
+    standard AWS variables changed in this process)."""
+    _filesystem.cache_clear()
 
 
 def resolve(location) -> tuple[pafs.FileSystem, str]:
@@ -194,8 +200,8 @@ def data_version(location) -> str:
 
 
 def cache_root() -> Path:
-    """Where the driver keeps local copies of object-store inputs (``GLMSCORE_CACHE``, else the temp folder)."""
-    return (Path(os.environ.get("GLMSCORE_CACHE") or Path(tempfile.gettempdir()) / "glmscore-cache") / "data").resolve()
+    """Where the driver keeps local copies of object-store inputs (``pipelines/caches.py``: its ``data`` room)."""
+    return cache_dir("data")
 
 
 def stage(location, version: str, root: str | Path | None = None) -> Path:

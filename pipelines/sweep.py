@@ -50,7 +50,6 @@ import json
 import queue
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -62,15 +61,17 @@ import pandas as pd
 import ray
 import yaml
 
-from analysis.combined import provenance_table, write_combined_report
-from models.base import BACKENDS
-from models.cards import registry
-from models.errors import GlmscoreError
-from models.options import coerce_values, flag_of, option_fields
-from pipelines import store
-from pipelines.benchmark import BENCHMARKS
-from pipelines.ray_session import check_fits, ray_address, size_pool, start_ray
-from pipelines.score import Plan, ScoreConfig, resolve_job, run_score
+from glmscore.analysis.combined import provenance_table, write_combined_report
+from glmscore.models.base import BACKENDS
+from glmscore.models.cards import registry
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import coerce_values, flag_of, option_fields
+from glmscore.pipelines import store
+from glmscore.pipelines.benchmark import BENCHMARKS
+from glmscore.pipelines.console import say
+from glmscore.pipelines.pools import check_fits, size_pool
+from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, ray_address, start_ray
+from glmscore.pipelines.score import Plan, ScoreConfig, resolve_job, run_score
 
 EXIT_RUNS_FAILED = 4
 EXIT_INVALID = 2
@@ -78,7 +79,6 @@ TOP_KEYS = ("out", "models", "benchmarks", "max_parallel", "address", "local_cpu
 # ScoreConfig fields the sweep sets itself (or that belong to `glmscore embed`)
 MANAGED = {"benchmark", "data", "model", "out", "task", "options", "benchmark_options", "address", "overwrite",
            "pooling", "layer"}
-RUNTIME_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
 
 
 class SweepFileError(GlmscoreError):
@@ -411,7 +411,7 @@ def _reservation(run: Run, cluster: dict) -> tuple[float, float]:
 
 
 def _say(text: str) -> None:
-    print(f"glmscore: sweep: {text}", file=sys.stderr, flush=True)
+    say(f"sweep: {text}")
 
 
 def _execute(run: Run, results: queue.Queue) -> None:
@@ -461,7 +461,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
     where = ("the Ray cluster this process joined" if not started_here else
              "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
     _say(f"{len(todo)} run(s) on {where}, up to {sweep.max_parallel} at once; output {sweep.out}")
-    start_ray(address, sweep.out, runtime_env=RUNTIME_ENV, **({"num_cpus": sweep.local_cpus} if fixed and sweep.local_cpus else {}))
+    start_ray(address, sweep.out, runtime_env=JOB_RUNTIME_ENV, **({"num_cpus": sweep.local_cpus} if fixed and sweep.local_cpus else {}))
     try:
         cluster = ray.cluster_resources()
         results: queue.Queue = queue.Queue()
@@ -514,7 +514,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
 # ---------------------------------------------------------------- summary, report, entry point
 
 
-def _analysis_parts(runs: list[Run], takes_labels: bool) -> list[list[Run]]:
+def analysis_parts(runs: list[Run], takes_labels: bool) -> list[list[Run]]:
     """Runs analysed together: all of them when the analysis takes labels (the sweep's names);
     otherwise groups in which no card id repeats (such an analysis tells models apart by card id)."""
     if takes_labels:
@@ -529,7 +529,7 @@ def _analysis_parts(runs: list[Run], takes_labels: bool) -> list[list[Run]]:
     return parts
 
 
-def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
+def write_sweep_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
     """The report folder ``out`` (``<out>/report``, local; uploaded by the caller for object storage): each benchmark's ``analyze`` on its finished runs (``report/<benchmark id>/``),
     the combined tables and heatmaps, the provenance of every run and ``report.md``. Returns the
     report's problems (a benchmark whose analysis refused its runs: one sentence each)."""
@@ -544,7 +544,7 @@ def write_report(sweep: Sweep, runs: list[Run], out: Path) -> list[str]:
             continue
         cls = BENCHMARKS.get(bench.name)
         takes_labels = "labels" in {f.name for f in option_fields(cls.AnalyzeOptions)}
-        groups = _analysis_parts(finished, takes_labels)
+        groups = analysis_parts(finished, takes_labels)
         parts = []
         try:
             for k, group in enumerate(groups, start=1):
@@ -609,7 +609,7 @@ def check_sweep(sweep: Sweep, dry_run: bool = False) -> int:
             dry = run_score(replace(run.cfg, dry_run=True)) if dry_run and not store.is_uri(run.cfg.data) else None
         except GlmscoreError as exc:
             failed += 1
-            print(f"glmscore: error: {run.label}: {exc}", file=sys.stderr)
+            say(f"error: {run.label}: {exc}")
             continue
         print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
         if dry is not None:
@@ -618,27 +618,16 @@ def check_sweep(sweep: Sweep, dry_run: bool = False) -> int:
         elif dry_run:
             print("  (object-store data: its units are counted when each node stages it)")
     if failed:
-        print(f"glmscore: error: {failed} of {len(sweep.runs())} run(s) in {sweep.path.name} would fail; nothing was started.",
-              file=sys.stderr)
+        say(f"error: {failed} of {len(sweep.runs())} run(s) in {sweep.path.name} would fail; nothing was started.")
         return EXIT_INVALID
     print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s)."
           + (f" The sweep would compute {pending} of {units} units; nothing was started or written." if dry_run else ""))
     return 0
 
 
-def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
-    """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
-    the report) failed, 2 when the file is invalid (nothing ran)."""
-
-    try:
-        sweep = load_sweep(file)
-    except SweepFileError as exc:
-        for problem in exc.problems:
-            print(f"glmscore: error: {problem}", file=sys.stderr)
-        return EXIT_INVALID
-    if check or dry_run:
-        return check_sweep(sweep, dry_run=dry_run)
-
+def execute_sweep(sweep: Sweep) -> tuple[list[Run], pd.DataFrame, list[str]]:
+    """Run a checked sweep: every run, then the summary and the combined report (written locally, uploaded to
+    an object-store ``out``). Returns the runs, the summary table and the report's problems."""
     started = time.monotonic()
     remote = store.is_uri(sweep.out)
     # the sweep's own files are written locally: into the output root, or (object storage) a staging
@@ -653,18 +642,35 @@ def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
         write_summary(sweep, runs, time.monotonic() - started, local)  # before the report: a bug there leaves it written
         if remote:
             store.upload_folder(local, sweep.out)
-        report_problems = write_report(sweep, runs, local / "report")
+        report_problems = write_sweep_report(sweep, runs, local / "report")
         table = write_summary(sweep, runs, time.monotonic() - started, local, report_problems)
         if remote:
             store.upload_folder(local, sweep.out)
     finally:
         if remote:
             shutil.rmtree(local, ignore_errors=True)
+    return runs, table, report_problems
+
+
+def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
+    """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
+    the report) failed, 2 when the file is invalid (nothing ran)."""
+
+    try:
+        sweep = load_sweep(file)
+    except SweepFileError as exc:
+        for problem in exc.problems:
+            say(f"error: {problem}")
+        return EXIT_INVALID
+    if check or dry_run:
+        return check_sweep(sweep, dry_run=dry_run)
+
+    runs, table, report_problems = execute_sweep(sweep)
     with pd.option_context("display.max_colwidth", 120, "display.width", 200):
         shown = table.drop(columns=["out"])
         print(shown.astype(object).where(shown.notna(), "").to_string(index=False))
     for problem in report_problems:
-        print(f"glmscore: error: {problem}", file=sys.stderr)
+        say(f"error: {problem}")
     print(f"summary: {store.join(sweep.out, 'sweep_summary.md')}\nreport: {store.join(sweep.out, 'report', 'report.md')}")
     bug = next((r.bug for r in runs if r.bug is not None), None)
     if bug is not None:

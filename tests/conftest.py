@@ -84,8 +84,8 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_nullsette(tmp_path_factory) -> Path:
     """12 synthetic prokaryotic cassettes (19 mutant types) in the released layout."""
-    from pipelines.benchmarks.nullsette.demo import write_spec
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+    from glmscore.pipelines.benchmarks.nullsette.source import build
 
     base = tmp_path_factory.mktemp("nullsette")
     build(write_spec(base / "spec", 12, seed=3), base / "processed_data")

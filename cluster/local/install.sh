@@ -19,4 +19,4 @@ if [ "$flavour" = "cpu" ]; then
 else
   "$pip" install -q -e ".[gpu,test,archs]"
 fi
-.venv/bin/python -c "import models, pipelines, analysis, ray, torch, transformers; print('glmscore ready: torch', torch.__version__, 'ray', ray.__version__)"
+.venv/bin/python -c "import glmscore.models, glmscore.pipelines, glmscore.analysis, ray, torch, transformers; print('glmscore ready: torch', torch.__version__, 'ray', ray.__version__)"

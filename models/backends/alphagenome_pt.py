@@ -26,12 +26,12 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from models.backends.seq2func import PackagedTracks, TrackOptions
-from models.base import register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.options import option
-from models.tokenization import check_hub
+from glmscore.models.backends.seq2func import PackagedTracks, TrackOptions
+from glmscore.models.base import register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import option
+from glmscore.models.tokenization import check_hub
 
 PACKAGE = "alphagenome-pt==1.0.0"
 WINDOW = 16_384  # the public API's smallest supported length; cassettes and assay rows fit in it

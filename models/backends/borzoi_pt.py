@@ -23,12 +23,12 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from models.backends.enformer_pt import EnformerOptions
-from models.backends.seq2func import PackagedTracks
-from models.base import Runtime, register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.hf_common import config_dict
+from glmscore.models.backends.enformer_pt import EnformerOptions
+from glmscore.models.backends.seq2func import PackagedTracks
+from glmscore.models.base import Runtime, register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import config_dict
 
 WINDOW = 524_288  # the published model's input length (its 6,144 output bins cover the central 196,608 bp)
 BIN = 32  # ConvDna pools once, the residual tower 4 more times, the U-net's max pool once, then it upsamples twice

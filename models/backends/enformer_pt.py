@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.backends.seq2func import PackagedTracks, TrackOptions
-from models.base import register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.hf_common import config_dict
-from models.options import option
+from glmscore.models.backends.seq2func import PackagedTracks, TrackOptions
+from glmscore.models.base import register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import config_dict
+from glmscore.models.options import option
 
 WINDOW = 196_608  # the published model's input length (its 896 output bins cover the central 114,688 bp)
 MODEL_TYPE = "enformer"

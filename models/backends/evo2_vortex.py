@@ -22,11 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from models.alphabet import normalise
-from models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runtime, register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.hf_common import resolve_dtype
+from glmscore.models.alphabet import normalise
+from glmscore.models.base import Backend, Context, Encoded, LMOptions, LoglikResult, Runtime, register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import resolve_dtype
 
 PACKAGE = "evo2==0.6.0"
 # the package's own names of the hub checkpoints (evo2.utils.HF_MODEL_NAME_MAP, inverted)

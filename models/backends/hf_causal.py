@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Context, Encoded, LoglikResult, causal_pieces, register_backend, rows_from_pieces
-from models.hf_common import HFBackend, card_for_architecture, token_logprobs
+from glmscore.models.base import Context, Encoded, LoglikResult, causal_pieces, register_backend, rows_from_pieces
+from glmscore.models.hf_common import HFBackend, card_for_architecture, token_logprobs
 
 
 @register_backend("hf_causal")

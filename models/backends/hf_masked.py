@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from models.base import Context, Encoded, LoglikResult, register_backend, rows_from_pieces
-from models.errors import GlmscoreError
-from models.hf_common import HFBackend, HFOptions, card_for_architecture, token_logprobs
-from models.options import option
+from glmscore.models.base import Context, Encoded, LoglikResult, register_backend, rows_from_pieces
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import HFBackend, HFOptions, card_for_architecture, token_logprobs
+from glmscore.models.options import option
 
 MLM_MODES = ("unmasked", "pll")
 

@@ -17,11 +17,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from models.alphabet import BaseEncoder, codes, normalise
-from models.base import Backend, Context, Encoded, LoglikResult, register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.options import Options, option
+from glmscore.models.alphabet import BaseEncoder, codes, normalise
+from glmscore.models.base import Backend, Context, Encoded, LoglikResult, register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, option
 
 MAX_ORDER = 12  # 4**12 contexts x 4 float64 = 537 MB per table: the largest that fits a worker
 SMOOTHING = 1.0  # add-one (Laplace) smoothing of the (k+1)-mer counts

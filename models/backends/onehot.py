@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.alphabet import BaseEncoder
-from models.base import Backend, Context, register_backend
-from models.cards import ModelCard
-from models.errors import GlmscoreError
+from glmscore.models.alphabet import BaseEncoder
+from glmscore.models.base import Backend, Context, register_backend
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
 
 
 @register_backend("onehot")

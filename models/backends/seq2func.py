@@ -23,13 +23,21 @@ from typing import Sequence
 
 import numpy as np
 
-from models.alphabet import codes, normalise
-from models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
-from models.cards import ModelCard, import_package
-from models.errors import GlmscoreError
-from models.hf_common import HUB_ID, architecture_package, check_weights, config_dict, hf_provenance, load_config, resolve_dtype
-from models.options import Options, option
-from models.tokenization import load_tokenizer
+from glmscore.models.alphabet import codes, normalise
+from glmscore.models.base import Backend, Context, Encoded, LoglikResult, Runtime, register_backend
+from glmscore.models.cards import ModelCard, import_package
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import (
+    HUB_ID,
+    architecture_package,
+    check_weights,
+    config_dict,
+    hf_provenance,
+    load_config,
+    resolve_dtype,
+)
+from glmscore.models.options import Options, option
+from glmscore.models.tokenization import load_tokenizer
 
 MODEL_TYPES = ("enformer", "borzoi")
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import psutil
 
-from models.base import (
+from glmscore.models.base import (
     ActorResources,
     Backend,
     Context,
@@ -32,10 +32,10 @@ from models.base import (
     register_backend,
     rows_from_pieces,
 )
-from models.errors import GlmscoreError
-from models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
-from models.options import option
-from models.tokenization import TokenPolicy, fewest_tokens, token_policy
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
+from glmscore.models.options import option
+from glmscore.models.tokenization import TokenPolicy, fewest_tokens, token_policy
 
 # vLLM's own default (0.9) leaves room for other processes on a GPU; on CPU the value is the fraction of
 # NUMA node 0's memory for the KV cache, where 0.3 was measured to start (0.92 is refused on 24 GiB).

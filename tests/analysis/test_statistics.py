@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.nullsette import nullsette_tests, success_rates
-from analysis.paired import adjust, signflip_pvalues
-from models.errors import GlmscoreError
+from glmscore.analysis.nullsette import nullsette_tests, success_rates
+from glmscore.analysis.paired import adjust, signflip_pvalues
+from glmscore.models.errors import GlmscoreError
 
 
 def test_exact_signflip_matches_scipy_permutation_test():
@@ -118,7 +118,7 @@ def test_pairs_join_on_pair_index_not_row_order():
 
 
 def test_significant_mutant_types_are_starred_in_the_box_plots():
-    from analysis.report import type_labels
+    from glmscore.analysis.report import type_labels
 
     assert type_labels(["mutant_translocation1", "mutant_translocation2"], {"mutant_translocation2"}) == ["1", "2*"]
 
@@ -144,11 +144,11 @@ def _published_loop(original, mutant, num_permutations=10_000, seed=0):
 @pytest.fixture(scope="module")
 def real_kmer_scores(tmp_path_factory):
     """k-mer (order 3) scores of the real kosuri cassettes, all 1,500 pairs and 19 mutant types."""
-    from models.backends.kmer import fit_counts, logprob_table
-    from models.base import resolve_card
-    from models.loader import load_backend
-    from pipelines.benchmarks.nullsette.source import build
-    from pipelines.fasta import read_all
+    from glmscore.models.backends.kmer import fit_counts, logprob_table
+    from glmscore.models.base import resolve_card
+    from glmscore.models.loader import load_backend
+    from glmscore.pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.fasta import read_all
     from tests.conftest import shared_data
 
     data = tmp_path_factory.mktemp("real") / "pd"
@@ -165,7 +165,7 @@ def real_kmer_scores(tmp_path_factory):
 
 
 def test_paper_estimator_equals_the_published_loop_bit_for_bit_on_real_scores(real_kmer_scores):
-    from analysis.paired import published_permutation_means
+    from glmscore.analysis.paired import published_permutation_means
 
     frame = real_kmer_scores
     base = frame[frame["group"] == "nonmutant"].sort_values("pair_index")["score"].to_numpy()

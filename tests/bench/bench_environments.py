@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import environments
-from pipelines.benchmarks.nullsette.demo import write_spec
-from pipelines.benchmarks.nullsette.source import build
-from pipelines.shards import read_scores
+from glmscore.pipelines import environments
+from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+from glmscore.pipelines.benchmarks.nullsette.source import build
+from glmscore.pipelines.shards import read_scores
 from tests.conftest import ROOT
 from tests.models.test_environments import BY_HAND, PACKAGE
 from tests.ray_procs import ray_head
@@ -36,7 +36,7 @@ def du(path: Path) -> str:
 
 def score(args: list[str], env: dict) -> float:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "score", *args], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "glmscore", "score", *args], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - t0
 

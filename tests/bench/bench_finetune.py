@@ -28,11 +28,11 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
     """The same recipe without Ray: returns training samples/s."""
     import torch
 
-    from models.base import resolve_card
-    from models.hf_common import config_context
-    from models.regression import load_base, make_regressor, pad_batch
-    from models.tokenization import TokenPolicy, load_tokenizer
-    from pipelines.benchmarks.nabench.source import read_assay
+    from glmscore.models.base import resolve_card
+    from glmscore.models.hf_common import config_context
+    from glmscore.models.regression import load_base, make_regressor, pad_batch
+    from glmscore.models.tokenization import TokenPolicy, load_tokenizer
+    from glmscore.pipelines.benchmarks.nabench.source import read_assay
 
     torch.set_num_threads(threads)
     card = resolve_card(str(model_dir))
@@ -64,7 +64,7 @@ def plain_loop(model_dir: Path, rows: int, threads: int, device: str, epochs: in
 
 def ray_train(model_dir: Path, rows: int, workers: int, out: Path, use_gpu: bool) -> tuple[float, float]:
     """(training samples/s over all workers, wall seconds of the whole command)."""
-    from pipelines.benchmarks.nabench.finetune import FinetuneConfig, read_fit, run_finetune
+    from glmscore.pipelines.benchmarks.nabench.finetune import FinetuneConfig, read_fit, run_finetune
 
     cfg = FinetuneConfig(data=str(shared_data("nabench")), model=str(model_dir), setting="fewshot", out=str(out),
                          assays=[ASSAY], ks=[rows], repeats=1, workers=workers, use_gpu=use_gpu)

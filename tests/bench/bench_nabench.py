@@ -24,9 +24,9 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
-    from pipelines.benchmarks.nabench.source import discover
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
+    from glmscore.pipelines.benchmarks.nabench.source import discover
+    from glmscore.pipelines.score import ScoreConfig, run_score
     from tests.bench.bench_nullsette import PeakRSS
 
     data = ROOT.parent / "shared" / "data" / "nabench"

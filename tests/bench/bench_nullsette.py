@@ -63,12 +63,12 @@ def main() -> None:
     import ray
     import torch
 
-    from analysis.nullsette import nullsette_tests
-    from models.base import resolve_card, token_budget_batches
-    from models.loader import load_backend
-    from pipelines.benchmarks.nullsette.source import build, discover
-    from pipelines.fasta import read_all
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.analysis.nullsette import nullsette_tests
+    from glmscore.models.base import resolve_card, token_budget_batches
+    from glmscore.models.loader import load_backend
+    from glmscore.pipelines.benchmarks.nullsette.source import build, discover
+    from glmscore.pipelines.fasta import read_all
+    from glmscore.pipelines.score import ScoreConfig, run_score
     from tests.tiny_models import make_tiny_llama
 
     out = Path(args.out)

@@ -49,7 +49,7 @@ def paper_fold_mean(X, y) -> float:
     from scipy.stats import spearmanr
     from sklearn.linear_model import RidgeCV
 
-    from analysis.published_probes import paper_alphas, paper_random_folds
+    from glmscore.analysis.published_probes import paper_alphas, paper_random_folds
 
     return float(np.nanmean([spearmanr(RidgeCV(alphas=paper_alphas()).fit(X[tr], y[tr]).predict(X[te]), y[te])[0]
                              for tr, te in paper_random_folds(len(y))]))
@@ -60,9 +60,9 @@ def main() -> None:
     ap.add_argument("--assays", default=",".join(ASSAYS))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from analysis.probes import run_fewshot, run_supervised
-    from analysis.published_probes import paper_fewshot, paper_random
-    from pipelines.benchmarks.nabench.source import positions, read_assay
+    from glmscore.analysis.probes import run_fewshot, run_supervised
+    from glmscore.analysis.published_probes import paper_fewshot, paper_random
+    from glmscore.pipelines.benchmarks.nabench.source import positions, read_assay
 
     data = ROOT.parent / "shared" / "data" / "nabench"
     rows, t0 = [], time.perf_counter()

@@ -39,9 +39,9 @@ def markdown(frame: pd.DataFrame) -> str:
 def statistics(data: Path, out: Path, n_perm: int) -> None:
     import ray
 
-    from analysis.nullsette import nullsette_tests, success_rates
-    from pipelines.score import ScoreConfig, run_score
-    from pipelines.shards import read_scores
+    from glmscore.analysis.nullsette import nullsette_tests, success_rates
+    from glmscore.pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.shards import read_scores
 
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     t = time.perf_counter()
@@ -68,10 +68,10 @@ def statistics(data: Path, out: Path, n_perm: int) -> None:
 
 
 def tiny_models(data: Path, out: Path, pairs: int) -> None:
-    from analysis.nullsette import nullsette_tests, success_rates
-    from models.base import resolve_card
-    from models.loader import load_backend
-    from pipelines.fasta import read_all
+    from glmscore.analysis.nullsette import nullsette_tests, success_rates
+    from glmscore.models.base import resolve_card
+    from glmscore.models.loader import load_backend
+    from glmscore.pipelines.fasta import read_all
     from tests.tiny_models import make_generator_like, make_hyena_like, make_nt_like
 
     models = {
@@ -119,7 +119,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_protocols_"))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.source import build
 
     build(SHARED, out / "pd")
     statistics(out / "pd", out, args.n_perm)

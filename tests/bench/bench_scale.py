@@ -61,8 +61,8 @@ def nabench_folder(folder: Path, rows: int, assays: int = 2, seed: int = 0, leng
 
 
 def nullsette_folder(folder: Path, cassettes: int, seed: int = 0) -> Path:
-    from pipelines.benchmarks.nullsette.demo import write_spec
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+    from glmscore.pipelines.benchmarks.nullsette.source import build
 
     build(write_spec(folder / "spec", cassettes, seed=seed), folder / "processed_data")
     return folder / "processed_data"
@@ -73,7 +73,7 @@ def variants_folder(folder: Path, sites: int, seed: int = 0) -> tuple[Path, Path
     on it (chrom,pos,ref,alt,label,tissue; labels random: the benchmark's cost, not its AUROC, is measured)."""
     import pysam
 
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "variants", "synth", "--out", str(folder)], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "glmscore", "variants", "synth", "--out", str(folder)], cwd=ROOT,
                    check=True, capture_output=True)
     rng = np.random.default_rng(seed)
     fasta = pysam.FastaFile(str(folder / "genome.fa"))
@@ -91,7 +91,7 @@ def variants_folder(folder: Path, sites: int, seed: int = 0) -> tuple[Path, Path
 
 def run(args: list[str]) -> dict:
     """One glmscore command in its own process; its wall time, overall pipeline rate and memory peaks."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "glmscore", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     top = psutil.Process(proc.pid)
     peaks = {"driver": 0, "session": 0}

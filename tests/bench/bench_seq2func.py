@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines import environments
+from glmscore.pipelines import environments
 from tests.conftest import ROOT
 
 WINDOW, LENGTH, ROWS = 4096, 2000, 40
@@ -50,8 +50,8 @@ else:
     metadata = ag.synthetic_metadata(heads=[ag.HeadName.RNA_SEQ], organisms=["human"], num_tracks=8)
     ag.small_alphagenome(metadata, max_seq_len=window, num_channels=48, transformer_layers=1, dtype_policy="float32").save(path)
     options["window"] = window
-from models.base import resolve_card
-from models.loader import load_backend
+from glmscore.models.base import resolve_card
+from glmscore.models.loader import load_backend
 backend = load_backend(resolve_card(path), device="cpu", threads=2, **options)
 rng = np.random.default_rng(0)
 encoded = backend.encode(["".join(rng.choice(list("ACGT"), length)) for _ in range(rows)])

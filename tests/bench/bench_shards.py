@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 
-from pipelines import shards, store
+from glmscore.pipelines import shards, store
 
 
 def loopback_s3() -> tuple[subprocess.Popen, str]:

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ONE_JOB = """
 import json, sys, time
 import ray
-from pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.score import ScoreConfig, run_score
 data, model, out, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-import pipelines
+import glmscore.pipelines as pipelines
 assert pipelines.__file__.startswith(sys.argv[5]), pipelines.__file__
 t = time.perf_counter()
 ray.init(address="local", num_cpus=2, include_dashboard=False)
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.source import build
     from tests.tiny_models import make_tiny_llama
 
     raw = ROOT.parent / "shared" / "data" / "nullsette"

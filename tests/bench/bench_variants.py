@@ -24,12 +24,12 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from models.base import resolve_card
-    from models.loader import load_backend
-    from pipelines.benchmarks.variants.benchmark import Variants
-    from pipelines.benchmarks.variants.source import BuildOptions, build_windows
-    from pipelines.benchmarks.variants.synthetic import make_synthetic
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.models.base import resolve_card
+    from glmscore.models.loader import load_backend
+    from glmscore.pipelines.benchmarks.variants.benchmark import Variants
+    from glmscore.pipelines.benchmarks.variants.source import BuildOptions, build_windows
+    from glmscore.pipelines.benchmarks.variants.synthetic import make_synthetic
+    from glmscore.pipelines.score import ScoreConfig, run_score
     from tests.bench.bench_nullsette import PeakRSS
     from tests.tiny_models import make_tiny_llama
 

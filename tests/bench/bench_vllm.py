@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from models.base import resolve_card
-    from models.loader import load_backend
+    from glmscore.models.base import resolve_card
+    from glmscore.models.loader import load_backend
     from tests.tiny_models import make_tiny_llama
 
     data = ROOT.parent / "shared" / "data" / "nullsette" / "kosuri.tsv"
@@ -39,7 +39,7 @@ def main() -> None:
         cols = ["promoter", "rbs", "start_codon", "cds", "stop_codon", "terminator"]
         seqs = ["".join(r[c] for c in cols) for r in rows]
     else:
-        from pipelines.benchmarks.nullsette.demo import synthetic_cassettes
+        from glmscore.pipelines.benchmarks.nullsette.demo import synthetic_cassettes
 
         seqs = ["".join(r[c] for c in ["promoter", "rbs", "start_codon", "cds", "stop_codon", "terminator"])
                 for r in synthetic_cassettes(args.n)]

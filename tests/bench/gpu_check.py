@@ -38,7 +38,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4
 
 def score(data: Path, model: Path, out: Path, *flags: str) -> dict:
     """One ``glmscore score`` in its own process; its wall time, overall rate and the tokens it scored."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(data),
+    cmd = [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(data),
            "--model", str(model), "--out", str(out), "--chunk-rows", "256", *flags]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--cassettes", type=int, default=500, help="demo cassettes (x 20 groups = rows)")
     ap.add_argument("--cpu-smoke", action="store_true", help="a tiny model and data on CPU: checks the script only")
     args = ap.parse_args()
-    from pipelines.benchmarks.nullsette.demo import write_spec
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+    from glmscore.pipelines.benchmarks.nullsette.source import build
     from tests.tiny_models import make_tiny_llama
 
     out = Path(args.out).resolve()

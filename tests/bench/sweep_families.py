@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.benchmarks.nullsette.demo import write_spec
-from pipelines.benchmarks.nullsette.source import build
-from pipelines.shards import read_scores
+from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+from glmscore.pipelines.benchmarks.nullsette.source import build
+from glmscore.pipelines.shards import read_scores
 from tests.conftest import ROOT, shared_data
 from tests.models.test_environments import BORZOI, BORZOI_BY_HAND, S2F_WINDOW
 from tests.models.test_model_rules import _tiny_gpn, _tiny_multimolecule, _tiny_track_model
@@ -31,7 +31,7 @@ ASSAYS = ["Andreasson_2020_ribozyme", "Tome_2014_GFP_aptamer"]
 
 
 def main() -> None:
-    from pipelines import environments
+    from glmscore.pipelines import environments
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,7 +55,7 @@ def main() -> None:
                            {"name": "nabench", "data": str(shared_data("nabench")), "datasets": ASSAYS, "limit": 40}]}))
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         t0 = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", str(sweep)], cwd=ROOT, env=env,
+        run = subprocess.run([sys.executable, "-m", "glmscore", "sweep", str(sweep)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
         wall = time.monotonic() - t0
         print(f"sweep of 6 models x Nullsette + NABench ({', '.join(ASSAYS)}): exit {run.returncode}, {wall:.0f} s")

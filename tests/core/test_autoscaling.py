@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from models.base import BACKENDS
-from models.errors import GlmscoreError
-from pipelines.ray_session import size_pool as _resources
-from pipelines.score import ScoreConfig
+from glmscore.models.base import BACKENDS
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.pools import size_pool as _resources
+from glmscore.pipelines.score import ScoreConfig
 from tests.conftest import ROOT
 from tests.ray_procs import _end_session, _free_port, _tail, dashboard_actors, dashboard_nodes, ray_head
 
@@ -141,14 +141,14 @@ def test_autoscaler_adds_gpu_nodes_for_the_pool_and_removes_them_after(tmp_path,
             # a driver without the cluster's token: one sentence (it was a ConnectionError traceback after
             # Ray's 20 s of retries); this machine's ~/.ray/auth_token, if any, is another cluster's
             tokenless = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
-            refused = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+            refused = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                                       str(small_nullsette), "--model", "kmer:3", "--out", str(tmp_path / "refused"),
                                       "--address", f"127.0.0.1:{port}"], cwd=ROOT, env=tokenless, capture_output=True,
                                      text=True, timeout=600)
             assert refused.returncode == 2, refused.stderr[-3000:]
             assert f"glmscore: error: could not join the Ray cluster at 127.0.0.1:{port} (" in refused.stderr
             assert "Traceback" not in refused.stderr
-            cmd = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+            cmd = [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
                    "--model", "kmer:3", "--out", str(out), "--address", f"127.0.0.1:{port}", "--device", "gpu",
                    "--gpus-per-actor", "1", "--min-actors", "2", "--max-actors", "2", "--limit", str(LIMIT), "--chunk-rows", "1"]
             t0 = time.monotonic()
@@ -169,7 +169,7 @@ def test_autoscaler_adds_gpu_nodes_for_the_pool_and_removes_them_after(tmp_path,
                     # the reference: the same job on a plain local cluster (no --address, no GPU), meanwhile
                     local_env = {k: v for k, v in env.items() if not k.startswith(("RAY_AUTH", "RAY_FAKE", "AUTOSCALER"))}
                     reference = subprocess.Popen(
-                        [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+                        [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                          str(small_nullsette), "--model", "kmer:3", "--out", str(plain), "--limit", str(LIMIT)],
                         cwd=ROOT, env=local_env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "plain.err", "w"),
                         start_new_session=True)  # its local cluster is ended with its session

@@ -569,7 +569,7 @@ def test_runtime_env_check_rejects_a_bad_env():
 
 @pytest.fixture(scope="module")
 def parser():
-    from pipelines.cli import build_parser
+    from glmscore.pipelines.cli import build_parser
 
     return build_parser()
 
@@ -580,8 +580,8 @@ def _mounts(template: dict) -> set[str]:
 
 def entrypoint_problems(doc: dict, parser) -> list[str]:
     words = shlex.split(doc["spec"].get("entrypoint", ""))
-    if words[:3] != ["python", "-m", "pipelines.cli"] or len(words) < 4 or words[3] not in ("score", "sweep"):
-        return [f"entrypoint {words[:4]}: must be `python -m pipelines.cli score|sweep ...`"]
+    if words[:3] != ["python", "-m", "glmscore"] or len(words) < 4 or words[3] not in ("score", "sweep"):
+        return [f"entrypoint {words[:4]}: must be `python -m glmscore score|sweep ...`"]
     # the files a job reads and writes live on a volume every Ray node mounts
     shared = set.intersection(*(_mounts(t) for role, t in _pod_templates(doc) if role != "submitter"))
     if words[3] == "sweep":
@@ -591,8 +591,8 @@ def entrypoint_problems(doc: dict, parser) -> list[str]:
     try:
         args = parser.parse_args(words[3:])
     except SystemExit:
-        return [f"`glmscore {' '.join(words[3:])}` does not parse with pipelines.cli.build_parser()"]
-    from models.cards import registry
+        return [f"`glmscore {' '.join(words[3:])}` does not parse with glmscore.pipelines.cli.build_parser()"]
+    from glmscore.models.cards import registry
 
     problems = []
     if args.device != "gpu":
@@ -615,15 +615,15 @@ def test_rayjob_entrypoint_is_the_glmscore_cli(name, doc, parser):
 
 
 @pytest.mark.parametrize("entrypoint, expected", [
-    ("python -m pipelines.cli score --benchmark nullsette --data /data/p --model metagene-1 --out /data/s "
+    ("python -m glmscore score --benchmark nullsette --data /data/p --model metagene-1 --out /data/s "
      "--max-actors 8", "GPU jobs pass --device gpu"),
-    ("python -m pipelines.cli score --benchmark nullsette --data /data/p --model metagene-1 --out /data/s "
+    ("python -m glmscore score --benchmark nullsette --data /data/p --model metagene-1 --out /data/s "
      "--device gpu --max-actros 8", "does not parse"),
-    ("python -m pipelines.cli score --benchmark nullsette --data /data/p --model metagene-1 --out /tmp/s "
+    ("python -m glmscore score --benchmark nullsette --data /data/p --model metagene-1 --out /tmp/s "
      "--device gpu --max-actors 8", "--out /tmp/s is not on a volume"),
-    ("python -m pipelines.cli score --benchmark nullsette --data /data/p --model no-such-card --out /data/s "
+    ("python -m glmscore score --benchmark nullsette --data /data/p --model no-such-card --out /data/s "
      "--device gpu --max-actors 8", "no such model card"),
-    ("python run.py", "must be `python -m pipelines.cli"),
+    ("python run.py", "must be `python -m glmscore"),
 ])
 def test_entrypoint_check_rejects(entrypoint, expected, parser):
     doc = _rayjob()
@@ -640,14 +640,14 @@ def _readme_clusters_section() -> str:
 
 
 def test_readme_cluster_commands_parse(parser):
-    """The README's `ray job submit ... -- python -m pipelines.cli score ...` lines parse with the CLI,
+    """The README's `ray job submit ... -- python -m glmscore score ...` lines parse with the CLI,
     and the files its commands name exist."""
     section = _readme_clusters_section().replace("\\\n", " ")  # shell line continuations
     submits = [line.split(" -- ", 1)[1] for line in section.splitlines() if "ray job submit" in line and " -- " in line]
     devices = []
     for command in submits:
         words = shlex.split(command)
-        assert words[:4] == ["python", "-m", "pipelines.cli", "score"], command
+        assert words[:4] == ["python", "-m", "glmscore", "score"], command
         devices.append(parser.parse_args(words[3:]).device)
     assert devices.count("gpu") >= 2, devices  # the launcher's and the RayCluster's
     for path in set(re.findall(r"\bcluster/[\w./-]+\.(?:yaml|sh)\b", section)):

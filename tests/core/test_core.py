@@ -13,15 +13,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from models.base import BACKENDS, Backend, LoglikResult, register_backend, resolve_card
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.loader import load_backend
-from models.options import Options, option
-from pipelines.benchmark import BENCHMARKS, Benchmark, Rows, Unit, locator, register_benchmark
-from pipelines.cli import main
-from pipelines.score import ScoreConfig, run_score
-from pipelines.shards import MANIFEST, read_scores
+from glmscore.models.base import BACKENDS, Backend, LoglikResult, register_backend, resolve_card
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
+from glmscore.models.options import Options, option
+from glmscore.pipelines.benchmark import BENCHMARKS, Benchmark, Rows, Unit, locator, register_benchmark
+from glmscore.pipelines.cli import main
+from glmscore.pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.shards import MANIFEST, read_scores
 
 TOY_SEQS = ["ACGTACGTAA", "GGGCCCAT", "TTTT", "ACGNNACG", "GATTACA", "CCCCGGGGAT", "AT"]
 
@@ -52,7 +52,7 @@ def toys():
 
         @classmethod
         def make_encoder(cls, card, options, runtime):
-            from models.alphabet import BaseEncoder
+            from glmscore.models.alphabet import BaseEncoder
 
             return BaseEncoder()
 
@@ -214,7 +214,7 @@ def test_a_unit_whose_worker_is_killed_runs_smaller_batches_then_stops_in_one_se
 def test_token_limit_is_decided_once_from_the_config(tmp_path):
     """A card without a declared context (hub ids, local directories) takes the config's limit, and
     the encoder (prepare stage) enforces it under --long error instead of silently windowing."""
-    from models.backends.hf_causal import HFCausal
+    from glmscore.models.backends.hf_causal import HFCausal
     from tests.tiny_models import make_tiny_llama
 
     path = make_tiny_llama(tmp_path / "ctx16", max_positions=16)
@@ -233,7 +233,7 @@ def test_token_limit_is_decided_once_from_the_config(tmp_path):
 def test_vllm_token_limit_is_max_model_len_minus_one(tiny_llama):
     """The prepare stage and the engine agree: vLLM keeps one slot for the generated token, so the
     limit is max_model_len - 1 (from the flag, else the card's or the config's context)."""
-    from models.backends.vllm_causal import VLLMCausal, VLLMOptions
+    from glmscore.models.backends.vllm_causal import VLLMCausal, VLLMOptions
 
     card = resolve_card(str(tiny_llama), backend="vllm")
     assert VLLMCausal.runtime(card, VLLMOptions(max_model_len=33), "cpu").token_limit == 32
@@ -277,7 +277,7 @@ def test_fingerprint_follows_the_weights_content(ray_cluster, small_nullsette, t
 def test_shards_of_different_revisions_are_an_error(ray_cluster, small_nullsette, tmp_path):
     import pyarrow.parquet as pq
 
-    from pipelines import shards
+    from glmscore.pipelines import shards
 
     out = tmp_path / "s"
     common = dict(benchmark="nullsette", data=str(small_nullsette), model="kmer:3", out=str(out), limit=2,
@@ -310,7 +310,7 @@ def test_options_are_checked_where_they_are_declared(small_nullsette, tmp_path):
 
 def test_command_line_mistakes_are_one_sentence(capsys):
     """argparse's type and choice errors: one line naming the flag and where the help is, no usage block."""
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     for argv, says in [(["score", "--benchmark", "nullsette", "--data", "d", "--model", "kmer:2", "--out", "o", "--limit", "abc"],
                         "glmscore: error: argument --limit: invalid int value: 'abc' (see `glmscore score --help`)."),
@@ -324,7 +324,7 @@ def test_command_line_mistakes_are_one_sentence(capsys):
 def test_progress_eta_comes_from_the_recent_rate_after_warm_up():
     """A job whose first unit waits 50 s for Ray and the model, then runs at 10 rows/s: the ETA is what
     is left at 10 rows/s (the rate over the whole elapsed time made it 20-35x too long)."""
-    from pipelines.console import Progress
+    from glmscore.pipelines.console import Progress
 
     now = [0.0]
     p = Progress(1_000, clock=lambda: now[0])
@@ -343,7 +343,7 @@ def test_progress_eta_comes_from_the_recent_rate_after_warm_up():
 
 
 def test_start_up_laps_add_up_to_the_time_before_the_first_row():
-    from pipelines.console import Laps
+    from glmscore.pipelines.console import Laps
 
     now = [10.0]
     laps = Laps(clock=lambda: now[0])
@@ -373,8 +373,8 @@ def test_reverse_complement_averaging_scores_and_embeds_both_strands(ray_cluster
     """--rc both: every row and its reverse complement, each scored (embedded) by the model's own backend
     as a direct call would, their mean in ``score`` and each strand beside it; embeddings side by side
     (a window pooling follows its bases onto the other strand: tests/benchmarks/variants)."""
-    from models.alphabet import reverse_complement
-    from models.pooling import Pooling
+    from glmscore.models.alphabet import reverse_complement
+    from glmscore.models.pooling import Pooling
 
     common = dict(benchmark="nullsette", data=str(small_nullsette), model=str(tiny_llama), limit=2,
                   datasets=["synthetic_ecoli"], chunk_rows=8)
@@ -411,7 +411,7 @@ def test_a_local_cluster_whose_raylet_is_late_is_started_again(tmp_path, monkeyp
     cue); the real start is what every other Ray test runs."""
     import ray
 
-    from pipelines import ray_session
+    from glmscore.pipelines import ray_session
 
     calls = []
 
@@ -424,7 +424,6 @@ def test_a_local_cluster_whose_raylet_is_late_is_started_again(tmp_path, monkeyp
     monkeypatch.setattr(ray, "init", late)
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray_session, "supervise_driver", lambda address: None)
     monkeypatch.setattr(ray_session, "handle_sigterm", lambda: None)
     ray_session.start_ray("local", tmp_path)
     assert calls == ["local", "shutdown", "local", "shutdown", "local"]

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models.errors import GlmscoreError
-from pipelines import shards
-from pipelines.score import ScoreConfig, run_score
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines import shards
+from glmscore.pipelines.score import ScoreConfig, run_score
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray
@@ -105,7 +105,7 @@ def test_a_second_run_into_a_locked_out_is_refused(tmp_path, small_nullsette):
     tmp = out / "dataset=x" / "group=y" / ".part-00000.parquet.host.123.tmp"
     tmp.parent.mkdir(parents=True)
     tmp.write_bytes(b"in flight")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipelines import shards\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from glmscore.pipelines import shards\n"
                                "with shards.locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(out)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -129,7 +129,7 @@ def test_an_unreachable_address_is_one_sentence_within_seconds(tmp_path, small_n
     (The bound is for a busy machine: the check itself takes milliseconds; Python and Ray's import most
     of the time.)"""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+    proc = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                            str(small_nullsette), "--model", "kmer:2", "--out", str(tmp_path / "s"), "--address", address],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -144,7 +144,7 @@ def test_damaged_shards_and_records_are_found_and_recomputed(ray_cluster, small_
     """(d) a shard damaged after a run: `analyze` refuses it with one sentence, a rerun recomputes just it
     and gives identical files; (i) a truncated _run.json or _manifest.json is not a traceback;
     (f, j) stale shards and stray files are never read."""
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     out = tmp_path / "scores"
     run_score(_cfg(small_nullsette, "kmer:3", out, limit=8, chunk_rows=4))
@@ -152,7 +152,7 @@ def test_damaged_shards_and_records_are_found_and_recomputed(ray_cluster, small_
     victim = out / "dataset=synthetic_ecoli" / "group=mutant_translocation7" / "part-00001.parquet"
     _damage(victim)
     report = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "analyze", "nullsette", "--scores", str(out),
+    proc = subprocess.run([sys.executable, "-m", "glmscore", "analyze", "nullsette", "--scores", str(out),
                            "--out", str(report), "--n-perm", "10"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -227,7 +227,7 @@ KILL_SHARDS = 20 * 6  # --limit 6 --chunk-rows 1: one shard per row, so the kill
 
 
 def _score_cmd(data, model, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(data), "--model",
+    return [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(data), "--model",
             str(model), "--out", str(out), "--limit", "6", "--chunk-rows", "1", "--datasets", "synthetic_ecoli", *extra]
 
 
@@ -347,19 +347,19 @@ def test_a_killed_driver_resumes_with_only_the_missing_shards(small_nullsette, c
     assert _files(out) == files
 
 
-TEARDOWN = """
+TEARDOWN_CHILD = """
 import os, sys
-from pathlib import Path
-from pipelines import ray_session
-ray_session.supervise_drivers()
-ray_session._ray_log = Path(sys.argv[1])
-ray_session.supervise_driver("local")  # from here on this is the child; the parent waits for it
+from glmscore.pipelines.supervise import CHANNEL
+CHANNEL.attach()  # the child of glmscore's supervising parent
+CHANNEL.cluster("local", sys.argv[1])
 print("scored 120 rows", flush=True)
 if sys.argv[2] == "finished":
-    ray_session.finished(0)
+    CHANNEL.finished(0)
 print("ASSERTION FAILED: grpc_cq_begin_op", file=sys.stderr, flush=True)
 os.abort()  # what Ray's teardown once did to a driver whose job was complete
 """
+# the parent as the glmscore command runs it, with the child above instead of the CLI
+TEARDOWN = "import sys; from glmscore.pipelines.supervise import supervise; sys.exit(supervise(['-c', sys.argv[1], *sys.argv[2:]]))"
 
 
 @pytest.mark.parametrize("said", ["finished", "nothing"])
@@ -368,7 +368,7 @@ def test_a_crash_in_rays_teardown_after_the_job_keeps_the_jobs_status(tmp_path, 
     assertion and SIGABRT) exits with the command's status, its teardown noise in Ray's log; one that
     aborts before it said anything is a killed driver, in one sentence."""
     log = tmp_path / "ray.log"
-    proc = subprocess.run([sys.executable, "-c", TEARDOWN, str(log), said], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN, TEARDOWN_CHILD, str(log), said], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert "scored 120 rows" in proc.stdout
     if said == "finished":

@@ -3,12 +3,12 @@ share a GPU only when the card says they fit (no GPU or Ray needed: these are th
 
 import pytest
 
-from models.backends.vllm_causal import VLLMCausal, gpu_memory_utilization
-from models.base import Runtime
-from models.cards import registry
-from models.errors import GlmscoreError
-from pipelines.ray_session import size_pool as _resources
-from pipelines.score import ScoreConfig
+from glmscore.models.backends.vllm_causal import VLLMCausal, gpu_memory_utilization
+from glmscore.models.base import Runtime
+from glmscore.models.cards import registry
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.pools import size_pool as _resources
+from glmscore.pipelines.score import ScoreConfig
 
 NO_GPU = {"CPU": 2.0}
 
@@ -54,7 +54,7 @@ def test_actors_share_a_gpu_only_when_the_card_says_they_fit():
 
 
 def test_gpu_flags_that_contradict_each_other_are_one_sentence():
-    from models.base import BACKENDS
+    from glmscore.models.base import BACKENDS
 
     kmer = BACKENDS.get("kmer")
     with pytest.raises(GlmscoreError, match="--device cpu asks for no GPU"):
@@ -68,7 +68,7 @@ def test_gpu_flags_that_contradict_each_other_are_one_sentence():
 def test_a_local_pool_leaves_cpus_for_its_prepare_and_write_tasks():
     """A pool holding every CPU of a cluster that cannot grow would starve the tasks beside it and hang
     without a word: it is capped, or refused when --min-actors asks for it."""
-    from pipelines.ray_session import Pool, check_fits
+    from glmscore.pipelines.pools import Pool, check_fits
 
     pool = Pool(0.0, 1, 4, None)
     assert check_fits(pool, {"CPU": 2.0})[1:3] == (1, 1)  # 2 CPUs: one actor (1) + its tasks (0.6)

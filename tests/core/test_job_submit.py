@@ -38,7 +38,7 @@ def test_ray_job_submit_scores_and_resumes(tmp_path, small_nullsette):
         out = tmp_path / "scores"
         submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                   "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo_out", "bench_out"]}),
-                  "--", "python", "-m", "pipelines.cli", "score", "--benchmark", "nullsette",
+                  "--", "python", "-m", "glmscore", "score", "--benchmark", "nullsette",
                   "--data", str(small_nullsette), "--model", "kmer:4", "--out", str(out), "--limit", "5"]
         # the head's job agent can take minutes to come up on a busy machine (180 s was too short beside two
         # other suites): wait for it, bounded, rather than fail
@@ -62,9 +62,9 @@ def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     import pandas as pd
     import ray
 
-    from pipelines.benchmarks.nullsette.benchmark import Nullsette
-    from pipelines.benchmarks.nullsette.source import build
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
+    from glmscore.pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     build(shared_data("nullsette"), tmp_path / "pd")
     ray.init(address="local", num_cpus=2, include_dashboard=False)
@@ -102,7 +102,7 @@ def test_a_run_whose_cluster_or_driver_dies_stops_with_one_sentence(tmp_path, sm
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     with ray_head(tmp_path, env) as (port, _dash, head):
         def job(out):
-            return [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+            return [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
                     "--model", str(tiny_llama), "--chunk-rows", "1", "--address", f"127.0.0.1:{port}", "--out", str(out)]
 
         # the driver SIGKILLed (as the kernel's OOM killer does): one sentence, the signal's status

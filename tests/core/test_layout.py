@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,37 +17,46 @@ import yaml
 
 from tests.conftest import ROOT
 
-PACKAGES = ("models", "pipelines", "analysis")
+PACKAGES = ("models", "pipelines", "analysis")  # the design card's folders: glmscore.models, .pipelines, .analysis
 
 
 def _module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join(["glmscore", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def room(name: str) -> str:
+    """``glmscore.models.base`` -> ``models``; a third-party module -> its top-level name."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "glmscore" and len(parts) > 1 else parts[0]
+
+
+def library_files(root: Path = ROOT) -> list[Path]:
+    return [p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))]
 
 
 def import_graph(root: Path = ROOT) -> dict[str, dict[str, bool]]:
     """module -> {imported project module or third-party top name: imported inside a function}."""
     graph: dict[str, dict[str, bool]] = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            name = _module_name(path, root)
-            tree = ast.parse(path.read_text())
-            inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                     for n in ast.walk(f) if n is not f}
-            edges = graph.setdefault(name, {})
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                elif isinstance(node, ast.Import):
-                    targets = [a.name for a in node.names]
-                else:
-                    continue
-                for target in targets:
-                    edges[target] = edges.get(target, True) and id(node) in inner
+    for path in library_files(root):
+        name = _module_name(path, root)
+        tree = ast.parse(path.read_text())
+        inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f) if n is not f}
+        edges = graph.setdefault(name, {})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                edges[target] = edges.get(target, True) and id(node) in inner
     modules = set(graph)
-    # keep project edges to modules that exist (``from pipelines import store`` names pipelines.store) and
-    # third-party top-level names
-    return {m: {t: f for t, f in e.items() if t in modules or t.split(".")[0] not in PACKAGES} for m, e in graph.items()}
+    # keep project edges to modules that exist (``from glmscore.pipelines import store`` names
+    # glmscore.pipelines.store) and third-party top-level names
+    return {m: {t: f for t, f in e.items() if t in modules or t.split(".")[0] != "glmscore"} for m, e in graph.items()}
 
 
 def _cycle(graph: dict[str, dict[str, bool]]) -> list[str] | None:
@@ -78,20 +88,79 @@ def test_no_import_circle_and_each_folder_keeps_to_its_room():
     # every import counts, inside functions too: a circle hidden in a function is still a circle
     assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
     for module, edges in graph.items():
-        tops = {t.split(".")[0] for t in edges}
-        if module.startswith("analysis"):
+        tops = {room(t) for t in edges}
+        if room(module) == "analysis":
             assert not tops & {"ray", "pipelines"}, f"{module} (pure statistics) imports {sorted(tops & {'ray', 'pipelines'})}"
-        if module.startswith("models"):
+        if room(module) == "models":
             assert not tops & {"ray", "pipelines", "analysis"}, f"{module} imports {sorted(tops & {'ray', 'pipelines', 'analysis'})}"
-        if module.startswith("pipelines.") and not module.startswith("pipelines.benchmarks"):
-            named = [t for t in edges if t.startswith("pipelines.benchmarks.")]
+        if module.startswith("glmscore.pipelines.") and not module.startswith("glmscore.pipelines.benchmarks"):
+            named = [t for t in edges if t.startswith("glmscore.pipelines.benchmarks.")]
             assert not named, f"{module} imports a benchmark package ({named}); it must go through the registry"
-    benchmarks = {m.split(".")[2] for m in graph if m.count(".") >= 2 and m.startswith("pipelines.benchmarks.")}
+    benchmarks = {m.split(".")[3] for m in graph if m.count(".") >= 3 and m.startswith("glmscore.pipelines.benchmarks.")}
     for module, edges in graph.items():
-        if module.startswith("pipelines.benchmarks."):
-            own = module.split(".")[2]
-            others = {t.split(".")[2] for t in edges if t.startswith("pipelines.benchmarks.") and t.count(".") >= 2} - {own}
+        if module.startswith("glmscore.pipelines.benchmarks."):
+            own = module.split(".")[3]
+            others = {t.split(".")[3] for t in edges if t.startswith("glmscore.pipelines.benchmarks.") and t.count(".") >= 3} - {own}
             assert not others & benchmarks, f"{module} imports benchmark package(s) {sorted(others)}: each stands alone"
+
+
+def test_every_import_names_the_glmscore_namespace():
+    """Library, tests and scripts import the rooms as ``glmscore.models`` / ``glmscore.pipelines`` /
+    ``glmscore.analysis``: a bare ``import models`` would load a second copy of a module (two registries), or
+    another project's ``models`` package."""
+    files = library_files() + sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "glmscore").rglob("*.py"))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            bare = [n for n in names if n.split(".")[0] in PACKAGES]
+            assert not bare, f"{path.relative_to(ROOT)}:{node.lineno} imports {bare[0]}; write glmscore.{bare[0]}"
+
+
+# a module may be long when it holds one thing (a benchmark's source, the sweep); one above MAX_MIXED lines must
+# not hold things of several rooms: the score job's settings, stages and driver are three modules
+MAX_LINES = 750
+MAX_MIXED = 450
+ROOMS_OF_A_JOB = {"Ray Data stages": re.compile(r"^class \w+Actor\b", re.M), "Tune runner": re.compile(r"^def run_trials\(", re.M),
+                  "process supervision": re.compile(r"\bos\.fork\(|subprocess\.Popen\(\[sys\.executable", re.M),
+                  "cluster start": re.compile(r"^def start_ray\(", re.M), "option declarations": re.compile(r"= option\(", re.M)}
+
+
+def test_modules_stay_small_and_one_topic_each():
+    for path in library_files():
+        text = path.read_text()
+        n = text.count("\n")
+        assert n <= MAX_LINES, f"{path.relative_to(ROOT)} has {n} lines (at most {MAX_LINES}): split it by topic"
+        if n > MAX_MIXED:
+            topics = [t for t, pattern in ROOMS_OF_A_JOB.items() if pattern.search(text)]
+            assert len(topics) <= 1, f"{path.relative_to(ROOT)} ({n} lines) mixes {topics}: one module each"
+
+
+def test_no_global_statement_in_library_code():
+    """State lives in objects a caller can see (``ray_session.SESSION``, ``supervise.CHANNEL``, ``console.CONSOLE``),
+    never in module variables rebound with ``global``."""
+    for path in library_files() + sorted((ROOT / "glmscore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not isinstance(node, ast.Global), f"{path.relative_to(ROOT)}:{node.lineno}: global {', '.join(node.names)}"
+
+
+def test_tests_use_public_names_only():
+    """Tests import what a user could (no ``_private`` names from glmscore) and reach no private attribute of a
+    glmscore module (``store._filesystem``): what they need is a public seam."""
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glmscore"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)}:{node.lineno} imports private {private}"
+                modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname for a in node.names if a.asname and a.name.startswith("glmscore")}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                assert False, f"{path.relative_to(ROOT)}:{node.lineno} reaches {node.value.id}.{node.attr}"
 
 
 def test_project_imports_sit_at_the_top_of_modules():
@@ -107,7 +176,7 @@ def test_project_imports_sit_at_the_top_of_modules():
 
 def _copy_tree(tmp_path: Path) -> Path:
     root = tmp_path / "tree"
-    for package in PACKAGES:
+    for package in (*PACKAGES, "glmscore"):
         shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
@@ -116,7 +185,7 @@ def _glmscore(root: Path, *args: str, timeout: float = 600) -> subprocess.Comple
     """``glmscore`` from the copied tree (PYTHONPATH comes before the editable install's finder)."""
     env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    code = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from glmscore.pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -136,7 +205,7 @@ def test_deleting_a_benchmark_package_removes_only_that_benchmark(tmp_path):
     assert unknown.returncode == 2 and "invalid choice: 'variants'" in unknown.stderr
     # another benchmark's command still runs for real: build Nullsette's released layout
     spec = tmp_path / "spec"
-    code = f"from pipelines.benchmarks.nullsette.demo import write_spec; write_spec(__import__('pathlib').Path({str(spec)!r}), 6)"
+    code = f"from glmscore.pipelines.benchmarks.nullsette.demo import write_spec; write_spec(__import__('pathlib').Path({str(spec)!r}), 6)"
     subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
     built = _glmscore(root, "nullsette", "build", "--spec", str(spec), "--out", str(tmp_path / "data"))
     assert built.returncode == 0, built.stderr
@@ -153,9 +222,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.options import Options, option
-from pipelines.benchmark import Benchmark, Command, Rows, Unit, locator, register_benchmark
-from pipelines.shards import read_scores
+from glmscore.models.options import Options, option
+from glmscore.pipelines.benchmark import Benchmark, Command, Rows, Unit, locator, register_benchmark
+from glmscore.pipelines.shards import read_scores
 
 
 @dataclass(frozen=True)

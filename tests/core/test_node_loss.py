@@ -37,7 +37,7 @@ KILL_AFTER_SHARDS = 12
 
 
 def _job(data: Path, out: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(data),
+    return [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(data),
             "--model", "kmer:3", "--out", str(out), "--address", f"127.0.0.1:{port}", "--min-actors", "2",
             "--max-actors", "2", "--limit", str(LIMIT), "--chunk-rows", "1"]
 

@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from models.base import resolve_card
-from models.errors import GlmscoreError
-from models.loader import load_backend
-from pipelines.benchmarks.nullsette.benchmark import Nullsette
-from pipelines.fasta import read_all
-from pipelines.score import ScoreConfig, run_score
-from pipelines.shards import MANIFEST, read_scores
+from glmscore.models.base import resolve_card
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
+from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
+from glmscore.pipelines.fasta import read_all
+from glmscore.pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.shards import MANIFEST, read_scores
 
 pytestmark = pytest.mark.ray
 
@@ -79,7 +79,7 @@ def test_resume_recomputes_only_the_missing_shard(ray_cluster, small_nullsette, 
     with pytest.raises(GlmscoreError, match="holds a shard of 4 rows where this run would write 2"):
         run_score(_cfg(small_nullsette, "kmer:4", out, limit=2, chunk_rows=4))
     # a report into an unwritable place is one sentence
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     assert main(["analyze", "nullsette", "--scores", str(out), "--out", "/sys/glmscore_test_report", "--n-perm", "10"]) == 2
 
@@ -116,7 +116,7 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
     assert manifest["shards_computed"] == 40
     assert "40 of 40 shards to compute (1 input changed, 39 reference changed); 0 reused" in capsys.readouterr().err
     # `glmscore runs` says what folders hold, finished or not
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     assert main(["runs", str(out), str(tmp_path / "nope"), str(data)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -130,7 +130,7 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
 def test_a_report_is_written_whole_or_not_at_all(ray_cluster, small_nullsette, tmp_path, capsys, monkeypatch):
     """An interrupted analysis leaves no tables that look complete, and says so in its own terms; another
     benchmark's score folder is named as such."""
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     out = tmp_path / "scores"
     run_score(_cfg(small_nullsette, "kmer:2", out, limit=4, datasets=["synthetic_ecoli"]))
@@ -140,7 +140,7 @@ def test_a_report_is_written_whole_or_not_at_all(ray_cluster, small_nullsette, t
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("analysis.report.plot_success_heatmap", interrupted)  # after the tables are written
+    monkeypatch.setattr("glmscore.analysis.report.plot_success_heatmap", interrupted)  # after the tables are written
     capsys.readouterr()
     assert main(argv) == 130
     err = capsys.readouterr().err
@@ -205,7 +205,7 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     assert first == "cds-promoter-rbs-start_codon-stop_codon-terminator"
     assert set(result["table"]["model"]) == {"kmer3", "kmer5"} and (result["table"]["n_pairs"] == 12).all()
     # the analysis reads one dataset of one folder at a time; its tests equal those of every score at once
-    from analysis.nullsette import nullsette_tests
+    from glmscore.analysis.nullsette import nullsette_tests
 
     whole = pd.concat([read_scores(d) for d in dirs], ignore_index=True)
     pd.testing.assert_frame_equal(result["tests"].drop(columns="order"), nullsette_tests(whole, n_perm=2000))
@@ -218,7 +218,7 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     with pytest.raises(GlmscoreError, match="pass each model once or name them apart with --labels"):
         Nullsette.analyze([dirs[0], dirs[0]], str(tmp_path / "report3"), Nullsette.AnalyzeOptions(n_perm=10))
     # a Nullsette folder given to the NABench analysis is one sentence, not ArrowInvalid
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     assert main(["analyze", "nabench", "--scores", dirs[0], "--out", str(tmp_path / "r4")]) == 2
     manifest = json.loads((tmp_path / "kmer3" / MANIFEST).read_text())
@@ -230,8 +230,8 @@ def test_analyze_reads_the_published_scripts_output_layout(ray_cluster, tmp_path
     write theirs (<out>/<model>/<dataset>/<file>.csv, tab-separated seqs, scores) analyse to the same table."""
     import pandas as pd
 
-    from pipelines.benchmarks.nullsette.source import build
-    from pipelines.cli import main
+    from glmscore.pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.cli import main
     from tests.conftest import shared_data
 
     data = tmp_path / "pd"
@@ -290,8 +290,8 @@ def test_nullsette_cds_rule_averages_tracks_over_each_real_kosuri_cassettes_cds(
     import torch
     from multimolecule.tokenisers.dna.utils import get_alphabet
 
-    from models.base import Context
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.models.base import Context
+    from glmscore.pipelines.benchmarks.nullsette.source import build
     from tests.conftest import shared_data
 
     spec = shared_data("nullsette")
@@ -337,7 +337,7 @@ def test_nullsette_cds_rule_averages_tracks_over_each_real_kosuri_cassettes_cds(
         np.testing.assert_allclose(got, [by_hand(int(i), groups[unit.group]) for i in rows.pair_index], rtol=1e-5, atol=1e-6)
 
     # through the job: the shards carry the region beside the score
-    from pipelines.score import resolve_job
+    from glmscore.pipelines.score import resolve_job
 
     run_score(ScoreConfig(benchmark="nullsette", data=str(tmp_path / "pd"), model=str(path), out=str(tmp_path / "s"),
                           limit=2, options={"tracks": "1:3"}, benchmark_options={"score_subsequence": "cds"}))

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from models.errors import GlmscoreError
-from pipelines.cli import main
-from pipelines.shards import read_manifest
-from pipelines.sweep import EXIT_RUNS_FAILED, SweepFileError, load_sweep, main_sweep
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.cli import main
+from glmscore.pipelines.shards import read_manifest
+from glmscore.pipelines.sweep import EXIT_RUNS_FAILED, SweepFileError, load_sweep, main_sweep
 from tests.conftest import ROOT, shared_data
 from tests.core.test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
@@ -30,7 +30,7 @@ def _write(path: Path, doc: dict) -> Path:
 @pytest.fixture(scope="module")
 def kosuri(tmp_path_factory) -> Path:
     """The real kosuri cassettes (../shared/data/nullsette) in the released layout."""
-    from pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.source import build
 
     out = tmp_path_factory.mktemp("nullsette") / "processed_data"
     build(shared_data("nullsette"), out, tables=["kosuri"])
@@ -256,7 +256,7 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
     """Without Ray: run_score replaced by a stand-in that succeeds, fails with a user error, or has a bug."""
     import ray
 
-    from pipelines import sweep
+    from glmscore.pipelines import sweep
 
     (tmp_path / "d").mkdir()
     path = _write(tmp_path / "s.yaml", {"out": "o", "address": "auto", "max_parallel": 1,
@@ -276,7 +276,7 @@ def test_a_bug_fails_its_run_and_is_raised_after_the_others(tmp_path, monkeypatc
     monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: None)
     monkeypatch.setattr(sweep, "run_score", fake_run_score)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr(sweep, "write_report", lambda s, runs, out: [])
+    monkeypatch.setattr(sweep, "write_sweep_report", lambda s, runs, out: [])
     with pytest.raises(ZeroDivisionError, match="a bug in a run"):
         main_sweep(str(path))
     assert done == ["kmer:3"]
@@ -292,7 +292,7 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
     run_score and the report replaced by stand-ins; the score job on S3 is tested in test_object_store)."""
     import ray
 
-    from pipelines import store, sweep
+    from glmscore.pipelines import store, sweep
 
     (tmp_path / "d").mkdir()
     path = _write(tmp_path / "s.yaml", {"out": f"s3://{BUCKET}/sweeps/one/", "address": "auto",
@@ -313,7 +313,7 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: None)
     monkeypatch.setattr(sweep, "run_score", fake_run_score)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr(sweep, "write_report", fake_report)
+    monkeypatch.setattr(sweep, "write_sweep_report", fake_report)
     assert main_sweep(str(path)) == 0
     root = f"s3://{BUCKET}/sweeps/one"
     assert sorted(outs) == [f"{root}/scores/kmer3/nullsette", f"{root}/scores/kmer4/nullsette"]
@@ -326,9 +326,9 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
 
 def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
     """The combiners set each analysis's own tables side by side (analysis parts as pipelines/sweep.py makes them)."""
-    from pipelines.benchmarks.nabench.benchmark import NABench
-    from pipelines.benchmarks.nullsette.benchmark import Nullsette
-    from pipelines.benchmarks.variants.benchmark import Variants
+    from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
+    from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
+    from glmscore.pipelines.benchmarks.variants.benchmark import Variants
 
     order = ["k3", "llama-mean", "llama-sum"]
     success = pd.DataFrame({"model": ["llama-mean", "k3", "llama-sum", "k3"], "dataset": ["kosuri", "kosuri", "kosuri", "zahm"],
@@ -359,19 +359,19 @@ def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
 def test_runs_of_one_card_go_to_separate_analyses():
     from types import SimpleNamespace
 
-    from pipelines.sweep import _analysis_parts
+    from glmscore.pipelines.sweep import analysis_parts
 
     runs = [SimpleNamespace(name=n, manifest={"model_card": {"id": c}}) for n, c in
             (("k3", "kmer3"), ("mean", "tiny"), ("sum", "tiny"), ("k4", "kmer4"))]
-    assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=False)] == [["k3", "mean", "k4"], ["sum"]]
-    assert [[r.name for r in p] for p in _analysis_parts(runs, takes_labels=True)] == [["k3", "mean", "sum", "k4"]]
+    assert [[r.name for r in p] for p in analysis_parts(runs, takes_labels=False)] == [["k3", "mean", "k4"], ["sum"]]
+    assert [[r.name for r in p] for p in analysis_parts(runs, takes_labels=True)] == [["k3", "mean", "sum", "k4"]]
 
 
 @pytest.mark.usefixtures("s3")
 def test_data_in_object_storage_is_checked_in_the_store(tmp_path):
     """data: s3://...: a folder with objects is accepted as given (runs read it from local copies); a
     prefix with nothing under it is one sentence, as a missing local folder is."""
-    from pipelines import store
+    from glmscore.pipelines import store
 
     store.write_bytes(f"s3://{BUCKET}/inputs/nab/metadata.csv", b"DMS_id\n")
     path = _write(tmp_path / "s.yaml", {"out": "o", "models": ["kmer:3"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from pipelines.ray_session import TrialsInterrupted, fetch, run_trials
+from glmscore.pipelines.trials import TrialsInterrupted, fetch, run_trials
 
 pytestmark = pytest.mark.ray
 
@@ -49,7 +49,7 @@ def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Tune's handler stops the run and saves its state
 
     def dry_run() -> str:  # what --dry-run says; it never starts a trial
-        return run_trials(_trial, grid, **common, dry_run="local")
+        return run_trials(_trial, grid, **common, dry_run_on="local")
 
     assert "4 Ray Tune trials, 1 CPU each" in dry_run() and "no earlier trials: every trial runs" in dry_run()
     sender = threading.Thread(target=interrupt_once_2_and_3_run, daemon=True)
@@ -80,11 +80,11 @@ def test_the_grid_stamp_covers_the_shared_data():
     import numpy as np
     import pandas as pd
 
-    from pipelines.ray_session import _digest
+    from glmscore.pipelines.trials import digest as feed
 
     def digest(value) -> str:
         h = hashlib.blake2b(digest_size=16)
-        _digest(value, h)
+        feed(value, h)
         return h.hexdigest()
 
     frame = pd.DataFrame({"x": np.arange(1000.0)})

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.alphabet import normalise
-from models.backends.kmer import fit_counts, logprob_table
-from models.base import resolve_card, rolling_windows
-from models.cards import registry
-from models.errors import GlmscoreError
-from models.loader import load_backend
+from glmscore.models.alphabet import normalise
+from glmscore.models.backends.kmer import fit_counts, logprob_table
+from glmscore.models.base import resolve_card, rolling_windows
+from glmscore.models.cards import registry
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
 
 SEQS = ["ACGTACGTTAGC", "GGGAAATTTCCCAGT", "AC", "TTGACATATAATAGGAGGATGAAATAA", "acgu"]
 
@@ -52,7 +52,7 @@ def test_every_card_says_what_it_was_verified_against_and_the_readme_shows_the_z
     ``glmscore models --table`` as it is now; the descriptive fields never enter a card's fingerprint."""
     from pathlib import Path
 
-    from models.cards import ModelCard, about, zoo_table
+    from glmscore.models.cards import ModelCard, about, zoo_table
 
     for card_id in registry():
         info = about(card_id)
@@ -220,7 +220,7 @@ def test_grouped_kmer_counts_equal_per_group_fits():
 
 
 def test_kmer_counts_in_blocks_equal_one_pass(monkeypatch):
-    from models.backends import kmer
+    from glmscore.models.backends import kmer
 
     rng = np.random.default_rng(3)
     seqs = ["".join(rng.choice(list("ACGTN"), size=rng.integers(1, 30))) for _ in range(101)]
@@ -234,8 +234,8 @@ def test_kmer_counts_in_blocks_equal_one_pass(monkeypatch):
 def test_kmer_fit_on_streamed_blocks_equals_one_block():
     """The driver streams reference sequences to ``fit`` in blocks: the crossfit folds follow each row's
     pair_index across blocks, so the tables equal a fit on one block of every sequence."""
-    from models.backends.kmer import Kmer, KmerOptions
-    from models.base import resolve_card
+    from glmscore.models.backends.kmer import Kmer, KmerOptions
+    from glmscore.models.base import resolve_card
 
     rng = np.random.default_rng(5)
     seqs = ["".join(rng.choice(list("ACGT"), size=rng.integers(5, 40))) for _ in range(103)]
@@ -253,7 +253,7 @@ def test_a_gpu_actor_whose_torch_sees_no_cuda_says_so(tiny_llama, monkeypatch):
     """Ray placed the actor on a GPU, but torch there sees none (a CPU build on a GPU image, Ray's fake GPU
     nodes): the sentence says that, not "this GPU has no bfloat16 support". No GPU here: CUDA's absence
     is forced, so the test holds on a GPU machine too."""
-    from models.base import BACKENDS, Runtime
+    from glmscore.models.base import BACKENDS, Runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     card = resolve_card(str(tiny_llama))

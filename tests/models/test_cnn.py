@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from models.cnn import CNNTrainConfig, VariantCNN, one_hot, predict_cnn, train_cnn
+from glmscore.models.cnn import CNNTrainConfig, VariantCNN, one_hot, predict_cnn, train_cnn
 
 MOTIF = np.array([3, 0, 3, 0, 0, 0], dtype=np.int8)  # TATAAA
 # Small enough for a fast CPU test. threads=1: two torch threads on a 2-core machine shared with other work

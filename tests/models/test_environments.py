@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import transformers
 
-from models.alphabet import normalise
-from models.backends.borzoi_pt import BorzoiPyTorch
-from models.base import resolve_card
-from models.errors import GlmscoreError
-from models.loader import load_backend
-from pipelines import environments
-from pipelines.benchmark import BENCHMARKS
-from pipelines.shards import MANIFEST, read_scores
+from glmscore.models.alphabet import normalise
+from glmscore.models.backends.borzoi_pt import BorzoiPyTorch
+from glmscore.models.base import resolve_card
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
+from glmscore.pipelines import environments
+from glmscore.pipelines.benchmark import BENCHMARKS
+from glmscore.pipelines.shards import MANIFEST, read_scores
 from tests.conftest import ROOT
 
 PACKAGE = "enformer-pytorch==0.8.12"
@@ -82,8 +82,8 @@ S2F_WINDOW = 4096  # the tiny models' window; the nullsette rows are cut to it (
 BY_HAND_COMMON = r"""
 import json, sys
 import numpy as np, torch
-from models.base import resolve_card
-from models.pooling import Pooling
+from glmscore.models.base import resolve_card
+from glmscore.models.pooling import Pooling
 path, window = sys.argv[1], int(sys.argv[2])
 seqs = json.loads(sys.stdin.read())
 torch.manual_seed(0)
@@ -107,7 +107,7 @@ def ours(cls, **options):
 BORZOI_BY_HAND = BY_HAND_COMMON + r"""
 import borzoi_pytorch, transformers
 from borzoi_pytorch.config_borzoi import BorzoiConfig
-from models.backends.borzoi_pt import BorzoiPyTorch
+from glmscore.models.backends.borzoi_pt import BorzoiPyTorch
 bins = 96  # of the window's 128 bins of 32 bp, the central 96 are predicted
 config = BorzoiConfig(dim=32, depth=1, heads=2, attn_dim_key=8, attn_dim_value=16, bins_to_return=bins, enable_mouse_head=True)
 borzoi_pytorch.Borzoi(config).eval().save_pretrained(path)
@@ -127,7 +127,7 @@ print(json.dumps({"transformers": transformers.__version__, "scores": scores, "e
 
 ALPHAGENOME_BY_HAND = BY_HAND_COMMON + r"""
 import alphagenome_pt as ag
-from models.backends.alphagenome_pt import AlphaGenomePT
+from glmscore.models.backends.alphagenome_pt import AlphaGenomePT
 metadata = ag.synthetic_metadata(heads=[ag.HeadName.RNA_SEQ, ag.HeadName.CAGE], organisms=["human", "mouse"], num_tracks=5)
 ag.small_alphagenome(metadata, max_seq_len=window, num_channels=48, transformer_layers=1, dtype_policy="float32").eval().save(path)
 model = ag.AlphaGenome.load(path).eval()
@@ -195,7 +195,7 @@ def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_on
             {"model": str(tiny_llama), "name": "vllm", "backend": "vllm", "max_model_len": 1024}],
         "benchmarks": [{"name": "nullsette", "data": str(small_nullsette), "limit": 2, "analyze": {"n_perm": 100}}]}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", str(sweep)], cwd=ROOT, env=env,
+    run = subprocess.run([sys.executable, "-m", "glmscore", "sweep", str(sweep)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "building the model's environment" not in run.stderr  # built above, found in the cache
@@ -241,8 +241,8 @@ sys.modules["flash_attn_2_cuda"] = types.ModuleType("flash_attn_2_cuda")
 import numpy as np, torch
 from evo2.scoring import score_sequences
 from vortex.model.tokenizer import CharLevelTokenizer
-from models.base import resolve_card
-from models.backends.evo2_vortex import Evo2Vortex
+from glmscore.models.base import resolve_card
+from glmscore.models.backends.evo2_vortex import Evo2Vortex
 
 class StandIn(torch.nn.Module):
     def __init__(self):
@@ -274,7 +274,7 @@ def test_evo2_scores_as_its_package_and_needs_a_gpu(env_cache):
     """Evo 2's backend scores as ``evo2.scoring.score_sequences`` (bases 2..L, byte tokens) on a stand-in
     model in the package's own environment, and never scores a pad where the package's batches do; on a CPU
     cluster the card is refused in one sentence before Ray starts (Vortex needs CUDA)."""
-    from pipelines.score import ScoreConfig, plan_job, resolve_job
+    from glmscore.pipelines.score import ScoreConfig, plan_job, resolve_job
 
     seqs = ["ACGTACGTTAGCATTGACA", "GGGAAATTTCCC" * 4, "ACGTACGTTAGCATTGACT", "TTGACATATAATAGG"]
     python = environments.local_python((EVO2,))

@@ -15,10 +15,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from models.base import resolve_card
-from models.errors import GlmscoreError
-from models.loader import load_backend
-from models.pooling import Pooling
+from glmscore.models.base import resolve_card
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
+from glmscore.models.pooling import Pooling
 from tests.conftest import ROOT
 from tests.tiny_models import dna_tokenizer
 
@@ -126,8 +126,8 @@ def test_a_model_without_attention_mask_fine_tunes_without_padding(maskless_mode
     the backbone."""
     import torch
 
-    from models.regression import load_base, make_regressor, pad_batch
-    from models.tokenization import TokenPolicy, load_tokenizer
+    from glmscore.models.regression import load_base, make_regressor, pad_batch
+    from glmscore.models.tokenization import TokenPolicy, load_tokenizer
 
     card = resolve_card(str(maskless_model), trust_remote_code=True)
     tok = load_tokenizer(card.hf_id, card.revision, True)
@@ -149,7 +149,7 @@ def test_remote_code_needs_the_flag_in_one_sentence(maskless_model, tmp_path, sm
     assert card.backend == "hf_causal" and not card.trust_remote_code
     with pytest.raises(GlmscoreError, match="--trust-remote-code"):
         load_backend(card)
-    base = [sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
+    base = [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(small_nullsette),
             "--model", str(maskless_model), "--out", str(tmp_path / "s"), "--limit", "2", "--dry-run"]
     refused = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr and "Traceback" not in refused.stderr
@@ -161,7 +161,7 @@ def test_remote_code_needs_the_flag_in_one_sentence(maskless_model, tmp_path, sm
 def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, tiny_llama):
     import torch
 
-    from models.cards import registry
+    from glmscore.models.cards import registry
 
     # Evo's rule (evo.models.load_checkpoint): bf16 except the poles and residues
     evo = registry()["evo-1-131k-base"]
@@ -188,7 +188,7 @@ def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, 
 
 
 def test_a_cards_hub_id_gets_the_card():
-    from models.cards import registry
+    from glmscore.models.cards import registry
 
     for card in registry().values():
         if card.hf_id:
@@ -259,7 +259,7 @@ def test_an_architecture_from_its_package_matches_the_packages_own_forward_pass(
     if package == "multimolecule":
         return  # a fresh driver importing multimolecule: the seq2func test's dry run below
     # a fresh process (as an actor is) finds the architecture through the card
-    dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+    dry = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                           str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
                           "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -343,7 +343,7 @@ def test_sequence_to_function_tracks_match_the_models_own_forward_pass(kind, tmp
         load_backend(card, tracks="2:9")
     if kind == "borzoi":
         return  # the driver's path below is the same for both
-    dry = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+    dry = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                           str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "s"), "--limit", "2",
                           "--long", "truncate", "--tracks", "0:2", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -352,7 +352,7 @@ def test_sequence_to_function_tracks_match_the_models_own_forward_pass(kind, tmp
 def test_tracks_file_lists_indices_or_a_targets_table(tmp_path):
     """--tracks FILE: one index per line, or a targets.txt table (Borzoi's, with its unnamed first index
     column), read once into i,j,k (what the actors and the fingerprint see); anything else is one sentence."""
-    from models.backends.seq2func import TrackOptions
+    from glmscore.models.backends.seq2func import TrackOptions
 
     plain = tmp_path / "tracks.txt"
     plain.write_text("3\n5\n\n8\n")
@@ -379,7 +379,7 @@ def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path)
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
-    from models.cards import registry
+    from glmscore.models.cards import registry
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {t: i for i, t in enumerate(specials + ["<+>", "<->"] + list("acgtn") + list("ACDEFGHIKLMNPQRSTVWY"))}
@@ -417,7 +417,7 @@ def test_token_limit_of_models_whose_positions_start_after_the_pad(tmp_path):
     """RNA-FM (as RoBERTa, ESM, NT) counts learned positions from padding_idx + 1, so a folder whose config
     says 128 positions fits 126 tokens; the limit derived from its config says so, and a longer row is cut
     (--long truncate) instead of failing inside the embedding (IndexError, found by tests/bench/sweep_families)."""
-    from models.hf_common import config_context
+    from glmscore.models.hf_common import config_context
 
     _tiny_multimolecule(tmp_path / "rnafm", "RnaFm")
     _tiny_multimolecule(tmp_path / "splicebert", "SpliceBert")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import resolve_card
-from models.errors import GlmscoreError
-from models.loader import load_backend
+from glmscore.models.base import resolve_card
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
 from tests.tiny_models import make_dnabert2_like, make_generator_like, make_hyena_like, make_nt_like
 
 # lengths 887..928 in kosuri: most are not a multiple of 6; one Zahm-style IUPAC letter (B) goes in unchanged
@@ -154,7 +154,7 @@ def test_evo_shape_prepends_the_end_of_document_id_and_scores_all_bases(tiny_lla
 
 
 def test_protocol_user_errors_are_one_sentence(tiny_bert):
-    from models.backends.hf_masked import HFMasked
+    from glmscore.models.backends.hf_masked import HFMasked
 
     with pytest.raises(GlmscoreError, match="no published protocol"):
         HFMasked.preflight(resolve_card("caduceus-ph-131k"), HFMasked.Options(protocol="paper"), "score")
@@ -181,8 +181,8 @@ def test_score_job_under_the_published_protocol(ray_cluster, small_nullsette, hy
 
     import pyarrow.dataset as pads
 
-    from pipelines.cli import main
-    from pipelines.fasta import read_all
+    from glmscore.pipelines.cli import main
+    from glmscore.pipelines.fasta import read_all
 
     args = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(hyena_like),
             "--limit", "3", "--datasets", "synthetic_ecoli"]
@@ -209,8 +209,8 @@ def test_score_job_under_the_published_protocol(ray_cluster, small_nullsette, hy
 def test_paper_on_a_vllm_card_runs_on_its_transformers_fallback(tiny_llama, small_nullsette, monkeypatch):
     """GENERator and METAGENE-1 cards default to vLLM, which has no published protocol: ``--protocol paper``
     picks the card's fallback backend (hf_causal) instead of refusing the flag."""
-    from models import base as cards  # resolve_card reads the card registry through models.base
-    from pipelines.score import ScoreConfig, resolve_job
+    from glmscore.models import base as cards  # resolve_card reads the card registry through models.base
+    from glmscore.pipelines.score import ScoreConfig, resolve_job
 
     vllm_card = resolve_card(str(tiny_llama)).with_(id="vllm-card", backend="vllm_causal", fallback_backend="hf_causal")
     monkeypatch.setattr(cards, "registry", lambda: {"vllm-card": vllm_card})

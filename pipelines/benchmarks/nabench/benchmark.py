@@ -4,10 +4,10 @@ commands: probe sweeps on embeddings (``probe.py``, Ray Tune) and whole-model fi
 
 from __future__ import annotations
 
-from pipelines.benchmark import Command, register_benchmark, result_text
-from pipelines.benchmarks.nabench.finetune import FinetuneConfig, run_finetune
-from pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
-from pipelines.benchmarks.nabench.source import NABenchSource
+from glmscore.pipelines.benchmark import Command, register_benchmark, result_text
+from glmscore.pipelines.benchmarks.nabench.finetune import FinetuneConfig, run_finetune
+from glmscore.pipelines.benchmarks.nabench.probe import ProbeConfig, run_probes
+from glmscore.pipelines.benchmarks.nabench.source import NABenchSource
 
 
 @register_benchmark("nabench")

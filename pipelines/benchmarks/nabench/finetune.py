@@ -49,19 +49,20 @@ import pyarrow.parquet as pq
 import ray
 from ray import tune
 
-from analysis.fitness import aggregate, spearman
-from analysis.probes import fewshot_splits, supervised_folds
-from analysis.report import write_table_report
-from analysis.transfer import rank_normalise, transfer_tasks
-from models.base import resolve_card
-from models.cards import ModelCard
-from models.errors import GlmscoreError
-from models.hf_common import WEIGHT_FILES, config_context, hf_preflight, hf_provenance
-from models.options import Options, address_option, comma_list, option, out_option, seed_option
-from models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
-from models.tokenization import TokenPolicy, load_tokenizer
-from pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
-from pipelines.ray_session import ray_address, run_trials, start_ray
+from glmscore.analysis.fitness import aggregate, spearman
+from glmscore.analysis.probes import fewshot_splits, supervised_folds
+from glmscore.analysis.report import write_table_report
+from glmscore.analysis.transfer import rank_normalise, transfer_tasks
+from glmscore.models.base import resolve_card
+from glmscore.models.cards import ModelCard
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.hf_common import WEIGHT_FILES, config_context, hf_preflight, hf_provenance
+from glmscore.models.options import Options, address_option, comma_list, option, out_option, seed_option
+from glmscore.models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
+from glmscore.models.tokenization import TokenPolicy, load_tokenizer
+from glmscore.pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
+from glmscore.pipelines.ray_session import ray_address, start_ray
+from glmscore.pipelines.trials import run_trials
 
 SETTINGS = ("supervised", "fewshot", "transfer")
 FITS = "fits"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 FOLD_PREFIX = "fold_"
 

@@ -12,18 +12,19 @@ import pandas as pd
 import ray
 from ray import tune
 
-from analysis.fitness import aggregate
-from analysis.probe_trials import AssayArrays, probe_trial, trial_grid
-from analysis.probes import FEWSHOT_K, PROBES
-from analysis.published_probes import PAPER_SEED, SOURCE
-from analysis.report import write_table_report
-from models.errors import GlmscoreError
-from models.options import Options, address_option, comma_list, option, out_option, seed_option
-from pipelines import store
-from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence
-from pipelines.benchmarks.nabench.source import family_list, positions
-from pipelines.ray_session import fetch, ray_address, run_trials, start_ray
-from pipelines.shards import datasets_of, read_manifest, read_table
+from glmscore.analysis.fitness import aggregate
+from glmscore.analysis.probe_trials import AssayArrays, probe_trial, trial_grid
+from glmscore.analysis.probes import FEWSHOT_K, PROBES
+from glmscore.analysis.published_probes import PAPER_SEED, SOURCE
+from glmscore.analysis.report import write_table_report
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, address_option, comma_list, option, out_option, seed_option
+from glmscore.pipelines import store
+from glmscore.pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence
+from glmscore.pipelines.benchmarks.nabench.source import family_list, positions
+from glmscore.pipelines.ray_session import ray_address, start_ray
+from glmscore.pipelines.shards import datasets_of, read_manifest, read_table
+from glmscore.pipelines.trials import fetch, run_trials
 
 SETTINGS = ("fewshot", "supervised", "transfer")
 PROTOCOLS = ("glmscore", "paper")
@@ -179,10 +180,10 @@ def run_probes(cfg: ProbeConfig) -> dict:
                 f"{out_dir.resolve()}; nothing is started or written\n"
                 f"  assays: {len(data)} ({rows:,} rows, {'/'.join(map(str, dims))}-dim embeddings); probes {','.join(probes)}; "
                 f"wild type: {rule}; folds: {folds_label}")
-        return {"dry_run": head + "\n" + run_sweep(data, grid, out_dir / "tune", name=setting, dry_run=ray_address(cfg.address))}
+        return {"dry_run": head + "\n" + run_probe_trials(data, grid, out_dir / "tune", name=setting, dry_run_on=ray_address(cfg.address))}
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    trials = run_sweep(data, grid, out_dir / "tune", name=f"{setting}")
+    trials = run_probe_trials(data, grid, out_dir / "tune", name=f"{setting}")
     trials.insert(0, "model", model)
     per = trials.assign(split=trials["split"].astype(str))
     metrics = ["metric", "metric_std"] if "metric_std" in per.columns else ["metric"]
@@ -242,15 +243,15 @@ def _assays_trial(config: dict, data: dict) -> dict:
     return probe_trial(config, fetch(data, (c["assay"], *c.get("train_assays", ()))))
 
 
-def run_sweep(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
-              cpus_per_trial: float = 1.0, dry_run: str | None = None) -> pd.DataFrame | str:
+def run_probe_trials(data: dict[str, AssayArrays], grid: list[dict], storage: Path, name: str = "probes",
+              cpus_per_trial: float = 1.0, dry_run_on: str | None = None) -> pd.DataFrame | str:
     """One Ray Tune trial per grid entry (``analysis/probe_trials.py``: ``probe_trial``); each assay's arrays
     go to the object store once, and a trial fetches only the assays it reads. Returns one row per trial
-    (``dry_run``: what would run, as text)."""
+    (``dry_run_on``, a Ray address: what would run there, as text)."""
     results = run_trials(_assays_trial, {"trial": tune.grid_search(grid)}, storage=storage, name=name,
                          resources={"cpu": cpus_per_trial}, n_trials=len(grid), data=data, by_item=("data",),
-                         dry_run=dry_run)
-    if dry_run is not None:
+                         dry_run_on=dry_run_on)
+    if dry_run_on is not None:
         return results
     rows = [r.metrics for r in results]
     keep = ["assay", "family", "setting", "probe", "split", "metric"] + (

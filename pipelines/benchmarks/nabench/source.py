@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis.combined import ordered, plot_grid
-from analysis.fitness import aggregate, zero_shot_table
-from analysis.report import plot_best_worst, plot_family_bars, write_table_report
-from models.errors import GlmscoreError
-from models.options import Options, comma_list, option, seed_option
-from pipelines import gunzip
-from pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
-from pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan, scan_files
-from pipelines.shards import read_datasets, read_manifest
+from glmscore.analysis.combined import ordered, plot_grid
+from glmscore.analysis.fitness import aggregate, zero_shot_table
+from glmscore.analysis.report import plot_best_worst, plot_family_bars, write_table_report
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, comma_list, option, seed_option
+from glmscore.pipelines import gunzip
+from glmscore.pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan, scan_files
+from glmscore.pipelines.console import say
+from glmscore.pipelines.shards import read_datasets, read_manifest
 
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
 
@@ -236,7 +236,7 @@ class NABenchSource(Benchmark):
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
         if options.data:  # a documented flag of an earlier release: accepted, so old scripts still run
-            print("glmscore: note: --data is deprecated and ignored: the labels come from the score shards.", file=sys.stderr)
+            say("note: --data is deprecated and ignored: the labels come from the score shards.")
         # One assay in memory at a time (its shards cut to these columns): per-assay metrics need nothing
         # else, and a SELEX-scale release does not fit in one frame. The scatter plots re-read two assays.
         columns = ["model", "dataset", "group", "label", "score"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.benchmark import Command, register_benchmark
-from pipelines.benchmarks.nullsette.demo import run_demo
-from pipelines.benchmarks.nullsette.source import BuildOptions, NullsetteSource, build
+from glmscore.pipelines.benchmark import Command, register_benchmark
+from glmscore.pipelines.benchmarks.nullsette.demo import run_demo
+from glmscore.pipelines.benchmarks.nullsette.source import BuildOptions, NullsetteSource, build
 
 
 def _run_build(o: BuildOptions) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.benchmarks.nullsette.source import NullsetteSource, build
-from pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.benchmarks.nullsette.source import NullsetteSource, build
+from glmscore.pipelines.score import ScoreConfig, run_score
 
 DEMO_MODELS = ("kmer:3", "kmer:6")
 

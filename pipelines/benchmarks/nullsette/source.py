@@ -16,7 +16,6 @@ import csv
 import json
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass
 from pathlib import Path
@@ -25,15 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis.combined import ordered, plot_grid
-from analysis.nullsette import nullsette_tests, paired_differences, success_rates
-from analysis.report import write_nullsette_report
-from models.errors import GlmscoreError
-from models.options import Options, comma_list, option, out_option, seed_option
-from pipelines import gunzip, store
-from pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Rows, Unit, locator
-from pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
-from pipelines.shards import read_datasets, read_manifest
+from glmscore.analysis.combined import ordered, plot_grid
+from glmscore.analysis.nullsette import nullsette_tests, paired_differences, success_rates
+from glmscore.analysis.report import write_nullsette_report
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, comma_list, option, out_option, seed_option
+from glmscore.pipelines import gunzip, store
+from glmscore.pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.console import warn
+from glmscore.pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
+from glmscore.pipelines.shards import read_datasets, read_manifest
 
 NONMUTANT = "nonmutant"
 BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}, fixed: {component: seq}}}
@@ -458,7 +458,7 @@ class NullsetteSource(Benchmark):
         if len(set(limits.values())) > 1:
             notes.append("the models were scored on different --limit slices (" + ", ".join(f"{m}: {v}" for m, v in limits.items())
                          + "); their tests use different cassettes")
-            print(f"glmscore: warning: {notes[-1]}.", file=sys.stderr)
+            warn(f"{notes[-1]}.")
         o = options
         # (model, dataset) in order, mutant types in each as paired_differences orders them (a stable sort)
         diffs = dict(sorted(diffs.items(), key=lambda kv: kv[0][:2]))

@@ -2,4 +2,4 @@
 
 Deleting this folder removes the benchmark; the registry and the CLI work without it."""
 
-from pipelines.benchmarks.variants.benchmark import Variants  # noqa: F401  (importing the package registers it)
+from glmscore.pipelines.benchmarks.variants.benchmark import Variants  # noqa: F401  (importing the package registers it)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.benchmark import Command, register_benchmark, result_text
-from pipelines.benchmarks.variants.demo import run_variants_demo
-from pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
-from pipelines.benchmarks.variants.source import BuildOptions, VariantsSource, build_windows
-from pipelines.benchmarks.variants.synthetic import SyntheticOptions, run_synthetic
+from glmscore.pipelines.benchmark import Command, register_benchmark, result_text
+from glmscore.pipelines.benchmarks.variants.demo import run_variants_demo
+from glmscore.pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
+from glmscore.pipelines.benchmarks.variants.source import BuildOptions, VariantsSource, build_windows
+from glmscore.pipelines.benchmarks.variants.synthetic import SyntheticOptions, run_synthetic
 
 
 def _run_build(o: BuildOptions) -> str:

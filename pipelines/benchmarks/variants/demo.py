@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
-from pipelines.benchmarks.variants.source import BuildOptions, VariantsSource, build_windows
-from pipelines.benchmarks.variants.synthetic import make_synthetic
-from pipelines.score import ScoreConfig, run_score
+from glmscore.pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
+from glmscore.pipelines.benchmarks.variants.source import BuildOptions, VariantsSource, build_windows
+from glmscore.pipelines.benchmarks.variants.synthetic import make_synthetic
+from glmscore.pipelines.score import ScoreConfig, run_score
 
 
 def run_variants_demo(out: Path) -> None:

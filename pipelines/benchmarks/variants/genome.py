@@ -26,16 +26,9 @@ import numpy as np
 import pandas as pd
 import pysam
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 
 BASES = "ACGT"
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
-
-
-def reverse_complement(seq: str) -> str:
-    return seq.translate(_COMPLEMENT)[::-1]
-
-
 class Genome:
     """Random access to a FASTA by pysam; ``fetch`` pads what runs off a chromosome end with N."""
     def __init__(self, path: str | Path):

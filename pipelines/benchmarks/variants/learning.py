@@ -22,8 +22,8 @@ import pandas as pd
 from ray import tune
 from sklearn.exceptions import ConvergenceWarning
 
-from analysis.report import write_table_report
-from analysis.variants import (
+from glmscore.analysis.report import write_table_report
+from glmscore.analysis.variants import (
     VARIANT_PROBES,
     check_no_leak,
     chromosome_folds,
@@ -33,14 +33,15 @@ from analysis.variants import (
     tissue_onehot,
     variant_features,
 )
-from models.alphabet import codes
-from models.cnn import CNNTrainConfig, predict_cnn, train_cnn
-from models.errors import GlmscoreError
-from models.options import Options, address_option, comma_list, option, out_option, seed_option, test_chroms_option
-from pipelines.benchmarks.variants.report import PREDICTIONS
-from pipelines.benchmarks.variants.source import VariantsSource, read_build
-from pipelines.ray_session import ray_address, run_trials, start_ray
-from pipelines.shards import datasets_of, read_table
+from glmscore.models.alphabet import codes
+from glmscore.models.cnn import CNNTrainConfig, predict_cnn, train_cnn
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, address_option, comma_list, option, out_option, seed_option, test_chroms_option
+from glmscore.pipelines.benchmarks.variants.report import PREDICTIONS
+from glmscore.pipelines.benchmarks.variants.source import VariantsSource, read_build
+from glmscore.pipelines.ray_session import ray_address, start_ray
+from glmscore.pipelines.shards import datasets_of, read_table
+from glmscore.pipelines.trials import run_trials
 
 
 @dataclass
@@ -112,13 +113,13 @@ def _cnn_trial(config: dict, data: VariantRows, ref: np.ndarray, alt: np.ndarray
 
 
 def fold_trials(trainable, methods: list[str], n_folds: int, seed: int, storage: Path, name: str, resources: dict,
-                extra: dict | None = None, dry_run: str | None = None, **data) -> pd.DataFrame | str:
-    """One Ray Tune trial per (method, fold); returns all trials' predictions (``dry_run``: what would run)."""
+                extra: dict | None = None, dry_run_on: str | None = None, **data) -> pd.DataFrame | str:
+    """One Ray Tune trial per (method, fold); returns all trials' predictions (``dry_run_on``, a Ray address: what would run there)."""
     space = {"method": tune.grid_search(methods), "fold": tune.grid_search(list(range(n_folds))),
              "seed": seed, "cpus": resources.get("cpu", 1), "gpus": resources.get("gpu", 0), **(extra or {})}
     results = run_trials(trainable, space, storage=storage, name=name, resources=resources,
-                         n_trials=len(methods) * n_folds, dry_run=dry_run, **data)
-    if dry_run is not None:
+                         n_trials=len(methods) * n_folds, dry_run_on=dry_run_on, **data)
+    if dry_run_on is not None:
         return results
     frames = []
     for result in results:
@@ -199,7 +200,7 @@ def run_variant_probes(cfg: VariantProbeConfig) -> dict:
                 f"started or written\n  rows: {len(r):,} variant x tissue rows ({n_test:,} on the test chromosomes "
                 f"{','.join(cfg.test_chroms)}), {X.shape[1]} features; probes {','.join(probes)} x {cfg.chrom_folds} folds")
         trials = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1},
-                             dry_run=ray_address(cfg.address), data=data, X=X)
+                             dry_run_on=ray_address(cfg.address), data=data, X=X)
         return {"dry_run": f"{head}\n{trials}"}
     start_ray(ray_address(cfg.address), out, command="probe (variants)")
     pred = fold_trials(_probe_trial, probes, cfg.chrom_folds, cfg.seed, out / "tune", "variants", {"cpu": 1}, data=data, X=X)

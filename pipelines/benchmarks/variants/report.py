@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report import plot_effect_distributions, plot_roc_curves, write_table_report
-from analysis.variants import (
+from glmscore.analysis.report import plot_effect_distributions, plot_roc_curves, write_table_report
+from glmscore.analysis.variants import (
     PAPER,
     auroc_rows,
     bare_chrom,
@@ -19,9 +19,9 @@ from analysis.variants import (
     largest_effects,
     summarise_predictions,
 )
-from models.errors import GlmscoreError
-from pipelines.benchmarks.variants.effects import effect_rows, effect_type, write_effects
-from pipelines.shards import read_manifest, read_scores
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.benchmarks.variants.effects import effect_rows, effect_type, write_effects
+from glmscore.pipelines.shards import read_manifest, read_scores
 
 SCORE_COLUMNS = ["model", "group", "pair_index", "score", "variant_id", "chrom", "pos", "gene", "tissue", "label"]
 RESULT_COLUMNS = ["method", "kind", "subset", "tissue", "n", "n_pos", "auroc", "ci_low", "ci_high",

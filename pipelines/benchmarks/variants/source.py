@@ -42,17 +42,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.errors import GlmscoreError
-from models.options import Options, comma_list, option, out_option, seed_option, test_chroms_option
-from pipelines.benchmark import REGION_COLUMNS, Benchmark, Rows, Unit, locator
-from pipelines.benchmarks.variants.genome import (
+from glmscore.models.alphabet import reverse_complement
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, comma_list, option, out_option, seed_option, test_chroms_option
+from glmscore.pipelines.benchmark import REGION_COLUMNS, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.benchmarks.variants.genome import (
     Genome,
     open_genome,
     read_tss,
     read_variants,
-    reverse_complement,
 )
-from pipelines.benchmarks.variants.report import analyze_variants
+from glmscore.pipelines.benchmarks.variants.report import analyze_variants
 
 VIEWS = {"variant": 1500, "gene": 131_072}  # default window per view (the paper's)
 GROUPS = ("ref", "alt")

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pysam
 
-from models.errors import GlmscoreError
-from models.options import Options, option, out_option, seed_option
+from glmscore.models.errors import GlmscoreError
+from glmscore.models.options import Options, option, out_option, seed_option
 
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)  # index 3 - i is the complement of index i
 GC = 0.42

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import GlmscoreError
-from pipelines.benchmarks.nabench import assay_file, source
-from pipelines.benchmarks.nabench.benchmark import NABench
-from pipelines.benchmarks.nabench.source import read_assay
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.benchmarks.nabench import assay_file, source
+from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
+from glmscore.pipelines.benchmarks.nabench.source import read_assay
 
 
 def _assay(folder, n, seed=0, name="Big_2024_selex"):

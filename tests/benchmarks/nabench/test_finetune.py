@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 from tests.conftest import shared_data
 
 NABENCH = shared_data("nabench")
 needs_data = pytest.mark.skipif(not NABENCH.is_dir(), reason="../shared/data/nabench is absent")
 ROOT = Path(__file__).resolve().parents[3]
-GLMSCORE = [sys.executable, "-m", "pipelines.cli"]
+GLMSCORE = [sys.executable, "-m", "glmscore"]
 
 
 # ---------------------------------------------------------------- pooling and the regressor
@@ -35,8 +35,8 @@ GLMSCORE = [sys.executable, "-m", "pipelines.cli"]
 def test_torch_pooling_matches_numpy_pooling(pooling):
     import torch
 
-    from models.pooling import Pooling, pool
-    from models.regression import pool_torch
+    from glmscore.models.pooling import Pooling, pool
+    from glmscore.models.regression import pool_torch
 
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, 7, 5)).astype(np.float32)
@@ -53,9 +53,9 @@ def test_regressor_is_the_transformers_forward_pass_plus_the_head(tiny_bert):
     import torch
     from transformers import AutoModel
 
-    from models.base import resolve_card
-    from models.regression import load_base, make_regressor, pad_batch
-    from models.tokenization import TokenPolicy, load_tokenizer
+    from glmscore.models.base import resolve_card
+    from glmscore.models.regression import load_base, make_regressor, pad_batch
+    from glmscore.models.tokenization import TokenPolicy, load_tokenizer
 
     card = resolve_card(str(tiny_bert))
     policy = TokenPolicy(card, load_tokenizer(card.hf_id, card.revision, False), 512)
@@ -74,8 +74,8 @@ def test_regressor_is_the_transformers_forward_pass_plus_the_head(tiny_bert):
 
 
 def test_models_without_weights_cannot_be_finetuned():
-    from models.base import resolve_card
-    from models.regression import check_finetunable
+    from glmscore.models.base import resolve_card
+    from glmscore.models.regression import check_finetunable
 
     with pytest.raises(GlmscoreError, match="no weights to fine-tune"):
         check_finetunable(resolve_card("onehot"), "mean")
@@ -85,7 +85,7 @@ def test_models_without_weights_cannot_be_finetuned():
 
 
 def _table(assays, families, n=40, seed=0):
-    from pipelines.benchmarks.nabench.finetune import Table
+    from glmscore.pipelines.benchmarks.nabench.finetune import Table
 
     rng = np.random.default_rng(seed)
     rows = [(a, f, i) for a, f in zip(assays, families) for i in range(n)]
@@ -95,13 +95,13 @@ def _table(assays, families, n=40, seed=0):
 
 
 def _cfg(**kw):
-    from pipelines.benchmarks.nabench.finetune import FinetuneConfig
+    from glmscore.pipelines.benchmarks.nabench.finetune import FinetuneConfig
 
     return FinetuneConfig(data="d", model="m", out="o", **kw)
 
 
 def test_supervised_and_sweep_plans_keep_test_rows_out_of_training_and_validation():
-    from pipelines.benchmarks.nabench.finetune import plan_fits
+    from glmscore.pipelines.benchmarks.nabench.finetune import plan_fits
 
     table = _table(["a1", "a2"], ["f", "f"])
     for cfg in (_cfg(setting="supervised"), _cfg(setting="supervised", lr=[1e-5, 1e-4], head=["linear", "mlp"])):
@@ -121,7 +121,7 @@ def test_supervised_and_sweep_plans_keep_test_rows_out_of_training_and_validatio
 
 
 def test_transfer_plan_never_reads_the_held_out_assays_labels():
-    from pipelines.benchmarks.nabench.finetune import plan_fits
+    from glmscore.pipelines.benchmarks.nabench.finetune import plan_fits
 
     table = _table(["a1", "a2", "a3", "b1"], ["f", "f", "f", "g"])
     fits = plan_fits(_cfg(setting="transfer"), table)
@@ -143,7 +143,7 @@ def test_transfer_plan_never_reads_the_held_out_assays_labels():
 
 
 def test_transfer_tasks_and_rank_normalisation():
-    from analysis.transfer import rank_normalise, transfer_tasks
+    from glmscore.analysis.transfer import rank_normalise, transfer_tasks
 
     fam = {"a1": "f", "a2": "f", "b1": "g"}
     assert [(t.test, t.train) for t in transfer_tasks(fam)] == [("a1", ("a2",)), ("a2", ("a1",))]
@@ -172,9 +172,9 @@ def _kmer_features(seqs, k=3):
 
 @needs_data
 def test_probe_transfer_on_real_assays_never_reads_held_out_labels():
-    from analysis.probe_trials import AssayArrays
-    from analysis.transfer import TransferTask, transfer_predict
-    from pipelines.benchmarks.nabench.source import read_assay
+    from glmscore.analysis.probe_trials import AssayArrays
+    from glmscore.analysis.transfer import TransferTask, transfer_predict
+    from glmscore.pipelines.benchmarks.nabench.source import read_assay
 
     data = {}
     for name in ("Townshend_2015_4nt_aptamer", "Townshend_2015_5nt_aptamer", "Tome_2014_GFP_aptamer"):
@@ -228,8 +228,8 @@ def killed_and_resumed(tmp_path_factory, tiny_bert):
 @pytest.mark.slow
 @needs_data
 def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_bert):
-    from models.base import resolve_card
-    from models.regression import load_base, weights_sha256
+    from glmscore.models.base import resolve_card
+    from glmscore.models.regression import load_base, weights_sha256
 
     out, _ = killed_and_resumed
     fits = pd.read_csv(out / "finetune_fits.csv")
@@ -242,7 +242,7 @@ def test_every_fold_starts_from_the_pretrained_weights(killed_and_resumed, tiny_
 @pytest.mark.slow
 @needs_data
 def test_test_rows_are_predicted_once_and_never_trained_on(killed_and_resumed):
-    from pipelines.benchmarks.nabench.finetune import read_fit
+    from glmscore.pipelines.benchmarks.nabench.finetune import read_fit
 
     out, _ = killed_and_resumed
     pred = pd.read_parquet(out / "finetune_predictions.parquet")
@@ -268,7 +268,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(killed_and_resumed):
     fits = pd.read_csv(out / "finetune_fits.csv")
     resumed = fits[fits["resumed_at_epoch"] > 0]
     assert len(resumed) == 1 and 1 <= int(resumed["resumed_at_epoch"].iloc[0]) <= 3
-    from pipelines.benchmarks.nabench.finetune import read_fit
+    from glmscore.pipelines.benchmarks.nabench.finetune import read_fit
 
     _, info = read_fit(out / "fits" / f"{resumed['fit'].iloc[0]}.parquet")
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2, 3]  # no epoch lost or repeated

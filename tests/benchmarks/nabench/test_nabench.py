@@ -10,11 +10,11 @@ import pytest
 from scipy import stats
 from sklearn.metrics import matthews_corrcoef, ndcg_score, roc_auc_score
 
-from analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall, zero_shot_table
-from analysis.probes import fewshot_splits, fit_eval, supervised_folds
-from models.errors import GlmscoreError
-from pipelines import shards
-from pipelines.benchmarks.nabench.source import discover, family_of, positions, read_assay, read_metadata
+from glmscore.analysis.fitness import aggregate, assay_metrics, ndcg_top, top_recall, zero_shot_table
+from glmscore.analysis.probes import fewshot_splits, fit_eval, supervised_folds
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines import shards
+from glmscore.pipelines.benchmarks.nabench.source import discover, family_of, positions, read_assay, read_metadata
 from tests.conftest import shared_data
 
 RNG = np.random.default_rng(0)
@@ -120,8 +120,8 @@ def test_real_assays_quirks():
 def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama, monkeypatch, capsys):
     import pyarrow.dataset as pads
 
-    from pipelines.benchmarks.nabench.benchmark import NABench
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     data = shared_data("nabench")
     assays = ["Gregory_2018_mRNA", "Townshend_2015_4nt_aptamer", "Pitt_2010_ribozyme"]
@@ -173,7 +173,7 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     onehot = pd.read_parquet(tmp_path / "oh")
     assert onehot["dataset"].nunique() == 3 and onehot.groupby("dataset")["embedding"].apply(lambda e: e.map(len).nunique()).eq(1).all()
     # --dry-run: what the sweep would run, with nothing started or written (no Ray line, no --out)
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
     capsys.readouterr()
     assert main(["probe", "--embeddings", str(tmp_path / "oh"), "--setting", "supervised", "--probes", "ridge",
                  "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
@@ -183,13 +183,13 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     assert "glmscore: probe on" not in said.err and not (tmp_path / "dry").exists()  # Ray never started for it
     # Ctrl-C inside the Tune sweep (run_trials raises TrialsInterrupted there, tests/core/test_trials.py): one
     # sentence and exit 130, not a traceback (before: KeyError: nan in the summary of stopped trials)
-    from pipelines.benchmarks.nabench import probe as probe_module
-    from pipelines.ray_session import TrialsInterrupted
+    from glmscore.pipelines.benchmarks.nabench import probe as probe_module
+    from glmscore.pipelines.trials import TrialsInterrupted
 
     def interrupted(*args, **kwargs):
         raise TrialsInterrupted()
 
-    monkeypatch.setattr(probe_module, "run_sweep", interrupted)
+    monkeypatch.setattr(probe_module, "run_probe_trials", interrupted)
     assert main(["probe", "--embeddings", str(tmp_path / "oh"), "--setting", "supervised", "--probes", "ridge",
                  "--out", str(tmp_path / "stopped")]) == 130
     err = capsys.readouterr().err
@@ -199,7 +199,7 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
     # the probe sweep as a user starts it (its own local Ray cluster; a relative --out): the first line names
     # the cluster and the output, the log path is printed whole
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", "--embeddings", str(tmp_path / "oh"),
+    proc = subprocess.run([sys.executable, "-m", "glmscore", "probe", "--embeddings", str(tmp_path / "oh"),
                            "--setting", "supervised", "--probes", "ridge", "--out", "probes"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -219,7 +219,7 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
 
 @pytest.mark.ray
 def test_non_numeric_scores_and_missing_metadata_are_counted_and_reported(ray_cluster, tmp_path, capsys):
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     rng = np.random.default_rng(1)
     wt = "".join(rng.choice(list("ACGU"), 30))

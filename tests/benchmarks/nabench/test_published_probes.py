@@ -16,7 +16,7 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
 
-from models.errors import GlmscoreError
+from glmscore.models.errors import GlmscoreError
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.realdata
@@ -156,7 +156,7 @@ def fold_table(frame: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
 
 
 def test_fewshot_draws_and_scores_match_the_script_loop():
-    from analysis.published_probes import paper_fewshot
+    from glmscore.analysis.published_probes import paper_fewshot
 
     frame = real_assay("Kobori_2015_ribozyme_tw")
     X, y = onehot(frame["sequence"]), frame["DMS_score"].to_numpy(float)
@@ -172,7 +172,7 @@ def test_fewshot_draws_and_scores_match_the_script_loop():
 
 
 def test_random_folds_pool_out_of_fold_predictions_like_the_script():
-    from analysis.published_probes import paper_random
+    from glmscore.analysis.published_probes import paper_random
 
     frame = real_assay("Kobori_2015_ribozyme_tw")
     X, y = onehot(frame["sequence"]), frame["DMS_score"].to_numpy(float)
@@ -189,8 +189,8 @@ def test_random_folds_pool_out_of_fold_predictions_like_the_script():
 def test_contiguous_folds_follow_the_script(name):
     """Single mutants (Pitt) and multi-mutants with a wild type (Janzen): candidates, the 20% cap, the skip rule.
     (3-mer counts: with a one-hot, held-out positions never vary in training and predictions are constant.)"""
-    from analysis.published_probes import paper_contiguous, paper_contiguous_folds
-    from pipelines.benchmarks.nabench.source import positions
+    from glmscore.analysis.published_probes import paper_contiguous, paper_contiguous_folds
+    from glmscore.pipelines.benchmarks.nabench.source import positions
 
     frame = real_assay(name)
     X, y = kmer_counts(frame["sequence"]), frame["DMS_score"].to_numpy(float)
@@ -208,15 +208,15 @@ def test_contiguous_folds_follow_the_script(name):
 
 def test_a_contiguous_fold_whose_fit_fails_is_skipped_and_counted(monkeypatch):
     """run_contiguous.py wraps each fold's fit in try/except and goes on; so does the paper rule, and says so."""
-    from analysis import published_probes
-    from pipelines.benchmarks.nabench.source import positions
+    from glmscore.analysis import published_probes
+    from glmscore.pipelines.benchmarks.nabench.source import positions
 
     frame = real_assay("Pitt_2010_ribozyme")
     X, y = kmer_counts(frame["sequence"]), frame["DMS_score"].to_numpy(float)
     pos = [positions(m) for m in frame["mutant"]]
     whole = published_probes.paper_contiguous(X, y, pos)
     folds = published_probes.paper_contiguous_folds(pos)
-    real, calls = published_probes._ridgecv_predict, []
+    real, calls = published_probes.ridgecv_predict, []
 
     def failing_first(X_, y_, train, test):
         calls.append(1)
@@ -224,17 +224,17 @@ def test_a_contiguous_fold_whose_fit_fails_is_skipped_and_counted(monkeypatch):
             raise ValueError("Found array with 0 sample(s)")  # what sklearn says of a degenerate fold
         return real(X_, y_, train, test)
 
-    monkeypatch.setattr(published_probes, "_ridgecv_predict", failing_first)
+    monkeypatch.setattr(published_probes, "ridgecv_predict", failing_first)
     got = published_probes.paper_contiguous(X, y, pos)
     assert got["n_skipped"] == 1 and got["n_splits"] == whole["n_splits"] - 1 == len(folds) - 1
-    rest = [published_probes._spearman(real(X, y, tr, te), y[te]) for tr, te in folds[1:]]
+    rest = [published_probes.published_spearman(real(X, y, tr, te), y[te]) for tr, te in folds[1:]]
     assert got["metric"] == pytest.approx(np.nanmean(rest), abs=1e-12)
 
 
 def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
-    from analysis.probes import fit_eval, given_folds, run_supervised_given
-    from analysis.published_probes import pooled_oof
-    from pipelines.benchmarks.nabench.folds import join_folds, occurrence
+    from glmscore.analysis.probes import fit_eval, given_folds, run_supervised_given
+    from glmscore.analysis.published_probes import pooled_oof
+    from glmscore.pipelines.benchmarks.nabench.folds import join_folds, occurrence
 
     frame = real_assay("Pitt_2010_ribozyme")  # 24 repeated mutants: matched by occurrence order
     assert frame["mutant"].duplicated().sum() == 24
@@ -263,7 +263,7 @@ def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
 
 
 def test_fold_file_errors_are_one_sentence(tmp_path):
-    from pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence, read_fold_file
+    from glmscore.pipelines.benchmarks.nabench.folds import fold_files_for, join_folds, occurrence, read_fold_file
 
     frame = real_assay("Ke_2017_mRNA")  # has a wild-type row (empty mutant)
     table = fold_table(frame)
@@ -309,8 +309,8 @@ def embedded(emb_dir, assay: str, drop_wildtype: bool):
 
 @pytest.mark.ray
 def test_cli_protocol_paper_folds_and_wildtype_end_to_end(ray_cluster, tmp_path, capsys):
-    from pipelines.cli import main
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.cli import main
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     data = shared_data("nabench")
     assays = ["Ke_2017_mRNA", "Pitt_2010_ribozyme"]  # Ke: wild type in row 0; Pitt: repeated mutants

@@ -8,16 +8,16 @@ import sys
 
 import pytest
 
-from models.errors import GlmscoreError
-from pipelines.benchmarks.nullsette.benchmark import Nullsette
-from pipelines.benchmarks.nullsette.demo import write_spec
-from pipelines.benchmarks.nullsette.source import build, discover
-from pipelines.fasta import read_all
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
+from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
+from glmscore.pipelines.benchmarks.nullsette.source import build, discover
+from glmscore.pipelines.fasta import read_all
 from tests.conftest import ROOT, shared_data
 
 
 def _run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "glmscore", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=300)
 
 
@@ -234,7 +234,7 @@ def test_actor_pools_a_local_cluster_can_never_place_are_refused(tmp_path, small
 def test_sigterm_ends_a_run_with_one_sentence(tmp_path, small_nullsette, tiny_llama):
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+    proc = subprocess.Popen([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                              str(small_nullsette), "--model", str(tiny_llama), "--chunk-rows", "1", "--out", str(tmp_path / "o")],
                             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     first = proc.stderr.readline()  # our first line names the cluster and the output folder
@@ -293,7 +293,7 @@ def test_a_hub_model_without_network_is_one_sentence_at_once(tmp_path, small_nul
 
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens on 9
     for model in ("metagene-1", "some-org/some-model"):  # a card id and a bare hub id, neither cached
-        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", "--benchmark", "nullsette", "--data",
+        proc = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
                                str(small_nullsette), "--model", model, "--out", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
         _assert_one_line_error(proc, "is not in the Hugging Face cache and 127.0.0.1 cannot be reached")
@@ -303,7 +303,7 @@ def test_a_hub_model_without_network_is_one_sentence_at_once(tmp_path, small_nul
 def test_sigterm_ends_the_demo_too(tmp_path):
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "demo", "--out", str(tmp_path / "demo")], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "glmscore", "demo", "--out", str(tmp_path / "demo")], cwd=ROOT,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in proc.stderr:  # wait until the demo's first scoring job is under way
         if " rows (" in line:

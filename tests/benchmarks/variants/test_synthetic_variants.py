@@ -9,8 +9,8 @@ from pathlib import Path
 import pysam
 import pytest
 
-from models.errors import GlmscoreError
-from pipelines.benchmarks.variants.synthetic import SyntheticOptions, make_synthetic, run_synthetic
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.benchmarks.variants.synthetic import SyntheticOptions, make_synthetic, run_synthetic
 
 MOTIF = "TATAAAAGGC"
 _COMP = str.maketrans("ACGT", "TGCA")

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
-from models.errors import GlmscoreError
-from pipelines.benchmarks.variants.genome import Genome, read_tss, read_variants, reverse_complement
-from pipelines.benchmarks.variants.source import BuildOptions, build_windows, window_pair
+from glmscore.analysis.variants import bootstrap_ci, check_no_leak, chromosome_folds, variant_features, weighted_auroc
+from glmscore.models.alphabet import reverse_complement
+from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.benchmarks.variants.genome import Genome, read_tss, read_variants
+from glmscore.pipelines.benchmarks.variants.source import BuildOptions, build_windows, window_pair
 from tests.conftest import shared_data
 
 GTEX_VCF = "gtex_b38_chr1_snvs.vcf"
@@ -55,7 +56,7 @@ def test_real_vcf_without_chrom_line_matches_the_genome_and_windows_centre_on_th
 def test_gtex_variant_ids_without_chrom_pos_columns_are_parsed(tmp_path, capsys):
     """GTEx tables name variants chr1_14677_G_A_b38 and carry no chrom/pos/ref/alt columns: the same sites
     as the VCF; a VCF without tissues builds an unlabelled set and says so (not "0 variant x tissue rows")."""
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     data = shared_data("variants")
     vcf = read_variants(data / GTEX_VCF).frame
@@ -84,8 +85,8 @@ def test_unlabelled_real_variants_get_an_effect_table_a_vcf_and_a_report(ray_clu
     with 2 genes each (the first 2 scored)."""
     import pysam
 
-    from pipelines.benchmarks.variants.report import zero_shot_llr
-    from pipelines.cli import main
+    from glmscore.pipelines.benchmarks.variants.report import zero_shot_llr
+    from glmscore.pipelines.cli import main
 
     data = shared_data("variants")
     w, scores, report = (str(tmp_path / n) for n in ("w", "s", "r"))
@@ -243,7 +244,7 @@ def test_auroc_and_bootstrap_against_scikit_learn():
 def synthetic(tmp_path_factory):
     """The planted-mechanism set (12 chromosomes, 960 variants; see pipelines/benchmarks/variants/synthetic.py) built
     as 64 bp variant-centred windows (CNN, zero-shot) and 512 bp TSS-centred windows (embeddings)."""
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     base = tmp_path_factory.mktemp("variants")
     assert main(["variants", "synth", "--out", str(base / "src")]) == 0
@@ -257,7 +258,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
-    from pipelines.cli import main
+    from glmscore.pipelines.cli import main
 
     src = synthetic / "src"
     bad = tmp_path / "bad.csv"
@@ -282,8 +283,8 @@ def test_build_errors_are_one_sentence(synthetic, tmp_path, capsys):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_probes_and_cnn_recover_the_planted_mechanism_and_shuffled_labels_do_not(synthetic, ray_cluster, tmp_path, capsys):
-    from pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     emb = tmp_path / "emb"
     run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model="onehot", pooling="tss",
@@ -319,9 +320,9 @@ def test_zero_shot_llr_matches_a_transformers_forward_pass_and_the_report(synthe
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.benchmarks.variants.report import analyze_variants, zero_shot_llr
-    from pipelines.benchmarks.variants.source import VariantsAnalyzeOptions
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.variants.report import analyze_variants, zero_shot_llr
+    from glmscore.pipelines.benchmarks.variants.source import VariantsAnalyzeOptions
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_llama), reduction="sum",
@@ -361,8 +362,8 @@ def test_masked_marginal_at_the_variant_base_matches_a_hand_computation(syntheti
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from pipelines.benchmarks.variants.report import zero_shot_llr
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.benchmarks.variants.report import zero_shot_llr
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     scores = tmp_path / "scores"
     run_score(ScoreConfig(benchmark="variants", data=str(synthetic / "var"), model=str(tiny_bert), reduction="focus",
@@ -406,7 +407,7 @@ def test_tss_pooling_averages_the_384_bases_around_the_tss(synthetic, ray_cluste
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     emb = tmp_path / "emb"
     run_score(ScoreConfig(task="embed", benchmark="variants", data=str(synthetic / "gene"), model=str(tiny_bert),
@@ -447,8 +448,8 @@ def test_track_effects_over_the_tss_bins_and_the_whole_output(synthetic, ray_clu
     import torch
     from multimolecule.tokenisers.dna.utils import get_alphabet
 
-    from models.base import resolve_card
-    from pipelines.score import ScoreConfig, run_score
+    from glmscore.models.base import resolve_card
+    from glmscore.pipelines.score import ScoreConfig, run_score
 
     torch.manual_seed(0)  # 512 bp window = the gene view's windows; 8 bp bins, the central 60 of 64 predicted
     window, bin_bp, bins = 512, 8, 60
