@@ -245,10 +245,15 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
     by an explicit flag, never by a default.
     """
     by_hub_id = {c.hf_id: c for c in registry().values()}
-    if spec in registry():
-        card = registry()[spec]
-    elif spec in by_hub_id:  # a model's usual hub id gets its card (and the card's published rules)
-        card = by_hub_id[spec]
+    if spec in registry() or spec in by_hub_id:  # a model's usual hub id gets its card (and its published rules)
+        card = registry()[spec] if spec in registry() else by_hub_id[spec]
+        if "/" in card.hf_id and Path(card.hf_id).exists():
+            # transformers (and every model package) loads a local folder of that name before the hub: a folder
+            # in the working directory would then be run as the card's model, with the card's remote code
+            raise GlmscoreError(f"card {card.id} means the hub repository {card.hf_id}, but the working directory holds "
+                                f"{card.hf_id!s} ({Path(card.hf_id).resolve()}), which would be loaded instead; run from "
+                                "another directory, or give that folder's absolute path as --model to score it as a "
+                                "local model (without the card's permissions).")
     else:
         card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
         if card is None:

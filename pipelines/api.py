@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -132,6 +132,9 @@ def analyze(benchmark: str, scores: list[str], out: str, **options) -> AnalysisR
     a local file)."""
     cls = BENCHMARKS.get(benchmark)
     scores = [str(s) for s in ([scores] if isinstance(scores, (str, Path)) else scores)]
+    for location in scores:
+        store.refuse_credentials(location, "--scores")
+    store.refuse_credentials(str(out), "--out")
     analysis_options = cls.AnalyzeOptions(**options)
     _check_benchmark_of(cls, scores)
     out = str(out)
@@ -174,13 +177,14 @@ def _check_benchmark_of(cls, score_dirs: list[str]) -> None:
             raise GlmscoreError(f"{d} is a {made_by} score folder; analyse it with `glmscore analyze {made_by}`.")
 
 
-def sweep(file: str) -> SweepResult:
+def sweep(file: str, *, trust_remote_code: bool = False) -> SweepResult:
     """``glmscore sweep FILE``: every model x benchmark run of a sweep file, then the combined report. An invalid
     file raises ``GlmscoreError`` listing its problems; a failed run is a row of the table (``ok`` False)."""
     try:
         spec = load_sweep(file)
     except SweepFileError as exc:
         raise GlmscoreError(f"{file}: " + "; ".join(exc.problems)) from None
+    spec = replace(spec, trust_remote_code=True if trust_remote_code else None)
     runs, table, problems = execute_sweep(spec)
     bug = next((r.bug for r in runs if r.bug is not None), None)
     if bug is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from glmscore.models.errors import GlmscoreError
@@ -37,3 +38,29 @@ def _private(path: Path) -> Path:
         raise GlmscoreError(f"the cache folder {path} belongs to another user (uid {info.st_uid}); set GLMSCORE_CACHE "
                             "to a folder of your own.")
     return path
+
+
+def secret(name: str) -> bytes:
+    """A random key private to this user (``keys/<name>``, 0600, made once with O_EXCL): what glmscore signs state
+    with that it will later trust (an interrupted Tune experiment it may restore)."""
+    path = cache_dir("keys") / name
+    if not os.path.lexists(path):  # written whole under another name, then linked: a reader never sees half a key
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: theirs is the key
+        finally:
+            os.unlink(tmp)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+            raise GlmscoreError(f"the key {path} is readable by others or not yours; remove it (glmscore makes a new one).")
+        key = fh.read()
+    if len(key) < 32:
+        raise GlmscoreError(f"the key {path} is damaged; remove it (glmscore makes a new one).")
+    return key

@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="score models x benchmarks from a YAML file in one Ray job, then one combined report")
     sw.add_argument("file", help="sweep file (README: Sweeps)")
     sw.add_argument("--check", action="store_true", help="only check the file and list the runs (nothing starts)")
+    sw.add_argument("--trust-remote-code", action="store_true",
+                    help="allow code from every model repository the file names (a sweep file itself never can)")
     sw.add_argument("--dry-run", action="store_true", help="check the file and say what each run would compute (units, "
                                                            "rows, shards reused, token limit, actors); nothing starts")
 
@@ -330,7 +332,7 @@ def _dispatch(args) -> int:
         print(f"report: {result.report}")
         return 0
     if args.command == "sweep":
-        return main_sweep(args.file, check=args.check, dry_run=args.dry_run)
+        return main_sweep(args.file, check=args.check, dry_run=args.dry_run, trust_remote_code=args.trust_remote_code)
     if args.command == "demo":
         run_demo(DemoOptions(**given(args, args.fields)))
         return 0

@@ -84,6 +84,8 @@ class ScoreConfig(Options):
         super().__post_init__()
         if self.max_actors is not None and self.max_actors < self.min_actors:
             raise GlmscoreError("--max-actors must be at least --min-actors.")
+        store.refuse_credentials(self.data, "--data")
+        store.refuse_credentials(self.out, "--out")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     plan = resolve_job(cfg)
     laps.lap("model and options")
     units = plan.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)
+    for unit in units:  # names from the data become folders: checked before anything starts or is written
+        shards.shard_rel(unit.dataset, unit.group, unit.chunk)
     laps.lap("input scan")
     out = shards.OutputFolder(cfg.out)
     address = ray_address(cfg.address)

@@ -58,7 +58,20 @@ PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("group", 
 
 
 def shard_rel(dataset: str, group: str, chunk: int) -> str:
-    return f"dataset={dataset}/group={group}/part-{chunk:05d}.parquet"
+    """A shard's place under the output folder. Dataset and group names come from data (a file name, NABench's
+    RNA_TYPE, a variants build's view): each must be one plain folder name, or the shard would land outside
+    ``--out`` (``RNA_TYPE=../../x`` did)."""
+    return f"dataset={path_segment(dataset, 'dataset')}/group={path_segment(group, 'group')}/part-{chunk:05d}.parquet"
+
+
+def path_segment(name: str, what: str) -> str:
+    """``name`` if it is one plain path segment; else one sentence naming it (it comes from the input)."""
+    name = str(name)
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0") or name.startswith(".") or len(name.encode()) > 200:
+        raise GlmscoreError(f"the {what} name {name!r} (from the input) cannot name a folder: it must be one plain name "
+                            "without /, \\ or a leading dot; fix the input (NABench: metadata.csv's RNA_TYPE; variants: "
+                            "build.json's view).")
+    return name
 
 
 def shard_path(out, dataset: str, group: str, chunk: int):

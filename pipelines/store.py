@@ -38,6 +38,20 @@ def is_uri(location) -> bool:
     return isinstance(location, str) and bool(_URI.match(location)) and not location.startswith("file://")
 
 
+def redacted(location) -> str:
+    """``location`` with any credentials written into it (``s3://KEY:SECRET@bucket``) replaced by ``***``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", str(location))
+
+
+def refuse_credentials(location, what: str) -> None:
+    """Credentials never travel in a URI: they would be printed, logged and written to manifests. One sentence
+    naming the standard chain (the URI is shown redacted)."""
+    if is_uri(location) and "@" in str(location).split("://", 1)[1].split("/", 1)[0]:
+        raise GlmscoreError(f"{what} {redacted(location)} carries credentials in the URI; glmscore takes them only from "
+                            "the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or "
+                            "pod role; GOOGLE_APPLICATION_CREDENTIALS for gs://), so they never reach logs or manifests.")
+
+
 def absolute(location) -> str | Path:
     """A location workers can use from any working directory."""
     if is_uri(location):
@@ -71,6 +85,7 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it)."""
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).resolve())
+    refuse_credentials(location, "location")
     scheme, rest = location.split("://", 1)
     bucket = rest.split("/", 1)[0]
     try:

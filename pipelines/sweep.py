@@ -65,7 +65,7 @@ from glmscore.analysis.combined import provenance_table, write_combined_report
 from glmscore.models.base import BACKENDS
 from glmscore.models.cards import registry
 from glmscore.models.errors import GlmscoreError
-from glmscore.models.options import coerce_values, flag_of, option_fields
+from glmscore.models.options import Options, address_option, coerce_values, flag_of, option, option_fields
 from glmscore.pipelines import store
 from glmscore.pipelines.benchmark import BENCHMARKS
 from glmscore.pipelines.console import say
@@ -75,10 +75,26 @@ from glmscore.pipelines.score import Plan, ScoreConfig, resolve_job, run_score
 
 EXIT_RUNS_FAILED = 4
 EXIT_INVALID = 2
-TOP_KEYS = ("out", "models", "benchmarks", "max_parallel", "address", "local_cpus", "overwrite", "defaults")
 # ScoreConfig fields the sweep sets itself (or that belong to `glmscore embed`)
 MANAGED = {"benchmark", "data", "model", "out", "task", "options", "benchmark_options", "address", "overwrite",
            "pooling", "layer"}
+# what only the person at the command line may turn on: a sweep file (often someone else's) never runs a
+# model repository's code (`glmscore sweep FILE --trust-remote-code`, or a card shipped with glmscore)
+COMMAND_LINE_ONLY = {"trust_remote_code"}
+
+
+@dataclass(frozen=True)
+class SweepSettings(Options):
+    """A sweep file's own keys beside ``out``, ``models``, ``benchmarks`` and ``defaults``."""
+
+    max_parallel: int = option(2, minimum=1, affects_result=False, help="runs in flight at once")
+    address: str | None = address_option()
+    local_cpus: int | None = option(None, minimum=1, affects_result=False,
+                                    help="logical CPUs of a new local cluster (default: the machine's)")
+    overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in each run's folder")
+
+
+TOP_KEYS = ("out", "models", "benchmarks", *(f.name for f in option_fields(SweepSettings)), "defaults")
 
 
 class SweepFileError(GlmscoreError):
@@ -118,6 +134,7 @@ class Sweep:
     overwrite: bool = False
     default_job: dict = field(default_factory=dict)  # `defaults`: score-job options of every model
     default_options: dict = field(default_factory=dict)  # `defaults`: backend options of every model
+    trust_remote_code: bool | None = None  # from the command line only (`glmscore sweep --trust-remote-code`)
 
     def runs(self) -> list["Run"]:
         return [Run(m, b, self.config(m, b)) for m in self.models for b in self.benchmarks]
@@ -128,7 +145,8 @@ class Sweep:
     def config(self, model: SweepModel, bench: SweepBenchmark):
         return ScoreConfig(benchmark=bench.name, data=bench.data, model=model.spec, out=str(self.run_dir(model, bench)),
                            address=self.address, overwrite=self.overwrite, options={**self.default_options, **model.options},
-                           benchmark_options=dict(bench.options), **{**self.default_job, **bench.job, **model.job})
+                           benchmark_options=dict(bench.options), trust_remote_code=self.trust_remote_code,
+                           **{**self.default_job, **bench.job, **model.job})
 
 
 @dataclass
@@ -164,14 +182,16 @@ def _yaml_names(text: str) -> str:
     return re.sub(r"--[a-z0-9][a-z0-9-]*", lambda m: names.get(m.group(0), m.group(0)), text)
 
 
-def _check(build, where: str, problems: list[str]) -> None:
-    """Run an option class's own validation; its sentence, prefixed with where it comes from."""
+def _check(build, where: str, problems: list[str]) -> bool:
+    """Run an option class's own validation; its sentence, prefixed with where it comes from. True: valid."""
     try:
         build()
+        return True
     except GlmscoreError as exc:
         problems.append(f"{where}: {_yaml_names(str(exc))}")
     except TypeError as exc:  # a value of a shape the dataclass cannot take
         problems.append(f"{where}: {exc}.")
+    return False
 
 
 def _resolve_path(base: Path, value: str) -> str:
@@ -197,7 +217,7 @@ def default_name(spec: str) -> str:
 
 
 def _job_fields() -> set[str]:
-    return {f.name for f in option_fields(ScoreConfig)} - MANAGED
+    return {f.name for f in option_fields(ScoreConfig)} - MANAGED - COMMAND_LINE_ONLY
 
 
 def _check_job(job: dict, where: str, problems: list[str]) -> dict:
@@ -271,6 +291,11 @@ def load_sweep(path: str | Path) -> Sweep:
         if raw.get(key) in (None, "", []):
             problems.append(f"{name}: {key} is missing" + (" (the output root)." if key == "out" else " (a non-empty list)."))
     out: Path | str = base
+    try:
+        store.refuse_credentials(raw.get("out"), f"{name}: out")
+    except GlmscoreError as exc:
+        problems.append(str(exc))
+        raw = {**raw, "out": None}
     if isinstance(raw.get("out"), str) and store.is_uri(raw["out"]):
         out = raw["out"].rstrip("/")  # object storage: runs write there; the summary and report are uploaded
     elif isinstance(raw.get("out"), str) and raw["out"]:
@@ -279,23 +304,18 @@ def load_sweep(path: str | Path) -> Sweep:
             problems.append(f"{name}: out {out} is a file, not a folder.")
     elif raw.get("out") not in (None, ""):
         problems.append(f"{name}: out must be a folder path.")
-    settings = {}
-    for key, typ, minimum in (("max_parallel", int, 1), ("local_cpus", int, 1), ("overwrite", bool, None),
-                              ("address", str, None)):
-        value = raw.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            problems.append(f"{name}: {key} must be {'a whole number' if typ is int else 'true or false' if typ is bool else 'text'}, not {value!r}.")
-        elif minimum is not None and value < minimum:
-            problems.append(f"{name}: {key} must be at least {minimum}, not {value}.")
-        else:
-            settings[key] = value
+    given_settings = {f.name: raw[f.name] for f in option_fields(SweepSettings) if raw.get(f.name) is not None}
+    settings = coerce_values(SweepSettings, given_settings, name, problems)
+    if not _check(lambda: SweepSettings(**settings), name, problems):
+        settings = {}
 
     job_keys = _job_fields()
     backend_keys = {f.name for c in BACKENDS.classes() for f in option_fields(c.Options)}
     defaults = _as_mapping(raw.get("defaults"), f"{name}: defaults", problems)
-    for key in sorted(set(defaults) - job_keys - backend_keys):
+    for key in sorted(set(defaults) & COMMAND_LINE_ONLY):
+        problems.append(f"{name}: defaults: {key} cannot be set in a sweep file (a file must never run a model "
+                        "repository's code); pass --trust-remote-code to `glmscore sweep` if you trust every model it names.")
+    for key in sorted(set(defaults) - job_keys - backend_keys - COMMAND_LINE_ONLY):
         problems.append(f"{name}: defaults: {key!r} is not a model option{_suggest(key, job_keys | backend_keys)}.")
     default_job = _check_job({k: v for k, v in defaults.items() if k in job_keys}, f"{name}: defaults", problems)
     default_options = {k: v for k, v in defaults.items() if k in backend_keys and k not in job_keys}
@@ -308,7 +328,10 @@ def load_sweep(path: str | Path) -> Sweep:
             continue
         where = f"{name}: model {i} ({entry['model']})"
         allowed = {"model", "name"} | job_keys | backend_keys
-        for key in sorted(set(entry) - allowed):
+        for key in sorted(set(entry) & COMMAND_LINE_ONLY):
+            problems.append(f"{where}: {key} cannot be set in a sweep file (a file must never run a model repository's "
+                            "code); pass --trust-remote-code to `glmscore sweep` if you trust every model it names.")
+        for key in sorted(set(entry) - allowed - COMMAND_LINE_ONLY):
             problems.append(f"{where}: {key!r} is not a model option{_suggest(key, allowed)}; a model takes name, model, "
                             "score-job options (backend, gpus_per_actor, min_actors...) and backend options by field name.")
         job = _check_job({k: v for k, v in entry.items() if k in job_keys}, where, problems)
@@ -652,9 +675,10 @@ def execute_sweep(sweep: Sweep) -> tuple[list[Run], pd.DataFrame, list[str]]:
     return runs, table, report_problems
 
 
-def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
+def main_sweep(file: str, check: bool = False, dry_run: bool = False, trust_remote_code: bool = False) -> int:
     """``glmscore sweep FILE``: 0 when every run and the report succeeded, 4 when a run (or a part of
-    the report) failed, 2 when the file is invalid (nothing ran)."""
+    the report) failed, 2 when the file is invalid (nothing ran). ``trust_remote_code``: the person at the
+    command line allows every model's repository code (a sweep file cannot)."""
 
     try:
         sweep = load_sweep(file)
@@ -662,6 +686,7 @@ def main_sweep(file: str, check: bool = False, dry_run: bool = False) -> int:
         for problem in exc.problems:
             say(f"error: {problem}")
         return EXIT_INVALID
+    sweep = replace(sweep, trust_remote_code=True if trust_remote_code else None)
     if check or dry_run:
         return check_sweep(sweep, dry_run=dry_run)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pandas as pd
 import ray
 from ray import tune
 
+from glmscore.pipelines.caches import secret
 from glmscore.pipelines.console import say, trial_progress
 
 
@@ -47,8 +49,11 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
         at_once = (f"a new local Ray cluster on this machine's {os.cpu_count()} CPUs runs "
                    f"{min(n_trials, int(os.cpu_count() // max(resources.get('cpu', 1), 1e-9)) or 1)} at once"
                    if dry_run_on == "local" else f"the Ray cluster at {dry_run_on} decides how many run at once")
-        if stamp.is_file() and stamp.read_text() == grid:
+        if _resumable(stamp, grid, experiment):
             reuse = f"{experiment} holds an interrupted run of this grid: its finished trials would be reused"
+        elif _stamped_grid(stamp) == grid:
+            reuse = (f"{experiment} holds an interrupted run of this grid that this installation did not write (or that "
+                     "changed since): it is never restored (Tune's state is a pickle); every trial runs")
         elif experiment.exists():
             reuse = f"the trials in {experiment} (a finished run, or another grid's) are replaced: every trial runs"
         else:
@@ -56,7 +61,7 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
         return f"  trials: {n_trials} Ray Tune trials, {each} each; {at_once}\n  reuse: {reuse}"
     shared = {k: ({item: ray.put(v) for item, v in value.items()} if k in by_item else value) for k, value in shared.items()}
     runnable = tune.with_resources(tune.with_parameters(trainable, **shared), resources)
-    if stamp.is_file() and stamp.read_text() == grid and tune.Tuner.can_restore(str(experiment)):
+    if _resumable(stamp, grid, experiment) and tune.Tuner.can_restore(str(experiment)):
         say(f"resuming the interrupted trials in {experiment}: finished trials are reused")
         tuner = tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, restart_errored=True)
     else:
@@ -73,11 +78,12 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
                                       callbacks=[trial_progress(n_trials)]),
         )
         experiment.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(grid)
+        stamp.write_text(json.dumps({"grid": grid, "signature": None}))
     results = tuner.fit()
     # Tune caught a SIGINT: it stopped the running trials (marked terminated, with no final result) and
     # saved the experiment as it was before, so a restore runs them again
     if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
+        stamp.write_text(json.dumps({"grid": grid, "signature": _signature(grid, experiment)}))
         raise TrialsInterrupted()
     stamp.unlink(missing_ok=True)  # finished: only an interrupted experiment is ever restored
     errors = [r.error for r in results if r.error]
@@ -126,7 +132,39 @@ def digest(value, h) -> None:
         h.update(repr(value).encode())
 
 
-GRID_STAMP = "_glmscore_grid"  # the digest of the grid an experiment folder holds trials of
+GRID_STAMP = "_glmscore_grid"  # the digest of the grid an experiment folder holds trials of, and its signature
+
+
+# Tune restores an experiment by unpickling its files (tuner.pkl, trial state): an experiment folder that came
+# from somewhere else (a colleague's probe folder, a shared disk) would run its pickles here. Only state this
+# installation wrote is restored: after an interrupt the stamp gets an HMAC, under a key private to this user
+# (``caches.secret``), of the grid and every file of the experiment; anything else starts afresh. (A run ended
+# by SIGKILL never signed its state, so its rerun starts afresh too.)
+def _stamped_grid(stamp: Path) -> str | None:
+    try:
+        return json.loads(stamp.read_text()).get("grid")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _signature(grid: str, experiment: Path) -> str:
+    mac = hmac.new(secret("trials"), grid.encode(), hashlib.sha256)
+    for path in sorted(p for p in experiment.rglob("*") if p.name != GRID_STAMP):
+        if path.is_symlink():
+            mac.update(b"link:" + str(path.relative_to(experiment)).encode())
+        elif path.is_file():
+            mac.update(str(path.relative_to(experiment)).encode() + b"\0")
+            mac.update(hashlib.sha256(path.read_bytes()).digest())
+    return mac.hexdigest()
+
+
+def _resumable(stamp: Path, grid: str, experiment: Path) -> bool:
+    try:
+        record = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    signature = record.get("signature") if isinstance(record, dict) else None
+    return record.get("grid") == grid and isinstance(signature, str) and hmac.compare_digest(signature, _signature(grid, experiment))
 
 
 class TrialsInterrupted(KeyboardInterrupt):

@@ -3,6 +3,7 @@ user's own Dataset, and the wheel installed beside another project's top-level `
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -84,9 +85,14 @@ def test_a_fitted_baseline_in_the_processor(ray_cluster):
 def test_the_wheel_installs_as_one_namespace_beside_another_models_package(tmp_path):
     """``pip install glmscore`` puts one package, ``glmscore``, at the top of site-packages: a project with its own
     top-level ``models`` keeps it, and glmscore's rooms import as glmscore.models/pipelines/analysis."""
-    wheels = tmp_path / "wheels"
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # built from a copy: setuptools writes build/ beside the source
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("glmscore", "models", "pipelines", "analysis"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(src)], check=True, capture_output=True, timeout=600)
     wheel = next(wheels.glob("glmscore-*.whl"))
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"glmscore"}, tops

@@ -2,6 +2,8 @@
 the same grid reuses the finished trials; another grid starts afresh. On a real local Ray cluster."""
 
 import os
+import pickle
+import shutil
 import signal
 import threading
 import time
@@ -27,6 +29,16 @@ def _trial(config, marks: str):
                 raise TimeoutError("never released")
             time.sleep(0.05)
     return {"value": i * 10}
+
+
+class _Marker:
+    """Unpickling it leaves a file: what a hostile tuner.pkl could do instead."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def _wait_for(condition, what: str, timeout: float = 600):
@@ -58,6 +70,11 @@ def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_
         run_trials(_trial, grid, **common)
     sender.join(timeout=60)
     assert "holds an interrupted run of this grid: its finished trials would be reused" in dry_run()
+    # the same interrupted folder as somebody else could hand it over: its Tune state changed after glmscore
+    # signed it (a pickle that would run code when restored); it is never restored, every trial runs afresh
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "tune", tampered, symlinks=True)
+    (tampered / "probes" / "tuner.pkl").write_bytes(pickle.dumps(_Marker(str(marks / "unpickled"))))
     (marks / "release").touch()
     results = run_trials(_trial, grid, **common)
     assert "(a finished run, or another grid's) are replaced: every trial runs" in dry_run()
@@ -65,6 +82,13 @@ def test_an_interrupted_sweep_resumes_with_its_finished_trials(ray_cluster, tmp_
     runs = {i: (marks / f"ran-{i}").read_text().count("run") for i in range(4)}
     assert runs[0] == 1 and runs[1] == 1, runs  # finished trials were reused, not rerun
     assert runs[2] == 2 and runs[3] == 2, runs
+    foreign = {**common, "storage": tampered}
+    assert "that this installation did not write (or that changed since)" in run_trials(_trial, grid, **foreign, dry_run_on="local")
+    results = run_trials(_trial, grid, **foreign)
+    assert sorted(r.metrics["value"] for r in results) == [0, 10, 20, 30] and not (marks / "unpickled").exists()
+    assert (marks / "ran-0").read_text().count("run") == 2  # every trial ran again
+    for i in range(4):
+        (marks / f"ran-{i}").write_text("run\n" * runs[i])
     # a finished sweep is not restored: the same grid again runs again (only an interrupted one resumes),
     # and so does another grid, with no trial of the first one mixed in
     results = run_trials(_trial, {"trial": tune.grid_search([0, 1])}, **{**common, "n_trials": 2})

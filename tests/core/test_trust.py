@@ -1,0 +1,90 @@
+"""Code runs only when the person at the command line asked for it: a sweep file cannot turn remote code on,
+and a card never loads a folder of the working directory that happens to carry its hub id. Each case is the
+``glmscore`` command as a user runs it, with a model folder whose code, if ever imported, leaves a file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _glmscore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "glmscore", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _hostile_model(folder: Path, marker: Path) -> Path:
+    """A model folder whose config names code of its own (``auto_map``): importing that code touches ``marker``."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "hostile", "architectures": ["HostileForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_hostile.HostileConfig",
+                     "AutoModelForCausalLM": "modeling_hostile.HostileForCausalLM"}}))
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+    (folder / "configuration_hostile.py").write_text(code + "from transformers import PretrainedConfig\n"
+                                                     "class HostileConfig(PretrainedConfig):\n    model_type = 'hostile'\n")
+    (folder / "modeling_hostile.py").write_text(code)
+    return folder
+
+
+def test_a_sweep_file_cannot_turn_on_remote_code(tmp_path, small_nullsette):
+    marker = tmp_path / "code-ran"
+    model = _hostile_model(tmp_path / "downloaded" / "model", marker)
+    sweep = tmp_path / "colleague.yaml"
+    sweep.write_text(f"out: {tmp_path / 'out'}\nmodels:\n  - model: {model}\n    trust_remote_code: true\n"
+                     f"benchmarks:\n  - {{name: nullsette, data: {small_nullsette}}}\n")
+    for flags in (["--check"], ["--dry-run"], []):
+        ran = _glmscore("sweep", str(sweep), *flags, cwd=tmp_path)
+        assert ran.returncode == 2, ran.stderr
+        assert "trust_remote_code cannot be set in a sweep file" in ran.stderr and "Traceback" not in ran.stderr
+        assert not marker.exists(), "the model folder's code ran"
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(f"out: {tmp_path / 'out'}\ndefaults: {{trust_remote_code: true}}\nmodels: [kmer:3]\n"
+                        f"benchmarks:\n  - {{name: nullsette, data: {small_nullsette}}}\n")
+    ran = _glmscore("sweep", str(defaults), "--check", cwd=tmp_path)
+    assert ran.returncode == 2 and "defaults: trust_remote_code cannot be set in a sweep file" in ran.stderr
+
+
+def test_a_card_never_loads_a_working_directory_folder_of_its_hub_id(tmp_path, small_nullsette):
+    """``--model hyenadna-small-32k`` (a card that allows remote code) from a directory holding
+    ``LongSafari/hyenadna-small-32k-seqlen-hf/``: transformers would load that folder, with the card's permission."""
+    marker = tmp_path / "code-ran"
+    _hostile_model(tmp_path / "LongSafari" / "hyenadna-small-32k-seqlen-hf", marker)
+    for model in ("hyenadna-small-32k", "LongSafari/hyenadna-small-32k-seqlen-hf"):
+        ran = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", model,
+                        "--out", str(tmp_path / "out"), "--dry-run", cwd=tmp_path)
+        assert ran.returncode == 2, ran.stderr
+        assert "means the hub repository LongSafari/hyenadna-small-32k-seqlen-hf, but the working directory holds" in ran.stderr
+        assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_credentials_in_a_uri_are_refused_and_never_echoed(tmp_path, small_nullsette):
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+    for args in (["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
+                  "--out", f"s3://AKIAEXAMPLE:{secret}@bucket/runs/k3"],
+                 ["analyze", "nullsette", "--scores", f"s3://AKIAEXAMPLE:{secret}@bucket/runs/k3", "--out", "report"]):
+        ran = _glmscore(*args, cwd=tmp_path)
+        assert ran.returncode == 2, ran.stderr
+        assert "carries credentials in the URI" in ran.stderr and "s3://***@bucket" in ran.stderr
+        assert secret not in ran.stderr + ran.stdout and "AKIAEXAMPLE" not in ran.stderr and "Traceback" not in ran.stderr
+    assert not list(tmp_path.iterdir())  # nothing written, no local folder named "s3:"
+
+
+def test_a_name_from_the_data_never_becomes_a_path_outside_out(tmp_path):
+    """NABench's RNA_TYPE names the shards' group folder: ``../../../../outside/pwned`` is refused in one sentence
+    before anything is written (it wrote a shard outside --out, and listed it in the manifest)."""
+    data = tmp_path / "assays"
+    data.mkdir()
+    rows = ["DMS_ID,RNA_TYPE,RAW_CONSTRUCT_SEQ", "tiny,../../../../outside/pwned,ACGTACGTAC"]
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    (data / "tiny.csv").write_text("mutant,DMS_score,sequence\nA1C,0.5,CCGTACGTAC\nC2A,0.1,AAGTACGTAC\n"
+                                   "G3T,0.9,ACTTACGTAC\nT4G,0.3,ACGGACGTAC\n")
+    for dry in (["--dry-run"], []):
+        ran = _glmscore("embed", "--benchmark", "nabench", "--data", str(data), "--model", "onehot", "--out",
+                        str(tmp_path / "deep" / "er" / "out"), *dry, cwd=tmp_path)
+        assert ran.returncode == 2, ran.stderr
+        assert "the group name '../../../../outside/pwned' (from the input) cannot name a folder" in ran.stderr
+        assert "Traceback" not in ran.stderr
+    assert not (tmp_path / "outside").exists() and not list(tmp_path.rglob("*.parquet"))
