@@ -238,7 +238,7 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
     startup = laps.seconds()
     revisions = _run_pending(plan, pending, fitted, out, laps) if pending else set()
     laps.lap("run")
-    return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), config=config,
+    return out.finish(units, plan.fingerprint, revisions=revisions, computed=len(pending), written=pending, config=config,
                       card=plan.card.to_dict(), started=started,
                       provenance={**provenance, "startup_s": startup, "timings_s": laps.seconds()},
                       warnings=plan.benchmark.warnings)

@@ -15,6 +15,7 @@ from glmscore.analysis.probes import fewshot_splits, fit_eval, supervised_folds
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines import shards
 from glmscore.pipelines.benchmarks.nabench.source import discover, family_of, positions, read_assay, read_metadata
+from glmscore.pipelines.shards import readers
 from tests.conftest import shared_data
 
 RNG = np.random.default_rng(0)
@@ -160,7 +161,7 @@ def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_ll
                                   shards.read_scores(tmp_path / "k3", columns=columns))
     read = []
     real_read_shard = shards.read_shard
-    monkeypatch.setattr(shards, "read_shard", lambda path: read.append(str(path)) or real_read_shard(path))
+    monkeypatch.setattr(readers, "read_shard", lambda path: read.append(str(path)) or real_read_shard(path))
     assert [d for d, _ in shards.read_datasets(tmp_path / "k3", columns, datasets=["Pitt_2010_ribozyme"])] == ["Pitt_2010_ribozyme"]
     assert read and all("dataset=Pitt_2010_ribozyme" in p for p in read)
     # embeddings: one-hot and a tiny model's cls+mean, then a Tune sweep
