@@ -88,3 +88,26 @@ def test_a_name_from_the_data_never_becomes_a_path_outside_out(tmp_path):
         assert "the group name '../../../../outside/pwned' (from the input) cannot name a folder" in ran.stderr
         assert "Traceback" not in ran.stderr
     assert not (tmp_path / "outside").exists() and not list(tmp_path.rglob("*.parquet"))
+
+
+def test_links_in_an_output_folder_are_never_followed(tmp_path, small_nullsette):
+    """A lock file, a dataset folder or a shard that is a symbolic link (a shared folder someone prepared) would
+    make glmscore write, or --overwrite delete, outside --out: refused in one sentence, the targets untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / "precious.txt"
+    precious.write_text("keep me")
+    (outside / "part-00000.parquet").write_bytes(b"someone else's file")
+    cases = {".glmscore.lock": precious, "dataset=synthetic_ecoli": outside, "dataset=x": outside}
+    for i, (name, target) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        out.mkdir()
+        (out / name).symlink_to(target)
+        flags = ["--overwrite"] if name == "dataset=x" else []
+        ran = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
+                        "--out", str(out), "--limit", "2", *flags, cwd=tmp_path)
+        assert ran.returncode == 2, ran.stderr
+        assert f"holds a symbolic link ({name} -> {target})" in ran.stderr or "is a symbolic link" in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr
+    assert precious.read_text() == "keep me" and (outside / "part-00000.parquet").read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in outside.iterdir()) == ["part-00000.parquet", "precious.txt"]
