@@ -159,6 +159,16 @@ class Backend(ABC):
             raise GlmscoreError(f"backend {cls.name} does not run {card.objective} models such as {card.id}.")
 
     @classmethod
+    def check_task(cls, task: str, reduction: str = "mean") -> None:
+        """Whether this backend gives what ``task`` (score | embed) with ``reduction`` asks: one sentence if not."""
+        if task == "embed" and not cls.embeds:
+            raise GlmscoreError(f"backend {cls.name} gives no embeddings; use a transformers backend or onehot.")
+        if task == "score" and not cls.scores:
+            raise GlmscoreError(f"backend {cls.name} gives no scores (use it with `glmscore embed`).")
+        if task == "score" and reduction == "focus" and not cls.scores_focus:
+            raise GlmscoreError(f"backend {cls.name} cannot score one position (--reduction focus is for masked LMs).")
+
+    @classmethod
     def preflight(cls, card: ModelCard, options: Options, task: str, layer: int = -1) -> None:
         """Check on the driver, before Ray starts, what an actor would otherwise find out late: that the
         tokenizer loads, the weights exist, ``layer`` exists. Raises a user error."""

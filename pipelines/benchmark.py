@@ -65,6 +65,34 @@ class Command(NamedTuple):
     alias: tuple[str, ...] = ()
 
 
+# Beside the interface, not in it: a benchmark package's commands (``glmscore <benchmark> <name>``) and its demo
+# register here from its own ``commands.py`` (which imports the package's learners; its source never does)
+COMMANDS: dict[str, dict[str, Command]] = {}
+DEMOS: dict[str, Callable[[Path, int], None]] = {}
+
+
+def register_command(benchmark: str, name: str, command: Command) -> None:
+    """``glmscore <benchmark> <name>`` runs ``command``."""
+    COMMANDS.setdefault(benchmark, {})[name] = command
+
+
+def register_demo(benchmark: str, run: Callable[[Path, int], None]) -> None:
+    """``glmscore demo --benchmark <benchmark>`` calls ``run(out, cassettes)``: its whole chain on embedded data."""
+    DEMOS[benchmark] = run
+
+
+def commands_of(benchmark: str) -> dict[str, Command]:
+    BENCHMARKS.get(benchmark)  # imports the benchmark packages, whose commands register as they load
+    return dict(COMMANDS.get(benchmark, {}))
+
+
+def demo_of(benchmark: str) -> Callable[[Path, int], None]:
+    BENCHMARKS.get(benchmark)
+    if benchmark not in DEMOS:
+        raise GlmscoreError(f"benchmark {benchmark} has no demo.")
+    return DEMOS[benchmark]
+
+
 def result_text(result: dict) -> str:
     """What a learner command prints: its summary table and where its report is (or its dry run)."""
     if "dry_run" in result:
@@ -119,6 +147,21 @@ class Benchmark(ABC):
         the i-th sequence over the blocks is the row with pair_index i. Labels are never part of it."""
         raise GlmscoreError(f"benchmark {self.name} has no reference sequences to fit a baseline on.")
 
+    def check_backend(self, backend, card, task: str, reduction: str) -> None:
+        """Whether ``backend`` (a ``Backend`` class, loading ``card``) can run on this benchmark's rows for ``task`` with
+        ``reduction``: one sentence if not. The default covers what the interface declares (reference
+        sequences for a fitted baseline, regions for tracks models, a focus position for ``--reduction focus``)."""
+        if backend.fits_on_reference and not backend.reference_file(card) \
+                and type(self).reference_sequences is Benchmark.reference_sequences:
+            raise GlmscoreError(f"backend {backend.name} fits on a benchmark's reference sequences, and benchmark "
+                                f"{self.name} has none; use a model that needs no fitting.")
+        if self.has_regions and not backend.scores_regions:
+            raise GlmscoreError(f"benchmark {self.name} is set to score a region of each sequence (--score-subsequence, "
+                                f"--track-region centre), which only sequence-to-function models read; backend {backend.name} "
+                                "scores whole sequences.")
+        if task == "score" and reduction == "focus" and not self.focus_column:
+            raise GlmscoreError(f"--reduction focus needs a benchmark with a focus position; {self.name} has none.")
+
     def resolve_pooling(self, pooling: str) -> str:
         """``--pooling`` in the benchmark's own terms (a TSS-relative window, say) -> the generic form
         of ``models/pooling.py``; the default leaves it unchanged."""
@@ -131,18 +174,8 @@ class Benchmark(ABC):
         raise GlmscoreError(f"benchmark {cls.name} has no analysis.")
 
     @classmethod
-    def commands(cls) -> dict[str, Command]:
-        """Extra sub-commands, ``glmscore <name> <command>`` (data tools, probes, fine-tuning, baselines)."""
-        return {}
-
-    @classmethod
     def combined_tables(cls, parts: list[dict], order: list[str], out: Path, bid: str) -> list[tuple[str, Any, list[Path]]]:
         """This benchmark's sections of a sweep's combined report, from its ``analyze`` results (``parts``,
         see ``analysis/combined.py``): (title, table, files) each, models in ``order``. The default sets the
         analysis tables side by side."""
         return generic_tables(parts, order, out, bid)
-
-    @classmethod
-    def demo(cls, out: Path, cassettes: int) -> None:
-        """``glmscore demo --benchmark <name>``: this benchmark's whole chain on embedded synthetic data."""
-        raise GlmscoreError(f"benchmark {cls.name} has no demo.")

@@ -24,7 +24,7 @@ from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import base_type, choices_of, flag_of, option_fields
 from glmscore.pipelines import store
 from glmscore.pipelines.api import analyze
-from glmscore.pipelines.benchmark import BENCHMARKS, Command
+from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
 from glmscore.pipelines.console import Terminated, handle_sigterm, say
 from glmscore.pipelines.demo import DemoOptions, run_demo
 from glmscore.pipelines.score import ScoreConfig, run_score
@@ -118,7 +118,7 @@ def benchmark_commands() -> dict[tuple[str, ...], list[tuple[str, Command]]]:
     with its full name (``glmscore nabench probe``)."""
     table: dict[tuple[str, ...], list[tuple[str, Command]]] = {}
     for cls in BENCHMARKS.classes():
-        for name, command in cls.commands().items():
+        for name, command in commands_of(cls.name).items():
             command = command if isinstance(command, Command) else Command(*command)
             entry = (f"glmscore {cls.name} {name}", command)
             table.setdefault((cls.name, name), []).append(entry)

@@ -1,6 +1,6 @@
 """``glmscore demo``: a benchmark's whole chain on embedded synthetic data, no download and no GPU.
 
-Each benchmark package brings its own demo (``Benchmark.demo``): Nullsette's (the default) builds a
+Each benchmark package brings its own demo (``register_demo`` in its ``commands.py``): Nullsette's (the default) builds a
 synthetic cassette benchmark and scores it with two k-mer baselines; the causal-variant one trains probes
 and the one-hot CNN on a synthetic labelled set.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmscore.models.options import Options, option
-from glmscore.pipelines.benchmark import BENCHMARKS
+from glmscore.pipelines.benchmark import BENCHMARKS, demo_of
 
 DEMO_CASSETTES = 300  # ~1 minute on 2 cores, enough pairs for the permutation tests to separate
 
@@ -25,5 +25,5 @@ class DemoOptions(Options):
 
 
 def run_demo(options: DemoOptions = DemoOptions()) -> None:
-    """The chosen benchmark's demo (``Benchmark.demo``), into ``options.out``."""
-    BENCHMARKS.get(options.benchmark).demo(Path(options.out), options.cassettes)
+    """The chosen benchmark's demo (``demo_of``), into ``options.out``."""
+    demo_of(options.benchmark)(Path(options.out), options.cassettes)

@@ -149,25 +149,10 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
         # options only the card's fallback backend has (``--protocol paper`` on a vLLM card) pick it
         card = card.with_(backend=card.fallback_backend)
         backend = BACKENDS.get(card.backend)
-    if backend.fits_on_reference and not backend.reference_file(card) \
-            and type(benchmark).reference_sequences is Benchmark.reference_sequences:  # the base class only refuses
-        raise GlmscoreError(f"backend {backend.name} fits on a benchmark's reference sequences, and benchmark "
-                            f"{benchmark.name} has none; use a model that needs no fitting.")
+    benchmark.check_backend(backend, card, cfg.task, cfg.reduction)
     rc, options = check_strands(backend, cfg.rc, cfg.options)
     cfg = replace(cfg, rc=rc, options=options)
-    if benchmark.has_regions and not backend.scores_regions:
-        raise GlmscoreError(f"benchmark {benchmark.name} is set to score a region of each sequence (--score-subsequence, "
-                            f"--track-region centre), which only sequence-to-function models read; backend {backend.name} "
-                            "scores whole sequences.")
-    if cfg.task == "embed" and not backend.embeds:
-        raise GlmscoreError(f"backend {backend.name} gives no embeddings; use a transformers backend or onehot.")
-    if cfg.task == "score" and not backend.scores:
-        raise GlmscoreError(f"backend {backend.name} gives no scores (use it with `glmscore embed`).")
-    if cfg.task == "score" and cfg.reduction == "focus":
-        if not benchmark.focus_column:
-            raise GlmscoreError(f"--reduction focus needs a benchmark with a focus position; {benchmark.name} has none.")
-        if not backend.scores_focus:
-            raise GlmscoreError(f"backend {backend.name} cannot score one position (--reduction focus is for masked LMs).")
+    backend.check_task(cfg.task, cfg.reduction)
     options = backend.Options.from_values(cfg.options, owner=f"backend {backend.name}")
     backend.preflight(card, options, cfg.task, cfg.layer)
     pooling = benchmark.resolve_pooling(cfg.pooling) if cfg.task == "embed" else cfg.pooling

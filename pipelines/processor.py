@@ -142,10 +142,7 @@ def processor(model: str, *, task: str = "score", reduction: str = "mean", rc: s
         raise GlmscoreError(f"rc {rc!r}: choose one of {', '.join(RC_MODES)}.")
     card = resolve_card(model, backend=backend, trust_remote_code=trust_remote_code)
     backend_cls = BACKENDS.get(card.backend)
-    if task == "embed" and not backend_cls.embeds:
-        raise GlmscoreError(f"backend {backend_cls.name} gives no embeddings; use a transformers backend or onehot.")
-    if task == "score" and not backend_cls.scores:
-        raise GlmscoreError(f"backend {backend_cls.name} gives no scores (use task='embed').")
+    backend_cls.check_task(task, reduction)
     rc, options = check_strands(backend_cls, rc, options)
     opts = backend_cls.Options.from_values(options, owner=f"backend {backend_cls.name}")
     backend_cls.preflight(card, opts, task, layer)

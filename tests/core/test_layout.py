@@ -136,6 +136,24 @@ def test_modules_stay_small_and_one_topic_each():
             assert len(topics) <= 1, f"{path.relative_to(ROOT)} ({n} lines) mixes {topics}: one module each"
 
 
+def test_each_benchmark_is_one_registered_class_with_its_commands_beside_it():
+    """A benchmark's interface is its data and its analysis: one class, registered where it is defined, inheriting
+    from ``Benchmark`` alone (no second class that exists to break an import circle); its commands and demo
+    register beside it (``commands.py``), so the source never imports its learners."""
+    for package in sorted(p for p in (ROOT / "pipelines" / "benchmarks").iterdir() if (p / "__init__.py").is_file()):
+        classes = []
+        for path in sorted(package.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and any("Benchmark" in ast.unparse(b) for b in node.bases):
+                    classes.append((path.name, node))
+        assert len(classes) == 1, f"{package.name}: {[(f, c.name) for f, c in classes]}"
+        file, cls = classes[0]
+        assert [ast.unparse(b) for b in cls.bases] == ["Benchmark"], f"{package.name}.{cls.name} inherits {cls.bases}"
+        assert any("register_benchmark" in ast.unparse(d) for d in cls.decorator_list), f"{package.name}.{cls.name} is not registered"
+        source_imports = import_graph()[f"glmscore.pipelines.benchmarks.{package.name}.{file[:-3]}"]
+        assert not [t for t in source_imports if t.endswith(".commands")], f"{package.name}/{file} imports its commands"
+
+
 def test_no_global_statement_in_library_code():
     """State lives in objects a caller can see (``ray_session.SESSION``, ``supervise.CHANNEL``, ``console.CONSOLE``),
     never in module variables rebound with ``global``."""
@@ -223,7 +241,7 @@ import numpy as np
 import pandas as pd
 
 from glmscore.models.options import Options, option
-from glmscore.pipelines.benchmark import Benchmark, Command, Rows, Unit, locator, register_benchmark
+from glmscore.pipelines.benchmark import Benchmark, Command, Rows, Unit, locator, register_benchmark, register_command
 from glmscore.pipelines.shards import read_scores
 
 
@@ -263,13 +281,12 @@ class ToyLines(Benchmark):
         return {"report": str(Path(out) / "report.md"), "table": table}
 
     @classmethod
-    def commands(cls):
-        return {"count": Command(CountOptions, count, "count the toy lines")}
-
-    @classmethod
     def combined_tables(cls, parts, order, out, bid):
         table = pd.concat([p["result"]["table"] for p in parts]).assign(toy_rank=lambda t: t["score"].rank())
         return [(f"{bid}: toy mean scores, ranked", table, [])]
+
+
+register_command("toy_pkg", "count", Command(CountOptions, count, "count the toy lines"))
 '''
 
 

@@ -28,7 +28,7 @@ from glmscore.analysis.report import plot_best_worst, plot_family_bars, write_ta
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, seed_option
 from glmscore.pipelines import gunzip
-from glmscore.pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator, register_benchmark
 from glmscore.pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan, scan_files
 from glmscore.pipelines.console import say
 from glmscore.pipelines.shards import read_datasets, read_manifest
@@ -70,7 +70,7 @@ def read_metadata(data: Path) -> dict[str, str]:
 
 def read_assay(path: Path, start: int = 0, n: int | None = None) -> pd.DataFrame:
     """Rows ``start .. start+n`` of one assay, validated (the whole file is scanned: for a job's units,
-    ``NABenchSource.read`` reads only the unit's bytes)."""
+    ``NABench.read`` reads only the unit's bytes)."""
     found = scan(Path(path), chunk_rows=1 << 62, limit=None if n is None else start + n)
     if not found.spans:
         return parse(io.BytesIO(b""), Path(path), header=found.header)
@@ -194,7 +194,8 @@ def nabench_tables(parts: list[dict], order: list[str], out: Path, bid: str) -> 
             (f"{bid}: NABench zero-shot Spearman, models x assays", grid.reset_index(), [csv, png])]
 
 
-class NABenchSource(Benchmark):
+@register_benchmark("nabench")
+class NABench(Benchmark):
     """Rows are an assay's variants in file order (``pair_index`` = row number); group = family."""
     data_help = "NABench: metadata.csv + <DMS_ID>.csv (mutant, DMS_score, sequence)"
     extra_columns = {"label": pa.float64(), "mutant": pa.string(), "is_wildtype": pa.bool_()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glmscore.pipelines.benchmarks.nullsette.source import NullsetteSource, build
+from glmscore.pipelines.benchmarks.nullsette.source import Nullsette, build
 from glmscore.pipelines.score import ScoreConfig, run_score
 
 DEMO_MODELS = ("kmer:3", "kmer:6")
@@ -78,7 +78,7 @@ def run_demo(out: Path, cassettes: int) -> None:
                                          overwrite=True))
         print(f"[2/3] {model}: {manifest['rows_total']} rows scored into {target}")
         score_dirs.append(str(target))
-    result = NullsetteSource.analyze(score_dirs, str(out / "report"), NullsetteSource.AnalyzeOptions())
+    result = Nullsette.analyze(score_dirs, str(out / "report"), Nullsette.AnalyzeOptions())
     print("[3/3] success rates:")
     print(result["table"].to_string(index=False))
     print(f"report: {result['report']}")

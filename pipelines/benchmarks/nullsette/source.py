@@ -30,7 +30,7 @@ from glmscore.analysis.report import write_nullsette_report
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, out_option, seed_option
 from glmscore.pipelines import gunzip, store
-from glmscore.pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchmark, Rows, Unit, locator, register_benchmark
 from glmscore.pipelines.console import warn
 from glmscore.pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
 from glmscore.pipelines.shards import read_datasets, read_manifest
@@ -337,7 +337,8 @@ class NullsetteOptions(Options):
                    "that is one sequence in every cassette of a dataset (cds, start_codon...), from the build record")
 
 
-class NullsetteSource(Benchmark):
+@register_benchmark("nullsette")
+class Nullsette(Benchmark):
     """Rows are FASTA records; record i of every file of a dataset is cassette i (``pair_index``)."""
     data_help = "Nullsette: the released layout <dataset>/{nonmutant,mutant_translocation<k>}.txt"
     scores_help = ("glmscore score folders, or the published scripts' outputs <out>[/<model>]/<dataset>/"

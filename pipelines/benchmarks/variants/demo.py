@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from glmscore.pipelines.benchmarks.variants.learning import CNNOptions, VariantProbeConfig, run_cnn, run_variant_probes
-from glmscore.pipelines.benchmarks.variants.source import BuildOptions, VariantsSource, build_windows
+from glmscore.pipelines.benchmarks.variants.source import BuildOptions, Variants, build_windows
 from glmscore.pipelines.benchmarks.variants.synthetic import make_synthetic
 from glmscore.pipelines.score import ScoreConfig, run_score
 
@@ -27,7 +27,7 @@ def run_variants_demo(out: Path) -> None:
     run_cnn(CNNOptions(data=str(out / "windows_variant"), out=str(out / "cnn"), filters=[16, 32, 32, 48], hidden=[32, 16],
                        lr=3e-3, patience=10))
     print(f"[3/4] probes and CNN trained on chromosome folds: {out / 'probes'}, {out / 'cnn'}")
-    result = VariantsSource.analyze([], str(out / "report"), VariantsSource.AnalyzeOptions(probes=[str(out / "probes")],
+    result = Variants.analyze([], str(out / "report"), Variants.AnalyzeOptions(probes=[str(out / "probes")],
                                                                                cnn=[str(out / "cnn")]))
     print("[4/4] test AUROC (chr9, chr10):")
     print(result["table"].to_string(index=False))

@@ -38,7 +38,7 @@ from glmscore.models.cnn import CNNTrainConfig, predict_cnn, train_cnn
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, address_option, comma_list, option, out_option, seed_option, test_chroms_option
 from glmscore.pipelines.benchmarks.variants.report import PREDICTIONS
-from glmscore.pipelines.benchmarks.variants.source import VariantsSource, read_build
+from glmscore.pipelines.benchmarks.variants.source import Variants, read_build
 from glmscore.pipelines.ray_session import ray_address, start_ray
 from glmscore.pipelines.shards import datasets_of, read_table
 from glmscore.pipelines.trials import run_trials
@@ -241,7 +241,7 @@ class CNNOptions(Options):
 
 def window_codes(data: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(sites, ref codes, alt codes): every site's windows as base codes (A,C,G,T,N = 0..4, int8)."""
-    bench = VariantsSource(data)
+    bench = Variants(data)
     units = bench.units(chunk_rows=1 << 30, limit=None, datasets=None)
     sites, arrays = None, {}
     for unit in units:

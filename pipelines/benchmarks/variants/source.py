@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from glmscore.models.alphabet import reverse_complement
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, out_option, seed_option, test_chroms_option
-from glmscore.pipelines.benchmark import REGION_COLUMNS, Benchmark, Rows, Unit, locator
+from glmscore.pipelines.benchmark import REGION_COLUMNS, Benchmark, Rows, Unit, locator, register_benchmark
 from glmscore.pipelines.benchmarks.variants.genome import (
     Genome,
     open_genome,
@@ -278,7 +278,8 @@ SITE_COLUMNS = {"variant_id": pa.string(), "chrom": pa.string(), "pos": pa.int64
                 "variant_offset": pa.int32(), "tissue": pa.list_(pa.string()), "label": pa.list_(pa.int8())}
 
 
-class VariantsSource(Benchmark):
+@register_benchmark("variants")
+class Variants(Benchmark):
     """Rows are windows read from the genome on demand; ``pair_index`` = site index (ref and alt)."""
     data_help = "variants: a windows folder written by `glmscore variants build`"
     Options = VariantsOptions

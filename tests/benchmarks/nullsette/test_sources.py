@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from glmscore.models.errors import GlmscoreError
-from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
 from glmscore.pipelines.benchmarks.nullsette.demo import write_spec
-from glmscore.pipelines.benchmarks.nullsette.source import build, discover
+from glmscore.pipelines.benchmarks.nullsette.source import Nullsette, build, discover
 from glmscore.pipelines.fasta import read_all
 from tests.conftest import ROOT, shared_data
 
