@@ -25,7 +25,7 @@ from glmscore.models.options import base_type, choices_of, flag_of, option_field
 from glmscore.pipelines import store
 from glmscore.pipelines.api import analyze
 from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
-from glmscore.pipelines.console import Terminated, handle_sigterm, say
+from glmscore.pipelines.console import Terminated, handle_sigterm, say, show
 from glmscore.pipelines.demo import DemoOptions, run_demo
 from glmscore.pipelines.score import ScoreConfig, run_score
 from glmscore.pipelines.shards import describe
@@ -299,37 +299,37 @@ def _dispatch(args) -> int:
 
     if args.command == "models":
         if args.table:
-            print(zoo_table())
+            show(zoo_table())
             return 0
         for card in registry().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
-            print(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
+            show(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
                   f"protocols: {', '.join(card.protocols)}"
                   + (f"; own environment: {' '.join(card.environment)}" if card.environment else "") + ")")
-            print(f"{'':28s} verified: {about(card.id)['verified'] or 'none'}")
-        print("\nbackends:")
+            show(f"{'':28s} verified: {about(card.id)['verified'] or 'none'}")
+        show("\nbackends:")
         for cls in BACKENDS.classes():
             can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),
                                    ("fits on reference", cls.fits_on_reference)) if ok]
-            print(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
+            show(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
         return 0
     if args.command == "runs":
         table = pd.DataFrame([describe(store.absolute(f) if not store.is_uri(f) else f) for f in args.folders], dtype=object)
         with pd.option_context("display.max_colwidth", 80, "display.width", 250):
-            print(table.astype(object).where(table.notna(), "").to_string(index=False))
+            show(table.astype(object).where(table.notna(), "").to_string(index=False))
         return 0
     if args.command in ("score", "embed"):
         manifest = run_score(score_config_from_args(args))
         if "dry_run" in manifest:
-            print(manifest["dry_run"])
+            show(manifest["dry_run"])
             return 0
-        print(f"{'scored' if args.command == 'score' else 'embedded'} {manifest['rows_total']} rows into {args.out} "
+        show(f"{'scored' if args.command == 'score' else 'embedded'} {manifest['rows_total']} rows into {args.out} "
               f"({manifest['shards_computed']} shards computed, {manifest['shards_reused']} reused)")
         return 0
     if args.command == "analyze":
         result = analyze(args.benchmark, args.scores, args.out, **given(args, args.fields))
-        print(result.table.to_string(index=False))
-        print(f"report: {result.report}")
+        show(result.table.to_string(index=False))
+        show(f"report: {result.report}")
         return 0
     if args.command == "sweep":
         return main_sweep(args.file, check=args.check, dry_run=args.dry_run, trust_remote_code=args.trust_remote_code)
@@ -337,7 +337,7 @@ def _dispatch(args) -> int:
         run_demo(DemoOptions(**given(args, args.fields)))
         return 0
     command, options = _pick(args.commands, given(args, args.fields))  # a benchmark's command or its alias
-    print(command.run(options))
+    show(command.run(options))
     return 0
 
 

@@ -42,6 +42,15 @@ def say(text: str) -> None:
     CONSOLE.write(f"glmscore: {text}\n")
 
 
+def show(text) -> None:
+    """A command's result (a table, where its report is): stdout, or where ``redirect`` sends glmscore's lines."""
+    if CONSOLE.silent:
+        return
+    stream = CONSOLE.stream or sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
 def warn(text: str) -> None:
     """Suspicious but usable input, or a choice the user should know of (``glmscore: warning: text``)."""
     CONSOLE.write(f"glmscore: warning: {text}\n")

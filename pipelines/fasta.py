@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.textfiles import BOM
 
 _SEQ_OK = re.compile(rb"^[A-Za-z*\-.]+$")
-BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, address_option, coerce_values, flag_of, option, option_fields
 from glmscore.pipelines import store
 from glmscore.pipelines.benchmark import BENCHMARKS
-from glmscore.pipelines.console import say
+from glmscore.pipelines.console import say, show
 from glmscore.pipelines.pools import check_fits, size_pool
 from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, ray_address, start_ray
 from glmscore.pipelines.score import Plan, ScoreConfig, resolve_job, run_score
@@ -634,16 +634,16 @@ def check_sweep(sweep: Sweep, dry_run: bool = False) -> int:
             failed += 1
             say(f"error: {run.label}: {exc}")
             continue
-        print(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
+        show(f"{run.label}: {run.model.spec} on {run.bench.data} -> {run.cfg.out}")
         if dry is not None:
-            print("  " + dry["dry_run"].replace("\n", "\n  "))
+            show("  " + dry["dry_run"].replace("\n", "\n  "))
             pending, units = pending + dry["pending"], units + dry["units"]
         elif dry_run:
-            print("  (object-store data: its units are counted when each node stages it)")
+            show("  (object-store data: its units are counted when each node stages it)")
     if failed:
         say(f"error: {failed} of {len(sweep.runs())} run(s) in {sweep.path.name} would fail; nothing was started.")
         return EXIT_INVALID
-    print(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s)."
+    show(f"{sweep.path.name} is valid: {len(sweep.models)} model(s) x {len(sweep.benchmarks)} benchmark(s)."
           + (f" The sweep would compute {pending} of {units} units; nothing was started or written." if dry_run else ""))
     return 0
 
@@ -693,10 +693,10 @@ def main_sweep(file: str, check: bool = False, dry_run: bool = False, trust_remo
     runs, table, report_problems = execute_sweep(sweep)
     with pd.option_context("display.max_colwidth", 120, "display.width", 200):
         shown = table.drop(columns=["out"])
-        print(shown.astype(object).where(shown.notna(), "").to_string(index=False))
+        show(shown.astype(object).where(shown.notna(), "").to_string(index=False))
     for problem in report_problems:
         say(f"error: {problem}")
-    print(f"summary: {store.join(sweep.out, 'sweep_summary.md')}\nreport: {store.join(sweep.out, 'report', 'report.md')}")
+    show(f"summary: {store.join(sweep.out, 'sweep_summary.md')}\nreport: {store.join(sweep.out, 'report', 'report.md')}")
     bug = next((r.bug for r in runs if r.bug is not None), None)
     if bug is not None:
         raise bug

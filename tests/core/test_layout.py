@@ -154,6 +154,17 @@ def test_each_benchmark_is_one_registered_class_with_its_commands_beside_it():
         assert not [t for t in source_imports if t.endswith(".commands")], f"{package.name}/{file} imports its commands"
 
 
+def test_what_a_person_sees_goes_through_the_console():
+    """One module owns what glmscore prints (``pipelines/console.py``: ``say``, ``warn``, ``show``, the progress
+    line), so a library caller can redirect or silence all of it (``glmscore.console.redirect``)."""
+    for path in library_files():
+        if path == ROOT / "pipelines" / "console.py":
+            continue
+        calls = [n.lineno for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert not calls, f"{path.relative_to(ROOT)}:{calls[0]} prints; use glmscore.pipelines.console"
+
+
 def test_no_global_statement_in_library_code():
     """State lives in objects a caller can see (``ray_session.SESSION``, ``supervise.CHANNEL``, ``console.CONSOLE``),
     never in module variables rebound with ``global``."""

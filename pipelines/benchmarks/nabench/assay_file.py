@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.textfiles import without_bom
 
 COLUMNS = ["mutant", "DMS_score", "sequence"]
 NA_SCORES = ("", "NA", "NaN", "nan")
-BOM = b"\xef\xbb\xbf"
 _LETTERS = re.compile(rb"[A-Za-z]+")
 _NOT_LETTER = re.compile(rb"[^A-Za-z]")
 
@@ -96,8 +96,7 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
     with fh:
         head = fh.readline()
         pos = len(head)
-        if head.startswith(BOM):
-            head = head[len(BOM):]
+        head = without_bom(head)
         try:
             header = [h.strip() for h in head.decode("utf-8").rstrip("\r\n").split(",")]
         except UnicodeDecodeError:
@@ -183,7 +182,7 @@ def read_span(path: Path, offset: int, length: int, crc: int | None = None) -> p
         head = fh.readline()
         fh.seek(offset)
         data = fh.read(length)
-    head = head[len(BOM):] if head.startswith(BOM) else head
+    head = without_bom(head)
     if crc is not None and (len(data) != length or zlib.crc32(data, zlib.crc32(head)) != crc):
         raise GlmscoreError(f"{path} changed while the job ran; rerun to rescan it.")
     header = [h.strip() for h in head.decode("utf-8", "replace").rstrip("\r\n").split(",")]

@@ -61,6 +61,7 @@ from glmscore.models.options import Options, address_option, comma_list, option,
 from glmscore.models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
 from glmscore.models.tokenization import TokenPolicy, load_tokenizer
 from glmscore.pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
+from glmscore.pipelines.console import say, warn
 from glmscore.pipelines.ray_session import ray_address, start_ray
 from glmscore.pipelines.trials import run_trials
 
@@ -439,10 +440,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     fits_dir = out / FITS
     fits_dir.mkdir(parents=True, exist_ok=True)
     for w in warnings:
-        print(f"glmscore: warning: {w}")
+        warn(w)
     todo = [f for f in fits if (done := read_fit(fits_dir / f"{f.name}.parquet")) is None
             or done[1].get("fingerprint") != f.fingerprint]
-    print(f"glmscore: fine-tune {card.id} on {len(set(table.assay.tolist()))} assay(s): {len(fits)} fits "
+    say(f"fine-tune {card.id} on {len(set(table.assay.tolist()))} assay(s): {len(fits)} fits "
           f"({len(fits) - len(todo)} finished before), {cfg.workers} Ray Train worker(s) each")
     if todo:
         start_ray(ray_address(cfg.address), out, state_api=True, command="finetune")

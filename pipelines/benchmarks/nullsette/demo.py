@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from glmscore.pipelines.benchmarks.nullsette.source import Nullsette, build
+from glmscore.pipelines.console import show
 from glmscore.pipelines.score import ScoreConfig, run_score
 
 DEMO_MODELS = ("kmer:3", "kmer:6")
@@ -70,15 +71,15 @@ def write_spec(folder: Path, n: int, seed: int = 0) -> Path:
 def run_demo(out: Path, cassettes: int) -> None:
     spec = write_spec(out / "spec", cassettes)
     data = out / "processed_data"
-    print(f"[1/3] built {build(spec, data)} in {data}")
+    show(f"[1/3] built {build(spec, data)} in {data}")
     score_dirs = []
     for model in DEMO_MODELS:
         target = out / "scores" / model.replace(":", "")
         manifest = run_score(ScoreConfig(benchmark="nullsette", data=str(data), model=model, out=str(target),
                                          overwrite=True))
-        print(f"[2/3] {model}: {manifest['rows_total']} rows scored into {target}")
+        show(f"[2/3] {model}: {manifest['rows_total']} rows scored into {target}")
         score_dirs.append(str(target))
     result = Nullsette.analyze(score_dirs, str(out / "report"), Nullsette.AnalyzeOptions())
-    print("[3/3] success rates:")
-    print(result["table"].to_string(index=False))
-    print(f"report: {result['report']}")
+    show("[3/3] success rates:")
+    show(result["table"].to_string(index=False))
+    show(f"report: {result['report']}")

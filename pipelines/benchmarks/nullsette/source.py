@@ -34,6 +34,7 @@ from glmscore.pipelines.benchmark import REFERENCE_BLOCK, REGION_COLUMNS, Benchm
 from glmscore.pipelines.console import warn
 from glmscore.pipelines.fasta import Chunk, read_chunk, scan, sequence_blocks, write_fasta
 from glmscore.pipelines.shards import read_datasets, read_manifest
+from glmscore.pipelines.textfiles import open_text
 
 NONMUTANT = "nonmutant"
 BUILD_RECORD = "_nullsette_build.json"  # {dataset: {kingdom, orders: {group: [components]}, fixed: {component: seq}}}
@@ -180,7 +181,7 @@ def build(spec: Path, out: Path, *, tables: list[str] | None = None) -> dict[str
 
 
 def _read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark some editors write is not a header
+    with open_text(path) as fh:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if not header or header[:2] != ["cassette_id", "expression"] or len(header) < 3:

@@ -15,8 +15,6 @@ into one row per ALT allele; indels and alleles other than A/C/G/T are dropped a
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +25,7 @@ import pandas as pd
 import pysam
 
 from glmscore.models.errors import GlmscoreError
+from glmscore.pipelines.textfiles import open_text
 
 BASES = "ACGT"
 class Genome:
@@ -92,21 +91,13 @@ class VariantTable:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def _open_text(path: Path):
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    # utf-8-sig: a byte-order mark (spreadsheets and Windows editors write one) is not part of the first line
-    return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="") if gz else \
-        open(path, encoding="utf-8-sig", newline="")
-
-
 def read_variants(path: str | Path) -> VariantTable:
     """A VCF (with or without its ``#CHROM`` line) or a CSV/TSV with ``chrom, pos, ref, alt`` and
     optional ``label, tissue, gene`` columns. Keeps SNVs of A/C/G/T; splits multi-allelic ALTs."""
     path = Path(path)
     if not path.is_file():
         raise GlmscoreError(f"variant file {path} does not exist.")
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         first = fh.readline()
         fh.seek(0)
         if first.startswith("##fileformat=VCF") or re.search(r"\.vcf(\.gz)?$", path.name):
@@ -143,7 +134,7 @@ def _read_vcf(fh, path: Path) -> pd.DataFrame:
 
 def _read_table(fh, path: Path, sep: str) -> pd.DataFrame:
     reader = csv.reader(fh, delimiter=sep)
-    header = [h.strip().lower().lstrip("\ufeff") for h in next(reader, [])]
+    header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in ("chrom", "pos", "ref", "alt") if c not in header]
     if missing and "variant_id" in header:  # GTEx: chr1_14677_G_A_b38 = chrom, pos, ref, alt, build
         frame = pd.read_csv(fh, sep=sep, names=header, dtype=str, keep_default_na=False)
@@ -194,7 +185,7 @@ def read_tss(path: str | Path) -> pd.DataFrame:
     if re.search(r"\.gtf(\.gz)?$", path.name):
         frame = _read_gtf(path)
     else:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             frame = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
         frame.columns = [c.strip().lower() for c in frame.columns]
         column = "tss" if "tss" in frame else "start" if "start" in frame else None
@@ -223,7 +214,7 @@ def read_tss(path: str | Path) -> pd.DataFrame:
 
 def _read_gtf(path: Path) -> pd.DataFrame:
     rows = []
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for line in fh:
             if line.startswith("#"):
                 continue
