@@ -10,6 +10,7 @@ in one ``Context``. To add a backend, write one module in ``models/backends/`` (
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -245,6 +246,23 @@ class Backend(ABC):
         return None
 
 
+def _check_model_path(spec: str) -> None:
+    """A ``--model`` that is written as a path (absolute, ``./``, ``../``, ``~``) or that names a file: one
+    sentence saying what the path is and what is wrong with it (not "unknown model")."""
+    path = Path(spec).expanduser()
+    as_path = spec.startswith(("/", "./", "../", "~")) or path.is_absolute()
+    if path.is_file():
+        raise GlmscoreError(f"--model {spec} is a file ({path.resolve()}); give the folder save_pretrained wrote "
+                            "(config.json and the weights), a card id or a hub id.")
+    if as_path and not path.exists():
+        parent = next((p for p in path.resolve().parents if p.exists()), None)
+        raise GlmscoreError(f"--model {spec}: no such folder ({path.resolve()}"
+                            + (f"; {parent} exists, the rest of the path does not" if parent and parent != Path("/") else "")
+                            + "); give the folder save_pretrained wrote, a card id or a hub id.")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise GlmscoreError(f"--model {spec}: permission denied reading the folder {path.resolve()}.")
+
+
 def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bool | None = None) -> ModelCard:
     """Turn a model name from the command line into a card.
 
@@ -265,6 +283,7 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
                                 "another directory, or give that folder's absolute path as --model to score it as a "
                                 "local model (without the card's permissions).")
     else:
+        _check_model_path(spec)
         card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
         if card is None:
             known = ", ".join(sorted(registry()))

@@ -27,8 +27,9 @@ from glmscore.pipelines.api import analyze
 from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
 from glmscore.pipelines.console import Terminated, handle_sigterm, say, show
 from glmscore.pipelines.demo import DemoOptions, run_demo
+from glmscore.pipelines.plan import refuse_relative_in_job_copy
 from glmscore.pipelines.score import ScoreConfig, run_score
-from glmscore.pipelines.shards import describe
+from glmscore.pipelines.shards import describe, output_folders
 from glmscore.pipelines.supervise import CHANNEL
 from glmscore.pipelines.sweep import main_sweep
 
@@ -296,6 +297,8 @@ def _local_only(args) -> None:
 
 def _dispatch(args) -> int:
     _local_only(args)
+    if isinstance(getattr(args, "out", None), str):
+        refuse_relative_in_job_copy(args.out, "--out")
 
     if args.command == "models":
         if args.table:
@@ -314,7 +317,8 @@ def _dispatch(args) -> int:
             show(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
         return 0
     if args.command == "runs":
-        table = pd.DataFrame([describe(store.absolute(f) if not store.is_uri(f) else f) for f in args.folders], dtype=object)
+        folders = [f for given in args.folders for f in output_folders(store.absolute(given) if not store.is_uri(given) else given)]
+        table = pd.DataFrame([describe(f) for f in folders], dtype=object)
         with pd.option_context("display.max_colwidth", 80, "display.width", 250):
             show(table.astype(object).where(table.notna(), "").to_string(index=False))
         return 0

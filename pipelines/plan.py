@@ -118,6 +118,18 @@ def _option_names(backend: type[Backend]) -> set[str]:
     return {f.name for f in option_fields(backend.Options)}
 
 
+def refuse_relative_in_job_copy(location: str, flag: str) -> None:
+    """Under ``ray job submit --working-dir``, the job runs in Ray's copy of that directory
+    (``.../working_dir_files/_ray_pkg_<hash>``), which the cluster deletes: a relative local output would land
+    there, where nobody finds it. Refused in one sentence naming the folder it would have become."""
+    cwd = os.getcwd()
+    if location and not store.is_uri(location) and not Path(location).expanduser().is_absolute() \
+            and "_ray_pkg_" in Path(cwd).name:
+        raise GlmscoreError(f"{flag} {location} is relative, and this job runs in Ray's temporary copy of its working "
+                            f"directory: it would have become {Path(cwd) / location}, which the cluster deletes; give an "
+                            "absolute path on storage every node shares, or an s3:// location.")
+
+
 def check_strands(backend: type[Backend], rc: str, options: dict) -> tuple[str, dict]:
     """``--rc`` on ``backend``: (the job's rc, the backend's options). Position-resolved outputs (tracks in bins)
     cannot be averaged as they are; a backend that flips the other strand's bins back itself (Enformer's

@@ -72,7 +72,14 @@ def ray_address(address: str | None) -> str:
     """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
     submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody
     started with ``ray start`` on this machine (what ``ray.init()`` without an address would join)."""
-    return address or os.environ.get("RAY_ADDRESS") or "local"
+    chosen = address or os.environ.get("RAY_ADDRESS") or "local"
+    if chosen.startswith(("http://", "https://")):
+        where = "--address" if address else "RAY_ADDRESS"
+        host = chosen.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        raise GlmscoreError(f"{where} {chosen} is a Ray dashboard (Jobs API) address, the one `ray job submit` takes; "
+                            f"a glmscore run joins a cluster at its GCS address ({host}:6379 on a default head), or "
+                            "`auto` on a node of the cluster; under `ray job submit` RAY_ADDRESS is set for the job.")
+    return chosen
 
 
 def check_address(address: str, timeout: float = 10.0) -> None:

@@ -32,7 +32,7 @@ from glmscore.pipelines import attempts, environments, shards, store
 from glmscore.pipelines.benchmark import REFERENCE_BLOCK, Unit
 from glmscore.pipelines.console import Laps, Progress, say, warn
 from glmscore.pipelines.fasta import sequence_blocks
-from glmscore.pipelines.plan import Plan, ScoreConfig, local_plan, plan_job, resolve_job
+from glmscore.pipelines.plan import Plan, ScoreConfig, local_plan, plan_job, refuse_relative_in_job_copy, resolve_job
 from glmscore.pipelines.pools import (
     ACTOR_CPUS,
     PREPARE_CPUS,
@@ -82,6 +82,7 @@ def _fitted(plan: Plan, units: list[Unit], fit: bool = False) -> tuple[object, d
 
 def run_score(cfg: ScoreConfig) -> dict:
     started, laps = shards.now(), Laps()
+    refuse_relative_in_job_copy(cfg.out, "--out")
     plan = resolve_job(cfg)
     laps.lap("model and options")
     units = plan.benchmark.units(chunk_rows=cfg.chunk_rows, limit=cfg.limit, datasets=cfg.datasets)

@@ -5,13 +5,14 @@ checksum, cut to the columns asked for, a few at a time (``read_scores``, ``read
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines import store
 from glmscore.pipelines.shards.format import each, io_threads, read_shard
-from glmscore.pipelines.shards.manifest import read_manifest
+from glmscore.pipelines.shards.manifest import MANIFEST, read_manifest
 from glmscore.pipelines.shards.run_record import RUN_FILE
 
 
@@ -122,3 +123,20 @@ def describe(out) -> dict:
     return {**row, "benchmark": config.get("benchmark"), "model": config.get("model"), "task": config.get("task"),
             "shards": len(written), "state": f"unfinished: {len(written)} shard(s) written; rerun the same command to resume",
             "fingerprint": record.get("fingerprint")}
+
+
+def output_folders(path, depth: int = 4) -> list:
+    """``path`` if it is an output folder (a manifest or a run record); else the output folders below it, as
+    ``ls`` would find them (a sweep's ``out/scores/<model>/<benchmark>``, a ``runs/`` folder), up to ``depth``
+    levels down, in name order; ``[path]`` when there are none (``describe`` then says what it is)."""
+    def is_output(p) -> bool:
+        return store.exists(store.join(p, MANIFEST)) or store.exists(store.join(p, RUN_FILE))
+
+    if store.is_uri(path) or is_output(path) or not Path(path).is_dir():
+        return [path]
+    found, level = [], [Path(path)]
+    for _ in range(depth):
+        below = sorted(c for p in level for c in p.iterdir() if c.is_dir() and not c.is_symlink() and not c.name.startswith(("_", ".")))
+        found += [c for c in below if is_output(c)]
+        level = [c for c in below if not is_output(c)]
+    return sorted(found) or [path]

@@ -1,0 +1,120 @@
+"""What a new user meets, at the level they meet it (the ``glmscore`` command, its exit code, its words, the files
+it leaves): mistakes are one sentence that says what is wrong, and a run ends with its command."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _glmscore(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "glmscore", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_sentence(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("glmscore: error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_the_jobs_address_in_ray_address_is_named_as_such(tmp_path, small_nullsette):
+    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    ran = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
+                    "--out", str(tmp_path / "out"), env=env)
+    _one_sentence(ran, "RAY_ADDRESS http://127.0.0.1:8265 is a Ray dashboard (Jobs API) address", "127.0.0.1:6379")
+    assert not (tmp_path / "out").exists()  # no lock, no _logs left behind
+
+
+def test_a_model_path_that_is_wrong_says_what_the_path_is(tmp_path, small_nullsette):
+    common = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--out", str(tmp_path / "o"), "--dry-run"]
+    missing = _glmscore(*common, "--model", str(tmp_path / "models" / "mine"))
+    _one_sentence(missing, f"no such folder ({tmp_path / 'models' / 'mine'}", f"{tmp_path} exists, the rest of the path does not")
+    relative = _glmscore(*common, "--model", "./checkpoints/final", cwd=tmp_path)
+    _one_sentence(relative, "--model ./checkpoints/final: no such folder")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    _one_sentence(_glmscore(*common, "--model", str(weights)), "is a file", "give the folder save_pretrained wrote")
+
+
+def test_a_relative_out_inside_rays_copy_of_the_working_dir_is_refused(tmp_path, small_nullsette):
+    """``ray job submit --working-dir .`` runs the job in ``.../working_dir_files/_ray_pkg_<hash>``, which the cluster
+    deletes: a relative --out would be written there."""
+    job_copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a1b2c3d"
+    job_copy.mkdir(parents=True)
+    for command in (["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3"],
+                    ["analyze", "nullsette", "--scores", str(tmp_path / "x")]):
+        ran = _glmscore(*command, "--out", "scores/k3", cwd=job_copy)
+        _one_sentence(ran, "--out scores/k3 is relative", f"it would have become {job_copy / 'scores' / 'k3'}")
+    assert list(job_copy.iterdir()) == []
+
+
+@pytest.mark.ray
+def test_runs_looks_inside_a_folder_of_output_folders(tmp_path, small_nullsette):
+    out = tmp_path / "runs" / "lab" / "k3"
+    scored = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
+                       "--out", str(out), "--limit", "2")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    (tmp_path / "runs" / "notes").mkdir()
+    listed = _glmscore("runs", str(tmp_path / "runs"))
+    assert listed.returncode == 0, listed.stderr
+    assert str(out) in listed.stdout and "nullsette" in listed.stdout and "finished" in listed.stdout
+    assert "not a glmscore folder" not in listed.stdout
+
+
+def _wait(condition, what: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.ray
+def test_a_run_ends_with_its_command_when_the_command_is_killed(tmp_path, small_nullsette, tiny_llama):
+    """``kill -9`` of the ``glmscore`` process (a scheduler, a closed terminal, a CI time-out) ends the job too:
+    the driver it supervises leaves, the lock is free, and a rerun resumes from the shards that were written."""
+    out = tmp_path / "out"
+    args = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(tiny_llama),
+            "--out", str(out), "--chunk-rows", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = subprocess.Popen([sys.executable, "-m", "glmscore", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    lock = out / ".glmscore.lock"
+    try:
+        _wait(lambda: lock.is_file() and lock.read_text().startswith("pid "), "the driver to take the lock")
+        driver = int(lock.read_text().split()[1])
+        assert driver != command.pid  # the command supervises a driver of its own
+        _wait(lambda: any(out.rglob("part-*.parquet")) or command.poll() is not None, "a first shard")
+        assert command.poll() is None, "the job ended before it could be interrupted"
+        os.kill(command.pid, signal.SIGKILL)  # the command alone, as a scheduler kills it
+        command.wait(timeout=60)
+        _wait(lambda: not _alive(driver), "the driver to end with its command", timeout=180)
+    finally:
+        try:
+            os.killpg(command.pid, signal.SIGKILL)  # whatever is left of this test's process group
+        except ProcessLookupError:
+            pass
+    again = _glmscore(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reused" in again.stderr and "in use by another glmscore run" not in again.stderr
