@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from glmscore.analysis.report import _pyplot, _save, write_report
+from glmscore.analysis.report import _pyplot, _save, md_table, write_report
 
 
 def plot_grid(grid: pd.DataFrame, path: Path, title: str, label: str, vmin: float, vmax: float, cmap: str) -> Path:
@@ -83,11 +83,11 @@ def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, lis
     failed = runs[runs["status"] != "ok"]
     lines = ["# Sweep report", "", f"{len(runs)} runs: {len(runs) - len(failed)} finished, {len(failed)} failed.", ""]
     if len(failed):
-        lines += ["## Failed runs", "", failed[["model", "benchmark", "error"]].to_markdown(index=False), ""]
+        lines += ["## Failed runs", "", md_table(failed[["model", "benchmark", "error"]], index=False), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     for title, table, files in sections:
-        lines += [f"## {title}", "", table.to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"## {title}", "", md_table(table, index=False, floatfmt=".4g"), ""]
         for f in files:
             lines.append(f"![{f.stem}]({f.name})" if f.suffix == ".png" else f"Table: [{f.name}]({f.name})")
         lines.append("")
@@ -97,7 +97,7 @@ def write_combined_report(out: Path, sections: list[tuple[str, pd.DataFrame, lis
             lines += [f"- {bid}: " + ", ".join(f"[{Path(r).relative_to(out)}]({Path(r).relative_to(out)})" for r in reports)]
         lines.append("")
     lines += ["## Provenance (each run's _manifest.json)", "",
-              _blank(provenance.drop(columns=["packages", "folder"], errors="ignore")).to_markdown(index=False), "",
+              md_table(_blank(provenance.drop(columns=["packages", "folder"], errors="ignore")), index=False), "",
               "Packages: " + "; ".join(sorted(set(provenance.get("packages", pd.Series(dtype=str)).dropna()))), "",
               "Table: [provenance.csv](provenance.csv)", ""]
     return write_report(lines, out)

@@ -33,6 +33,29 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# The Markdown characters that can make text from inputs (assay file names, FASTA headers, model ids, gene names)
+# into markup: a link or image ([ ] !), a table column (|), code (`), and the escape itself; escaped, so a name is
+# never a link, an image or a column. A newline would end a table row; < and > become entities (no raw HTML).
+_MD_SPECIAL = re.compile(r"([\\`\[\]!|])")
+
+
+def md_text(value) -> str:
+    """``value`` as literal Markdown text (and safe as HTML): special characters escaped, ``<``/``>`` as entities,
+    line breaks as spaces."""
+    text = re.sub(r"[\r\n\t]+", " ", str(value))
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_table(frame: pd.DataFrame, **kwargs) -> str:
+    """``frame.to_markdown`` with every text cell and column name escaped (``md_text``); numbers as they are."""
+    shown = frame.copy()
+    for column in shown.columns:
+        if shown[column].dtype == object or pd.api.types.is_string_dtype(shown[column]):
+            shown[column] = [v if v is None or (isinstance(v, float) and np.isnan(v)) else md_text(v) for v in shown[column]]
+    shown.columns = [md_text(c) for c in shown.columns]
+    return shown.to_markdown(**kwargs)
+
+
 def write_report(lines: list[str], out: Path) -> Path:
     """``report.md`` and ``report.html`` beside it; returns the Markdown file's path."""
     text = "\n".join(lines) + "\n"
@@ -42,6 +65,9 @@ def write_report(lines: list[str], out: Path) -> Path:
     return path
 
 
+# The page may show its own inline style and inline PNGs, and nothing else: no script, no remote image or font,
+# no frame, no form; a link that got past the sanitiser still cannot run code.
+HTML_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}"
               "table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}th,td{border:1px solid #ccc;padding:.25rem .5rem}"
               "th{background:#f3f3f3}td{text-align:right}img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
@@ -51,7 +77,7 @@ def write_html(markdown_text: str, path: Path) -> Path:
     """The Markdown report as one HTML file: PNGs beside it are inlined as data URIs, links to other
     reports' ``report.md`` point at their ``report.html``. Text from inputs (model names, paths) is
     escaped first, so nothing in them becomes markup."""
-    body = markdown.markdown(markdown_text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+    body = markdown.markdown(markdown_text.replace("<", "&lt;").replace(">", "&gt;"),
                              extensions=["tables"], output_format="html")
 
     def inline(m: re.Match) -> str:
@@ -62,10 +88,44 @@ def write_html(markdown_text: str, path: Path) -> Path:
 
     body = re.sub(r'src="([^"]+)"', inline, body)
     body = re.sub(r'href="([^"]*)report\.md"', r'href="\1report.html"', body)
+    body = sanitise_html(body)
     title = html.escape(markdown_text.split("\n", 1)[0].lstrip("# ").strip())
-    path.write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+    path.write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                    f'<meta http-equiv="Content-Security-Policy" content="{HTML_POLICY}"><title>{title}</title>'
                     f"<style>{HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")
     return path
+
+
+ALLOWED_TAGS = {"h1", "h2", "h3", "h4", "p", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "code", "pre",
+                "em", "strong", "a", "img", "br", "hr", "blockquote"}
+
+
+def sanitise_html(body: str) -> str:
+    """An allow-list over the rendered report: only ``ALLOWED_TAGS``, no attribute but a relative ``href`` (another
+    file of the report), a ``src`` that is an inlined PNG (``data:image/png;base64,``), ``alt`` and ``style``
+    alignment the table extension writes; anything else is dropped (an image from a remote host, a ``javascript:``
+    link, an event handler), its text kept."""
+    def tag(m: re.Match) -> str:
+        closing, name, attrs = m.group(1), m.group(2).lower(), m.group(3) or ""
+        if name not in ALLOWED_TAGS:
+            return ""
+        if closing:
+            return f"</{name}>"
+        kept = []
+        for key, value in re.findall(r'([a-zA-Z-]+)="([^"]*)"', attrs):
+            key = key.lower()
+            if key == "href" and not re.match(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*:|//)", html.unescape(value)):
+                kept.append(f'href="{value}"')
+            elif key == "src" and value.startswith("data:image/png;base64,"):
+                kept.append(f'src="{value}"')
+            elif key == "alt" or (key == "style" and re.fullmatch(r"text-align: ?(left|right|center);?", value)):
+                kept.append(f'{key}="{value}"')
+        if name == "img" and not any(k.startswith("src=") for k in kept):
+            alt = next((v for k, v in re.findall(r'([a-zA-Z-]+)="([^"]*)"', attrs) if k.lower() == "alt"), "")
+            return f"[image: {alt}]"
+        return f"<{name}{''.join(' ' + k for k in kept)}>"
+
+    return re.sub(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)([^>]*)>", tag, body)
 
 
 def type_labels(groups: list[str], significant: set[str]) -> list[str]:
@@ -129,19 +189,19 @@ def write_nullsette_report(diffs: dict[tuple[str, str, str], np.ndarray], tests:
     plots = plot_differences(diffs, out, tests)
     heat = plot_success_heatmap(success, out)
     lines = ["# Nullsette report", ""]
-    lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    lines.append("Settings: " + md_text(", ".join(f"{k}={v}" for k, v in settings.items())))
     lines += ["", "## Success rate (fraction of mutant types with corrected p < alpha)", "",
-              success.to_markdown(index=False, floatfmt=".3f"), ""]
+              md_table(success, index=False, floatfmt=".3f"), ""]
     for (model, dataset), frame in tests.groupby(["model", "dataset"], sort=True):
-        lines += [f"## {model} on {dataset}", "",
-                  frame.drop(columns=["model", "dataset"]).to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"## {md_text(model)} on {md_text(dataset)}", "",
+                  md_table(frame.drop(columns=["model", "dataset"]), index=False, floatfmt=".4g"), ""]
     lines += ["## Plots", ""]
     if heat:
         lines.append(f"![success heatmap]({heat.name})")
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Provenance", ""]
     for name, info in provenance.items():
-        lines.append(f"- `{name}`: {info}")
+        lines.append(f"- {md_text(name)}: {md_text(info)}")
     return write_report(lines, out)
 
 
@@ -184,9 +244,9 @@ def plot_best_worst(scores: pd.DataFrame, assays: pd.DataFrame, out: Path) -> li
 
 def write_table_report(title: str, tables: dict[str, pd.DataFrame], plots: list[Path], out: Path,
                        settings: dict) -> Path:
-    lines = [f"# {title}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    lines = [f"# {title}", "", "Settings: " + md_text(", ".join(f"{k}={v}" for k, v in settings.items())), ""]
     for name, frame in tables.items():
-        lines += [f"## {name}", "", frame.to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"## {md_text(name)}", "", md_table(frame, index=False, floatfmt=".4g"), ""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return write_report(lines, out)
 

@@ -62,6 +62,7 @@ import ray
 import yaml
 
 from glmscore.analysis.combined import provenance_table, write_combined_report
+from glmscore.analysis.report import md_table
 from glmscore.models.base import BACKENDS
 from glmscore.models.cards import registry
 from glmscore.models.errors import GlmscoreError
@@ -610,7 +611,7 @@ def write_summary(sweep: Sweep, runs: list[Run], wall: float, local: Path, repor
     table.to_csv(local / "sweep_summary.csv", index=False)
     failed = table[table["status"] != "ok"]
     lines = ["# Sweep summary", "", f"Sweep file: `{sweep.path.resolve()}`; {len(table)} runs, {len(table) - len(failed)} ok, "
-             f"{len(failed)} failed; wall time {wall:.0f} s.", "", table.to_markdown(index=False), ""]
+             f"{len(failed)} failed; wall time {wall:.0f} s.", "", md_table(table, index=False), ""]
     if report_problems:
         lines += ["Report problems:", ""] + [f"- {p}" for p in report_problems] + [""]
     (local / "sweep_summary.md").write_text("\n".join(lines))

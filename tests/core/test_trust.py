@@ -111,3 +111,26 @@ def test_links_in_an_output_folder_are_never_followed(tmp_path, small_nullsette)
         assert "Traceback" not in ran.stderr
     assert precious.read_text() == "keep me" and (outside / "part-00000.parquet").read_bytes() == b"someone else's file"
     assert sorted(p.name for p in outside.iterdir()) == ["part-00000.parquet", "precious.txt"]
+
+
+def test_reports_are_safe_to_open_whatever_the_inputs_are_named(tmp_path):
+    """An assay file named like a Markdown link scored and analysed by the commands a user runs: report.md shows the
+    name as text (no live link, no remote image, no split row) and report.html carries no link or image that leaves
+    the report, under a Content-Security-Policy that allows only inline images."""
+    data = tmp_path / "assays"
+    data.mkdir()
+    evil = "[x](javascript:alert(1))|![p](http:evil)"
+    rows = "mutant,DMS_score,sequence\n" + "".join(f"M{i},{i * 0.37 % 1:.3f},{'ACGT'[i % 4]}CGTACGTACGGT{'ACGT'[i // 4 % 4]}\n"
+                                                   for i in range(16))
+    (data / f"{evil}.csv").write_text(rows)
+    scored = _glmscore("score", "--benchmark", "nabench", "--data", str(data), "--model", "kmer:2", "--out",
+                       str(tmp_path / "k2"), cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    analyzed = _glmscore("analyze", "nabench", "--scores", str(tmp_path / "k2"), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "](javascript:" not in text.replace("\\](", "") and "\\[x\\](javascript:alert(1))\\|\\!\\[p\\](http:evil)" in text
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Content-Security-Policy" in page and "default-src 'none'; img-src data:" in page
+    assert 'href="javascript' not in page and 'src="http' not in page
+    assert "[x](javascript:alert(1))|![p](http:evil)" in page  # shown as text, whole, in one cell
