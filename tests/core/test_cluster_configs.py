@@ -43,7 +43,12 @@ def _one(path: Path) -> dict:
 
 
 def _kuberay_docs() -> list[tuple[str, dict]]:
-    return [(f"{p.name}[{i}]", d) for p in KUBERAY for i, d in enumerate(_docs(p))]
+    """The Ray resources of cluster/kuberay (RayJob, RayCluster); the NetworkPolicy beside them is ``_policies``."""
+    return [(f"{p.name}[{i}]", d) for p in KUBERAY for i, d in enumerate(_docs(p)) if d.get("kind") != "NetworkPolicy"]
+
+
+def _policies() -> list[dict]:
+    return [d for p in KUBERAY for d in _docs(p) if d.get("kind") == "NetworkPolicy"]
 
 
 def test_the_configs_exist():
@@ -151,7 +156,33 @@ def launcher_security_problems(config: dict) -> list[str]:
     for key in ("ssh_private_key", "ssh_password"):
         if key in config.get("auth", {}):
             problems.append(f"auth.{key} in the config (use the provider's key pair / an agent)")
+    problems += launcher_privilege_problems(config)
     return problems + (["no `ray start` at all"] if not ray_starts else [])
+
+
+def launcher_privilege_problems(config: dict) -> list[str]:
+    """Least privilege: a security group of our own whose only rule open beyond the cluster is SSH from an admin
+    CIDR (Ray's default opens SSH to 0.0.0.0/0), an instance profile of our own on every node type (Ray's
+    default head role has full EC2 and S3 access), shared storage mounted with TLS and not world-writable."""
+    problems = []
+    group = config.get("provider", {}).get("security_group")
+    if not group:
+        problems.append("provider.security_group missing: Ray's default group opens SSH to the world")
+    for rule in (group or {}).get("IpPermissions", []):
+        for r in rule.get("IpRanges", []):
+            if r.get("CidrIp") in ("0.0.0.0/0", "::/0"):
+                problems.append(f"security group rule {rule.get('FromPort')}-{rule.get('ToPort')} open to {r['CidrIp']}")
+        if (rule.get("FromPort"), rule.get("ToPort")) != (22, 22):
+            problems.append(f"security group opens ports {rule.get('FromPort')}-{rule.get('ToPort')} beyond the cluster")
+    for name, node in config.get("available_node_types", {}).items():
+        if "IamInstanceProfile" not in node.get("node_config", {}):
+            problems.append(f"{name}: no IamInstanceProfile (Ray's default head role has full EC2 and S3 access)")
+    for command in config.get("initialization_commands", []) + config.get("setup_commands", []):
+        if re.search(r"chmod\s+[0-7]?777\b", command):
+            problems.append(f"world-writable shared storage: {command.strip()[:80]}")
+        if re.search(r"\bmount\b", command) and "efs" in command and not re.search(r"-o\s+\S*\btls\b", command):
+            problems.append("EFS mounted without TLS (mount -t efs -o tls)")
+    return problems
 
 
 @pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
@@ -166,6 +197,12 @@ def test_launcher_token_auth_on_every_node_and_dashboard_on_loopback(path):
      "RAY_AUTH_TOKEN_PATH=$HOME/ray_auth_token ray start --address", "worker: `ray start` without RAY_AUTH_MODE=token"),
     ("RAY_AUTH_TOKEN_PATH=$HOME/ray_auth_token ray start --head", "RAY_AUTH_TOKEN=0123abcd ray start --head",
      "the token inline"),
+    ("CidrIp: 203.0.113.0/24", "CidrIp: 0.0.0.0/0", "open to 0.0.0.0/0"),
+    ("FromPort: 22, ToPort: 22", "FromPort: 0, ToPort: 65535", "opens ports 0-65535"),
+    ('      IamInstanceProfile: {Arn: "arn:aws:iam::REPLACE-ME:instance-profile/glmscore-ray-head"}\n', "",
+     "head: no IamInstanceProfile"),
+    ("sudo chmod 0750 /mnt/efs", "sudo chmod 1777 /mnt/efs", "world-writable"),
+    ("mount -t efs -o tls", "mount -t nfs4 -o nfsvers=4.1", "without TLS"),
 ])
 def test_launcher_security_check_rejects(old, new, expected):
     text = (CLUSTER / "launcher" / "gpu-cluster.yaml").read_text()
@@ -393,6 +430,50 @@ def kuberay_security_problems(doc: dict) -> list[str]:
 @pytest.mark.parametrize("name, doc", _kuberay_docs(), ids=[n for n, _ in _kuberay_docs()])
 def test_kuberay_token_auth_everywhere_and_dashboard_not_public(name, doc):
     assert kuberay_security_problems(doc) == []
+
+
+def network_policy_problems(policies: list[dict]) -> list[str]:
+    """A NetworkPolicy covers every head: it selects ``ray.io/node-type: head`` pods, restricts Ingress, and lets
+    in only this namespace's pods and the operator's namespace (never an ipBlock, never every namespace)."""
+    heads = [p for p in policies if p.get("spec", {}).get("podSelector", {}).get("matchLabels", {}).get("ray.io/node-type") == "head"]
+    if not heads:
+        return ["no NetworkPolicy selects the Ray head pods (ray.io/node-type: head): its dashboard is open to the whole cluster"]
+    problems = []
+    for policy in heads:
+        spec = policy["spec"]
+        if "Ingress" not in spec.get("policyTypes", []):
+            problems.append(f"{policy['metadata']['name']}: policyTypes lacks Ingress")
+        for rule in spec.get("ingress", []):
+            peers = rule.get("from")
+            if not peers:
+                problems.append(f"{policy['metadata']['name']}: an ingress rule without `from` admits everyone")
+            for peer in peers or []:
+                if "ipBlock" in peer:
+                    problems.append(f"{policy['metadata']['name']}: ipBlock {peer['ipBlock']} admits addresses outside the cluster")
+                if "namespaceSelector" in peer and not peer["namespaceSelector"].get("matchLabels"):
+                    problems.append(f"{policy['metadata']['name']}: an empty namespaceSelector admits every namespace")
+    return problems
+
+
+def test_a_network_policy_keeps_the_head_to_its_namespace_and_the_operator():
+    pytest.importorskip("kubernetes_validate", reason="strict Kubernetes schemas: pip install kubernetes-validate")
+    import kubernetes_validate as kv
+
+    for policy in _policies():
+        kv.validate(policy, "1.30", strict=True)
+    assert network_policy_problems(_policies()) == []
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda p: p["spec"]["podSelector"]["matchLabels"].update({"ray.io/node-type": "worker"}), "no NetworkPolicy selects"),
+    (lambda p: p["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "ipBlock"),
+    (lambda p: p["spec"]["ingress"][0]["from"][1].update({"namespaceSelector": {}}), "every namespace"),
+    (lambda p: p["spec"]["ingress"][0].pop("from"), "admits everyone"),
+])
+def test_network_policy_check_rejects(edit, expected):
+    policies = copy.deepcopy(_policies())
+    edit(policies[0])
+    assert any(expected in p for p in network_policy_problems(policies)), network_policy_problems(policies)
 
 
 def _raycluster() -> dict:
