@@ -88,7 +88,9 @@ def run_trials(trainable, param_space: dict, *, storage: Path, name: str, resour
     stamp.unlink(missing_ok=True)  # finished: only an interrupted experiment is ever restored
     errors = [r.error for r in results if r.error]
     if errors:
-        raise errors[0]
+        # Tune's error is the trial's exception, except for a trial whose process died (killed for memory, say):
+        # then it may be a description rather than an exception object
+        raise errors[0] if isinstance(errors[0], BaseException) else RuntimeError(f"a Ray Tune trial failed: {errors[0]}")
     return list(results)
 
 
