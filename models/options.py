@@ -18,16 +18,18 @@ from glmscore.models.errors import GlmscoreError
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, choices: Callable[[], list] | list | tuple | None = None,
            minimum: float | None = None, maximum: float | None = None, affects_result: bool = True,
-           commands: tuple[str, ...] | None = None, cli: bool = True, parse: Callable[[str], Any] | None = None):
+           commands: tuple[str, ...] | None = None, cli: bool = True, parse: Callable[[str], Any] | None = None,
+           negatable: bool = False):
     """A dataclass field with what the CLI and the validation need.
 
     ``choices`` may be a callable (registries are read when the parser is built); ``affects_result=False``
     marks settings that change speed or placement but never a score (kept out of the fingerprint);
     ``commands`` limits a score-job flag to some sub-commands (``embed`` only, say); ``parse`` turns the
-    command-line text into the value (default: the field's type).
+    command-line text into the value (default: the field's type); ``negatable``: a ``bool | None`` field gets
+    ``--flag`` and ``--no-flag`` (unset: the default decides).
     """
     meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "maximum": maximum,
-            "affects_result": affects_result, "commands": commands, "cli": cli, "parse": parse}
+            "affects_result": affects_result, "commands": commands, "cli": cli, "parse": parse, "negatable": negatable}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)

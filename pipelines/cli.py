@@ -52,7 +52,9 @@ def add_option(parser, cls, f: dataclasses.Field) -> None:
     gave are passed on and the dataclass's own defaults apply to the rest."""
     kw: dict = {"dest": f.name, "default": None, "help": f.metadata["help"]}
     typ = base_type(cls, f)
-    if typ is bool:
+    if typ is bool and f.metadata.get("negatable"):  # three states: unset (the default decides), --flag, --no-flag
+        kw["action"] = argparse.BooleanOptionalAction
+    elif typ is bool:
         kw["action"] = "store_true"
     else:
         kw["type"] = f.metadata.get("parse") or (typ if typ in (int, float, str) else str)

@@ -59,7 +59,9 @@ class ScoreConfig(Options):
     limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
     datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
-    trust_remote_code: bool | None = option(None, affects_result=False, help="allow code from the model repository (off unless the card says so)")
+    trust_remote_code: bool | None = option(None, affects_result=False, negatable=True,
+                                            help="allow code from the model repository (default: only a card shipped with "
+                                                 "glmscore allows it); --no-trust-remote-code refuses it even then")
     overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
     dry_run: bool = option(False, affects_result=False,
                            help="say what the job would do (units, rows, shards reused and to compute, token limit, "

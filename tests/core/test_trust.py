@@ -134,3 +134,17 @@ def test_reports_are_safe_to_open_whatever_the_inputs_are_named(tmp_path):
     assert "Content-Security-Policy" in page and "default-src 'none'; img-src data:" in page
     assert 'href="javascript' not in page and 'src="http' not in page
     assert "[x](javascript:alert(1))|![p](http:evil)" in page  # shown as text, whole, in one cell
+
+
+def test_no_trust_remote_code_withdraws_a_cards_permission():
+    """A card shipped with glmscore may allow its repository's code; the person at the command line can refuse it."""
+    from glmscore.models.base import resolve_card
+    from glmscore.pipelines.cli import build_parser, score_config_from_args
+
+    common = ["score", "--benchmark", "nullsette", "--data", "d", "--model", "hyenadna-small-32k", "--out", "o"]
+    assert score_config_from_args(build_parser().parse_args(common)).trust_remote_code is None
+    assert score_config_from_args(build_parser().parse_args(common + ["--trust-remote-code"])).trust_remote_code is True
+    refused = score_config_from_args(build_parser().parse_args(common + ["--no-trust-remote-code"]))
+    assert refused.trust_remote_code is False
+    assert resolve_card("hyenadna-small-32k").trust_remote_code
+    assert not resolve_card("hyenadna-small-32k", trust_remote_code=refused.trust_remote_code).trust_remote_code
