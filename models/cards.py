@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -144,3 +146,24 @@ def _import(package: str) -> None:
                             f"({exc}); install it (pip install {name}) on every node.") from None
     if register:
         getattr(module, register)()
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def pin_revision(card: ModelCard, revision: str | None, trust_flag: bool | None) -> ModelCard:
+    """The card at ``revision`` (``--revision``: a commit, branch or tag of its hub repository). A card whose own
+    permission runs its repository's code must name a commit: a branch (``main``) runs whatever the repository
+    holds that day. Such cards, whose commits cannot be verified here (no hub access), say so in their notes, and
+    run remote code only with ``--revision <commit>`` or an explicit ``--trust-remote-code``."""
+    if revision:
+        if Path(card.hf_id).is_dir():
+            raise GlmscoreError(f"--revision {revision}: {card.hf_id} is a local folder; --revision names a commit of a "
+                                "hub repository.")
+        return card.with_(revision=revision)
+    if card.trust_remote_code and trust_flag is None and not COMMIT.fullmatch(card.revision or "") \
+            and not Path(card.hf_id).is_dir():
+        raise GlmscoreError(f"card {card.id} runs code from {card.hf_id} at revision {card.revision or 'main'}, which "
+                            "changes whenever the repository does; pass --revision <commit> (the commit you reviewed), "
+                            "or --trust-remote-code to run what it holds today.")
+    return card

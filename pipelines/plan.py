@@ -13,7 +13,7 @@ from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 
 from glmscore.models.base import BACKENDS, Backend, Runtime, resolve_card
-from glmscore.models.cards import ModelCard
+from glmscore.models.cards import ModelCard, pin_revision
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, address_option, comma_list, option, option_fields, out_option
 from glmscore.models.pooling import Pooling
@@ -59,6 +59,9 @@ class ScoreConfig(Options):
     limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
     datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
     chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
+    revision: str | None = option(None, affects_result=False,
+                                  help="the hub commit (or branch, tag) to load; a card that runs its repository's code "
+                                       "and pins no commit needs it (or --trust-remote-code)")
     trust_remote_code: bool | None = option(None, affects_result=False, negatable=True,
                                             help="allow code from the model repository (default: only a card shipped with "
                                                  "glmscore allows it); --no-trust-remote-code refuses it even then")
@@ -155,7 +158,8 @@ def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
         data = str(store.stage(*staged))
     bench_cls = BENCHMARKS.get(cfg.benchmark)
     benchmark = bench_cls(data, bench_cls.Options.from_values(cfg.benchmark_options, owner=f"benchmark {bench_cls.name}"))
-    card = resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code)
+    card = pin_revision(resolve_card(cfg.model, backend=cfg.backend, trust_remote_code=cfg.trust_remote_code),
+                        cfg.revision, cfg.trust_remote_code)
     backend = BACKENDS.get(card.backend)
     given = {k for k, v in cfg.options.items() if v is not None}
     if not cfg.backend and card.fallback_backend and not given <= _option_names(backend) \

@@ -27,7 +27,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from glmscore.models.base import BACKENDS, Backend, Encoded, Runtime, resolve_card
-from glmscore.models.cards import ModelCard
+from glmscore.models.cards import ModelCard, pin_revision
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options
 from glmscore.pipelines.plan import RC_MODES, REDUCTIONS, TASKS, check_strands
@@ -125,7 +125,8 @@ class Processor:
 
 
 def processor(model: str, *, task: str = "score", reduction: str = "mean", rc: str = "none", pooling: str = "mean",
-              layer: int = -1, backend: str | None = None, trust_remote_code: bool | None = None, batch_size: int = 64,
+              layer: int = -1, backend: str | None = None, trust_remote_code: bool | None = None, revision: str | None = None,
+              batch_size: int = 64,
               min_actors: int = 1, max_actors: int | None = None, device: str = "auto", gpus_per_actor: float | None = None,
               threads_per_actor: int | None = None, reference: list[str] | None = None,
               sequence_column: str = SEQUENCE, **options) -> Processor:
@@ -140,7 +141,7 @@ def processor(model: str, *, task: str = "score", reduction: str = "mean", rc: s
         raise GlmscoreError(f"reduction {reduction!r}: choose mean or sum (focus needs a benchmark's focus position).")
     if rc not in RC_MODES:
         raise GlmscoreError(f"rc {rc!r}: choose one of {', '.join(RC_MODES)}.")
-    card = resolve_card(model, backend=backend, trust_remote_code=trust_remote_code)
+    card = pin_revision(resolve_card(model, backend=backend, trust_remote_code=trust_remote_code), revision, trust_remote_code)
     backend_cls = BACKENDS.get(card.backend)
     backend_cls.check_task(task, reduction)
     rc, options = check_strands(backend_cls, rc, options)

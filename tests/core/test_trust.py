@@ -148,3 +148,21 @@ def test_no_trust_remote_code_withdraws_a_cards_permission():
     assert refused.trust_remote_code is False
     assert resolve_card("hyenadna-small-32k").trust_remote_code
     assert not resolve_card("hyenadna-small-32k", trust_remote_code=refused.trust_remote_code).trust_remote_code
+
+
+def test_a_remote_code_card_without_a_commit_runs_only_when_asked(tmp_path, small_nullsette):
+    """``hyenadna-small-32k`` allows its repository's code at ``main``: whatever the repository holds that day. The
+    command refuses it in one sentence unless the user names a commit (--revision) or accepts today's code
+    (--trust-remote-code); nothing is loaded before that sentence."""
+    ran = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "hyenadna-small-32k",
+                    "--out", str(tmp_path / "o"), "--dry-run", cwd=tmp_path)
+    assert ran.returncode == 2, ran.stderr
+    assert "runs code from LongSafari/hyenadna-small-32k-seqlen-hf at revision main" in ran.stderr
+    assert "pass --revision <commit>" in ran.stderr and "Traceback" not in ran.stderr
+    from glmscore.models.cards import pin_revision, registry
+
+    card = registry()["hyenadna-small-32k"]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert pin_revision(card, commit, None).revision == commit
+    assert pin_revision(card, None, True) is card  # the person at the command line accepted today's code
+    assert pin_revision(card.with_(revision=commit), None, None).revision == commit
