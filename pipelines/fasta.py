@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmscore.models.errors import GlmscoreError
-from glmscore.pipelines.textfiles import BOM
+from glmscore.pipelines.textfiles import BOM, bounded_lines
 
 _SEQ_OK = re.compile(rb"^[A-Za-z*\-.]+$")
 
@@ -57,7 +57,7 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None, notes: dict | No
     except OSError as exc:
         raise GlmscoreError(f"cannot read {path}: {exc.strerror}.") from None
     with fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in bounded_lines(fh, path):
             if lineno == 1 and line.startswith(BOM):  # a UTF-8 byte-order mark (some editors write one)
                 pos += len(BOM)
                 line = line[len(BOM):]

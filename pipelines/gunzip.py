@@ -15,7 +15,6 @@ import fcntl
 import gzip
 import hashlib
 import os
-import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines.caches import cache_dir
 from glmscore.pipelines.console import say
+from glmscore.pipelines.textfiles import max_gunzip_ratio
 
 CACHE = ".glmscore-gunzip"
 
@@ -99,14 +99,28 @@ def _current(target: Path, source: Path, stamp: str) -> bool:
         return False
 
 
+class Unbounded(GlmscoreError):
+    """A decompression past its bound (``textfiles.max_gunzip_ratio``)."""
+
+
 def _decompress(path: Path, target: Path, folder: Path) -> None:
     say(f"decompressing {path} once into {target} (inputs are read by byte range; the copy is "
           "reused while the .gz is unchanged)")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.")
     try:
+        ratio, after = max_gunzip_ratio()
+        packed, written = max(path.stat().st_size, 1), 0
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while block := src.read(1 << 20):
+                dst.write(block)
+                written += len(block)
+                if written > after and written > ratio * packed:
+                    raise Unbounded(f"{path} unpacks to more than {ratio:,} times its {packed:,} bytes "
+                                    f"(GLMSCORE_MAX_GUNZIP_RATIO); stopped at {written:,} bytes. Is this the right file?")
         os.replace(tmp, target)
+    except Unbounded:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:

@@ -166,3 +166,43 @@ def test_a_remote_code_card_without_a_commit_runs_only_when_asked(tmp_path, smal
     assert pin_revision(card, commit, None).revision == commit
     assert pin_revision(card, None, True) is card  # the person at the command line accepted today's code
     assert pin_revision(card.with_(revision=commit), None, None).revision == commit
+
+
+def test_what_one_untrusted_input_may_cost_is_bounded(tmp_path, small_nullsette):
+    """A line, a CSV header's field count and a decompression each have a bound; past it, one sentence naming the
+    file (and line), read no further. The bounds are set low here through their environment variables, as a user
+    with an unusual real input would raise them."""
+    import gzip
+    import shutil
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    data = tmp_path / "nullsette"
+    shutil.copytree(small_nullsette, data)
+    group = next((data / "synthetic_ecoli").glob("mutant_translocation1.txt"))
+    text = group.read_text()
+    group.unlink()
+    with gzip.open(group.with_suffix(".txt.gz"), "wt") as fh:  # a valid-looking FASTA that unpacks 1000-fold
+        fh.write(text + ">padding\n" + "A" * 3_000_000 + "\n")
+    args = ["score", "--benchmark", "nullsette", "--data", str(data), "--model", "kmer:3", "--out", str(tmp_path / "o"),
+            "--dry-run"]
+    bomb = subprocess.run([sys.executable, "-m", "glmscore", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**env, "GLMSCORE_GUNZIP_CHECK_AFTER": "1000000", "GLMSCORE_MAX_GUNZIP_RATIO": "100"})
+    assert bomb.returncode == 2 and "unpacks to more than 100 times its" in bomb.stderr and "mutant_translocation1.txt.gz" in bomb.stderr, bomb.stderr
+    assert not list(data.rglob(".glmscore-gunzip/*.txt"))  # no half-unpacked copy left that looks complete
+
+    group.with_suffix(".txt.gz").unlink()
+    group.write_text(text.replace(text.splitlines()[1], text.splitlines()[1] * 20, 1))  # one 20-fold line
+    long_line = subprocess.run([sys.executable, "-m", "glmscore", *args], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600, env={**env, "GLMSCORE_MAX_LINE_BYTES": "2000"})
+    assert long_line.returncode == 2, long_line.stderr
+    assert "mutant_translocation1.txt: line 2 is longer than 2,000 bytes" in long_line.stderr
+
+    assays = tmp_path / "assays"
+    assays.mkdir()
+    header = "mutant,DMS_score,sequence," + ",".join(f"c{i}" for i in range(1500))
+    (assays / "wide.csv").write_text(header + "\n" + "A1C,0.5,CCGT" + "," * 1500 + "\n")
+    wide = _glmscore("embed", "--benchmark", "nabench", "--data", str(assays), "--model", "onehot", "--out",
+                     str(tmp_path / "w"), "--dry-run", cwd=tmp_path)
+    assert wide.returncode == 2 and "wide.csv: line 1 has 1,503 fields, more than 1,000" in wide.stderr, wide.stderr
+    for proc in (bomb, long_line, wide):
+        assert "Traceback" not in proc.stderr

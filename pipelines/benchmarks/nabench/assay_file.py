@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from glmscore.models.errors import GlmscoreError
-from glmscore.pipelines.textfiles import without_bom
+from glmscore.pipelines.textfiles import bounded_lines, check_header_fields, without_bom
 
 COLUMNS = ["mutant", "DMS_score", "sequence"]
 NA_SCORES = ("", "NA", "NaN", "nan")
@@ -94,9 +94,10 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
         raise GlmscoreError(f"cannot read {path}: {exc.strerror}.") from None
     spans: list[Span] = []
     with fh:
-        head = fh.readline()
+        head = next(bounded_lines(fh, path), (1, b""))[1]
         pos = len(head)
         head = without_bom(head)
+        check_header_fields(head.count(b",") + 1, path)
         try:
             header = [h.strip() for h in head.decode("utf-8").rstrip("\r\n").split(",")]
         except UnicodeDecodeError:
@@ -112,7 +113,7 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
         limit_reached = False
         mutant_hashes = array("Q")  # 64-bit hashes, not the strings: 8 bytes a row for millions of rows
         with_t = with_u = 0
-        for lineno, line in enumerate(fh, start=2):
+        for lineno, line in bounded_lines(fh, path, start=2):
             file_crc = zlib.crc32(line, file_crc)
             if limit_reached:
                 if line.strip():
