@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from glmscore.models.cards import ModelCard, registry
+from glmscore.models.cards import ModelCard, shipped_cards
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import NoOptions, Options, option
 from glmscore.models.registry import Registry
@@ -272,9 +272,9 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
     installed falls back to its ``fallback_backend``. ``trust_remote_code`` can only be turned on here
     by an explicit flag, never by a default.
     """
-    by_hub_id = {c.hf_id: c for c in registry().values()}
-    if spec in registry() or spec in by_hub_id:  # a model's usual hub id gets its card (and its published rules)
-        card = registry()[spec] if spec in registry() else by_hub_id[spec]
+    by_hub_id = {c.hf_id: c for c in shipped_cards().values()}
+    if spec in shipped_cards() or spec in by_hub_id:  # a model's usual hub id gets its card (and its published rules)
+        card = shipped_cards()[spec] if spec in shipped_cards() else by_hub_id[spec]
         if "/" in card.hf_id and Path(card.hf_id).exists():
             # transformers (and every model package) loads a local folder of that name before the hub: a folder
             # in the working directory would then be run as the card's model, with the card's remote code
@@ -286,7 +286,7 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
         _check_model_path(spec)
         card = next((c for cls in BACKENDS.classes() if (c := cls.card_for(spec)) is not None), None)
         if card is None:
-            known = ", ".join(sorted(registry()))
+            known = ", ".join(sorted(shipped_cards()))
             what = "local directory whose architecture" if Path(spec).is_dir() else "name that"
             raise GlmscoreError(
                 f"unknown model {spec!r}: give a card id ({known}), a local save_pretrained directory, a hub id, "

@@ -100,8 +100,9 @@ def _read() -> tuple[dict[str, ModelCard], dict[str, dict[str, str]]]:
     return cards, about
 
 
-def registry() -> dict[str, ModelCard]:
-    """All cards in ``models/cards.yaml``, keyed by id."""
+def shipped_cards() -> dict[str, ModelCard]:
+    """The cards shipped with glmscore (``models/cards.yaml``), keyed by id. (``Registry`` is the class of
+    the backend and benchmark registries; this is a plain table.)"""
     return _read()[0]
 
 
@@ -116,7 +117,7 @@ def zoo_table() -> str:
     """The model zoo as a Markdown table, one row per card (the README's, kept equal by a test)."""
     rows = ["| seed model | card id | backend | environment | verified against | protocols | GPU memory |",
             "|---|---|---|---|---|---|---|"]
-    for card in registry().values():
+    for card in shipped_cards().values():
         if card.environment:
             env = "own: " + ", ".join(card.environment)
         else:

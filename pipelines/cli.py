@@ -19,7 +19,7 @@ from dataclasses import MISSING
 import pandas as pd
 
 from glmscore.models.base import BACKENDS
-from glmscore.models.cards import about, registry, zoo_table
+from glmscore.models.cards import about, shipped_cards, zoo_table
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import base_type, choices_of, flag_of, option_fields
 from glmscore.pipelines import store
@@ -306,7 +306,7 @@ def _dispatch(args) -> int:
         if args.table:
             show(zoo_table())
             return 0
-        for card in registry().values():
+        for card in shipped_cards().values():
             remote = "remote code" if card.trust_remote_code else "no remote code"
             show(f"{card.id:28s} {card.backend:12s} {card.objective}  {card.hf_id}  ({remote}; vLLM: {'yes' if card.vllm else 'no'}; "
                   f"protocols: {', '.join(card.protocols)}"

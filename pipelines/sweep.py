@@ -64,7 +64,7 @@ import yaml
 from glmscore.analysis.combined import provenance_table, write_combined_report
 from glmscore.analysis.report import md_table
 from glmscore.models.base import BACKENDS
-from glmscore.models.cards import registry
+from glmscore.models.cards import shipped_cards
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, address_option, coerce_values, flag_of, option, option_fields
 from glmscore.pipelines import store
@@ -213,7 +213,7 @@ def default_name(spec: str) -> str:
     id with '/' -> '__', ``kmer:K`` -> ``kmerK``; usable as a folder name."""
 
     path = Path(spec)
-    base = spec if spec in registry() else path.name if path.is_dir() else spec.replace("/", "__")
+    base = spec if spec in shipped_cards() else path.name if path.is_dir() else spec.replace("/", "__")
     return re.sub(r"[^A-Za-z0-9._+-]", "", base) or "model"
 
 

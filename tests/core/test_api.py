@@ -116,7 +116,7 @@ def test_the_wheel_installs_as_one_namespace_beside_another_models_package(tmp_p
     with open(os.path.join(site, "zz_deps.pth"), "w") as f:
         f.write(deps + "\n")
     code = ("import models, glmscore, glmscore.models.cards as c, glmscore.pipelines.cli;"
-            "print(models.WHO); print(c.__file__); print(len(c.registry()))")
+            "print(models.WHO); print(c.__file__); print(len(c.shipped_cards()))")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     ran = subprocess.run([str(python), "-c", code], cwd=tmp_path / "other", env=env, capture_output=True, text=True,
                          timeout=300)

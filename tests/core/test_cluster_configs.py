@@ -673,14 +673,14 @@ def entrypoint_problems(doc: dict, parser) -> list[str]:
         args = parser.parse_args(words[3:])
     except SystemExit:
         return [f"`glmscore {' '.join(words[3:])}` does not parse with glmscore.pipelines.cli.build_parser()"]
-    from glmscore.models.cards import registry
+    from glmscore.models.cards import shipped_cards
 
     problems = []
     if args.device != "gpu":
         problems.append(f"--device {args.device}: GPU jobs pass --device gpu (the autoscaler adds GPU nodes for them)")
     if not args.max_actors:
         problems.append("no --max-actors: cap the GPU pool")
-    if args.model not in registry():
+    if args.model not in shipped_cards():
         problems.append(f"--model {args.model}: no such model card")
     for flag in ("data", "out"):
         value = getattr(args, flag)

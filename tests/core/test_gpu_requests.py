@@ -5,7 +5,7 @@ import pytest
 
 from glmscore.models.backends.vllm_causal import VLLMCausal, gpu_memory_utilization
 from glmscore.models.base import Runtime
-from glmscore.models.cards import registry
+from glmscore.models.cards import shipped_cards
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines.pools import size_pool as _resources
 from glmscore.pipelines.score import ScoreConfig
@@ -18,7 +18,7 @@ def _cfg(**kw):
 
 
 def _card(gb: float):
-    return next(c for c in registry().values() if c.backend == "vllm_causal").with_(gpu_memory_gb=gb)
+    return next(c for c in shipped_cards().values() if c.backend == "vllm_causal").with_(gpu_memory_gb=gb)
 
 
 def test_gpu_actors_are_requested_before_any_gpu_node_exists():

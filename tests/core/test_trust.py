@@ -159,9 +159,9 @@ def test_a_remote_code_card_without_a_commit_runs_only_when_asked(tmp_path, smal
     assert ran.returncode == 2, ran.stderr
     assert "runs code from LongSafari/hyenadna-small-32k-seqlen-hf at revision main" in ran.stderr
     assert "pass --revision <commit>" in ran.stderr and "Traceback" not in ran.stderr
-    from glmscore.models.cards import pin_revision, registry
+    from glmscore.models.cards import pin_revision, shipped_cards
 
-    card = registry()["hyenadna-small-32k"]
+    card = shipped_cards()["hyenadna-small-32k"]
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert pin_revision(card, commit, None).revision == commit
     assert pin_revision(card, None, True) is card  # the person at the command line accepted today's code

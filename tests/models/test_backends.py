@@ -7,7 +7,7 @@ import torch
 from glmscore.models.alphabet import normalise
 from glmscore.models.backends.kmer import fit_counts, logprob_table
 from glmscore.models.base import resolve_card, rolling_windows
-from glmscore.models.cards import registry
+from glmscore.models.cards import shipped_cards
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.loader import load_backend
 
@@ -36,7 +36,7 @@ def test_alphabet_policy():
 
 
 def test_cards_and_unknown_model():
-    cards = registry()
+    cards = shipped_cards()
     assert {"hyenadna-small-32k", "nt-v1-500m-human-ref", "dnabert-2-117m", "generator-eukaryote-1.2b",
             "metagene-1", "caduceus-ph-131k", "evo-1-8k-base"} <= set(cards)
     assert not cards["metagene-1"].trust_remote_code and cards["evo-1-8k-base"].trust_remote_code
@@ -54,7 +54,7 @@ def test_every_card_says_what_it_was_verified_against_and_the_readme_shows_the_z
 
     from glmscore.models.cards import ModelCard, about, zoo_table
 
-    for card_id in registry():
+    for card_id in shipped_cards():
         info = about(card_id)
         assert info["seed"] and info["verified"].split(":")[0] in ("tiny real class", "stand-in", "none"), card_id
     assert "seed" not in ModelCard.__dataclass_fields__ and "verified" not in ModelCard.__dataclass_fields__

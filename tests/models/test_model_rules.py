@@ -161,10 +161,10 @@ def test_remote_code_needs_the_flag_in_one_sentence(maskless_model, tmp_path, sm
 def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, tiny_llama):
     import torch
 
-    from glmscore.models.cards import registry
+    from glmscore.models.cards import shipped_cards
 
     # Evo's rule (evo.models.load_checkpoint): bf16 except the poles and residues
-    evo = registry()["evo-1-131k-base"]
+    evo = shipped_cards()["evo-1-131k-base"]
     assert (evo.paper_dtype, evo.paper_keep_float32) == ("bfloat16", ("poles", "residues"))
     card = resolve_card(str(maskless_model), trust_remote_code=True).with_(
         paper_dtype="bfloat16", paper_keep_float32=("poles", "residues"))
@@ -177,7 +177,7 @@ def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, 
     with pytest.raises(GlmscoreError, match="in bfloat16, as its published script did"):
         backend.preflight(card, backend.Options.from_values({"protocol": "paper", "dtype": "float32"}, owner="test"), "score")
     # METAGENE-1's script set no context cap: refused under glmscore, scored whole under paper
-    assert registry()["metagene-1"].paper_uncapped
+    assert shipped_cards()["metagene-1"].paper_uncapped
     short = resolve_card(str(tiny_llama)).with_(max_context=9, paper_uncapped=True)
     long_seq = "ACGT" * 5
     with pytest.raises(GlmscoreError, match="exceed the model's context of 9 tokens"):
@@ -188,9 +188,9 @@ def test_paper_protocol_keeps_the_scripts_precision_and_context(maskless_model, 
 
 
 def test_a_cards_hub_id_gets_the_card():
-    from glmscore.models.cards import registry
+    from glmscore.models.cards import shipped_cards
 
-    for card in registry().values():
+    for card in shipped_cards().values():
         if card.hf_id:
             assert resolve_card(card.hf_id) == card
     nt2 = resolve_card("InstaDeepAI/nucleotide-transformer-v2-500m-multi-species")
@@ -379,7 +379,7 @@ def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path)
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
-    from glmscore.models.cards import registry
+    from glmscore.models.cards import shipped_cards
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {t: i for i, t in enumerate(specials + ["<+>", "<->"] + list("acgtn") + list("ACDEFGHIKLMNPQRSTVWY"))}
@@ -396,7 +396,7 @@ def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
-    card = registry()["glm2-150m"].with_(hf_id=str(path), revision=None, trust_remote_code=False)
+    card = shipped_cards()["glm2-150m"].with_(hf_id=str(path), revision=None, trust_remote_code=False)
     seqs = ["ACGTTGCA", "acgtnNAC", "GATTACAGATTACA"]
     scorer = load_backend(card)
     encoded = scorer.encode(seqs)
@@ -410,7 +410,7 @@ def test_glm2_card_scores_lowercase_nucleotides_after_its_strand_token(tmp_path)
         assert score == pytest.approx(float(np.mean([logp[i, ids[i]] for i in scored])), abs=1e-6)
     upper = load_backend(card.with_(letter_case="upper", sequence_prefix="")).encode(seqs[:1])[0]
     assert set(upper.ids[1:-1].tolist()) <= {vocab[c] for c in "ACGT"}  # amino acids A, C, G, T: protein
-    assert "letter_case" not in registry()["hyenadna-small-32k"].to_dict() and card.to_dict()["letter_case"] == "lower"
+    assert "letter_case" not in shipped_cards()["hyenadna-small-32k"].to_dict() and card.to_dict()["letter_case"] == "lower"
 
 
 def test_token_limit_of_models_whose_positions_start_after_the_pad(tmp_path):

@@ -213,7 +213,7 @@ def test_paper_on_a_vllm_card_runs_on_its_transformers_fallback(tiny_llama, smal
     from glmscore.pipelines.score import ScoreConfig, resolve_job
 
     vllm_card = resolve_card(str(tiny_llama)).with_(id="vllm-card", backend="vllm_causal", fallback_backend="hf_causal")
-    monkeypatch.setattr(cards, "registry", lambda: {"vllm-card": vllm_card})
+    monkeypatch.setattr(cards, "shipped_cards", lambda: {"vllm-card": vllm_card})
     cfg = dict(benchmark="nullsette", data=str(small_nullsette), model="vllm-card", out="unused")
     assert resolve_job(ScoreConfig(**cfg, options={"protocol": "paper"})).backend.name == "hf_causal"
     assert resolve_job(ScoreConfig(**cfg)).backend.name == "vllm_causal"
