@@ -68,6 +68,12 @@ def watch_cluster(every: float = 5.0, misses: int = 3):
     return done
 
 
+def will_own_cluster(address: str) -> bool:
+    """Decided once, before Ray starts: this run starts the cluster it runs on (no Ray session in this process
+    yet, and the address is ``local``), so the cluster is this machine and cannot grow."""
+    return not ray.is_initialized() and address == "local"
+
+
 def ray_address(address: str | None) -> str:
     """Which cluster a job uses, explicitly: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job
     submit`` for the job's driver), else a new local cluster. Never the last cluster that somebody

@@ -41,7 +41,15 @@ from glmscore.pipelines.pools import (
     check_fits,
     warn_if_starved,
 )
-from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, cluster_words, ray_address, start_ray, started_local, watch_cluster
+from glmscore.pipelines.ray_session import (
+    JOB_RUNTIME_ENV,
+    cluster_words,
+    ray_address,
+    start_ray,
+    started_local,
+    watch_cluster,
+    will_own_cluster,
+)
 from glmscore.pipelines.stages import ERROR, PrepareActor, ScoreActor, WriteActor
 
 
@@ -99,7 +107,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         predicted = None  # the guess of the local devices was wrong for this job: Ray's own count decides
     refuse_over_context(plan, predicted, units)
     out.create()
-    fixed_size = not ray.is_initialized() and address == "local"  # a cluster we start cannot grow
+    fixed_size = will_own_cluster(address)
     with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
         if fixed_size and predicted is not None:
             done = _complete_without_ray(plan, predicted, units, out, started, laps)

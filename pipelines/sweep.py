@@ -71,7 +71,7 @@ from glmscore.pipelines import store
 from glmscore.pipelines.benchmark import BENCHMARKS
 from glmscore.pipelines.console import say, show
 from glmscore.pipelines.pools import check_fits, size_pool
-from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, ray_address, start_ray
+from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, ray_address, start_ray, will_own_cluster
 from glmscore.pipelines.score import Plan, ScoreConfig, resolve_job, run_score
 
 EXIT_RUNS_FAILED = 4
@@ -481,7 +481,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
         return runs
     address = ray_address(sweep.address)
     started_here = not ray.is_initialized()
-    fixed = started_here and address == "local"
+    fixed = will_own_cluster(address)
     where = ("the Ray cluster this process joined" if not started_here else
              "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
     _say(f"{len(todo)} run(s) on {where}, up to {sweep.max_parallel} at once; output {sweep.out}")
