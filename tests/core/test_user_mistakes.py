@@ -118,3 +118,28 @@ def test_a_run_ends_with_its_command_when_the_command_is_killed(tmp_path, small_
     again = _glmscore(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reused" in again.stderr and "in use by another glmscore run" not in again.stderr
+
+
+@pytest.mark.ray
+def test_one_model_given_twice_to_analyze_nabench_is_refused_or_kept_apart(tmp_path):
+    """A rerun's folder passed beside the first (`--scores A A2`) merged them: every assay counted twice, n_assays
+    doubled and the standard errors shrank. Refused in one sentence; with --labels the two runs are compared."""
+    data = tmp_path / "assays"
+    data.mkdir()
+    for name, shift in (("Alpha_2020_ribozyme", 0), ("Beta_2021_aptamer", 5)):
+        rows = "".join(f"M{i},{(i * 7 + shift) % 11 / 10:.2f},{'ACGT'[(i + shift) % 4]}CGTACG{'ACGT'[i // 4 % 4]}TACGT\n" for i in range(24))
+        (data / f"{name}.csv").write_text("mutant,DMS_score,sequence\n" + rows)
+    out = tmp_path / "k2"
+    scored = _glmscore("score", "--benchmark", "nabench", "--data", str(data), "--model", "kmer:2", "--out", str(out))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    twice = _glmscore("analyze", "nabench", "--scores", str(out), str(out), "--out", str(tmp_path / "r"))
+    _one_sentence(twice, "the score folders overlap: model kmer2 scored assay", "twice", "--labels")
+    assert not (tmp_path / "r").exists()
+    apart = _glmscore("analyze", "nabench", "--scores", str(out), str(out), "--labels", "run1,run2", "--out", str(tmp_path / "r"))
+    assert apart.returncode == 0, apart.stderr[-3000:]
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "r" / "nabench_summary.csv").set_index("model")
+    assert sorted(summary.index) == ["run1", "run2"]
+    assays = pd.read_csv(tmp_path / "r" / "nabench_assays.csv")
+    assert assays.groupby("model")["assay"].nunique().to_dict() == {"run1": 2, "run2": 2}

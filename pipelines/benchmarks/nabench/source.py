@@ -157,6 +157,8 @@ class NABenchOptions(Options):
 @dataclass(frozen=True)
 class NABenchAnalyzeOptions(Options):
     cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
+    labels: list[str] | None = option(None, parse=comma_list, help="comma-separated names for the --scores folders, in order "
+                                                                  "(one model twice, e.g. two runs to compare)")
     n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
     seed: int = seed_option("bootstrap seed")
     data: str | None = option(None, affects_result=False,
@@ -169,7 +171,7 @@ def best_and_worst_rows(score_dirs: list[str], models: dict[str, str], assays: p
     picks: dict[str, set[str]] = {}
     for model, a in assays.dropna(subset=["spearman"]).groupby("model"):
         picks[model] = {a.loc[a["spearman"].idxmax(), "assay"], a.loc[a["spearman"].idxmin(), "assay"]}
-    frames = [f[f["model"] == models[d]] for d in score_dirs if models.get(d) in picks
+    frames = [f.assign(model=models[d]) for d in score_dirs if models.get(d) in picks  # one model per folder
               for _, f in read_datasets(d, columns, what="NABench score folder", datasets=sorted(picks[models[d]]))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -243,11 +245,21 @@ class NABench(Benchmark):
         columns = ["model", "dataset", "group", "label", "score"]
         manifests = {d: read_manifest(d) for d in score_dirs}
         notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
-        per_assay, models, labelled = [], {}, False
-        for d in score_dirs:
-            for _, frame in read_datasets(d, columns, what="NABench score folder"):
+        if options.labels and len(options.labels) != len(score_dirs):
+            raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
+        per_assay, models, labelled, seen = [], {}, False, {}
+        for i, d in enumerate(score_dirs):
+            for assay, frame in read_datasets(d, columns, what="NABench score folder"):
+                if options.labels:
+                    frame = frame.assign(model=options.labels[i])
                 labelled = labelled or bool(frame["label"].notna().any())
                 models.setdefault(d, frame["model"].iloc[0])
+                for model in frame["model"].unique():
+                    if (model, assay) in seen:  # a rerun or a second folder of one model: each assay would count twice
+                        raise GlmscoreError(f"the score folders overlap: model {model} scored assay {assay} twice (in "
+                                            f"{seen[model, assay]} and {d}); pass each model once or name them apart "
+                                            "with --labels.")
+                    seen[model, assay] = d
                 per_assay.append(zero_shot_table(frame, options.cutoff))
         if not labelled:
             raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
