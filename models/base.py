@@ -275,7 +275,7 @@ def resolve_card(spec: str, *, backend: str | None = None, trust_remote_code: bo
     by_hub_id = {c.hf_id: c for c in shipped_cards().values()}
     if spec in shipped_cards() or spec in by_hub_id:  # a model's usual hub id gets its card (and its published rules)
         card = shipped_cards()[spec] if spec in shipped_cards() else by_hub_id[spec]
-        if "/" in card.hf_id and Path(card.hf_id).exists():
+        if "/" in card.hf_id and not Path(card.hf_id).is_absolute() and Path(card.hf_id).exists():
             # transformers (and every model package) loads a local folder of that name before the hub: a folder
             # in the working directory would then be run as the card's model, with the card's remote code
             raise GlmscoreError(f"card {card.id} means the hub repository {card.hf_id}, but the working directory holds "

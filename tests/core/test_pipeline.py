@@ -12,7 +12,7 @@ import pytest
 from glmscore.models.base import resolve_card
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.loader import load_backend
-from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
+from glmscore.pipelines.benchmarks.nullsette.source import Nullsette
 from glmscore.pipelines.fasta import read_all
 from glmscore.pipelines.score import ScoreConfig, run_score
 from glmscore.pipelines.shards import MANIFEST, read_scores

@@ -326,9 +326,9 @@ def test_output_root_in_object_storage(tmp_path, monkeypatch):
 
 def test_combined_tables_rename_card_ids_and_keep_the_sweep_order(tmp_path):
     """The combiners set each analysis's own tables side by side (analysis parts as pipelines/sweep.py makes them)."""
-    from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
-    from glmscore.pipelines.benchmarks.nullsette.benchmark import Nullsette
-    from glmscore.pipelines.benchmarks.variants.benchmark import Variants
+    from glmscore.pipelines.benchmarks.nabench.source import NABench
+    from glmscore.pipelines.benchmarks.nullsette.source import Nullsette
+    from glmscore.pipelines.benchmarks.variants.source import Variants
 
     order = ["k3", "llama-mean", "llama-sum"]
     success = pd.DataFrame({"model": ["llama-mean", "k3", "llama-sum", "k3"], "dataset": ["kosuri", "kosuri", "kosuri", "zahm"],

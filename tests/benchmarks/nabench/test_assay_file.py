@@ -10,7 +10,7 @@ import pytest
 
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines.benchmarks.nabench import assay_file, source
-from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
+from glmscore.pipelines.benchmarks.nabench.source import NABench
 from glmscore.pipelines.benchmarks.nabench.source import read_assay
 
 

@@ -121,7 +121,7 @@ def test_real_assays_quirks():
 def test_score_embed_analyze_probe_on_real_assays(ray_cluster, tmp_path, tiny_llama, monkeypatch, capsys):
     import pyarrow.dataset as pads
 
-    from glmscore.pipelines.benchmarks.nabench.benchmark import NABench
+    from glmscore.pipelines.benchmarks.nabench.source import NABench
     from glmscore.pipelines.score import ScoreConfig, run_score
 
     data = shared_data("nabench")
