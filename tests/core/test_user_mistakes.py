@@ -96,7 +96,7 @@ def test_a_run_ends_with_its_command_when_the_command_is_killed(tmp_path, small_
     the driver it supervises leaves, the lock is free, and a rerun resumes from the shards that were written."""
     out = tmp_path / "out"
     args = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(tiny_llama),
-            "--out", str(out), "--chunk-rows", "2"]
+            "--out", str(out), "--limit", "6", "--chunk-rows", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = subprocess.Popen([sys.executable, "-m", "glmscore", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
