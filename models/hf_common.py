@@ -116,6 +116,23 @@ def load_config(hf_id: str, revision: str | None, trust_remote_code: bool):
         raise _config_error(hf_id, exc) from None
 
 
+def base_architectures(config: dict, objective: str) -> set[str]:
+    """transformers' base class (``LlamaModel``: no head) of ``config``'s model type when the type also has a
+    head class for ``objective`` (clm: causal LM, mlm: masked LM). A local folder of one gets a card: its hidden
+    states embed, and scoring it is refused in one sentence by the weights' check (no head) unless its head is
+    tied to its embeddings."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_MAPPING_NAMES,
+    )
+
+    heads = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if objective == "clm" else MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    model_type = config.get("model_type")
+    names = MODEL_MAPPING_NAMES.get(model_type) if model_type in heads else None
+    return {names} if isinstance(names, str) else set(names or ())
+
+
 def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, objective: str) -> ModelCard | None:
     """A card for a local ``save_pretrained`` directory or a hub id whose config names one of the
     architectures ``suffixes`` (``ForCausalLM``...); None when the config names another kind."""
@@ -131,7 +148,8 @@ def card_for_architecture(spec: str, suffixes: tuple[str, ...], backend: str, ob
     # the plain config.json: a model with code of its own is recognised whether or not --trust-remote-code
     # was given (its loading checks the flag)
     config = config_dict(hf_id, revision)
-    if not any(a.endswith(suffixes) for a in config.get("architectures") or []):
+    bases = base_architectures(config, objective) if path.is_dir() else set()  # a hub model's weights are not checked
+    if not any(a.endswith(suffixes) or a in bases for a in config.get("architectures") or []):
         return None
     package = architecture_package(config)
     # max_context stays None: the backend reads the limit from the config (one rule for every card
@@ -185,12 +203,17 @@ def check_weights(path: Path) -> None:
     def damaged(f: Path, why: str):
         return GlmscoreError(f"the weights {f} are damaged or incomplete ({why}); save or download them again.")
 
+    def readable(f: Path) -> Path:  # safetensors reports an unreadable file as "No such file or directory"
+        if not os.access(f, os.R_OK):
+            raise GlmscoreError(f"the weights {f} cannot be read: permission denied (ask its owner, or chmod a+r it).")
+        return f
+
     files = []
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = path / index_name
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                shards = sorted(set(json.loads(readable(index).read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise damaged(index, "not a readable weight index") from None
             missing = [s for s in shards if not (path / s).is_file()]
@@ -200,7 +223,7 @@ def check_weights(path: Path) -> None:
             files += [path / s for s in shards]
         elif (path / single).is_file():
             files.append(path / single)
-    for f in files:
+    for f in map(readable, files):
         if f.suffix == ".safetensors":
             try:
                 with safe_open(str(f), framework="pt"):
@@ -211,8 +234,132 @@ def check_weights(path: Path) -> None:
             raise damaged(f, "not a whole PyTorch archive")
 
 
-def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
-    """The tokenizer loads, a local directory holds weights, and (embed) ``layer`` exists in the config."""
+def _shape(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _names(keys, shown: int = 3) -> str:
+    keys = sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def check_weights_fit(path: Path, card: ModelCard, auto_class: str, task: str) -> None:
+    """A local model's weights fit the model its config.json builds, decided on the driver before Ray starts from
+    the safetensors headers alone: a config that declares more layers than the files hold, or another hidden size,
+    otherwise loaded with random layers in silence (or failed in every actor in 190 lines). The model is built on
+    the meta device (no memory) and compared the way transformers loads: checkpoint keys renamed by its own rules
+    (base-model prefix, legacy names), weights tied to others (``all_tied_weights_keys``) and the class's
+    ``_keys_to_ignore_on_load_missing`` are not missing, non-persistent buffers are not in the state dict.
+    Refused: weights missing from the files, weights of another shape, and weights of layers the config does not
+    declare (an index past the end of a layer list); any other extra weights (another class's head) are ignored,
+    as transformers ignores them. A base model's folder (no head) is refused for scoring in its own sentence; its
+    hidden states still embed. Models that run their repository's code, and ``.bin`` weights, are left to loading."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        return
+    if card.trust_remote_code or needs_remote_code(config_dict(card.hf_id, card.revision)):
+        return
+    import torch  # in here: only a local folder's check on the driver pays for it
+    import transformers
+
+    header: dict[str, tuple] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            header.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
+    config = load_config(card.hf_id, card.revision, card.trust_remote_code)
+    try:
+        with torch.device("meta"):
+            model = getattr(transformers, auto_class).from_config(config)
+    except Exception:  # noqa: BLE001 - a model transformers cannot build on the meta device is left to loading
+        return
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        mapping = get_model_conversion_mapping(model)
+        renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+        converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    except (ImportError, TypeError):  # another transformers: the base-model prefix alone
+        rename_source_key, renamings, converters = None, [], []
+    prefix = model.base_model_prefix
+    found, misshaped, unexpected = set(), {}, set()
+    for key, shape in header.items():
+        if rename_source_key is not None:
+            name, converted = rename_source_key(key, renamings, converters, prefix, expected)
+            if name not in expected and key in expected:
+                name, converted = key, None
+        else:
+            name, converted = key, None
+            if key not in expected and prefix and f"{prefix}.{key}" in expected:
+                name = f"{prefix}.{key}"
+            elif key not in expected and prefix and key.startswith(f"{prefix}.") and key[len(prefix) + 1:] in expected:
+                name = key[len(prefix) + 1:]
+        if name in expected:
+            found.add(name)
+            if converted is None and shape != expected[name]:  # a converter (fused experts...) changes shapes
+                misshaped[name] = shape
+        else:
+            unexpected.add(name)
+    ignore = "|".join(f"({p})" for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ()))
+    if hasattr(model, "all_tied_weights_keys"):  # the ties this config makes (transformers 5)
+        tied = set(model.all_tied_weights_keys)
+    else:  # the class's declared ties, made when the config ties embeddings
+        tied = set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(config, "tie_word_embeddings", True) else set()
+    by_tensor: dict[int, set[str]] = {}  # a module shared under two names is one tensor in the files
+    for name, tensor in itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        by_tensor.setdefault(id(tensor), set()).add(name)
+    shared = {n for names in by_tensor.values() if names & found for n in names}
+    missing = {k for k in expected if k not in found and k not in tied and k not in shared
+               and not (ignore and re.search(ignore, k))}
+
+    def past_the_end(key: str) -> bool:  # a layer the config does not declare: model.layers.2.* beside 2 layers
+        parts = key.split(".")
+        for i, part in enumerate(parts[1:], 1):
+            if part.isdigit():
+                try:
+                    return isinstance(model.get_submodule(".".join(parts[:i])), torch.nn.ModuleList)
+                except AttributeError:
+                    return False
+        return False
+
+    extra = {k for k in unexpected if past_the_end(k)}
+    arch = type(model).__name__
+    head = {k for k in missing if prefix and not k.startswith(f"{prefix}.")}
+    if head and head == missing and not misshaped and not extra and any(k.startswith(f"{prefix}.") for k in found):
+        if task == "embed":
+            return  # hidden states need no head
+        saved = ", ".join(config.architectures or []) or "a base model"
+        raise GlmscoreError(f"the weights in {path} have no language-model head ({_names(head)}; config.json's architectures: "
+                            f"{saved}), so they give no scores as {arch}; score a folder saved with its head ({arch}), "
+                            "or take its hidden states with `glmscore embed`.")
+    if not (missing or misshaped or extra):
+        return
+    what = []
+    if missing:
+        what.append(f"{len(missing)} weight(s) the model needs are missing from the files ({_names(missing)})")
+    if misshaped:
+        shown = sorted(misshaped)[:2]
+        what.append(f"{len(misshaped)} weight(s) have another shape ("
+                    + ", ".join(f"{k}: {_shape(misshaped[k])} in the files, {_shape(expected[k])} in the config" for k in shown)
+                    + (f" and {len(misshaped) - 2} more" if len(misshaped) > 2 else "") + ")")
+    if extra:
+        what.append(f"{len(extra)} weight(s) in the files belong to layers the config does not declare ({_names(extra)})")
+    declared = ", ".join(f"{k} {getattr(config, k)}" for k in ("num_hidden_layers", "hidden_size")
+                         if isinstance(getattr(config, k, None), int))
+    raise GlmscoreError(f"the weights in {path} do not fit its config.json ({arch}{': ' + declared if declared else ''}): "
+                        f"{'; '.join(what)}; transformers would fill them with random numbers, so fix config.json or "
+                        "save the model again.")
+
+
+def hf_preflight(card: ModelCard, task: str, layer: int = -1, auto_class: str = "") -> None:
+    """The tokenizer loads, a local directory holds weights that fit its config (``auto_class``: the class the
+    backend loads), and (embed) ``layer`` exists in the config."""
     import_package(card)
     check_remote_code(card.hf_id, card.revision, card.trust_remote_code)
     load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
@@ -221,6 +368,8 @@ def hf_preflight(card: ModelCard, task: str, layer: int = -1) -> None:
         raise GlmscoreError(f"model directory {path} has no weights ({' or '.join(WEIGHT_FILES[::2])}): write them with save_pretrained.")
     if path.is_dir():
         check_weights(path)
+        if auto_class:
+            check_weights_fit(path, card, auto_class, task)
     if task == "embed":
         config = load_config(card.hf_id, card.revision, card.trust_remote_code)
         n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
@@ -283,7 +432,7 @@ class HFBackend(Backend):
             if options.dtype not in (None, card.paper_dtype):
                 raise GlmscoreError(f"--protocol paper runs model {card.id} in {card.paper_dtype}, as its published script did; "
                                     "drop --dtype.")
-        hf_preflight(card, task, layer)
+        hf_preflight(card, task, layer, cls.auto_class)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:

@@ -143,3 +143,67 @@ def test_one_model_given_twice_to_analyze_nabench_is_refused_or_kept_apart(tmp_p
     assert sorted(summary.index) == ["run1", "run2"]
     assays = pd.read_csv(tmp_path / "r" / "nabench_assays.csv")
     assert assays.groupby("model")["assay"].nunique().to_dict() == {"run1": 2, "run2": 2}
+
+
+def _edited_config(model: Path, to: Path, **changes) -> Path:
+    """A copy of ``model`` whose config.json says ``changes`` (the weights stay as they were)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, to)
+    config = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**config, **changes}))
+    return to
+
+
+def test_weights_that_do_not_fit_the_config_are_refused_before_ray(tmp_path, small_nullsette, tiny_llama):
+    """A config.json that declares more layers than the safetensors hold loaded with random layers in silence; one
+    with another hidden size died in every actor (190 lines). Decided from the headers on the driver."""
+    common = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--out", str(tmp_path / "out")]
+    more = _edited_config(tiny_llama, tmp_path / "more-layers", num_hidden_layers=3)
+    _one_sentence(_glmscore(*common, "--model", str(more)), f"the weights in {more} do not fit its config.json",
+                  "num_hidden_layers 3", "9 weight(s) the model needs are missing from the files",
+                  "model.layers.2.input_layernorm.weight", "and 6 more")
+    fewer = _edited_config(tiny_llama, tmp_path / "fewer-layers", num_hidden_layers=1)
+    _one_sentence(_glmscore(*common, "--model", str(fewer)), "9 weight(s) in the files belong to layers the config does not "
+                  "declare (model.layers.1.input_layernorm.weight")
+    wider = _edited_config(tiny_llama, tmp_path / "wider", hidden_size=256, head_dim=128)
+    _one_sentence(_glmscore(*common, "--model", str(wider)), "hidden_size 256", "weight(s) have another shape",
+                  "model.embed_tokens.weight: 12x128 in the files, 12x256 in the config")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_model_without_a_head_is_not_scored(tmp_path, small_nullsette):
+    """A ``LlamaModel`` folder (no lm_head) given to score: one sentence that the weights have no language-model head
+    (before: "unknown model" and the list of every card); its hidden states still embed."""
+    import json
+
+    from transformers import LlamaConfig, LlamaModel
+
+    from tests.tiny_models import dna_tokenizer
+
+    tok = dna_tokenizer()
+    path = tmp_path / "llama-base"
+    LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=1, num_key_value_heads=1, head_dim=64, tie_word_embeddings=False)).save_pretrained(path)
+    tok.save_pretrained(path)
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    common = ["--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(path), "--out", str(tmp_path / "out")]
+    _one_sentence(_glmscore("score", *common, "--backend", "hf_causal"), f"the weights in {path} have no language-model head "
+                  "(lm_head.weight; config.json's architectures: LlamaModel)", "glmscore embed")
+    assert not (tmp_path / "out").exists()
+    embed = _glmscore("embed", *common, "--dry-run")
+    assert embed.returncode == 0, embed.stderr[-3000:]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file")
+def test_unreadable_weights_are_named_as_such(tmp_path, small_nullsette, tiny_llama):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    (model / "model.safetensors").chmod(0)
+    ran = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(model),
+                    "--out", str(tmp_path / "out"))
+    _one_sentence(ran, f"the weights {model / 'model.safetensors'} cannot be read: permission denied")
+    assert "damaged" not in ran.stderr and not (tmp_path / "out").exists()
