@@ -12,6 +12,7 @@ Nucleic-acid family: ``RNA_TYPE`` case-insensitively, whitespace -> '_' (``Aptam
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -23,14 +24,22 @@ import pandas as pd
 import pyarrow as pa
 
 from glmscore.analysis.combined import ordered, plot_grid
-from glmscore.analysis.fitness import aggregate, zero_shot_table
+from glmscore.analysis.fitness import (
+    METRICS,
+    PROTOCOLS,
+    aggregate,
+    breakdown,
+    leaderboard,
+    paired_differences,
+    size_bin,
+    zero_shot_table,
+)
 from glmscore.analysis.report import plot_best_worst, plot_family_bars, write_table_report
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, seed_option
 from glmscore.pipelines import gunzip
 from glmscore.pipelines.benchmark import REFERENCE_BLOCK, Benchmark, Rows, Unit, locator, register_benchmark
 from glmscore.pipelines.benchmarks.nabench.assay_file import Span, parse, read_span, scan, scan_files
-from glmscore.pipelines.console import say
 from glmscore.pipelines.shards import read_datasets, read_manifest
 
 _MUT_RE = re.compile(r"^[A-Za-z](\d+)[A-Za-z]$")
@@ -156,13 +165,89 @@ class NABenchOptions(Options):
 
 @dataclass(frozen=True)
 class NABenchAnalyzeOptions(Options):
-    cutoff: float | None = option(None, help="binarise fitness at this value instead of each assay's median")
+    cutoff: float | None = option(None, help="binarise fitness (label > cutoff) at this value for every assay, instead of "
+                                             "each assay's --cutoff-column value or median")
+    cutoff_column: str = option("DMS_binarization_cutoff", help="metadata.csv column with a per-assay binarisation "
+                                "cutoff (ProteinGym's name); assays without a value use their median")
+    protocol: str = option("tie-aware", choices=list(PROTOCOLS),
+                           help="tie-aware: NDCG and top-10%% recall as exact expectations over the orders of tied "
+                                "scores (row order changes nothing); paper: ProteinGym's reference code as written")
+    missing: str = option("error", choices=["error", "drop"],
+                          help="labelled rows a model left unscored (NaN): error (name them), or drop (metrics on "
+                               "the rows it scored; counted in the tables)")
+    level: str = option("assay", choices=["assay", "construct"],
+                        help="average within each family over assays, or first within each construct "
+                             "(RAW_CONSTRUCT_SEQ, like ProteinGym's UniProt target) and then over constructs")
+    include: list[str] | None = option(None, parse=comma_list,
+                                       help="assays to keep in the family means although they duplicate another "
+                                            "assay's content or have no metadata row")
     labels: list[str] | None = option(None, parse=comma_list, help="comma-separated names for the --scores folders, in order "
                                                                   "(one model twice, e.g. two runs to compare)")
     n_boot: int = option(1000, minimum=1, help="bootstrap resamples of assays within each family")
     seed: int = seed_option("bootstrap seed")
     data: str | None = option(None, affects_result=False,
-                              help="deprecated and ignored: the labels come from the score shards")
+                              help="NABench data folder whose metadata.csv gives each assay's construct, granular type "
+                                   "and cutoff column (default: the folder the scores were made from, if it is there)")
+
+
+def assay_annotations(data: Path, cutoff_column: str) -> pd.DataFrame:
+    """Per assay from metadata.csv: ``construct`` (RAW_CONSTRUCT_SEQ), ``granular`` (RNA_TYPE_GRANULAR) and
+    ``cutoff`` (``cutoff_column``, a number or NaN); an empty frame when there is no metadata.csv."""
+    path = Path(data) / "metadata.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["assay", "construct", "granular", "cutoff"])
+    read_metadata(data)  # its checks and sentences
+    meta = pd.read_csv(path, dtype=str)
+    column = lambda name: meta[name] if name in meta.columns else pd.Series([None] * len(meta))  # noqa: E731
+    return pd.DataFrame({"assay": meta["DMS_ID"].astype(str), "construct": column("RAW_CONSTRUCT_SEQ"),
+                         "granular": column("RNA_TYPE_GRANULAR").map(lambda t: t.strip() if isinstance(t, str) else t),
+                         "cutoff": pd.to_numeric(column(cutoff_column), errors="coerce")}).drop_duplicates("assay")
+
+
+def content_digest(frame: pd.DataFrame) -> str:
+    """One assay's variants and labels in file order: equal digests = the same assay under two names."""
+    ordered_ = frame.sort_values("pair_index", kind="stable")
+    hashed = pd.util.hash_pandas_object(ordered_[["mutant", "label"]].reset_index(drop=True), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
+
+
+def headline_exclusions(digests: dict[str, str], families: dict[str, str], include: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Assays left out of the family means ({assay: why}) and a warning for each: a file without a metadata
+    row (family 'unknown') and every copy but one of identical content, unless the user named it."""
+    out, notes = {}, []
+    by_digest: dict[str, list[str]] = {}
+    for assay, digest in digests.items():
+        by_digest.setdefault(digest, []).append(assay)
+    for same in by_digest.values():
+        if len(same) > 1:
+            keep, *copies = sorted(same, key=lambda a: (families[a] == "unknown", a))
+            for c in copies:
+                if c not in include:
+                    out[c] = f"same variants and labels as {keep}"
+            notes.append(f"assays {', '.join(sorted(same))} have identical variants and labels; only {keep} counts in "
+                         "the family means (name another with --include to keep it).")
+    listed = any(f != "unknown" for f in families.values())  # without any metadata, nothing is "unlisted"
+    for assay, family in families.items():
+        if listed and family == "unknown" and assay not in include and assay not in out:
+            out[assay] = "no metadata.csv row (family unknown)"
+            notes.append(f"assay {assay} has no metadata.csv row, so no family: it is left out of the family means "
+                         "(name it with --include to keep it as family 'unknown').")
+    return out, notes
+
+
+def data_notes(assays: pd.DataFrame, depth_rows: pd.DataFrame) -> list[str]:
+    """What the per-assay table hides: unlabelled and unscored rows, assays too small for a metric."""
+    notes = []
+    first = assays.drop_duplicates("assay")
+    for _, r in first[first["n_unlabelled"] > 0].iterrows():
+        notes.append(f"assay {r['assay']}: {r['n_unlabelled']} row(s) have a DMS_score that is not a finite number "
+                     "(empty, NaN, text or inf); they are left out of every metric.")
+    for _, r in assays[assays["n_missing"] > 0].iterrows():
+        notes.append(f"assay {r['assay']}: model {r['model']} left {r['n_missing']} labelled row(s) unscored; "
+                     "--missing drop computed its metrics without them.")
+    for _, r in first[first["too_small"].notna()].iterrows():
+        notes.append(f"assay {r['assay']} has no metrics: {r['too_small']}.")
+    return notes
 
 
 def best_and_worst_rows(score_dirs: list[str], models: dict[str, str], assays: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -238,18 +323,23 @@ class NABench(Benchmark):
     def analyze(cls, score_dirs: list[str], out: str, options: NABenchAnalyzeOptions) -> dict:
         if not score_dirs:
             raise GlmscoreError("pass --scores with one or more score folders.")
-        if options.data:  # a documented flag of an earlier release: accepted, so old scripts still run
-            say("note: --data is deprecated and ignored: the labels come from the score shards.")
+        if options.labels and len(options.labels) != len(score_dirs):
+            raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
+        manifests = {d: read_manifest(d) for d in score_dirs}
+        notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
+        annotations, meta_note = cls._annotations(options, manifests)
+        if meta_note:
+            notes.append(meta_note)
+        if options.level == "construct" and annotations["construct"].isna().all():
+            raise GlmscoreError("--level construct needs metadata.csv with a RAW_CONSTRUCT_SEQ column: pass --data with "
+                                "the NABench data folder.")
+        cutoffs = options.cutoff if options.cutoff is not None else annotations.set_index("assay")["cutoff"].dropna().to_dict()
         # One assay in memory at a time (its shards cut to these columns): per-assay metrics need nothing
         # else, and a SELEX-scale release does not fit in one frame. The scatter plots re-read two assays.
         columns = ["model", "dataset", "group", "label", "score"]
-        manifests = {d: read_manifest(d) for d in score_dirs}
-        notes = sorted({w for m in manifests.values() for w in m.get("warnings", [])})
-        if options.labels and len(options.labels) != len(score_dirs):
-            raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
-        per_assay, models, labelled, seen = [], {}, False, {}
+        per_assay, models, labelled, seen, digests, families = [], {}, False, {}, {}, {}
         for i, d in enumerate(score_dirs):
-            for assay, frame in read_datasets(d, columns, what="NABench score folder"):
+            for assay, frame in read_datasets(d, columns + ["pair_index", "mutant"], what="NABench score folder"):
                 if options.labels:
                     frame = frame.assign(model=options.labels[i])
                 labelled = labelled or bool(frame["label"].notna().any())
@@ -260,31 +350,86 @@ class NABench(Benchmark):
                                             f"{seen[model, assay]} and {d}); pass each model once or name them apart "
                                             "with --labels.")
                     seen[model, assay] = d
-                per_assay.append(zero_shot_table(frame, options.cutoff))
+                if assay not in digests:
+                    digests[assay] = content_digest(frame[frame["model"] == frame["model"].iloc[0]])
+                    families[assay] = str(frame["group"].iloc[0])
+                per_assay.append(zero_shot_table(frame, cutoffs, options.protocol, options.missing, by_depth=True))
         if not labelled:
             raise GlmscoreError("the score folders hold no NABench labels; score with --benchmark nabench.")
+        unknown = sorted(set(options.include or []) - set(digests))
+        if unknown:
+            raise GlmscoreError(f"--include names assay(s) {', '.join(unknown)} that no score folder holds.")
+        excluded, exclusion_notes = headline_exclusions(digests, families, options.include or [])
         inputs = pd.DataFrame([{"model": models.get(d), "folder": d, "card": m["model_card"].get("hf_id") or m["model_card"]["id"],
                                 "revision": m.get("resolved_revision"), "limit": m.get("config", {}).get("limit"),
                                 "finished": m.get("finished")} for d, m in manifests.items()])
-        assays = (pd.concat(per_assay, ignore_index=True).sort_values(["model", "assay", "family"], kind="stable")
-                  .reset_index(drop=True))
-        families, summary = aggregate(assays, n_boot=options.n_boot, seed=options.seed)
+        table = pd.concat(per_assay, ignore_index=True)
+        table = table.merge(annotations[["assay", "construct", "granular"]], on="assay", how="left")
+        depth_rows = table[table["depth"].notna()]
+        assays = (table[table["depth"].isna()].drop(columns=["depth"])
+                  .sort_values(["model", "assay", "family"], kind="stable").reset_index(drop=True))
+        assays["in_headline"] = ~assays["assay"].isin(list(excluded))
+        assays["size"] = assays["n_rows"].map(size_bin)
+        notes += exclusion_notes + data_notes(assays, depth_rows)
+        counted = assays[assays["in_headline"]]
+        level = "construct" if options.level == "construct" else None
+        fams, summary = aggregate(counted, n_boot=options.n_boot, seed=options.seed, level=level)
+        pairs = paired_differences(counted, "spearman", n_boot=options.n_boot, seed=options.seed, level=level)
+        depth = breakdown(depth_rows[depth_rows["assay"].isin(counted["assay"])], "depth")
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         assays.to_csv(out_dir / "nabench_assays.csv", index=False)
-        families.to_csv(out_dir / "nabench_families.csv", index=False)
+        fams.to_csv(out_dir / "nabench_families.csv", index=False)
         summary.to_csv(out_dir / "nabench_summary.csv", index=False)
-        plots = [plot_family_bars(families, out_dir)] + plot_best_worst(
+        pairs.to_csv(out_dir / "nabench_pairwise.csv", index=False)
+        depth_rows.drop(columns=["too_small"], errors="ignore").to_csv(out_dir / "nabench_depth_assays.csv", index=False)
+        breakdowns = {"depth": depth, "granular": breakdown(counted, "granular"), "size": breakdown(counted, "size")}
+        for name, frame in breakdowns.items():
+            frame.to_csv(out_dir / f"nabench_by_{name}.csv", index=False)
+        boards = {}
+        for metric in METRICS:
+            depth_m = breakdown(depth_rows[depth_rows["assay"].isin(counted["assay"])], "depth", metric)
+            pairs_m = pairs if metric == "spearman" else paired_differences(counted, metric, n_boot=options.n_boot,
+                                                                            seed=options.seed, level=level)
+            boards[metric] = leaderboard(summary, fams, pairs_m, depth_m, metric)
+            name = boards[metric].columns[1].removeprefix("Average_")
+            boards[metric].to_csv(out_dir / f"nabench_leaderboard_{name}.csv")
+        plots = [plot_family_bars(fams, out_dir)] + plot_best_worst(
             best_and_worst_rows(score_dirs, models, assays, columns), assays, out_dir)
+        levels = ("constructs (RAW_CONSTRUCT_SEQ) within each family, then families" if level
+                  else "assays within each family, then families")
         report = write_table_report(
-            "NABench zero-shot report", {"Summary (unweighted mean over families)": summary, "Families": families,
-                                         "Assays": assays, "Data notes": pd.DataFrame({"note": notes or ["none"]}),
-                                         "Provenance": inputs},
+            "NABench zero-shot report",
+            {"Leaderboard (Spearman; SE = paired bootstrap SE of the difference from the top model)":
+                 boards["spearman"].reset_index(),
+             "Summary (unweighted mean over families; *_se = each model's own bootstrap SE)": summary,
+             "Model vs model (Spearman: difference, paired bootstrap SE, 95% interval)": pairs,
+             "Spearman by mutation depth (mean over assays)": depth,
+             "Spearman by RNA_TYPE_GRANULAR": breakdowns["granular"],
+             "Spearman by assay size (rows)": breakdowns["size"],
+             "Families": fams, "Assays": assays.drop(columns=["construct"]),
+             "Data notes": pd.DataFrame({"note": notes or ["none"]}), "Provenance": inputs},
             plots, out_dir,
-            {"metrics": "Spearman (spearman), AUC and MCC at the cutoff, NDCG@10%, top-10% recall; *_se = bootstrap SE",
-             "cutoff": "median" if options.cutoff is None else options.cutoff, "bootstrap": options.n_boot,
-             "seed": options.seed})
+            {"metrics": "Spearman, AUC and MCC (label > cutoff; score >= its median), NDCG@10%, top-10% recall",
+             "protocol": options.protocol, "headline": f"unweighted mean over families of the mean over {levels}",
+             "cutoff": options.cutoff if options.cutoff is not None else f"{options.cutoff_column} column, else median",
+             "missing": options.missing, "bootstrap": options.n_boot, "seed": options.seed,
+             "left out of the means": ", ".join(sorted(excluded)) or "none"})
         return {"report": str(report), "table": summary}
+
+    @staticmethod
+    def _annotations(options: NABenchAnalyzeOptions, manifests: dict) -> tuple[pd.DataFrame, str | None]:
+        """metadata.csv of --data, else of the folder the scores were made from when it is still there."""
+        if options.data:
+            if not Path(options.data).is_dir():
+                raise GlmscoreError(f"--data {options.data} is not a folder.")
+            return assay_annotations(Path(options.data), options.cutoff_column), None
+        for m in manifests.values():
+            data = m.get("config", {}).get("data")
+            if data and not str(data).startswith(("s3://", "gs://")) and (Path(data) / "metadata.csv").exists():
+                return assay_annotations(Path(data), options.cutoff_column), None
+        return (pd.DataFrame(columns=["assay", "construct", "granular", "cutoff"]),
+                "no metadata.csv found (pass --data): no construct level, granular-type table or per-assay cutoffs.")
 
     @classmethod
     def combined_tables(cls, parts: list[dict], order: list[str], out: Path, bid: str) -> list:

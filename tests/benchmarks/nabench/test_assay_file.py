@@ -10,8 +10,7 @@ import pytest
 
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines.benchmarks.nabench import assay_file, source
-from glmscore.pipelines.benchmarks.nabench.source import NABench
-from glmscore.pipelines.benchmarks.nabench.source import read_assay
+from glmscore.pipelines.benchmarks.nabench.source import NABench, read_assay
 
 
 def _assay(folder, n, seed=0, name="Big_2024_selex"):
