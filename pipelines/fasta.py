@@ -30,10 +30,12 @@ class Chunk:
     max_len: int = 0  # longest record in the chunk (bases)
 
 
-def scan(path: Path, chunk_rows: int, limit: int | None = None, notes: dict | None = None) -> tuple[int, list[Chunk]]:
+def scan(path: Path, chunk_rows: int, limit: int | None = None, notes: dict | None = None,
+         names: list[bytes] | None = None) -> tuple[int, list[Chunk]]:
     """Validate ``path`` and split its first ``limit`` records into chunks; return (n_records, chunks).
     ``notes``, if given, gets what is usable but suspicious: ``duplicate_names`` (records whose name an
-    earlier record had) and ``lowercase`` (records with lowercase letters, read as uppercase)."""
+    earlier record had) and ``lowercase`` (records with lowercase letters, read as uppercase). ``names``, if
+    given, gets each record's name in order (the header's first word, as bytes), in the same pass."""
     seen: set[int] | None = set() if notes is not None else None  # hashes of names: 8 bytes of key per record
     duplicates = lowercase = 0
     lower_here = False
@@ -72,6 +74,8 @@ def scan(path: Path, chunk_rows: int, limit: int | None = None, notes: dict | No
                     raise GlmscoreError(f"{path}: line {lineno} is a header without a name.")
                 if n == 0:
                     chunk_start = pos  # blank lines before the first header belong to no record
+                if names is not None:
+                    names.append(line[1:].split(None, 1)[0])
                 if seen is not None:
                     key = hash(line[1:].strip())
                     duplicates += key in seen

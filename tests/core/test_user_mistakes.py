@@ -207,3 +207,27 @@ def test_unreadable_weights_are_named_as_such(tmp_path, small_nullsette, tiny_ll
                     "--out", str(tmp_path / "out"))
     _one_sentence(ran, f"the weights {model / 'model.safetensors'} cannot be read: permission denied")
     assert "damaged" not in ran.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_nullsette_mutant_file_in_another_cassette_order_is_refused(tmp_path, small_nullsette):
+    """Record i of a mutant file pairs with record i of nonmutant.txt, and the release's pairing key is the header:
+    a mutant file whose records 4 and 5 are swapped was paired anyway (each mutant scored against another cassette's
+    nonmutant). Refused on the driver naming the file, the record and both headers; --pair-by order pairs by
+    position and warns."""
+    import shutil
+
+    from glmscore.pipelines.fasta import read_all
+
+    data = tmp_path / "pd"
+    shutil.copytree(small_nullsette, data)
+    path = data / "synthetic_ecoli" / "mutant_translocation2.txt"
+    names, seqs = read_all(path)
+    names[3], names[4], seqs[3], seqs[4] = names[4], names[3], seqs[4], seqs[3]
+    path.write_text("".join(f">{n}\n{s}\n" for n, s in zip(names, seqs)))
+    common = ["score", "--benchmark", "nullsette", "--data", str(data), "--model", "kmer:3", "--out", str(tmp_path / "out")]
+    _one_sentence(_glmscore(*common), f"dataset synthetic_ecoli: {path} does not list the cassettes in nonmutant.txt's order: "
+                  f"record 4 is '{names[3]}' where nonmutant.txt's record 4 is '{names[4]}' (2 records differ)", "--pair-by order")
+    assert not (tmp_path / "out").exists()
+    by_order = _glmscore(*common, "--pair-by", "order", "--dry-run")
+    assert by_order.returncode == 0, by_order.stderr[-3000:]
+    assert f"{path}: 2 record(s) name another cassette than nonmutant.txt's record at their position" in by_order.stdout + by_order.stderr

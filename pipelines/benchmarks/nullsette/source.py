@@ -55,10 +55,31 @@ class GroupFile:
     source: Path | None = None  # the file as found: ``path``, or the .gz that ``path`` is the decompressed copy of
 
 
+PAIR_BY = ("header", "order")
+
+
+def pairing_mismatches(nonmutant: list[bytes], mutant: list[bytes]) -> list[int]:
+    """The record indices at which ``mutant`` names another cassette than ``nonmutant`` does.
+
+    Same cassette = the same record name, the header's first word (``>kosuri_0017 promoter=...``: ``kosuri_0017``),
+    compared exactly. ``glmscore nullsette build`` writes the component table's ``cassette_id`` (the five real
+    tables of ../shared/data/nullsette: ``apFAB67_Invitrogen_RBS``, ``minCMV_JDP2_529``...) as the header of record
+    i in nonmutant.txt and in every mutant_translocation<k>.txt, with no suffix per mutant type (the published
+    repository's example FASTA uses the same ids), so equality is the whole rule; text after the first
+    whitespace (a description) is not compared."""
+    return [i for i, (a, b) in enumerate(zip(nonmutant, mutant)) if a != b]
+
+
 def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
-             datasets: list[str] | None = None, warnings: list[str] | None = None) -> list[GroupFile]:
+             datasets: list[str] | None = None, warnings: list[str] | None = None,
+             pair_by: str = "header") -> list[GroupFile]:
     """Find and validate every dataset under ``root``; return one entry per (dataset, group) file. What is
-    usable but suspicious (repeated record names, lowercase letters) is appended to ``warnings``."""
+    usable but suspicious (repeated record names, lowercase letters) is appended to ``warnings``.
+
+    Record i of every mutant file pairs with record i of nonmutant.txt. ``pair_by="header"`` (the release's
+    pairing key) refuses a mutant file whose record i names another cassette than nonmutant record i
+    (``pairing_mismatches``), naming the file, the record and both headers; ``"order"`` pairs by position and
+    only warns. The names are taken in the pass that validates each file (``scan``), so no file is read twice."""
     root = Path(root)
     if not root.is_dir():
         raise GlmscoreError(f"Nullsette data folder {root} does not exist.")
@@ -89,13 +110,15 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
         files = [(NONMUTANT, nonmutant if nonmutant.exists() else folder / f"{NONMUTANT}.txt.gz")] + \
             [(f"mutant_translocation{k}", p) for k, p in mutants]
         expected = None
+        reference: list[bytes] = []  # nonmutant.txt's record names, in order
         for group, source in files:
             path = gunzip.readable(source)
             notes: dict = {}
-            n, chunks = scan(path, chunk_rows, None, notes)
+            names: list[bytes] = []
+            n, chunks = scan(path, chunk_rows, None, notes, names)
             if warnings is not None and notes["duplicate_names"]:
                 warnings.append(f"{path}: {notes['duplicate_names']} record(s) repeat an earlier record's name "
-                                "(records pair by position; the names are only labels)")
+                                "(records pair by position; a repeated name does not tell cassettes apart)")
             if warnings is not None and notes["lowercase"]:
                 warnings.append(f"{path}: {notes['lowercase']} record(s) have lowercase letters, read as uppercase "
                                 "(a soft mask is not kept)")
@@ -106,6 +129,19 @@ def discover(root: Path, *, chunk_rows: int = 1024, limit: int | None = None,
                 raise GlmscoreError(
                     f"dataset {name}: {path.name} has {n} records but nonmutant.txt has {expected}; mutant files must pair row by row."
                 )
+            if group == NONMUTANT:
+                reference = names
+            elif mismatched := pairing_mismatches(reference, names):
+                i = mismatched[0]
+                first = (f"record {i + 1} is {names[i].decode('utf-8', 'replace')!r} where nonmutant.txt's record {i + 1} "
+                         f"is {reference[i].decode('utf-8', 'replace')!r}")
+                if pair_by == "header":
+                    raise GlmscoreError(f"dataset {name}: {path} does not list the cassettes in nonmutant.txt's order: {first}"
+                                        + (f" ({len(mismatched)} records differ)" if len(mismatched) > 1 else "")
+                                        + "; reorder the file, or pass --pair-by order to pair records by position anyway.")
+                if warnings is not None:
+                    warnings.append(f"{path}: {len(mismatched)} record(s) name another cassette than nonmutant.txt's record "
+                                    f"at their position (first: {first}); paired by position (--pair-by order)")
             if limit is not None and limit < n:
                 n, chunks = scan(path, chunk_rows, limit)
             out.append(GroupFile(name, group, path, n, tuple(chunks), longest, source))
@@ -332,6 +368,10 @@ def nullsette_tables(parts: list[dict], order: list[str], out: Path, bid: str) -
 @dataclass(frozen=True)
 class NullsetteOptions(Options):
     """Nullsette (score, embed)"""
+    pair_by: str = option("header", choices=PAIR_BY, affects_result=False,
+                          help="Nullsette: how record i of a mutant file is checked against record i of nonmutant.txt: "
+                               "header (default): the same cassette name (the header's first word), else refused; "
+                               "order: paired by position, differing names only warned")
     score_subsequence: str | None = option(
         None, help="Nullsette, sequence-to-function models: score only this subsequence of each cassette, as "
                    "alphagenome_infer.py --score-subsequence (its first occurrence): a DNA sequence, or a component "
@@ -373,7 +413,8 @@ class Nullsette(Benchmark):
         return entry["fixed"][spec].upper()
 
     def units(self, *, chunk_rows, limit, datasets) -> list[Unit]:
-        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets, warnings=self.warnings)
+        groups = discover(Path(self.data), chunk_rows=chunk_rows, limit=limit, datasets=datasets, warnings=self.warnings,
+                          pair_by=self.options.pair_by)
         if self.options.score_subsequence:
             for dataset in sorted({g.dataset for g in groups}):
                 self.subsequence(dataset)  # refused on the driver, before Ray starts
