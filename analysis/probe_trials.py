@@ -73,16 +73,17 @@ def probe_trial(config: dict, data: dict) -> dict:
     elif c["setting"] == "fewshot":
         res = run_fewshot(c["probe"], a.X, a.y, int(c["split"]), repeats=c["repeats"], seed=c["seed"], params=c["params"])
     elif given is not None:
-        res = run_supervised_given(c["probe"], a.X, a.y, given, seed=c["seed"])
+        res = run_supervised_given(c["probe"], a.X, a.y, given, seed=c["seed"], fold_metric=c.get("fold_metric", "pooled"))
     else:
-        res = run_supervised(c["probe"], a.X, a.y, a.positions, c["split"], seed=c["seed"])
+        res = run_supervised(c["probe"], a.X, a.y, a.positions, c["split"], seed=c["seed"],
+                             fold_metric=c.get("fold_metric", "pooled"))
     return {**{k: c[k] for k in ("assay", "setting", "probe", "split")}, "family": a.family, **res}
 
 
 def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], seed: int = 0,
                ks=FEWSHOT_K, repeats: int = 5, schemes=("random", "modulo", "contiguous"),
                fixed_params: dict | None = None, transfer_from=None, transfer_to=None,
-               protocol: str = "glmscore") -> list[dict]:
+               protocol: str = "glmscore", fold_metric: str = "pooled") -> list[dict]:
     """One config per trial. ``protocol="paper"``: the published schemes (random and contiguous, multi-mutant
     assays included); an assay with distributed folds gets its fold columns as supervised splits."""
     grid = []
@@ -105,5 +106,7 @@ def trial_grid(data: dict[str, AssayArrays], setting: str, probes: list[str], se
             for split in splits:
                 grid.append({"assay": assay, "setting": setting, "probe": probe, "split": split, "seed": seed,
                              "repeats": repeats, "params": (fixed_params or {}).get(probe, {}),
-                             **({"protocol": protocol} if protocol != "glmscore" else {})})
+                             **({"protocol": protocol} if protocol != "glmscore" else {}),
+                             # the per-fold mean is a choice; the default (pooled) keeps earlier trials' names
+                             **({"fold_metric": fold_metric} if fold_metric != "pooled" and setting == "supervised" else {})})
     return grid

@@ -11,7 +11,9 @@
   Hyper-parameters are chosen by an inner 3-fold CV on the training part only.
 - Given folds (``glmscore probe --folds``): a distributed fold column's values held out in turn, with the
   supervised rule above (``given_folds``, ``run_supervised_given``).
-Every fold's model is fitted from scratch; the metric is Spearman on the held-out rows (AUC for logistic).
+Every fold's model is fitted from scratch; the few-shot metric is Spearman on the held-out rows (AUC for
+logistic); the supervised metric is ProteinGym's: one Spearman over the pooled out-of-fold predictions of a
+scheme (``fold_metric="mean"``: the mean of the folds' values), with the normalised MSE beside it.
 The published NABench rules (``--protocol paper``) are in ``analysis/published_probes.py``.
 """
 
@@ -83,31 +85,69 @@ def supervised_folds(positions: list[list[int]], scheme: str, n_folds: int = 5,
     return [(rows[fold != f], rows[fold == f]) for f in range(n_folds) if (fold == f).any() and (fold != f).any()]
 
 
-def _metric(probe: str, model, X, y, y_threshold) -> float:
+def _metric(probe: str, y, pred, y_threshold) -> float:
+    """Spearman of predictions (AUC of probabilities for logistic, labels binarised at ``y_threshold``:
+    one value, or one per row when out-of-fold predictions from several folds are pooled)."""
     if probe == "logistic":
         yb = (y > y_threshold).astype(int)
         if yb.min() == yb.max():
             return np.nan
-        return float(roc_auc_score(yb, model.predict_proba(X)[:, 1]))
-    pred = model.predict(X)
-    return float(stats.spearmanr(y, pred).statistic) if np.ptp(pred) > 0 else np.nan
+        return float(roc_auc_score(yb, pred))
+    return float(stats.spearmanr(y, pred).statistic) if len(pred) > 2 and np.ptp(pred) > 0 else np.nan
 
 
-def fit_eval(probe: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *,
-             inner_cv: bool, params: dict | None = None, seed: int = 0) -> float:
-    """Fit a fresh probe on ``train`` (inner-CV hyper-parameters if ``inner_cv``) and score ``test``."""
+def fit_predict(probe: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *,
+                inner_cv: bool, params: dict | None = None, seed: int = 0) -> tuple[np.ndarray | None, float]:
+    """Fit a fresh probe on ``train`` (inner-CV hyper-parameters if ``inner_cv``) and predict ``test``:
+    (predictions or, for logistic, probabilities; the training part's median). None when a logistic
+    probe's training part has one class."""
     assert not set(train.tolist()) & set(test.tolist()), "a test row is in the training part"
     Xtr, ytr = X[train], y[train]
     threshold = float(np.median(ytr))
     target = (ytr > threshold).astype(int) if probe == "logistic" else ytr
     if probe == "logistic" and target.min() == target.max():
-        return np.nan
+        return None, threshold
     model = make_probe(probe, seed, **(params or {}))
     if inner_cv and len(train) >= 15:
         model = GridSearchCV(model, GRIDS[probe], cv=KFold(3, shuffle=True, random_state=seed),
                              scoring="roc_auc" if probe == "logistic" else "r2")
     model.fit(Xtr, target)
-    return _metric(probe, model, X[test], y[test], threshold)
+    return (model.predict_proba(X[test])[:, 1] if probe == "logistic" else model.predict(X[test])), threshold
+
+
+def fit_eval(probe: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *,
+             inner_cv: bool, params: dict | None = None, seed: int = 0) -> float:
+    """Fit a fresh probe on ``train`` and score ``test`` (one fold's metric)."""
+    pred, threshold = fit_predict(probe, X, y, train, test, inner_cv=inner_cv, params=params, seed=seed)
+    return np.nan if pred is None else _metric(probe, y[test], pred, threshold)
+
+
+FOLD_METRICS = ("pooled", "mean")
+
+
+def cross_validate(probe: str, X, y, folds: list[tuple[np.ndarray, np.ndarray]], *, seed: int = 0,
+                   fold_metric: str = "pooled") -> dict:
+    """Every fold's probe fitted from scratch (inner-CV hyper-parameters). ``metric``: with ``pooled``
+    (ProteinGym's rule) one Spearman over the out-of-fold predictions of all folds, with ``mean`` the mean
+    of the folds' own values; both are returned (``pooled``, ``fold_mean``), with ``mse``: the pooled
+    predictions' mean squared error on targets standardised by the assay's mean and SD (ProteinGym's
+    normalised MSE; NaN for logistic)."""
+    pred, thresholds = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    per_fold = []
+    for train, test in folds:
+        p, threshold = fit_predict(probe, X, y, train, test, inner_cv=True, seed=seed)
+        if p is None:
+            per_fold.append(np.nan)
+            continue
+        per_fold.append(_metric(probe, y[test], p, threshold))
+        pred[test], thresholds[test] = p, threshold
+    ok = ~np.isnan(pred)
+    pooled = _metric(probe, y[ok], pred[ok], thresholds[ok]) if ok.sum() > 2 else np.nan
+    fold_mean = float(np.nanmean(per_fold)) if np.isfinite(per_fold).any() else np.nan
+    sd = float(np.std(y[ok])) if ok.any() else 0.0
+    mse = float(np.mean((pred[ok] - y[ok]) ** 2) / sd**2) if probe != "logistic" and sd > 0 else np.nan
+    return {"metric": pooled if fold_metric == "pooled" else fold_mean, "pooled": pooled, "fold_mean": fold_mean,
+            "mse": mse, "n_splits": len(folds)}
 
 
 def run_fewshot(probe: str, X, y, k: int, repeats: int = 5, seed: int = 0, params: dict | None = None) -> dict:
@@ -116,10 +156,8 @@ def run_fewshot(probe: str, X, y, k: int, repeats: int = 5, seed: int = 0, param
     return {"metric": float(np.nanmean(vals)) if vals else np.nan, "n_splits": len(vals)}
 
 
-def run_supervised(probe: str, X, y, positions, scheme: str, seed: int = 0) -> dict:
-    folds = supervised_folds(positions, scheme, seed=seed)
-    vals = [fit_eval(probe, X, y, tr, te, inner_cv=True, seed=seed) for tr, te in folds]
-    return {"metric": float(np.nanmean(vals)) if vals else np.nan, "n_splits": len(vals)}
+def run_supervised(probe: str, X, y, positions, scheme: str, seed: int = 0, fold_metric: str = "pooled") -> dict:
+    return cross_validate(probe, X, y, supervised_folds(positions, scheme, seed=seed), seed=seed, fold_metric=fold_metric)
 
 
 def given_folds(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -135,7 +173,7 @@ def given_folds(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def run_supervised_given(probe: str, X, y, folds: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
-    """``run_supervised``'s rule (inner-CV hyper-parameters, mean over folds) on given folds."""
-    vals = [fit_eval(probe, X, y, tr, te, inner_cv=True, seed=seed) for tr, te in folds]
-    return {"metric": float(np.nanmean(vals)) if vals else np.nan, "n_splits": len(vals)}
+def run_supervised_given(probe: str, X, y, folds: list[tuple[np.ndarray, np.ndarray]], seed: int = 0,
+                         fold_metric: str = "pooled") -> dict:
+    """``run_supervised``'s rule on given folds."""
+    return cross_validate(probe, X, y, folds, seed=seed, fold_metric=fold_metric)

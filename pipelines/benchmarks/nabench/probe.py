@@ -14,7 +14,7 @@ from ray import tune
 
 from glmscore.analysis.fitness import aggregate
 from glmscore.analysis.probe_trials import AssayArrays, probe_trial, trial_grid
-from glmscore.analysis.probes import FEWSHOT_K, PROBES
+from glmscore.analysis.probes import FEWSHOT_K, FOLD_METRICS, PROBES
 from glmscore.analysis.published_probes import PAPER_SEED, SOURCE
 from glmscore.analysis.report import write_table_report
 from glmscore.models.errors import GlmscoreError
@@ -48,6 +48,9 @@ class ProbeConfig(Options):
                            help="fewshot/supervised: glmscore (standardised features, inner-CV grids, mean over "
                                 "folds) or paper (the published NABench scripts: ridge on unscaled features, "
                                 "np.random.seed(42) draws, KFold(5, shuffle, 42) + RidgeCV, pooled out-of-fold Spearman)")
+    fold_metric: str = option("pooled", choices=list(FOLD_METRICS),
+                              help="supervised (glmscore protocol): pooled = one Spearman over a scheme's out-of-fold "
+                                   "predictions (ProteinGym's rule), mean = the mean of the folds' Spearman")
     folds: str | None = option(None, help="supervised: distributed folds instead of generated ones: a fold CSV, or a "
                                           "folder of <DMS_ID>.csv, with mutant + fold_* columns (fold_random_5, "
                                           "fold_modulo_5, fold_contiguous_5: each present one is a scheme), joined by mutant")
@@ -165,7 +168,8 @@ def run_probes(cfg: ProbeConfig) -> dict:
         attach_folds(data, keys, cfg.folds)
     folds_label = str(Path(cfg.folds).resolve()) if cfg.folds is not None else "generated"
     grid = trial_grid(data, setting, probes, seed=seed, repeats=repeats, transfer_from=cfg.transfer_from,
-                      transfer_to=cfg.transfer_to, protocol=cfg.protocol, ks=tuple(cfg.k or FEWSHOT_K))
+                      transfer_to=cfg.transfer_to, protocol=cfg.protocol, ks=tuple(cfg.k or FEWSHOT_K),
+                      fold_metric=cfg.fold_metric)
     if rule == "published":
         for trial in grid:
             trial["drop_wildtype"] = drops_wildtype(rule, trial["setting"], trial["split"])
@@ -186,7 +190,12 @@ def run_probes(cfg: ProbeConfig) -> dict:
     trials = run_probe_trials(data, grid, out_dir / "tune", name=f"{setting}")
     trials.insert(0, "model", model)
     per = trials.assign(split=trials["split"].astype(str))
-    metrics = ["metric", "metric_std"] if "metric_std" in per.columns else ["metric"]
+    metrics = ["metric"] + [m for m in ("metric_std", "mse") if m in per.columns]
+    if setting == "supervised" and per["split"].nunique() > 1:
+        # ProteinGym's headline: each assay's mean over its fold schemes, then the usual aggregation
+        average = (per.groupby(["model", "assay", "family", "setting", "probe"], as_index=False)[metrics].mean()
+                   .assign(split="average"))
+        per = pd.concat([per, average], ignore_index=True)
     with warnings.catch_warnings():
         # metric_std is NaN for pooled out-of-fold trials: its mean over them is an empty slice, and NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -229,6 +238,10 @@ def run_probes(cfg: ProbeConfig) -> dict:
                                "contiguous: mean over folds and metric_std their SD; families and summary: means of both)",
                      "split seeds": f"published ({PAPER_SEED}; contiguous truncation 0; --seed seeds only the bootstrap)",
                      "rules": SOURCE}
+    elif setting == "supervised":
+        settings["metric"] = (f"Spearman (AUC for logistic): {cfg.fold_metric} over each scheme's folds (pooled: one value "
+                              "over the pooled out-of-fold predictions, ProteinGym's rule; the trials table has both); "
+                              "mse: pooled normalised MSE; split 'average': each assay's mean over its schemes (the headline)")
     else:
         settings["metric"] = "Spearman (AUC for logistic)"
     report = write_table_report(f"NABench {setting} probes", {"Summary": summary, "Families": families,
@@ -254,8 +267,8 @@ def run_probe_trials(data: dict[str, AssayArrays], grid: list[dict], storage: Pa
     if dry_run_on is not None:
         return results
     rows = [r.metrics for r in results]
-    keep = ["assay", "family", "setting", "probe", "split", "metric"] + (
-        ["metric_std"] if any("metric_std" in r for r in rows) else []) + ["n_splits"] + (
+    keep = ["assay", "family", "setting", "probe", "split", "metric"] + [
+        k for k in ("metric_std", "pooled", "fold_mean", "mse") if any(k in r for r in rows)] + ["n_splits"] + (
         ["n_skipped"] if any("n_skipped" in r for r in rows) else []) + (
         ["train_assays"] if any("train_assays" in r for r in rows) else [])
     return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).sort_values(["assay", "probe", "split"],

@@ -232,7 +232,7 @@ def test_a_contiguous_fold_whose_fit_fails_is_skipped_and_counted(monkeypatch):
 
 
 def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
-    from glmscore.analysis.probes import fit_eval, given_folds, run_supervised_given
+    from glmscore.analysis.probes import fit_eval, fit_predict, given_folds, run_supervised_given
     from glmscore.analysis.published_probes import pooled_oof
     from glmscore.pipelines.benchmarks.nabench.folds import join_folds, occurrence
 
@@ -253,13 +253,23 @@ def test_fold_file_join_and_pooled_oof_on_given_folds(tmp_path):
     X, y = onehot(frame["sequence"]), frame["DMS_score"].to_numpy(float)
     for c in folds:
         assert pooled_oof(X, y, given_folds(folds[c]))["metric"] == pytest.approx(hand_given_folds(X, y, folds[c]), abs=1e-12)
-    # the glmscore protocol on the same folds: its own rule (inner CV, mean over folds), fold by fold
+    # the glmscore protocol on the same folds: inner CV per fold; ProteinGym's pooled out-of-fold Spearman by
+    # default, the folds' mean on request; the normalised MSE of the pooled predictions beside it
     f = folds["fold_random_5"]
     tests = [np.flatnonzero(f == v) for v in range(5)]
     assert [te.tolist() for _, te in given_folds(f)] == [t.tolist() for t in tests]
-    expect = np.nanmean([fit_eval("ridge", X, y, np.flatnonzero((f != v) & ~np.isnan(f)), t, inner_cv=True)
-                         for v, t in enumerate(tests)])
-    assert run_supervised_given("ridge", X, y, given_folds(f))["metric"] == pytest.approx(expect, abs=1e-12)
+    trains = [np.flatnonzero((f != v) & ~np.isnan(f)) for v in range(5)]
+    expect = np.nanmean([fit_eval("ridge", X, y, tr, t, inner_cv=True) for tr, t in zip(trains, tests)])
+    pred = np.full(len(y), np.nan)
+    for tr, t in zip(trains, tests):
+        pred[t] = fit_predict("ridge", X, y, tr, t, inner_cv=True)[0]
+    ok = ~np.isnan(pred)
+    got = run_supervised_given("ridge", X, y, given_folds(f))
+    assert got["metric"] == got["pooled"] == pytest.approx(spearmanr(y[ok], pred[ok]).statistic, abs=1e-12)
+    assert got["fold_mean"] == pytest.approx(expect, abs=1e-12) and got["metric"] != pytest.approx(expect, abs=1e-6)
+    z = (y[ok] - y[ok].mean()) / y[ok].std()
+    assert got["mse"] == pytest.approx(np.mean((z - (pred[ok] - y[ok].mean()) / y[ok].std()) ** 2))
+    assert run_supervised_given("ridge", X, y, given_folds(f), fold_metric="mean")["metric"] == pytest.approx(expect, abs=1e-12)
 
 
 def test_fold_file_errors_are_one_sentence(tmp_path):
