@@ -254,7 +254,8 @@ def check_weights_fit(path: Path, card: ModelCard, auto_class: str, task: str) -
     Refused: weights missing from the files, weights of another shape, and weights of layers the config does not
     declare (an index past the end of a layer list); any other extra weights (another class's head) are ignored,
     as transformers ignores them. A base model's folder (no head) is refused for scoring in its own sentence; its
-    hidden states still embed. Models that run their repository's code, and ``.bin`` weights, are left to loading."""
+    hidden states still embed. Models that run their repository's code, quantized checkpoints, and ``.bin``
+    weights are left to loading."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -262,8 +263,9 @@ def check_weights_fit(path: Path, card: ModelCard, auto_class: str, task: str) -
         files = [path / "model.safetensors"]
     else:
         return
-    if card.trust_remote_code or needs_remote_code(config_dict(card.hf_id, card.revision)):
-        return
+    raw = config_dict(card.hf_id, card.revision)
+    if card.trust_remote_code or needs_remote_code(raw) or raw.get("quantization_config"):
+        return  # the repository's code, or packed (quantized) weights whose shapes are not the model's
     import torch  # in here: only a local folder's check on the driver pays for it
     import transformers
 
@@ -323,9 +325,10 @@ def check_weights_fit(path: Path, card: ModelCard, auto_class: str, task: str) -
         for i, part in enumerate(parts[1:], 1):
             if part.isdigit():
                 try:
-                    return isinstance(model.get_submodule(".".join(parts[:i])), torch.nn.ModuleList)
+                    layers = model.get_submodule(".".join(parts[:i]))
                 except AttributeError:
                     return False
+                return isinstance(layers, torch.nn.ModuleList) and int(part) >= len(layers)
         return False
 
     extra = {k for k in unexpected if past_the_end(k)}
