@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import multiprocessing
 import os
 import re
@@ -59,7 +60,7 @@ class Scan:
     spans: tuple[Span, ...]  # the first ``limit`` rows, in chunks
     max_len: int  # longest sequence of the spanned rows
     file_crc: int  # of the whole file: what a job that reads every row at once (fine-tuning) compares
-    non_numeric_scores: int  # DMS_score values that are neither a number nor missing
+    non_numeric_scores: int  # DMS_score values that are not a finite number (empty, NaN, text, inf)
     numeric_scores: int
     duplicate_mutants: int = 0  # rows whose mutant string an earlier row has
     with_t: int = 0  # sequences with a T, and with a U: both in one assay is suspicious (DNA and RNA mixed)
@@ -75,15 +76,14 @@ def _fields(line: bytes, path: Path, lineno: int) -> list[str]:
     return next(csv.reader([text]))
 
 
-def _is_number(text: str) -> bool | None:
-    """True: a number; None: missing; False: something else."""
+def _is_number(text: str) -> bool:
+    """A label is a finite number; empty, NaN, text and inf are not (one rule: no label, counted, warned)."""
     if text in NA_SCORES:
-        return None
+        return False
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def scan(path: Path, chunk_rows: int, limit: int | None = None) -> Scan:
@@ -192,7 +192,7 @@ def read_span(path: Path, offset: int, length: int, crc: int | None = None) -> p
 
 def parse(source, path: Path, header: list[str] | None = None) -> pd.DataFrame:
     """An assay's CSV rows as a frame (``header``: the column names when ``source`` has no header line);
-    ``DMS_score`` as float64, missing or non-numeric values NaN."""
+    ``DMS_score`` as float64; a value that is not a finite number (empty, NaN, text, inf) is NaN: no label."""
     try:
         frame = pd.read_csv(source, dtype={"mutant": str, "sequence": str}, keep_default_na=False,
                             na_values={"DMS_score": list(NA_SCORES)}, encoding="utf-8-sig",
@@ -200,5 +200,5 @@ def parse(source, path: Path, header: list[str] | None = None) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise GlmscoreError(f"{path.name} is not a readable assay CSV ({str(exc).splitlines()[0]}).") from None
     numeric = pd.to_numeric(frame["DMS_score"], errors="coerce").astype(np.float64)
-    frame["DMS_score"] = numeric
+    frame["DMS_score"] = numeric.where(np.isfinite(numeric))
     return frame

@@ -120,8 +120,8 @@ def discover(data: Path, *, assays: list[str] | None = None, families: list[str]
         if found.numeric_scores == 0:
             raise GlmscoreError(f"{path.name}: no DMS_score is a number, so nothing in it can be evaluated.")
         if found.non_numeric_scores:
-            warnings.append(f"{path.name}: {found.non_numeric_scores} DMS_score value(s) are not numbers; "
-                            "those rows are scored but carry no label.")
+            warnings.append(f"{path.name}: {found.non_numeric_scores} DMS_score value(s) are not finite numbers (empty, "
+                            "NaN, text or inf); those rows are scored but carry no label and count in no metric.")
         if found.duplicate_mutants:
             warnings.append(f"{path.name}: {found.duplicate_mutants} row(s) repeat an earlier row's mutant name; "
                             "each row is scored on its own (pair_index tells them apart).")

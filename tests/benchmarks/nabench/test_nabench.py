@@ -227,19 +227,20 @@ def test_non_numeric_scores_and_missing_metadata_are_counted_and_reported(ray_cl
     rows = ["mutant,DMS_score,sequence", f",1.0,{wt}"]
     for i in range(1, 30):
         seq = wt[: i - 1] + ("A" if wt[i - 1] != "A" else "C") + wt[i:]
-        rows.append(f"{wt[i - 1]}{i}{seq[i - 1]},{'n/a' if i % 10 == 0 else round(float(rng.normal()), 3)},{seq}")
+        label = {10: "n/a", 20: "n/a", 5: "inf", 7: ""}.get(i, round(float(rng.normal()), 3))  # one rule for all four
+        rows.append(f"{wt[i - 1]}{i}{seq[i - 1]},{label},{seq}")
     data = tmp_path / "nab"
     data.mkdir()
     (data / "Toy_2024_assay.csv").write_text("\n".join(rows) + "\n")
     assert main(["score", "--benchmark", "nabench", "--data", str(data), "--model", "kmer:2", "--out", str(tmp_path / "s")]) == 0
     err = capsys.readouterr().err
     assert "glmscore: warning: " in err and "metadata.csv is missing" in err
-    assert "Toy_2024_assay.csv: 2 DMS_score value(s) are not numbers" in err
+    assert "Toy_2024_assay.csv: 4 DMS_score value(s) are not finite numbers" in err
     # --data names the folder whose metadata.csv annotates the assays (here there is none)
     assert main(["analyze", "nabench", "--scores", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--n-boot", "50",
                  "--data", str(data)]) == 0
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "## Data notes" in report and "2 DMS_score value(s) are not numbers" in report
+    assert "## Data notes" in report and "4 DMS_score value(s) are not finite numbers" in report
     (data / "Toy_2024_assay.csv").write_text("mutant,DMS_score,sequence\n,x,ACGT\nA1C,y,CCGT\n")
     with pytest.raises(GlmscoreError, match="no DMS_score is a number"):
         discover(data)
