@@ -226,7 +226,8 @@ def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str
     cfg = plan.cfg
     config = {**asdict(cfg), "data": cfg.data if plan.staged else str(Path(cfg.data).resolve()), "out": str(out),
               "resolved_pooling": plan.pooling, "options": plan.options.to_dict(),
-              "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint}
+              "benchmark_options": plan.benchmark.options.to_dict(), "fingerprint": plan.fingerprint,
+              "card_id": plan.card.id}  # `glmscore runs` names an unfinished run's model as a finished one's
     out.claim(plan.fingerprint, config, cfg.overwrite, units, plan.identity)
     # the fit comes with the digest (one pass over the reference sequences), before we know whether any
     # shard is pending: the fit costs a fraction of reading them (a local rerun known to have nothing

@@ -109,7 +109,7 @@ class OutputFolder:
         prepare_out(self.out, fingerprint, config, overwrite, rels, expected, identity, checked=checked,
                     meta_of=lambda rel: self.seen(rel).meta)
         if overwrite:
-            self._seen.clear()  # its shards were deleted
+            self._seen.clear()  # its shards were deleted (or, resuming an interrupted --overwrite run, are re-read)
 
     def check(self, fingerprint: str, overwrite: bool, units: list, identity: dict | None = None) -> None:
         """``claim``'s refusals, changing nothing."""

@@ -120,7 +120,8 @@ def describe(out) -> dict:
         return row
     config = record.get("config", {})
     written = store.files(out, "part-*.parquet")
-    return {**row, "benchmark": config.get("benchmark"), "model": config.get("model"), "task": config.get("task"),
+    return {**row, "benchmark": config.get("benchmark"), "model": config.get("card_id") or config.get("model"),
+            "task": config.get("task"),
             "shards": len(written), "state": f"unfinished: {len(written)} shard(s) written; rerun the same command to resume",
             "fingerprint": record.get("fingerprint")}
 

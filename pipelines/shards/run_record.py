@@ -7,6 +7,7 @@ import json
 
 from glmscore.models.errors import GlmscoreError
 from glmscore.pipelines import store
+from glmscore.pipelines.console import say
 from glmscore.pipelines.shards.changes import changes
 from glmscore.pipelines.shards.format import each, io_threads, shard_meta
 from glmscore.pipelines.shards.manifest import MANIFEST, write_json
@@ -22,6 +23,13 @@ def read_run_record(out) -> dict:
     except (FileNotFoundError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def interrupted_overwrite(out, fingerprint: str) -> bool:
+    """``out`` holds an unfinished run (a run record, no manifest) of this fingerprint started with --overwrite."""
+    record = read_run_record(out)
+    return (record.get("fingerprint") == fingerprint and bool(record.get("config", {}).get("overwrite"))
+            and not store.exists(store.join(out, MANIFEST)))
 
 
 def read_run_file(out) -> str | None:
@@ -41,7 +49,11 @@ def prepare_out(out, fingerprint: str, config: dict, overwrite: bool, shard_rels
     # ``checked``: the shards ``check_out`` found just now, with these arguments (not listed and checked again)
     existing = checked if checked is not None else check_out(out, fingerprint, overwrite, shard_rels, expected, identity,
                                                              meta_of)
-    if overwrite:
+    if overwrite and interrupted_overwrite(out, fingerprint):
+        # an --overwrite run of this configuration was interrupted: it deleted the old shards when it started,
+        # so every shard here is its own; its rerun resumes instead of throwing them away again
+        say(f"resuming the interrupted --overwrite run in {out}: the {len(existing)} shard(s) it wrote are kept")
+    elif overwrite:
         for rel in existing:
             store.delete(store.join(out, *rel.split("/")))
     store.makedirs(out)

@@ -62,8 +62,7 @@ def test_real_nullsette_slice_scored_and_analysed(tmp_path, tiny_llama):
     import pandas as pd
     import ray
 
-    from glmscore.pipelines.benchmarks.nullsette.source import Nullsette
-    from glmscore.pipelines.benchmarks.nullsette.source import build
+    from glmscore.pipelines.benchmarks.nullsette.source import Nullsette, build
     from glmscore.pipelines.score import ScoreConfig, run_score
 
     build(shared_data("nullsette"), tmp_path / "pd")

@@ -124,7 +124,9 @@ def test_an_edited_record_recomputes_only_its_unit(ray_cluster, small_nullsette,
     assert "does not exist" in lines[2] and "not a glmscore folder" in lines[3]
     (out / MANIFEST).unlink()
     assert main(["runs", str(out)]) == 0
-    assert "unfinished: 40 shard(s) written; rerun the same command to resume" in capsys.readouterr().out
+    unfinished = capsys.readouterr().out
+    assert "unfinished: 40 shard(s) written; rerun the same command to resume" in unfinished
+    assert " kmer3 " in unfinished.splitlines()[1]  # the card id, as for a finished run (not the --model text)
 
 
 def test_a_report_is_written_whole_or_not_at_all(ray_cluster, small_nullsette, tmp_path, capsys, monkeypatch):

@@ -231,3 +231,29 @@ def test_a_nullsette_mutant_file_in_another_cassette_order_is_refused(tmp_path, 
     by_order = _glmscore(*common, "--pair-by", "order", "--dry-run")
     assert by_order.returncode == 0, by_order.stderr[-3000:]
     assert f"{path}: 2 record(s) name another cassette than nonmutant.txt's record at their position" in by_order.stdout + by_order.stderr
+
+
+def test_the_rerun_of_an_interrupted_overwrite_run_resumes(tmp_path, small_nullsette):
+    """An interrupted --overwrite run leaves its run record (with --overwrite) and the shards it wrote, and no
+    manifest; rerunning the same command keeps those shards (before: all thrown away again, although the
+    interrupt sentence promised to resume). A finished folder under --overwrite is still recomputed whole."""
+    out = tmp_path / "s"
+    command = ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
+               "--out", str(out), "--chunk-rows", "20", "--overwrite")
+    first = _glmscore(*command)
+    assert first.returncode == 0, first.stderr[-2000:]
+    parts = sorted(out.rglob("part-*.parquet"))
+    assert len(parts) >= 4
+    kept = {p: p.stat().st_mtime_ns for p in parts[2:]}
+    # what an interrupt leaves: no manifest, two shards not yet written
+    (out / "_manifest.json").unlink()
+    for p in parts[:2]:
+        p.unlink()
+    again = _glmscore(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"the {len(parts) - 2} shard(s) it wrote are kept" in again.stderr
+    assert f"2 of {len(parts)} shards to compute" in again.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    # finished: --overwrite means recompute everything
+    third = _glmscore(*command)
+    assert third.returncode == 0 and f"{len(parts)} of {len(parts)} shards to compute" in third.stderr, third.stderr[-2000:]
