@@ -26,8 +26,7 @@ def main() -> None:
 
     from glmscore.models.base import resolve_card
     from glmscore.models.loader import load_backend
-    from glmscore.pipelines.benchmarks.variants.source import Variants
-    from glmscore.pipelines.benchmarks.variants.source import BuildOptions, build_windows
+    from glmscore.pipelines.benchmarks.variants.source import BuildOptions, Variants, build_windows
     from glmscore.pipelines.benchmarks.variants.synthetic import make_synthetic
     from glmscore.pipelines.score import ScoreConfig, run_score
     from tests.bench.bench_nullsette import PeakRSS
