@@ -22,7 +22,7 @@ from glmscore.models.base import BACKENDS
 from glmscore.models.cards import about, shipped_cards, zoo_table
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import base_type, choices_of, flag_of, option_fields
-from glmscore.pipelines import store
+from glmscore.pipelines import downloads, store
 from glmscore.pipelines.api import analyze
 from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
 from glmscore.pipelines.console import Terminated, handle_sigterm, say, show
@@ -207,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--table", action="store_true", help="the model zoo as a Markdown table (the README's)")
     r = sub.add_parser("runs", help="what output folders hold: benchmark, model, rows, finished or not, fingerprint")
     r.add_argument("folders", nargs="+", help="score or embed output folders (local or s3://)")
+    dt = sub.add_parser("data", help="the benchmarks' public data: fetch and verify it into your cache (README: Getting the data)")
+    dt_sub = dt.add_subparsers(dest="data_command", required=True)
+    dg = dt_sub.add_parser("get", help="download, verify and unpack a benchmark's data; --data NAME then uses it")
+    dg.add_argument("name", help=f"what to fetch: {', '.join(downloads.SOURCES)}")
+    dg.add_argument("--from", dest="source_from", metavar="FILE_OR_URL",
+                    help="a local copy or another URL of the archive (a machine without network; NABench's assay archive)")
+    dg.add_argument("--sha256", help="the SHA-256 the archive must have (replaces glmscore's pin or the first download's)")
+    dg.add_argument("--force", action="store_true", help="fetch and unpack again even if a complete copy is cached")
+    dt_sub.add_parser("list", help="the names, their sources and pins, and whether each is fetched here")
     return parser
 
 
@@ -299,6 +308,9 @@ def _local_only(args) -> None:
 
 def _dispatch(args) -> int:
     _local_only(args)
+    for flag in ("data", "genome", "variants"):  # a registered name means its fetched copy (on the driver, once)
+        if isinstance(getattr(args, flag, None), str):
+            setattr(args, flag, downloads.resolve_data(getattr(args, flag), f"--{flag}", archives=flag == "data"))
     if isinstance(getattr(args, "out", None), str):
         refuse_relative_in_job_copy(args.out, "--out")
 
@@ -317,6 +329,10 @@ def _dispatch(args) -> int:
             can = [w for w, ok in (("scores", cls.scores), ("embeds", cls.embeds), ("GPU", cls.can_use_gpu),
                                    ("fits on reference", cls.fits_on_reference)) if ok]
             show(f"  {cls.name:12s} {', '.join(can)}{'' if cls.available() else '  (not installed)'}")
+        return 0
+    if args.command == "data":
+        show(downloads.describe() if args.data_command == "list" else
+             str(downloads.get(args.name, source_from=args.source_from, sha256=args.sha256, force=args.force)))
         return 0
     if args.command == "runs":
         folders = [f for given in args.folders for f in output_folders(store.absolute(given) if not store.is_uri(given) else given)]

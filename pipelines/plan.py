@@ -19,6 +19,7 @@ from glmscore.models.options import Options, address_option, comma_list, option,
 from glmscore.models.pooling import Pooling
 from glmscore.pipelines import store
 from glmscore.pipelines.benchmark import BENCHMARKS, Benchmark
+from glmscore.pipelines.downloads import resolve_data
 from glmscore.pipelines.pools import (
     Pool,
     size_pool,
@@ -151,7 +152,10 @@ def check_strands(backend: type[Backend], rc: str, options: dict) -> tuple[str, 
 
 def resolve_job(cfg: ScoreConfig, stage: bool = True) -> Plan:
     """The job's benchmark, card, backend and options, checked (``stage=False``: an object-store --data
-    is not copied, for a check that starts nothing)."""
+    is not copied, for a check that starts nothing). A registered data name (``nullsette``) or a released archive
+    becomes its cached, verified folder here, on the driver (``pipelines/downloads.py``)."""
+    if (data := resolve_data(cfg.data)) != cfg.data:
+        cfg = replace(cfg, data=data)
     staged, data = None, cfg.data
     if store.is_uri(cfg.data) and stage:  # an object-store folder: read from a local copy on each node (store.stage)
         staged = (cfg.data.rstrip("/"), store.data_version(cfg.data), str(store.cache_root()))
