@@ -141,6 +141,10 @@ class Backend(ABC):
     # position-resolved outputs such as a sequence-to-function model's bins
     strand_symmetric: ClassVar[bool] = True
     scores_regions: ClassVar[bool] = False  # reads Context.region: a score (embedding) of part of each sequence
+    # a model that takes seconds per row runs a unit in steps of at most this many rows (1, 2, 4, ... rows:
+    # a fixed schedule, so a rerun batches the same rows together) and reports each step to the job's
+    # progress line; None: the unit in one call (a k-mer table scores a unit in milliseconds)
+    progress_step: ClassVar[int | None] = None
 
     # ------------------------------------------------------------ driver side: no model is loaded
 

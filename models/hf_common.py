@@ -420,6 +420,7 @@ class HFOptions(LMOptions):
 
 class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""
+    progress_step = 64  # rows per progress report at most (``Backend.progress_step``)
     auto_class: ClassVar[str] = ""
     Options = HFOptions
     embeds = True

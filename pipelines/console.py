@@ -143,26 +143,65 @@ class Laps:
                 + ", ".join(f"{k} {v:.1f} s" for k, v in self.laps.items()))
 
 
+def rate_text(rate: float, what: str) -> str:
+    """A rate a person can read: ``12,345.6 rows/s``, ``2.5 rows/s``, or below one per second the time per
+    item (``31.4 s/window``: a real-size window model printed ``0.0 rows/s``)."""
+    if rate >= 1:
+        return f"{rate:,.1f} {what}/s"
+    return f"{1 / rate:,.1f} s/{what[:-1] if what.endswith('s') else what}"
+
+
 class Progress:
     """Rows done of ``total`` with rows/s and ETA: a bar that redraws on a terminal, else one line every
     ``every`` seconds (CI, ``ray job submit`` logs). The rate and ETA come from the recent updates
     (the last ``window`` seconds), never from the start: the first unit waits for Ray and the model to
-    load, and an ETA over the whole elapsed time was 20-35x too long early on a short job."""
+    load, and an ETA over the whole elapsed time was 20-35x too long early on a short job.
+
+    Two sources move it: ``update`` (rows of finished shards, authoritative) and ``observe`` (rows the model
+    actors report as they go, so a slow unit shows progress before its shard is written); the line shows
+    the larger. ``heartbeat`` prints what is happening when nothing has moved for ``every`` seconds
+    (actors starting, weights loading). Thread-safe: a driver thread polls the actors' reports."""
 
     def __init__(self, total: int, what: str = "rows", every: float = 10.0, window: float = 60.0,
                  clock=time.monotonic):
         self.total, self.what, self.every, self.window, self.clock = total, what, every, window, clock
         self.tty = getattr(sys.stderr, "isatty", lambda: False)()
-        self.done, self.start, self.last = 0, clock(), 0.0
-        self.recent: deque[tuple[float, int]] = deque()  # (time, rows done) of recent updates
+        self.done, self.scored, self.start, self.last = 0, 0, clock(), 0.0
+        self.recent: deque[tuple[float, int]] = deque()  # (time, rows shown) of recent updates
+        self.lock = threading.Lock()
+
+    @property
+    def shown(self) -> int:
+        return min(self.total, max(self.done, self.scored))
 
     def update(self, n: int) -> None:
-        self.done += n
+        with self.lock:
+            self.done += n
+            self._moved(force=self.done >= self.total)
+
+    def observe(self, scored: int) -> None:
+        """The rows the model actors have reported so far (a retried unit may count twice: capped at total)."""
+        with self.lock:
+            if scored > self.scored:
+                self.scored = scored
+                self._moved(force=False)
+
+    def heartbeat(self, state: str) -> None:
+        """Print ``state`` (what the job waits for) if no line was printed for ``every`` seconds."""
+        with self.lock:
+            now = self.clock()
+            if now - self.last >= self.every and self.shown < self.total:
+                self.last = now
+                elapsed = now - self.start
+                text = self.line(now) if self.shown else f"glmscore: {state}; elapsed {elapsed:.0f} s"
+                CONSOLE.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
+
+    def _moved(self, force: bool) -> None:
         now = self.clock()
-        self.recent.append((now, self.done))
+        self.recent.append((now, self.shown))
         while len(self.recent) > 2 and now - self.recent[0][0] > self.window:
             self.recent.popleft()
-        if self.tty or now - self.last >= self.every or self.done >= self.total:
+        if self.tty or force or now - self.last >= self.every:
             self.last = now
             self._show(now)
 
@@ -171,20 +210,20 @@ class Progress:
         if len(self.recent) < 2:
             return None
         (t0, d0), (t1, d1) = self.recent[0], self.recent[-1]
-        return (d1 - d0) / (t1 - t0) if t1 > t0 else None
+        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
 
     def line(self, now: float | None = None) -> str:
         elapsed = max((now or self.clock()) - self.start, 1e-9)
-        rate = self.rate()
-        pct = 100.0 * self.done / self.total if self.total else 100.0
+        rate, shown = self.rate(), self.shown
+        pct = 100.0 * shown / self.total if self.total else 100.0
         if self.done >= self.total:
-            speed = f"{self.done / elapsed:,.1f} {self.what}/s overall"
+            speed = f"{rate_text(self.done / elapsed, self.what)} overall"
             eta = "done"
         elif rate:
-            speed, eta = f"{rate:,.1f} {self.what}/s", f"ETA {(self.total - self.done) / rate:.0f} s"
+            speed, eta = rate_text(rate, self.what), f"ETA {(self.total - shown) / rate:.0f} s"
         else:
             speed, eta = f"- {self.what}/s", "ETA -"
-        return f"glmscore: {self.done:,}/{self.total:,} {self.what} ({pct:.0f}%), {speed}, elapsed {elapsed:.0f} s, {eta}"
+        return f"glmscore: {shown:,}/{self.total:,} {self.what} ({pct:.0f}%), {speed}, elapsed {elapsed:.0f} s, {eta}"
 
     def _show(self, now: float) -> None:
         if self.tty:

@@ -19,6 +19,7 @@ stops the job at the first one and raises it, so no manifest is written.
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -50,7 +51,7 @@ from glmscore.pipelines.ray_session import (
     watch_cluster,
     will_own_cluster,
 )
-from glmscore.pipelines.stages import ERROR, PrepareActor, ScoreActor, WriteActor
+from glmscore.pipelines.stages import ERROR, PrepareActor, ProgressBoard, ScoreActor, WriteActor
 
 
 def _references(plan: Plan, units: list[Unit]) -> dict[str | None, Iterator[list[str]]]:
@@ -269,6 +270,7 @@ def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFold
         raise RuntimeError("_run_pending needs the Ray cluster this job started or joined")
     say(f"{laps.line()}")
     ledger = attempts.Ledger(uuid.uuid4().hex)  # this job's kills per unit (a restarted job starts afresh)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
     # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
     # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes
@@ -285,13 +287,16 @@ def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFold
         num_cpus=ACTOR_CPUS, **actor_remote_args(plan.backend.actor_resources(plan.card, plan.options, plan.pool.gpus)),
         # a model whose packages cannot share glmscore's environment gets its own, for these actors only
         **({"runtime_env": {**JOB_RUNTIME_ENV, **plan.actor_env}} if plan.actor_env else {}),
-        fn_constructor_kwargs={"plan": plan, "fitted": fitted, "run": ledger.run},
+        fn_constructor_kwargs={"plan": plan, "fitted": fitted, "run": ledger.run, "board": board},
     )
     ds = ds.map_batches(WriteActor, batch_size=1, batch_format="pyarrow", num_cpus=WRITE_CPUS,
                         compute=ActorPoolStrategy(min_size=1, max_size=plan.pool.max_actors),
                         fn_constructor_kwargs={"plan": plan, "out": out})
     revisions = set()
     progress = Progress(sum(u.n_rows for u in pending), "rows")
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_board, args=(board, progress, plan.pool.min_actors, stop), daemon=True)
+    watcher.start()
     try:
         for row in ds.iter_rows():
             if row.get(ERROR):
@@ -301,5 +306,20 @@ def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFold
             revisions.add(row["resolved_revision"])
             progress.update(row["rows"])
     finally:
+        stop.set()
+        watcher.join(timeout=10)
         ledger.clear()
     return revisions
+
+
+def _watch_board(board, progress: Progress, actors: int, stop: threading.Event, every: float = 2.0) -> None:
+    """Every ``every`` s: the rows the model actors have reported, and while none has come, what the job
+    waits for (a line at least every ~10 s: a real-size model's first shard took 150-225 s)."""
+    while not stop.wait(every):
+        try:
+            rows, ready = ray.get(board.read.remote(), timeout=every)
+        except Exception:  # noqa: BLE001 - a busy or restarting cluster: the next tick tries again
+            continue
+        progress.observe(rows)
+        progress.heartbeat(f"starting {actors} model actor(s) and loading the model: {ready} ready" if ready < actors
+                           else f"{ready} model actor(s) ready; scoring the first rows")

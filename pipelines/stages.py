@@ -126,10 +126,28 @@ class ModelRunner:
         self.pooling = Pooling.parse(pooling) if task == "embed" else None
         self.strands = [""] if rc == "none" else ["", "_rc"]
 
-    def run(self, encoded: dict[str, list[Encoded]], contexts: dict[str, Context], n_bases: np.ndarray) -> dict:
+    def run(self, encoded: dict[str, list[Encoded]], contexts: dict[str, Context], n_bases: np.ndarray,
+            report=None) -> dict:
         """Per strand (``""``, and ``"_rc"`` unless ``rc`` is none) the rows' encodings and contexts -> columns:
         ``embedding`` (rows x dim float32), or ``score``, ``loglik_sum``, ``n_scored`` (and ``score_fwd``/``score_rc``
-        with ``rc`` both)."""
+        with ``rc`` both). ``report(n)``, if given, hears of rows as they are done: a backend with a
+        ``progress_step`` runs them in steps of 1, 2, 4, ... up to it rows (a fixed schedule)."""
+        n, step = len(next(iter(encoded.values()))), self.backend.progress_step
+        if report is None or not step or n <= 1:
+            out = self._run(encoded, contexts, n_bases)
+            if report is not None:
+                report(n)
+            return out
+        parts, start, size = [], 0, 1
+        while start < n:
+            rows = np.arange(start, min(start + size, n))
+            parts.append(self._run({s: [e[i] for i in rows] for s, e in encoded.items()},
+                                   {s: c.subset(rows) for s, c in contexts.items()}, n_bases[rows] if len(n_bases) else n_bases))
+            report(len(rows))
+            start, size = start + len(rows), min(2 * size, step)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run(self, encoded: dict[str, list[Encoded]], contexts: dict[str, Context], n_bases: np.ndarray) -> dict:
         if self.task == "embed":
             per = [np.asarray(self._embed(encoded[s], contexts[s], n_bases if s else None), dtype=np.float32)
                    for s in self.strands]
@@ -166,12 +184,29 @@ def strand_contexts(dataset: str, pair_index: np.ndarray, max_len: int, n_bases:
                            None if region is None else n_bases[:, None] - region[:, ::-1])}
 
 
+class ProgressBoard:
+    """The job's row-level progress (a Ray actor, no CPU): model actors add the rows they finish as they
+    go and say when their model is loaded; the driver reads it for its progress line."""
+
+    def __init__(self):
+        self.rows, self.ready = 0, 0
+
+    def add(self, n: int) -> None:
+        self.rows += n
+
+    def loaded(self) -> None:
+        self.ready += 1
+
+    def read(self) -> tuple[int, int]:
+        return self.rows, self.ready
+
+
 class ScoreActor:
     """One backend per actor, loaded once; scores or embeds one unit per call. Reads the unit's fields, its
     ``ids``/``real`` (and ``_rc``) list columns and the benchmark's focus/region columns; writes the unit's
     output columns (``ModelRunner``) and a ``note``."""
-    def __init__(self, plan: Plan, fitted=None, run: str = ""):
-        self.error = None
+    def __init__(self, plan: Plan, fitted=None, run: str = "", board=None):
+        self.error, self.board = None, board
         self.ledger, self.factor, self.size = attempts.Ledger(run), 1, None
         cfg = plan.cfg
         self.focus_column = plan.benchmark.focus_column if cfg.reduction == "focus" else None
@@ -182,6 +217,8 @@ class ScoreActor:
                                       layer=cfg.layer, rc=cfg.rc, focus=self.focus_column is not None)
         except GlmscoreError as exc:  # reported with the first unit, as data (see errors_as_rows)
             self.error = str(exc)
+        if board is not None:
+            board.loaded.remote()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return guarded(self._attempt, batch)
@@ -222,7 +259,7 @@ class ScoreActor:
         region = np.stack([np.asarray(row[c]) for c in REGION_COLUMNS], axis=1) if REGION_COLUMNS[0] in row else None
         contexts = strand_contexts(row["dataset"], np.asarray(row["pair_index"]), row["dataset_max_len"], n_bases, focus, region)
         row["resolved_revision"] = str(self.backend.resolved_revision or "")
-        out = self.runner.run(encoded, contexts, n_bases)
+        out = self.runner.run(encoded, contexts, n_bases, report=self.board.add.remote if self.board is not None else None)
         if "embedding" in out:
             emb = out["embedding"]
             # the unit's (rows x dim) matrix as one list<fixed_size_list<float32>> cell, never as Python floats

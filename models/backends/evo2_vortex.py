@@ -58,6 +58,7 @@ class ByteEncoder:
 @register_backend("evo2")
 class Evo2Vortex(Backend):
     Options = LMOptions
+    progress_step = 64  # rows per progress report at most (``Backend.progress_step``)
     can_use_gpu = True
     needs_gpu = True
     objectives = ("clm",)

@@ -129,6 +129,7 @@ class WindowEncoder:
 @register_backend("seq2func")
 class Seq2Func(Backend):
     Options = TrackOptions
+    progress_step = 4  # rows per progress report at most (``Backend.progress_step``)
     embeds = True
     can_use_gpu = True
     objectives = ("tracks",)

@@ -82,6 +82,7 @@ def engine_settings(card, options: VLLMOptions) -> dict:
 @register_backend("vllm_causal", aliases=("vllm",))
 class VLLMCausal(Backend):
     Options = VLLMOptions
+    progress_step = 256  # rows per progress report at most (``Backend.progress_step``)
     can_use_gpu = True
     objectives = ("clm",)
 

@@ -342,6 +342,36 @@ def test_progress_eta_comes_from_the_recent_rate_after_warm_up():
     assert p.line().endswith("done") and "1,000/1,000 rows (100%)" in p.line()
 
 
+def test_progress_moves_with_the_rows_actors_report_and_says_what_it_waits_for():
+    """A real-size model: 150 s before the first row, then 30 s per window. Before: no line until the first
+    shard (150-225 s), then "0.0 rows/s". Now: a line every 10 s saying what the job waits for, the rows the
+    actors report before any shard is written, and a rate a person can read."""
+    import io
+
+    from glmscore.pipelines.console import Progress, rate_text, redirect
+
+    now = [0.0]
+    seen = io.StringIO()
+    with redirect(seen):
+        p = Progress(20, "windows", clock=lambda: now[0])
+        for t in range(2, 150, 2):  # the driver's watcher ticks every 2 s
+            now[0] = float(t)
+            p.observe(0)
+            p.heartbeat("starting 1 model actor(s) and loading the model: 0 ready")
+        waits = seen.getvalue().splitlines()
+        assert len(waits) == 14 and all("loading the model: 0 ready; elapsed" in w for w in waits), waits
+        now[0] = 180.0
+        p.observe(1)  # the actor's first step: before any shard is written
+        now[0] = 240.0
+        p.observe(3)
+        p.heartbeat("1 model actor(s) ready; scoring the first rows")
+    line = seen.getvalue().splitlines()[-1]
+    assert "3/20 windows (15%)" in line and "30.0 s/window" in line and "ETA 510 s" in line, line
+    assert rate_text(12_345.67, "rows") == "12,345.7 rows/s" and rate_text(2.5, "rows") == "2.5 rows/s"
+    p.update(20)  # finished shards are the authority: the line ends done
+    assert p.line(now[0]).endswith("done")
+
+
 def test_start_up_laps_add_up_to_the_time_before_the_first_row():
     from glmscore.pipelines.console import Laps
 
