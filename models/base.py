@@ -184,6 +184,12 @@ class Backend(ABC):
         return Runtime(device=device, dtype="none", token_limit=None, threads=threads)
 
     @classmethod
+    def batching(cls, card: ModelCard, options: Options, runtime: Runtime) -> dict:
+        """The batch settings the actors will use, decided from what the driver knows (the manifest and the
+        dry run state them: before, only worker logs did)."""
+        return {"progress_step": cls.progress_step} if cls.progress_step else {}
+
+    @classmethod
     def fewest_tokens(cls, card: ModelCard, n_bases: int) -> int | None:
         """The fewest tokens a sequence of ``n_bases`` can take under this backend's encoding (a lower
         bound, for the driver's context check before Ray starts); None when the backend cannot say."""

@@ -421,6 +421,11 @@ class HFOptions(LMOptions):
 class HFBackend(Backend):
     """Loads a card's tokenizer and model once; scores token-budget batches of encoded rows."""
     progress_step = 64  # rows per progress report at most (``Backend.progress_step``)
+
+    @classmethod
+    def batching(cls, card, options, runtime) -> dict:
+        tokens = options.batch_tokens or (GPU_BATCH_TOKENS if runtime.device == "cuda" else CPU_BATCH_TOKENS)
+        return {"batch_tokens": tokens, **super().batching(card, options, runtime)}
     auto_class: ClassVar[str] = ""
     Options = HFOptions
     embeds = True

@@ -202,7 +202,8 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> P
         runtime = replace(runtime, gpu_share=gpus)
     version = glmscore_version()
     provenance = {"weights": content_digest(local) if local else None, "device": device, "dtype": runtime.dtype,
-                  "token_limit": runtime.token_limit, "glmscore": version}
+                  "token_limit": runtime.token_limit, "batching": backend.batching(card, options, runtime),
+                  "glmscore": version}
     job = {f.name: getattr(cfg, f.name) for f in option_fields(ScoreConfig)
            if f.metadata["affects_result"] and cfg.task in (f.metadata["commands"] or TASKS)}
     if job.get("rc") == "none":

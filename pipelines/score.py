@@ -188,6 +188,7 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
         lines.append(f"    {name}: {sum(u.n_rows for u in us):,} rows, {len(us)} unit(s), longest {longest:,} nt{over}")
     lines += [f"  shards: {state}",
               f"  token limit: {limit if limit else 'none'}; device {predicted.provenance['device']}, dtype {predicted.runtime.dtype or '-'}",
+              "  batching: " + (", ".join(f"{k} {v}" for k, v in predicted.provenance["batching"].items()) or "one call per unit"),
               f"  actors: {predicted.pool.min_actors}..{predicted.pool.max_actors}, {predicted.pool.gpus:g} GPU and "
               f"{ACTOR_CPUS:g} CPU each (+{PREPARE_CPUS + WRITE_CPUS:g} CPU for the prepare and write actors beside them)"
               + ("" if local else f"; on {address} the cluster's own devices decide (estimated here from this machine)"),

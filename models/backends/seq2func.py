@@ -130,6 +130,10 @@ class WindowEncoder:
 class Seq2Func(Backend):
     Options = TrackOptions
     progress_step = 4  # rows per progress report at most (``Backend.progress_step``)
+
+    @classmethod
+    def batching(cls, card, options, runtime) -> dict:
+        return {"batch_rows": options.batch_rows, **super().batching(card, options, runtime)}
     embeds = True
     can_use_gpu = True
     objectives = ("tracks",)

@@ -120,6 +120,19 @@ class VLLMCausal(Backend):
     def fewest_tokens(cls, card, n_bases):
         return fewest_tokens(card, n_bases)
 
+    @staticmethod
+    def engine(card, options, runtime) -> dict:
+        """The engine settings every actor passes to ``vllm.LLM`` (and the manifest records)."""
+        settings = engine_settings(card, options)
+        settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced
+        settings.setdefault("gpu_memory_utilization", gpu_memory_utilization(runtime))
+        return settings
+
+    @classmethod
+    def batching(cls, card, options, runtime) -> dict:
+        # unset engine settings are vLLM's own defaults (they depend on its version and the device)
+        return {**cls.engine(card, options, runtime), **super().batching(card, options, runtime)}
+
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:
         return token_policy(card, options, runtime)
@@ -130,9 +143,7 @@ class VLLMCausal(Backend):
             raise GlmscoreError("vLLM is not installed: pip install 'glmscore[gpu]' (GPU) or 'glmscore[cpu]' (CPU).")
         from vllm import LLM, SamplingParams  # in here: vLLM is optional and loads only in its actor
 
-        settings = engine_settings(card, options)
-        settings["max_model_len"] = runtime.token_limit + 1  # the limit the prepare stage enforced
-        settings.setdefault("gpu_memory_utilization", gpu_memory_utilization(runtime))
+        settings = self.engine(card, options, runtime)
         if (settings.get("tensor_parallel_size") or 1) > 1:
             # workers go into the actor's placement group (ActorResources.bundles)
             settings["distributed_executor_backend"] = "ray"

@@ -54,3 +54,28 @@ def test_bad_engine_settings_are_one_sentence(tiny_llama):
 
 
 # vLLM inside the Ray pipeline, beside models in environments of their own: tests/models/test_environments.py (one sweep)
+
+
+def test_the_batch_settings_actually_used_are_in_the_dry_run_and_the_manifest(tiny_llama, small_nullsette, tmp_path):
+    """Before: the manifest had batch_tokens null and vLLM's engine settings appeared only in worker logs.
+    The dry run and the manifest state what the actors use: transformers' token budget, vLLM's engine
+    settings (max_model_len from the token limit, the memory fraction, flags given)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data",
+                               str(small_nullsette), "--model", str(tiny_llama), "--limit", "1", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    said = run("--out", str(tmp_path / "dry"), "--dry-run", "--backend", "vllm", "--max-num-batched-tokens", "2048")
+    line = next(line for line in said.splitlines() if "batching:" in line)
+    assert "max_num_batched_tokens 2048" in line and "max_model_len" in line and "gpu_memory_utilization" in line, line
+    run("--out", str(tmp_path / "hf"), "--batch-tokens", "1000")
+    manifest = json.loads((tmp_path / "hf" / "_manifest.json").read_text())
+    assert manifest["batching"] == {"batch_tokens": 1000, "progress_step": 64}
