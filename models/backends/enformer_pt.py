@@ -29,6 +29,14 @@ MODEL_TYPE = "enformer"
 PACKAGE = "enformer-pytorch==0.8.12"
 
 
+OFFICIAL = "EleutherAI/enformer-official-rough"  # enformer-pytorch's from_pretrained turns use_tf_gamma on for it
+
+
+def uses_tf_gamma(card: ModelCard, config: dict) -> bool:
+    """Whether the actor's model will use TF gamma positions (the package asserts a 1,536-bin trunk then)."""
+    return card.hf_id == OFFICIAL or bool(config.get("use_tf_gamma"))
+
+
 @dataclass(frozen=True)
 class EnformerOptions(TrackOptions):
     """Enformer (enformer-pytorch) and Borzoi (borzoi-pytorch)"""
@@ -51,6 +59,12 @@ class EnformerPyTorch(PackagedTracks):
         config = config_dict(card.hf_id, card.revision)
         bin_ = 2 ** int(config.get("num_downsamples", 7))
         window = options.window or card.max_context or WINDOW
+        if window != WINDOW and uses_tf_gamma(card, config):
+            # decided here, on the driver: in the actor it was a ~150-line AssertionError from the package
+            raise GlmscoreError(f"{card.hf_id} runs with TensorFlow's gamma position features (enformer-pytorch turns "
+                                "them on for these weights, as the published numbers need), which the package has only "
+                                f"for the full {WINDOW:,} bp input; drop --window {window:,}: a shorter sequence is "
+                                "centred in N padding in the full window and scored on the bins it overlaps.")
         if window % bin_:
             raise GlmscoreError(f"--window {window:,} is not a multiple of the model's {bin_} bp bins.")
         target = int(config.get("target_length", 896))

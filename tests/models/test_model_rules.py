@@ -427,3 +427,30 @@ def test_token_limit_of_models_whose_positions_start_after_the_pad(tmp_path):
     encoded = scorer.encode(["ACGU" * 60])
     assert encoded[0].truncated and len(encoded[0].ids) == 126
     assert np.isfinite(scorer.loglik(encoded).mean).all()
+
+
+def test_enformer_with_tf_gamma_refuses_another_window_before_ray(tmp_path, small_nullsette):
+    """enformer-pytorch turns use_tf_gamma on for the official weights and then asserts the full 196,608 bp
+    input: before, any --window else died inside the actor with ~150 traceback lines. Now the driver says it
+    in one sentence; without TF gamma (a folder of one's own) the same --window plans."""
+    import json
+
+    from glmscore.models.backends.enformer_pt import OFFICIAL, uses_tf_gamma
+    from glmscore.models.cards import ModelCard
+
+    assert uses_tf_gamma(ModelCard(id="e", hf_id=OFFICIAL, backend="enformer_pytorch", objective="tracks"), {})
+    folder = tmp_path / "enformer"
+    folder.mkdir()
+    config = {"model_type": "enformer", "dim": 32, "depth": 1, "heads": 2, "output_heads": {"human": 8},
+              "target_length": -1, "num_downsamples": 7}
+    args = ["score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", str(folder),
+            "--window", "131072", "--out", str(tmp_path / "s"), "--dry-run"]
+    for tf_gamma in (True, False):
+        (folder / "config.json").write_text(json.dumps({**config, **({"use_tf_gamma": True} if tf_gamma else {})}))
+        proc = subprocess.run([sys.executable, "-m", "glmscore", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if tf_gamma:
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            assert "TensorFlow's gamma position features" in proc.stderr and "drop --window 131,072" in proc.stderr
+        else:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "s").exists()
