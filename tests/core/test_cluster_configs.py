@@ -28,6 +28,9 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 LAUNCHER = sorted((CLUSTER / "launcher").glob("*.yaml"))
+LOCK = CLUSTER / "requirements-gpu.lock"
+DOCKERFILE = CLUSTER / "image" / "Dockerfile"
+GLMSCORE_IMAGE = "ghcr.io/your-org/glmscore:"
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 RUNTIME_ENVS = sorted(CLUSTER.glob("runtime_env*.yaml"))
 ALL_CONFIGS = sorted(p for p in CLUSTER.rglob("*") if p.is_file())
@@ -546,7 +549,8 @@ def _walk_env(node):
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CLUSTER)))
 def test_no_credentials_inline(path):
-    assert inline_secret_problems(path.read_text(), str(path.relative_to(CLUSTER))) == []
+    text = re.sub(r"--hash=sha256:[0-9a-f]{64}\b", "", path.read_text())  # the lock's wheel digests are no secret
+    assert inline_secret_problems(text, str(path.relative_to(CLUSTER))) == []
 
 
 @pytest.mark.parametrize("text", [
@@ -574,7 +578,11 @@ def test_ray_versions_and_images_agree_with_this_environment():
         images += [c["image"] for _, t in _pod_templates(doc) for c in t["spec"]["containers"]]
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     lowest = tuple(int(x) for x in re.search(r">=\s*(\d+)\.(\d+)", requires).groups())
+    base = re.search(r"^FROM (\S+)$", DOCKERFILE.read_text(), re.M).group(1)
     for image in images:
+        if image.startswith(GLMSCORE_IMAGE):  # glmscore's image: Ray's, plus the lock (its tag is its base's)
+            assert image.split(":")[1] == base.split(":")[1], (image, base)
+            image = base
         m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)(-gpu)?", image)
         assert m, f"unexpected image {image}"
         assert m.group(1) == ray.__version__, f"{image}: the tests run Ray {ray.__version__}"
@@ -591,17 +599,25 @@ def expected_pip() -> list[str]:
     return sorted(str(Requirement(r)) for r in base + project["optional-dependencies"]["gpu"])
 
 
-def _norm(reqs) -> list[str]:
-    return sorted(str(Requirement(r)) for r in reqs)
-
-
-def _launcher_pip(config: dict) -> list[str]:
-    found = []
-    for command in config.get("setup_commands", []):
-        _, argv = _env_and_argv(command)
-        if argv[:2] == ["pip", "install"] or argv[:4] == ["python", "-m", "pip", "install"]:
-            found += [w for w in argv[argv.index("install") + 1:] if not w.startswith("-")]
-    return found
+def lock_problems(text: str, want: list[str]) -> list[str]:
+    """Why a hash lock does not install ``want`` (pyproject's requirements): it was made from other
+    requirements, a requirement is not pinned to a version it allows, or a pin has no hash."""
+    problems = []
+    made_from = re.findall(r"^#   requirement: (.+)$", text, re.M)
+    if sorted(made_from) != want:
+        problems.append(f"made from {sorted(made_from)}, not pyproject's {want}: run cluster/lock.sh")
+    pins = {}
+    for block in re.split(r"\n(?=\S)", text):
+        m = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", block)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+            if "--hash=sha256:" not in block:
+                problems.append(f"{m.group(1)}=={m.group(2)} has no hash")
+    for r in map(Requirement, want):
+        version = pins.get(r.name.lower().replace("_", "-"))
+        if version is None or not r.specifier.contains(version, prereleases=True):
+            problems.append(f"{r} is not pinned to a version it allows ({version})")
+    return problems
 
 
 def _runtime_envs() -> list[tuple[str, dict]]:
@@ -611,21 +627,46 @@ def _runtime_envs() -> list[tuple[str, dict]]:
     return envs
 
 
-def test_pip_lists_equal_pyproject_dependencies_plus_gpu_extra():
-    want = expected_pip()
-    assert "vllm>=0.8" in want
+def test_the_lock_is_current():
+    assert lock_problems(LOCK.read_text(), expected_pip()) == []
+
+
+def test_lock_drift_is_caught():
+    text = LOCK.read_text()
+    assert lock_problems(text.replace("#   requirement: vllm>=0.8", "#   requirement: vllm>=0.7"), expected_pip())
+    assert lock_problems(text, sorted(expected_pip() + ["torch>=99"]))
+    unhashed = "\n".join(line.rstrip(" \\") for line in text.splitlines() if not line.strip().startswith("--hash="))
+    assert any("has no hash" in p for p in lock_problems(unhashed, expected_pip()))
+
+
+def test_every_cluster_path_installs_the_lock_with_hashes():
+    """No node pip-installs unpinned packages: the launcher installs the lock with --require-hashes, the GPU
+    runtime env reads it, the RayJobs run the image built from it (and no pip list of their own)."""
+    from ray.runtime_env import RuntimeEnv
+
     for path in LAUNCHER:
-        assert _norm(_launcher_pip(_one(path))) == want, path.name
-    installing = {name: _norm(env["pip"]) for name, env in _runtime_envs() if "pip" in env}
-    # every runtime env for plain Ray images installs them: the GPU one and the RayJobs'
-    assert {"runtime_env_gpu.yaml"} | {n for n, d in _kuberay_docs() if d["kind"] == "RayJob"} <= set(installing)
-    assert installing == {name: want for name in installing}
-
-
-def test_pip_drift_is_caught():
-    config = _one(CLUSTER / "launcher" / "gpu-cluster.yaml")
-    config["setup_commands"] = [c.replace('"vllm>=0.8"', '"vllm"') for c in config["setup_commands"]]
-    assert _norm(_launcher_pip(config)) != expected_pip()
+        config = _one(path)
+        assert config["file_mounts"]["~/glmscore-requirements-gpu.lock"] == "cluster/requirements-gpu.lock"
+        assert config["setup_commands"] == ["pip install --require-hashes -r ~/glmscore-requirements-gpu.lock"]
+    envs = dict(_runtime_envs())
+    assert envs["runtime_env_gpu.yaml"]["pip"] == "cluster/requirements-gpu.lock"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # where `ray job submit --runtime-env cluster/runtime_env_gpu.yaml` runs
+    try:
+        packages = RuntimeEnv(pip=envs["runtime_env_gpu.yaml"]["pip"])["pip"]["packages"]
+    finally:
+        os.chdir(cwd)
+    assert any(line.strip().startswith("--hash=sha256:") for line in packages)
+    for name, env in envs.items():
+        if name.startswith("rayjob"):
+            assert "pip" not in env, name
+    for name, doc in _kuberay_docs():
+        if doc["kind"] == "RayJob":
+            ray_images = [c["image"] for t_name, t in _pod_templates(doc) for c in t["spec"]["containers"]
+                          if "submitter" not in t_name]
+            assert ray_images and all(i.startswith(GLMSCORE_IMAGE) for i in ray_images), (name, ray_images)
+    docker = DOCKERFILE.read_text()
+    assert "COPY cluster/requirements-gpu.lock" in docker and "pip install --no-cache-dir --require-hashes -r" in docker
 
 
 @pytest.mark.parametrize("name, env", _runtime_envs(), ids=[n for n, _ in _runtime_envs()])
