@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import logging
 import os
 import signal
 from dataclasses import MISSING
@@ -264,6 +265,9 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["GLMSCORE_VERBOSE"] = "1"
+    # a log handler that cannot write (Ray's log file on a full disk) must not print Python's
+    # "--- Logging error ---" traceback per record over the one sentence that says what happened
+    logging.raiseExceptions = False
     handle_sigterm()
     try:
         try:

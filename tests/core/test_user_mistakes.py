@@ -257,3 +257,20 @@ def test_the_rerun_of_an_interrupted_overwrite_run_resumes(tmp_path, small_nulls
     # finished: --overwrite means recompute everything
     third = _glmscore(*command)
     assert third.returncode == 0 and f"{len(parts)} of {len(parts)} shards to compute" in third.stderr, third.stderr[-2000:]
+
+
+def test_a_log_handler_on_a_full_disk_prints_no_logging_error_tracebacks(tmp_path):
+    """Ray's log file on a full disk: each record printed Python's "--- Logging error ---" traceback over the
+    one sentence glmscore gives. A glmscore command turns those off (``logging.raiseExceptions``)."""
+    script = (
+        "import errno, logging, sys\n"
+        "from glmscore.pipelines.cli import main\n"
+        "class Full:\n"
+        "    def write(self, text): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    def flush(self): pass\n"
+        "logging.getLogger('ray').addHandler(logging.StreamHandler(Full()))\n"
+        f"main(['runs', {str(tmp_path)!r}])\n"
+        "logging.getLogger('ray').error('a record Ray writes to its log file')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
