@@ -61,6 +61,13 @@ class ModelCard:
     # amino acids) after a strand token; the prefix is text before each sequence, never scored
     letter_case: str = "upper"
     sequence_prefix: str = ""
+    # a tokenizer kept in another repository than the weights (BiRNA-BERT's buetnlpbio/birna-tokenizer): loaded from
+    # tokenizer_id at tokenizer_revision (never with remote code) wherever the card's tokenizer loads
+    tokenizer_id: str = ""
+    tokenizer_revision: str | None = None
+    # DNABERT (v1): the sequence becomes every position's k-mer (a window of stride 1) as space-separated words;
+    # masking one word leaves its bases in the k - 1 neighbours on each side, so these cards embed but do not score
+    overlapping_kmer: int = 0
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -80,7 +87,7 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
 
-OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix")
+OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix", "tokenizer_id", "tokenizer_revision", "overlapping_kmer")
 ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it scores: never in a fingerprint
 
 
@@ -113,8 +120,44 @@ def about(card_id: str) -> dict[str, str]:
     return _read()[1].get(card_id, {k: "" for k in ABOUT_FIELDS})
 
 
+# Seed models (named in the benchmarks' papers) that have no card, and why: printed by `glmscore models --table` under
+# the zoo and pasted into the README (one list, kept equal by a test). PyPI was checked on 2026-12-05 with
+# `pip index versions` / `pip download --no-deps` (the only registry reachable from the development machine).
+UNCARDED: tuple[tuple[str, str, str], ...] = (
+    ("GenSLM", "Globus downloads, no hub id",
+     "weights are `.pt` files for its own genslm package (codon words, its own masked mean), not on the hub; "
+     "genslm is not on PyPI (no distribution found)"),
+    ("GenerRNA", "pfnet/GenerRNA",
+     "a custom model.py with a split model.pt: no transformers loading path; no generrna package on PyPI"),
+    ("AIDO.RNA", "genbio-ai/AIDO.RNA-*",
+     "its classes come with modelgenerator, on PyPI (0.1.3.post0) but pinning numpy<2, peft<=0.13.2, tiledb==0.33.6, "
+     "lightning and Python<3.13: it needs an environment and a backend of its own, not written yet; multimolecule "
+     "0.2.2 (installed here) has no AIDO.RNA class"),
+    ("LucaOne", "hub id not checked (no hub access; the package's README links a placeholder)",
+     "lucaone is on PyPI (1.1.1: LucaGPLM classes for transformers' Auto classes, needing torch and "
+     "transformers>=4.26; its README pins transformers==4.41.2 and tokenizers==0.19.1); not carded yet: its tokenizer "
+     "(nucleotides rewritten as digit tokens, a seq_type argument: gene or prot, outside the plain tokenizer call "
+     "glmscore makes) and its classes under glmscore's transformers are untested"),
+    ("LucaVirus", "hub id not checked (as LucaOne)",
+     "lucavirus is on PyPI (1.1.1, LucaOne's package layout and requirements); not carded for LucaOne's reasons"),
+    ("RESM", "none found",
+     "no hub repository with a transformers class and no resm package on PyPI were found"),
+    ("SPACE", "none found",
+     "an Enformer with species-specific mixture-of-experts layers in custom code; no package or transformers class"),
+    ("CRAFTS", "none found", "no public checkpoint was found"),
+)
+
+
+def uncarded_table() -> str:
+    """The seed models without a card as a Markdown table (``UNCARDED``)."""
+    rows = ["| seed model | where its weights are | why it has no card |", "|---|---|---|"]
+    rows += [f"| {seed} | {where} | {why} |" for seed, where, why in UNCARDED]
+    return "\n".join(rows)
+
+
 def zoo_table() -> str:
-    """The model zoo as a Markdown table, one row per card (the README's, kept equal by a test)."""
+    """The model zoo as a Markdown table, one row per card, then the seed models without a card and why (the
+    README's, kept equal by a test)."""
     rows = ["| seed model | card id | backend | environment | verified against | protocols | GPU memory |",
             "|---|---|---|---|---|---|---|"]
     for card in shipped_cards().values():
@@ -127,7 +170,7 @@ def zoo_table() -> str:
         info = about(card.id)
         rows.append(f"| {info['seed']} | `{card.id}` | {card.backend} | {env} | {info['verified'] or 'none'} | "
                     f"{', '.join(card.protocols)} | {card.gpu_memory_gb:g} GB |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\nSeed models without a card, and why:\n\n" + uncarded_table()
 
 
 def import_package(card: ModelCard) -> None:

@@ -31,10 +31,10 @@ from glmscore.models.pooling import pool
 from glmscore.models.tokenization import (
     PROTOCOLS,
     TokenPolicy,
+    card_tokenizer,
     check_hub,
     check_protocol,
     fewest_tokens,
-    load_tokenizer,
     token_policy,
 )
 
@@ -365,7 +365,7 @@ def hf_preflight(card: ModelCard, task: str, layer: int = -1, auto_class: str = 
     backend loads), and (embed) ``layer`` exists in the config."""
     import_package(card)
     check_remote_code(card.hf_id, card.revision, card.trust_remote_code)
-    load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    card_tokenizer(card)
     path = Path(card.hf_id)
     if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
         raise GlmscoreError(f"model directory {path} has no weights ({' or '.join(WEIGHT_FILES[::2])}): write them with save_pretrained.")
@@ -480,7 +480,7 @@ class HFBackend(Backend):
         self.dtype = getattr(torch, runtime.dtype)
         self.batch_tokens = self.configured_batch_tokens = (
             options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS))
-        self.tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+        self.tokenizer = card_tokenizer(card)
         # parameters the published script kept in fp32 (Evo: poles and residues) load in fp32 and stay there
         keep = card.paper_keep_float32 if getattr(options, "protocol", "glmscore") == "paper" else ()
         try:

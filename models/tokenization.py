@@ -6,11 +6,13 @@ Shared by every backend of a card (transformers and vLLM see identical ids):
 2. k-mer tokenizers (``card.kmer`` > 0): a causal model's sequence is cut to a multiple of k
    (``kmer_remainder: trim`` drops the first len % k bases so the 3' end, which is scored last, is kept;
    ``pad`` appends N up to a multiple of k);
-3. the tokenizer, without its own special tokens for CLMs (then BOS is prepended when the card asks
+3. overlapping k-mer cards (``overlapping_kmer`` = k, DNABERT v1): the sequence becomes every position's k-mer,
+   space-separated words for the card's vocabulary (DNABERT's ``seq2kmer``);
+4. the tokenizer, without its own special tokens for CLMs (then BOS is prepended when the card asks
    for it or, by default, when the tokenizer has one: the first real token is then conditioned on BOS;
    without BOS the first token is context only); MLMs keep the tokenizer's special tokens (CLS/SEP as in
    pre-training) and only real tokens are scored;
-4. the context: longer than the token limit (decided once by the backend's ``runtime``) is an error
+5. the context: longer than the token limit (decided once by the backend's ``runtime``) is an error
    naming the rows, unless ``truncate`` (keep the first ``limit`` tokens) or ``window`` (CLMs: rolling
    windows of ``limit`` tokens, scored by the backend).
 
@@ -62,13 +64,18 @@ def check_hub(hf_id: str, revision: str | None) -> None:
     if Path(hf_id).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
         return
 
-    if isinstance(try_to_load_from_cache(hf_id, "config.json", revision=revision), str):
+    # config.json for a model's repository; tokenizer_config.json for a tokenizer's own (a card's tokenizer_id)
+    if any(isinstance(try_to_load_from_cache(hf_id, name, revision=revision), str)
+           for name in ("config.json", "tokenizer_config.json")):
         return
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     if not _hub_reachable(endpoint.hostname or "huggingface.co", port):
         raise GlmscoreError(f"model {hf_id} is not in the Hugging Face cache and {endpoint.hostname} cannot be reached; "
                             "download it where there is network (`hf download`) or pass a local directory.")
+
+
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "special_tokens_map.json")
 
 
 @lru_cache(maxsize=4)
@@ -78,13 +85,32 @@ def load_tokenizer(hf_id: str, revision: str | None, trust_remote_code: bool):
 
     check_hub(hf_id, revision)
     try:
-        return AutoTokenizer.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(hf_id, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         # transformers' messages run over several lines ("... from one of: (1) ... (2) ..."): all of it, as one
         why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()).rstrip(".")
         if Path(hf_id).is_dir() and not any(Path(hf_id).glob("tokenizer*")):
             why = f"the folder has no tokenizer files (save them there with tokenizer.save_pretrained); {why}"
         raise GlmscoreError(f"could not load the tokenizer of {hf_id}: {why[:600]}.") from None
+    if Path(hf_id).is_dir() and not any(f for pattern in TOKENIZER_FILES for f in Path(hf_id).glob(pattern)):
+        # transformers 5 builds an empty tokenizer (five specials, every letter [UNK]) for a BERT folder without one
+        raise GlmscoreError(f"could not load the tokenizer of {hf_id}: the folder has no tokenizer files (save them there "
+                            "with tokenizer.save_pretrained, or name the tokenizer's own folder in the card's tokenizer_id).")
+    return tokenizer
+
+
+def card_tokenizer(card: ModelCard):
+    """The card's tokenizer: from ``tokenizer_id`` at ``tokenizer_revision`` where the card names a tokenizer kept
+    in another repository (BiRNA-BERT), never with remote code then; else from the weights' repository."""
+    if card.tokenizer_id:
+        return load_tokenizer(card.tokenizer_id, card.tokenizer_revision, False)
+    return load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+
+
+def overlapping_kmer_words(seq: str, k: int) -> str:
+    """DNABERT's ``seq2kmer``: every position's k-mer (a window of stride 1), space-separated (a sequence shorter
+    than k is one short word, which its vocabulary reads as [UNK])."""
+    return " ".join(seq[i : i + k] for i in range(max(1, len(seq) - k + 1)))
 
 
 PROTOCOLS = ("glmscore", "paper")
@@ -94,8 +120,10 @@ def fewest_tokens(card: ModelCard, n_bases: int) -> int:
     """The fewest tokens a sequence of ``n_bases`` can become (special tokens aside): a k-mer card's
     n/k, else n over the longest all-nucleotide token of the vocabulary (1 for one-letter vocabularies,
     the longest merge for BPE ones). A lower bound, so a driver check on it never refuses a row that fits."""
+    if card.overlapping_kmer:  # one word per position but the last k - 1
+        return max(1, n_bases - card.overlapping_kmer + 1)
     per_token = card.kmer if card.kmer > 1 else max(
-        (len(t) for t in load_tokenizer(card.hf_id, card.revision, card.trust_remote_code).get_vocab()
+        (len(t) for t in card_tokenizer(card).get_vocab()
          if re.fullmatch(r"[ACGTUNacgtun]+", t)), default=1)
     return -(-n_bases // per_token)
 
@@ -104,7 +132,7 @@ def token_policy(card: ModelCard, options, runtime) -> "TokenPolicy":
     """The encoder of a tokenizer-based backend: the card's tokenizer, the runtime's token limit, the
     options' ``long`` mode and protocol (``Backend.make_encoder`` of the transformers and vLLM backends)."""
     import_package(card)
-    tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    tokenizer = card_tokenizer(card)
     return TokenPolicy(card, tokenizer, runtime.token_limit, options.long, getattr(options, "protocol", "glmscore"))
 
 
@@ -142,6 +170,21 @@ class TokenPolicy:
         # tokens of the card's sequence prefix (gLM2's strand token), context only: never scored
         self.n_prefix = len(tokenizer(card.sequence_prefix, add_special_tokens=False)["input_ids"]) if card.sequence_prefix else 0
 
+    def _overlapping_words(self, texts: list[str], row_names) -> list[str]:
+        """DNABERT's words (see ``overlapping_kmer_words``); a sequence shorter than one word is refused, and a
+        tokenizer that does not read an upper-case k-mer as itself (a BertTokenizer lower-casing it to [UNK]) too."""
+        k = self.card.overlapping_kmer
+        short = [i for i, t in enumerate(texts) if len(t) < k]
+        if short:
+            names = [str(row_names[i]) if row_names is not None else f"row {i}" for i in short[:5]]
+            raise GlmscoreError(f"{len(short)} sequence(s) are shorter than one {k}-mer word of model card {self.card.id} "
+                                f"({', '.join(names)}).")
+        probe = self.tokenizer("A" * k, add_special_tokens=False)["input_ids"]
+        if len(probe) != 1 or probe[0] == self.tokenizer.unk_token_id:
+            raise GlmscoreError(f"model card {self.card.id} reads {k}-mer words, but its tokenizer does not read {'A' * k} "
+                                "as one word (a BertTokenizer with do_lower_case lower-cases it to [UNK]).")
+        return [overlapping_kmer_words(t, k) for t in texts]
+
     def _kmer_cut(self, seq: str) -> str:
         k = self.card.kmer
         if k <= 1 or self.card.objective != "clm":
@@ -175,6 +218,8 @@ class TokenPolicy:
             return apply_context(self._encode_paper(seqs), self.max_context, self.long, self.card.objective == "clm", row_names)
         mapped = [normalise(s, self.card.alphabet) for s in seqs]
         texts = [self._kmer_cut(m[0]) for m in mapped]
+        if self.card.overlapping_kmer:
+            texts = self._overlapping_words(texts, row_names)
         if self.card.letter_case == "lower":
             texts = [t.lower() for t in texts]
         texts = [self.card.sequence_prefix + t for t in texts]

@@ -19,6 +19,10 @@ from glmscore.models.hf_common import HFBackend, HFOptions, card_for_architectur
 from glmscore.models.options import option
 
 MLM_MODES = ("unmasked", "pll")
+# overlapping k-mer words (DNABERT v1): each base is in k words, so a masked word is read off its neighbours
+OVERLAPPING_NO_SCORE = ("model card {card} reads overlapping {k}-mers: every base of a masked word is also in the "
+                        "unmasked words beside it, so no masked-LM score hides the base it scores; this card embeds "
+                        "only (glmscore embed).")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class HFMasked(HFBackend):
 
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:
+        if card.overlapping_kmer and task == "score":
+            raise GlmscoreError(OVERLAPPING_NO_SCORE.format(card=card.id, k=card.overlapping_kmer))
         if options.protocol == "paper" and options.mlm_mode != "unmasked":
             raise GlmscoreError("--protocol paper is the published single unmasked pass; drop --mlm-scoring pll.")
         super().preflight(card, options, task, layer)
@@ -51,6 +57,8 @@ class HFMasked(HFBackend):
             raise GlmscoreError(f"model {card.id} has no mask token, so pseudo-log-likelihood is undefined.")
 
     def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
+        if self.card.overlapping_kmer:
+            raise GlmscoreError(OVERLAPPING_NO_SCORE.format(card=self.card.id, k=self.card.overlapping_kmer))
         if context is not None and context.focus is not None:
             if self.options.protocol == "paper":
                 raise GlmscoreError("--reduction focus has no published protocol; use --protocol glmscore.")
