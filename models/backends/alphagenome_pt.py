@@ -127,6 +127,11 @@ class AlphaGenomePT(PackagedTracks):
         model.dtype_policy = alphagenome_pt.get_dtype_policy("float32" if runtime.dtype == "float32" else "deepmind")
         model.set_sync_bn(False)  # one process: no batch-norm statistics to gather (eval uses the running ones)
         self.organism = self._organism_and_tracks(card, self.options)[1]
+        # predict() runs every enabled head, and a score needs one output's (all heads, the splice-junction
+        # head's (512, 512, 734) tensors among them, were 37 s and +5.3 GB per 16 kb window at the real
+        # configuration against 9 s for the trunk); embed() runs no head at all
+        for name, head in model.metadata.metadata["heads"].items():
+            head["enabled"] = name == self.options.output_type
         return model
 
     def _inputs(self, ids):
