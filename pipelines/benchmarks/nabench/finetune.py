@@ -59,7 +59,7 @@ from glmscore.models.errors import GlmscoreError
 from glmscore.models.hf_common import WEIGHT_FILES, config_context, hf_preflight, hf_provenance
 from glmscore.models.options import Options, address_option, comma_list, option, out_option, seed_option
 from glmscore.models.regression import check_finetunable, load_base, make_regressor, pad_batch, predict, weights_sha256
-from glmscore.models.tokenization import TokenPolicy, load_tokenizer
+from glmscore.models.tokenization import TokenPolicy, card_tokenizer
 from glmscore.pipelines.benchmarks.nabench.source import discover, family_list, positions, read_assay
 from glmscore.pipelines.console import say, warn
 from glmscore.pipelines.ray_session import ray_address, start_ray
@@ -191,7 +191,7 @@ def load_table(cfg: FinetuneConfig, card, warnings: list[str]) -> Table:
     if cfg.shuffle_labels:  # the control: same rows and folds, labels permuted within each assay
         rng = np.random.default_rng([cfg.seed, 11])
         rows["DMS_score"] = rows.groupby("assay")["DMS_score"].transform(lambda s: rng.permutation(s.to_numpy()))
-    tokenizer = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    tokenizer = card_tokenizer(card)  # a card may keep its tokenizer in another repository (BiRNA-BERT)
     policy = TokenPolicy(card, tokenizer, config_context(card), cfg.long)
     encoded = policy.encode(rows["sequence"].tolist(), [f"{a}/{i}" for a, i in zip(rows["assay"], rows["pair_index"])])
     return Table(rows["assay"].to_numpy(), rows["family"].to_numpy(), rows["pair_index"].to_numpy(np.int64),
@@ -474,7 +474,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
 
 def _pad_id(card) -> int:
-    tok = load_tokenizer(card.hf_id, card.revision, card.trust_remote_code)
+    tok = card_tokenizer(card)
     return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
