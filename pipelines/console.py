@@ -170,6 +170,14 @@ class Progress:
         self.recent: deque[tuple[float, int]] = deque()  # (time, rows shown) of recent updates
         self.lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        # Tune pickles the callback that holds one (``trial_progress``): a lock does not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     @property
     def shown(self) -> int:
         return min(self.total, max(self.done, self.scored))

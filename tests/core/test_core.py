@@ -370,6 +370,14 @@ def test_progress_moves_with_the_rows_actors_report_and_says_what_it_waits_for()
     assert rate_text(12_345.67, "rows") == "12,345.7 rows/s" and rate_text(2.5, "rows") == "2.5 rows/s"
     p.update(20)  # finished shards are the authority: the line ends done
     assert p.line(now[0]).endswith("done")
+    # Ray Tune pickles the trial-progress callback that holds one (its lock stays behind and is made anew)
+    from ray import cloudpickle
+
+    from glmscore.pipelines.console import trial_progress
+
+    again = cloudpickle.loads(cloudpickle.dumps(trial_progress(3)))
+    again.progress.update(1)
+    assert again.progress.done == 1
 
 
 def test_start_up_laps_add_up_to_the_time_before_the_first_row():
