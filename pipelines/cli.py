@@ -312,7 +312,7 @@ def _local_only(args) -> None:
 
 def _dispatch(args) -> int:
     _local_only(args)
-    for flag in ("data", "genome", "variants"):  # a registered name means its fetched copy (on the driver, once)
+    for flag in downloads.DATA_FLAGS:  # a registered name means its fetched copy (on the driver, once)
         if isinstance(getattr(args, flag, None), str):
             setattr(args, flag, downloads.resolve_data(getattr(args, flag), f"--{flag}", archives=flag == "data"))
     if isinstance(getattr(args, "out", None), str):

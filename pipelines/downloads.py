@@ -170,6 +170,10 @@ def _url(remote: Remote) -> str | None:
 # ---------------------------------------------------------------- resolving --data
 
 
+# the command-line flags whose value may be a registered data name (``glmscore data get``), resolved by the CLI
+DATA_FLAGS = ("data", "genome", "variants")
+
+
 def resolve_data(value, flag: str = "--data", *, archives: bool = True):
     """What ``value`` given to ``flag`` means on this machine: an existing path as it is (a ``.zip`` archive
     unpacked once into the cache, when ``archives``), a registered name its fetched, verified folder or file,

@@ -271,7 +271,9 @@ def _run_pending(plan: Plan, pending: list[Unit], fitted, out: shards.OutputFold
         raise RuntimeError("_run_pending needs the Ray cluster this job started or joined")
     say(f"{laps.line()}")
     ledger = attempts.Ledger(uuid.uuid4().hex)  # this job's kills per unit (a restarted job starts afresh)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    # row-level progress for backends that take seconds per row (an actor of its own: a worker process, which
+    # a k-mer job that scores a unit in milliseconds would only wait for)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote() if plan.backend.progress_step else None
     ds = ray.data.from_items([asdict(u) for u in pending], override_num_blocks=len(pending))
     # prepare and write are light beside a forward pass: fractional CPUs let them run next to a model actor
     # that holds a node's only CPU (after a node loss, a restarted actor plus whole-CPU writes left writes
@@ -317,6 +319,9 @@ def _watch_board(board, progress: Progress, actors: int, stop: threading.Event, 
     """Every ``every`` s: the rows the model actors have reported, and while none has come, what the job
     waits for (a line at least every ~10 s: a real-size model's first shard took 150-225 s)."""
     while not stop.wait(every):
+        if board is None:  # a fast backend: shards finish within seconds; say only what the job waits for
+            progress.heartbeat("starting the model actors and waiting for their first rows")
+            continue
         try:
             rows, ready = ray.get(board.read.remote(), timeout=every)
         except Exception:  # noqa: BLE001 - a busy or restarting cluster: the next tick tries again

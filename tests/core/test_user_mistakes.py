@@ -236,7 +236,7 @@ def test_a_nullsette_mutant_file_in_another_cassette_order_is_refused(tmp_path, 
 def test_the_rerun_of_an_interrupted_overwrite_run_resumes(tmp_path, small_nullsette):
     """An interrupted --overwrite run leaves its run record (with --overwrite) and the shards it wrote, and no
     manifest; rerunning the same command keeps those shards (before: all thrown away again, although the
-    interrupt sentence promised to resume). A finished folder under --overwrite is still recomputed whole."""
+    interrupt sentence promised to resume)."""
     out = tmp_path / "s"
     command = ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
                "--out", str(out), "--chunk-rows", "20", "--overwrite")
@@ -254,9 +254,6 @@ def test_the_rerun_of_an_interrupted_overwrite_run_resumes(tmp_path, small_nulls
     assert f"the {len(parts) - 2} shard(s) it wrote are kept" in again.stderr
     assert f"2 of {len(parts)} shards to compute" in again.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
-    # finished: --overwrite means recompute everything
-    third = _glmscore(*command)
-    assert third.returncode == 0 and f"{len(parts)} of {len(parts)} shards to compute" in third.stderr, third.stderr[-2000:]
 
 
 def test_a_log_handler_on_a_full_disk_prints_no_logging_error_tracebacks(tmp_path):
