@@ -68,6 +68,9 @@ class ModelCard:
     # DNABERT (v1): the sequence becomes every position's k-mer (a window of stride 1) as space-separated words;
     # masking one word leaves its bases in the k - 1 neighbours on each side, so these cards embed but do not score
     overlapping_kmer: int = 0
+    # a tokenizer that takes the sequence's type as a keyword (LucaOne's and LucaVirus's seq_type: gene rewrites the
+    # nucleotides as its digit tokens, prot reads amino acids): called one sequence at a time with seq_type=this
+    seq_type: str = ""
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -87,7 +90,8 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
 
-OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix", "tokenizer_id", "tokenizer_revision", "overlapping_kmer")
+OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix", "tokenizer_id", "tokenizer_revision", "overlapping_kmer",
+                      "seq_type")
 ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it scores: never in a fingerprint
 
 
@@ -133,13 +137,6 @@ UNCARDED: tuple[tuple[str, str, str], ...] = (
      "its classes come with modelgenerator, on PyPI (0.1.3.post0) but pinning numpy<2, peft<=0.13.2, tiledb==0.33.6, "
      "lightning and Python<3.13: it needs an environment and a backend of its own, not written yet; multimolecule "
      "0.2.2 (installed here) has no AIDO.RNA class"),
-    ("LucaOne", "hub id not checked (no hub access; the package's README links a placeholder)",
-     "lucaone is on PyPI (1.1.1: LucaGPLM classes for transformers' Auto classes, needing torch and "
-     "transformers>=4.26; its README pins transformers==4.41.2 and tokenizers==0.19.1); not carded yet: its tokenizer "
-     "(nucleotides rewritten as digit tokens, a seq_type argument: gene or prot, outside the plain tokenizer call "
-     "glmscore makes) and its classes under glmscore's transformers are untested"),
-    ("LucaVirus", "hub id not checked (as LucaOne)",
-     "lucavirus is on PyPI (1.1.1, LucaOne's package layout and requirements); not carded for LucaOne's reasons"),
     ("RESM", "none found",
      "no hub repository with a transformers class and no resm package on PyPI were found"),
     ("SPACE", "none found",
@@ -190,6 +187,9 @@ def _import(package: str) -> None:
                             f"({exc}); install it (pip install {name}) on every node.") from None
     if register:
         getattr(module, register)()
+    from glmscore.models.package_compat import adapt
+
+    adapt(name, module)  # a package written for transformers 4 (LucaOne's): what it needs under transformers 5
 
 
 COMMIT = re.compile(r"[0-9a-f]{40}")

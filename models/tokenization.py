@@ -7,7 +7,8 @@ Shared by every backend of a card (transformers and vLLM see identical ids):
    (``kmer_remainder: trim`` drops the first len % k bases so the 3' end, which is scored last, is kept;
    ``pad`` appends N up to a multiple of k);
 3. overlapping k-mer cards (``overlapping_kmer`` = k, DNABERT v1): the sequence becomes every position's k-mer,
-   space-separated words for the card's vocabulary (DNABERT's ``seq2kmer``);
+   space-separated words for the card's vocabulary (DNABERT's ``seq2kmer``); cards with a ``seq_type`` (LucaOne,
+   LucaVirus) give it to their tokenizer, one sequence a call (``gene``: it rewrites the nucleotides as digit tokens);
 4. the tokenizer, without its own special tokens for CLMs (then BOS is prepended when the card asks
    for it or, by default, when the tokenizer has one: the first real token is then conditioned on BOS;
    without BOS the first token is context only); MLMs keep the tokenizer's special tokens (CLS/SEP as in
@@ -224,7 +225,10 @@ class TokenPolicy:
             texts = [t.lower() for t in texts]
         texts = [self.card.sequence_prefix + t for t in texts]
         clm = self.card.objective == "clm"
-        toks = self.tokenizer(texts, add_special_tokens=not clm)["input_ids"]
+        if self.card.seq_type:  # LucaOne's tokenizer: told the sequence's type, one sequence a call (see ModelCard)
+            toks = [self.tokenizer(t, add_special_tokens=not clm, seq_type=self.card.seq_type)["input_ids"] for t in texts]
+        else:
+            toks = self.tokenizer(texts, add_special_tokens=not clm)["input_ids"]
         out = []
         for (_, n_amb), ids in zip(mapped, toks):
             ids = np.asarray(ids, dtype=np.int64)
