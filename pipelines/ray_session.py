@@ -133,9 +133,12 @@ def start_ray(address: str, out: Path, state_api: bool = False, command: str | N
     logs = (store.local_path(out) or Path(tempfile.gettempdir()) / "glmscore").absolute()  # the log path printed whole
     SESSION.ray_log = None if verbose() else ray_log(logs)
     CHANNEL.cluster(address, str(SESSION.ray_log) if SESSION.ray_log else None)
+    quiet = quiet_ray(logs)  # creates the log's folder
+    if SESSION.ray_log:
+        CHANNEL.native_to_log(str(SESSION.ray_log))
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            ray.init(address=address, ignore_reinit_error=True, **quiet_ray(logs), include_dashboard=dashboard,
+            ray.init(address=address, ignore_reinit_error=True, **quiet, include_dashboard=dashboard,
                      **({"dashboard_host": "127.0.0.1"} if dashboard else {}), **init_args)
             break
         except ConnectionError as exc:  # something answers at the address but will not take this driver

@@ -52,7 +52,9 @@ def supervise(child_args: list[str]) -> int:
     sentence when the child died without saying it."""
     report_r, report_w = os.pipe()
     alive_r, alive_w = os.pipe()
-    env = {**os.environ, REPORT_FD: str(report_w), PARENT_FD: str(alive_r)}
+    # RAY_ENABLE_AUTO_CONNECT=0: a Ray call made after the command shut its cluster down (a sweep's run thread
+    # after Ctrl-C) raises instead of making Ray start (or join) another cluster from that thread
+    env = {**os.environ, REPORT_FD: str(report_w), PARENT_FD: str(alive_r), "RAY_ENABLE_AUTO_CONNECT": "0"}
     child = subprocess.Popen([sys.executable, *child_args], pass_fds=(report_w, alive_r), env=env)
     os.close(report_w)
     os.close(alive_r)
@@ -134,6 +136,7 @@ class Channel:
 
     fd: int | None = None
     ray_log: str | None = None
+    console: int | None = None  # the console's stderr once file descriptor 2 goes to Ray's log (``native_to_log``)
 
     def attach(self) -> None:
         """In the child: take the pipes from the environment (so Ray's workers do not inherit them), report
@@ -158,6 +161,24 @@ class Channel:
         if ray_log:
             self.tell("L", ray_log)
 
+    def native_to_log(self, ray_log: str) -> None:
+        """In the command's child, before Ray starts: what writes to file descriptor 2 itself goes to Ray's log,
+        while ``sys.stderr`` (glmscore's lines, Python's tracebacks and warnings) stays on the console. Ray's C++
+        core worker writes there: ~70 lines when it loses its raylet, a line per actor whose arguments sit in the
+        object store; so do the processes a local cluster starts. A library caller's process is left as it is."""
+        if self.fd is None or self.console is not None:
+            return
+        try:
+            log = os.open(ray_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:  # no log to write to: the console keeps everything
+            return
+        sys.stderr.flush()
+        self.console = os.dup(2)  # not inherited (os.dup's default): Ray's processes get the log as their stderr
+        sys.stderr = os.fdopen(self.console, "w", buffering=1, encoding=sys.stderr.encoding,
+                               errors=sys.stderr.errors, closefd=False)
+        os.dup2(log, 2)
+        os.close(log)
+
     def report(self, code: int | None = None) -> None:
         """The command ends with its own words (``code`` None) or has finished with status ``code``."""
         if self.fd is not None:
@@ -178,8 +199,9 @@ class Channel:
         except OSError:  # the log's folder is gone (a removed --out): the console it is
             fd = None
         if fd is not None:
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
+            for target in (1, 2, self.console):
+                if target is not None:
+                    os.dup2(fd, target)
             os.close(fd)
         self.report(code)
 

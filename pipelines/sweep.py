@@ -438,7 +438,7 @@ def _say(text: str) -> None:
     say(f"sweep: {text}")
 
 
-def _execute(run: Run, results: queue.Queue) -> None:
+def _execute(run: Run, results: queue.Queue, stopping: threading.Event) -> None:
     start = time.monotonic()
     try:
         run.manifest = run_score(run.cfg)
@@ -446,6 +446,8 @@ def _execute(run: Run, results: queue.Queue) -> None:
     except GlmscoreError as exc:
         run.status, run.error = "failed", str(exc)
     except BaseException as exc:  # a bug: kept with its traceback, re-raised once the sweep is done
+        if stopping.is_set():  # the sweep was interrupted and shut Ray down under this run: said once, by the command
+            return
         run.status, run.error, run.bug = "failed", f"bug: {type(exc).__name__}: {exc}", exc
         traceback.print_exc()
     run.seconds = time.monotonic() - start
@@ -486,6 +488,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
              "a new local Ray cluster" if address == "local" else f"the Ray cluster at {address}")
     _say(f"{len(todo)} run(s) on {where}, up to {sweep.max_parallel} at once; output {sweep.out}")
     start_ray(address, sweep.out, runtime_env=JOB_RUNTIME_ENV, **({"num_cpus": sweep.local_cpus} if fixed and sweep.local_cpus else {}))
+    stopping = threading.Event()
     try:
         cluster = ray.cluster_resources()
         results: queue.Queue = queue.Queue()
@@ -515,7 +518,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
                 free["GPU"] -= need[1]
                 in_flight += 1
                 _say(f"start {run.label} -> {run.cfg.out}")
-                threading.Thread(target=_execute, args=(run, results), name=f"glmscore-sweep-{run.label}",
+                threading.Thread(target=_execute, args=(run, results, stopping), name=f"glmscore-sweep-{run.label}",
                                  daemon=True).start()  # daemon: Ctrl-C ends the sweep without waiting for runs
             if not in_flight:
                 continue
@@ -530,6 +533,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
             done += 1
             _finished(run, done, total)
     finally:
+        stopping.set()
         if started_here:
             ray.shutdown()
     return runs

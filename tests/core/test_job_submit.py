@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -122,4 +123,6 @@ def test_a_run_whose_cluster_or_driver_dies_stops_with_one_sentence(tmp_path, sm
         assert time.monotonic() - start < 60
         assert err.count("glmscore: error:") == 1 and "glmscore: error: lost the Ray cluster" in err
         assert err.startswith(f"glmscore: score on the Ray cluster at 127.0.0.1:{port}"), err[:300]
+        # Ray's C++ core worker's lines (~70 of them when it lost its raylet) go to Ray's log, not the console
+        assert not re.search(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]", err, re.M), err[-3000:]
         assert not (tmp_path / "o" / "_manifest.json").exists()

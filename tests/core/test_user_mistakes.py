@@ -271,3 +271,56 @@ def test_a_log_handler_on_a_full_disk_prints_no_logging_error_tracebacks(tmp_pat
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def _descendants(root: int) -> dict[int, tuple]:
+    """{pid: (starttime, cmdline)} of the live processes below ``root`` (its children, theirs, ...)."""
+    from tests.ray_procs import _proc_table
+
+    table = _proc_table()
+    found, frontier = {}, {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, *_rest) in table.items() if ppid in frontier and pid not in found}
+        found.update({pid: (table[pid][2], table[pid][3]) for pid in frontier})
+    return found
+
+
+@pytest.mark.ray
+def test_ctrl_c_of_a_sweep_ends_quietly_and_starts_no_second_cluster(tmp_path, small_nullsette, tiny_llama):
+    """Ctrl-C of a sweep: the runs' threads, still calling Ray after the sweep shut its cluster down, made Ray start a
+    new local cluster from a thread (Ray's auto-connect: "SIGTERM handler is not set because current thread is not
+    the main thread", tracebacks, and that cluster's processes left running). The command says one sentence, exits
+    130, and leaves no process of its session behind."""
+    import yaml
+
+    from tests.ray_procs import _proc_table
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "out": "out", "local_cpus": 4, "max_parallel": 2, "defaults": {"threads_per_actor": 1, "chunk_rows": 1},
+        "models": [{"model": str(tiny_llama), "name": "a"}, {"model": str(tiny_llama), "name": "b"}],
+        "benchmarks": [{"name": "nullsette", "data": str(small_nullsette), "limit": 40}]}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = subprocess.Popen([sys.executable, "-m", "glmscore", "sweep", str(sweep)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait(lambda: any((tmp_path / "out").rglob("part-*.parquet")) or command.poll() is not None, "a first shard")
+        assert command.poll() is None, "the sweep ended before it could be interrupted"
+        below = _descendants(command.pid)
+        os.killpg(command.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+        _, err = command.communicate(timeout=300)
+        assert command.returncode == 130, err[-3000:]
+        assert "glmscore: interrupted; completed shards are kept and a rerun resumes from them." in err, err[-3000:]
+        for noise in ("SIGTERM handler", "Traceback", "Exception in thread", "core_worker.cc"):
+            assert noise not in err, err[-3000:]
+
+        def left() -> list[str]:
+            table = _proc_table()
+            return [cmd for pid, (_, sid, start, cmd) in table.items()
+                    if sid == command.pid or (pid in below and below[pid][0] == start)]
+        _wait(lambda: not left(), "the sweep's Ray processes to end", timeout=180)
+    finally:
+        try:
+            os.killpg(command.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
