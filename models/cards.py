@@ -71,6 +71,10 @@ class ModelCard:
     # a tokenizer that takes the sequence's type as a keyword (LucaOne's and LucaVirus's seq_type: gene rewrites the
     # nucleotides as its digit tokens, prot reads amino acids): called one sequence at a time with seq_type=this
     seq_type: str = ""
+    # the transformers class vLLM runs the model as, where config.json names a class of its own over a model_type
+    # transformers builds (GENERator's GENERatorForCausalLM over llama): vLLM's native implementation, not its
+    # generic Transformers fallback (models/backends/vllm_causal.py: vllm_architecture)
+    vllm_architecture: str = ""
     notes: str = ""
     # k-mer Markov baseline only (crossfit | a background FASTA)
     order: int = 0
@@ -91,7 +95,7 @@ class ModelCard:
 
 
 OMITTED_AT_DEFAULT = ("letter_case", "sequence_prefix", "tokenizer_id", "tokenizer_revision", "overlapping_kmer",
-                      "seq_type")
+                      "seq_type", "vllm_architecture")
 ABOUT_FIELDS = ("seed", "verified")  # what a card says of itself, not of how it scores: never in a fingerprint
 
 

@@ -33,7 +33,7 @@ from glmscore.models.base import (
     rows_from_pieces,
 )
 from glmscore.models.errors import GlmscoreError
-from glmscore.models.hf_common import config_context, hf_preflight, hf_provenance, resolve_dtype
+from glmscore.models.hf_common import config_context, config_dict, hf_preflight, hf_provenance, resolve_dtype
 from glmscore.models.options import option
 from glmscore.models.tokenization import TokenPolicy, fewest_tokens, token_policy
 
@@ -79,6 +79,28 @@ def engine_settings(card, options: VLLMOptions) -> dict:
     return settings
 
 
+def vllm_architecture(card) -> tuple[str | None, dict]:
+    """The architecture vLLM runs the card as (what config.json names, unless the card maps it), and the
+    ``hf_overrides`` that make it so. A card's ``vllm_architecture`` maps a config that names a class of its
+    own (GENERator's hub config names GENERatorForCausalLM, whose code is in the repository) onto the
+    transformers class its model_type builds (LlamaForCausalLM): vLLM then runs its native implementation
+    on the same weights instead of its generic Transformers fallback. Decided from config.json alone (no
+    vLLM import, nothing from the repository runs); refused when that model_type builds another class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = config_dict(card.hf_id, card.revision)
+    named = (config.get("architectures") or [None])[0]
+    wanted = card.vllm_architecture
+    if not wanted or named == wanted:
+        return named, {}
+    builds = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
+    if wanted not in (builds if isinstance(builds, tuple) else (builds,)):
+        raise GlmscoreError(f"model card {card.id} runs {card.hf_id} on vLLM as {wanted}, but its config.json's model_type "
+                            f"({config.get('model_type')}) builds {builds or 'no transformers causal LM'}, so the weights are "
+                            f"not {wanted}'s; use --backend hf_causal.")
+    return wanted, {"architectures": [wanted]}
+
+
 @register_backend("vllm_causal", aliases=("vllm",))
 class VLLMCausal(Backend):
     Options = VLLMOptions
@@ -93,6 +115,7 @@ class VLLMCausal(Backend):
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:
         hf_preflight(card, task, layer)
+        vllm_architecture(card)
 
     @classmethod
     def runtime(cls, card, options, device, threads=None) -> Runtime:
@@ -131,7 +154,10 @@ class VLLMCausal(Backend):
     @classmethod
     def batching(cls, card, options, runtime) -> dict:
         # unset engine settings are vLLM's own defaults (they depend on its version and the device)
-        return {**cls.engine(card, options, runtime), **super().batching(card, options, runtime)}
+        architecture, overrides = vllm_architecture(card)
+        named = f" (config.json names {(config_dict(card.hf_id, card.revision).get('architectures') or ['none'])[0]})"
+        return {"architecture": f"{architecture}{named if overrides else ''}", **cls.engine(card, options, runtime),
+                **super().batching(card, options, runtime)}
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:
@@ -144,6 +170,9 @@ class VLLMCausal(Backend):
         from vllm import LLM, SamplingParams  # in here: vLLM is optional and loads only in its actor
 
         settings = self.engine(card, options, runtime)
+        overrides = vllm_architecture(card)[1]
+        if overrides:
+            settings["hf_overrides"] = overrides
         if (settings.get("tensor_parallel_size") or 1) > 1:
             # workers go into the actor's placement group (ActorResources.bundles)
             settings["distributed_executor_backend"] = "ray"

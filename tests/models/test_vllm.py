@@ -21,11 +21,46 @@ def _agree(card, **engine):
 
 
 @pytest.mark.slow
-def test_vllm_matches_transformers_6mer_with_bos(tiny_llama_6mer):
-    card = resolve_card(str(tiny_llama_6mer)).with_(kmer=6, kmer_remainder="trim")
-    hf, _ = _agree(card)
+def test_vllm_matches_transformers_6mer_with_bos(tiny_llama_6mer, tmp_path):
+    """GENERator's shape: Llama weights, a 6-mer tokenizer, and a config.json that names a class of its own
+    (GENERatorForCausalLM): the card's vllm_architecture makes vLLM run its native LlamaForCausalLM on them (without
+    it, vLLM would take its generic Transformers fallback), with transformers' scores."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_llama_6mer, tmp_path / "generator-like")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["GENERatorForCausalLM"]}))
+    card = resolve_card(str(folder)).with_(kmer=6, kmer_remainder="trim", vllm_architecture="LlamaForCausalLM")
+    hf = load_backend(card).loglik_sequences(SEQS)
+    engine = load_backend(card.with_(backend="vllm_causal"), max_model_len=512)
+    v = engine.loglik_sequences(SEQS)
+    assert np.array_equal(hf.n_scored, v.n_scored)
+    np.testing.assert_allclose(v.mean, hf.mean, atol=1e-4)
+    used = engine.llm.llm_engine.model_config
+    assert used.architecture == "LlamaForCausalLM" and not used.using_transformers_backend()
     # lengths that are not multiples of 6 are trimmed from the 5' end: 13 nt -> 12 nt = 2 tokens after BOS
     assert hf.n_scored[0] == 2 and hf.n_scored[2] == 1
+    # the dry run and the manifest say which class vLLM runs, and what config.json names
+    from glmscore.models.backends.vllm_causal import VLLMCausal
+
+    runtime = VLLMCausal.runtime(card, VLLMCausal.Options(), "cpu")
+    said = VLLMCausal.batching(card, VLLMCausal.Options(), runtime)["architecture"]
+    assert said == "LlamaForCausalLM (config.json names GENERatorForCausalLM)", said
+    with pytest.raises(GlmscoreError, match="model_type \\(llama\\) builds LlamaForCausalLM, so the weights are not GPT2LMHeadModel's"):
+        VLLMCausal.preflight(card.with_(vllm_architecture="GPT2LMHeadModel"), VLLMCausal.Options(), "score")
+
+
+def test_every_vllm_card_names_a_class_vllm_implements_natively():
+    """The cards that claim vLLM (vllm: true) say which class vLLM runs them as, and vLLM has a native implementation
+    of it (not its Transformers fallback); a mapping onto a class the config's model_type does not build is refused."""
+    from vllm.model_executor.models import ModelRegistry
+
+    from glmscore.models.cards import shipped_cards
+
+    native = {a for a in ModelRegistry.get_supported_archs() if not a.startswith("Transformers")}
+    claims = {c.id: c.vllm_architecture for c in shipped_cards().values() if c.vllm}
+    assert len(claims) == 3 and all(arch in native for arch in claims.values()), claims
 
 
 @pytest.mark.slow
