@@ -22,6 +22,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -109,7 +110,15 @@ def run_score(cfg: ScoreConfig) -> dict:
     refuse_over_context(plan, predicted, units)
     out.create()
     fixed_size = will_own_cluster(address)
-    with out.lock():  # before Ray starts: a folder another run is writing is refused in a second
+    held = ExitStack()
+    try:
+        held.enter_context(out.lock())  # before Ray starts: a folder another run is writing is refused in a second
+    except shards.ReadOnlyFolder:
+        done = _finished_read_only(plan, predicted, units, out) if fixed_size and predicted is not None else None
+        if done is None:
+            raise
+        return done
+    with held:
         if fixed_size and predicted is not None:
             done = _complete_without_ray(plan, predicted, units, out, started, laps)
             if done is not None:
@@ -218,6 +227,22 @@ def _complete_without_ray(plan: Plan, predicted: Plan, units: list[Unit], out: s
     say(f"{plan.cfg.task}: every shard in {out} is complete for this configuration and input; "
           "Ray not started")
     return _score(predicted, units, out, started, laps, checked=digests)
+
+
+def _finished_read_only(plan: Plan, predicted: Plan, units: list[Unit], out: shards.OutputFolder) -> dict | None:
+    """A rerun into a read-only folder (no lock can be written there) that holds this configuration's finished run:
+    every shard verified complete, its manifest returned as it is and nothing written. None when anything is left
+    to compute or the folder has no manifest (then the read-only folder is refused)."""
+    try:
+        manifest = shards.read_manifest(out.out)
+    except GlmscoreError:
+        return None
+    out.check(predicted.fingerprint, plan.cfg.overwrite, units, predicted.identity)
+    if plan.cfg.overwrite or out.pending(units, predicted.fingerprint, _fitted(predicted, units)[1]):
+        return None
+    say(f"{plan.cfg.task}: every shard in {out} is complete for this configuration and input; the folder is read-only, "
+        "so its manifest is kept as it is and nothing was written")
+    return {**manifest, "shards_computed": 0, "shards_reused": len(units)}
 
 
 def _score(plan: Plan, units: list[Unit], out: shards.OutputFolder, started: str, laps: Laps,

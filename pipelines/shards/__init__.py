@@ -43,13 +43,13 @@ from glmscore.pipelines.shards.format import (
     verified,
     write_shard,
 )
-from glmscore.pipelines.shards.lock import LOCK_FILE, locked, refuse_links
+from glmscore.pipelines.shards.lock import LOCK_FILE, ReadOnlyFolder, locked, refuse_links
 from glmscore.pipelines.shards.manifest import MANIFEST, now, read_manifest, write_json, write_manifest
 from glmscore.pipelines.shards.readers import datasets_of, describe, output_folders, read_datasets, read_scores, read_table
 from glmscore.pipelines.shards.run_record import RUN_FILE, check_out, prepare_out, read_run_file, read_run_record
 
 __all__ = ["IO_THREADS", "LOCK_FILE", "MANIFEST", "META_KEY", "PARTITIONING", "RUN_FILE", "CorruptShard", "OutputFolder",
-           "Seen", "check_out", "datasets_of", "describe", "each", "inspect", "io_threads", "is_complete", "locked",
+           "ReadOnlyFolder", "Seen", "check_out", "datasets_of", "describe", "each", "inspect", "io_threads", "is_complete", "locked",
            "now", "output_folders", "path_segment", "prepare_out", "read_datasets", "read_manifest", "read_run_file", "read_run_record",
            "read_scores", "read_shard", "read_table", "refuse_links", "shard_meta", "shard_path", "shard_rel",
            "table_digest", "verified", "write_json", "write_manifest", "write_shard"]

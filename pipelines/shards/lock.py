@@ -15,6 +15,12 @@ from glmscore.pipelines import store
 from glmscore.pipelines.shards.manifest import now
 
 LOCK_FILE = ".glmscore.lock"
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class ReadOnlyFolder(GlmscoreError):
+    """The folder's lock cannot be written: a read-only file system or folder. A finished run there can still be
+    rerun when nothing is left to compute (``score._finished_read_only``); anything else is refused."""
 
 
 @contextmanager
@@ -30,6 +36,9 @@ def locked(out):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
+        if exc.errno in READ_ONLY:
+            raise ReadOnlyFolder(f"{out} is read-only ({exc.strerror.lower()}: glmscore cannot write its lock there); make "
+                                 "it writable or choose another --out.") from None
         if exc.errno != errno.ELOOP:
             raise
         raise GlmscoreError(f"{path} is a symbolic link; glmscore never writes through links in an output folder: "

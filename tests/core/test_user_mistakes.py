@@ -58,16 +58,27 @@ def test_a_relative_out_inside_rays_copy_of_the_working_dir_is_refused(tmp_path,
     assert list(job_copy.iterdir()) == []
 
 
-@pytest.mark.ray
-def test_runs_looks_inside_a_folder_of_output_folders(tmp_path, small_nullsette):
-    out = tmp_path / "runs" / "lab" / "k3"
-    scored = _glmscore("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3",
-                       "--out", str(out), "--limit", "2")
+def _k3(small_nullsette, out: Path) -> tuple[str, ...]:
+    return ("score", "--benchmark", "nullsette", "--data", str(small_nullsette), "--model", "kmer:3", "--out", str(out),
+            "--limit", "2")
+
+
+@pytest.fixture(scope="module")
+def finished_k3(tmp_path_factory, small_nullsette) -> Path:
+    """A finished k-mer run in a folder of output folders (``runs/lab/k3``); tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("finished") / "runs" / "lab" / "k3"
+    scored = _glmscore(*_k3(small_nullsette, out))
     assert scored.returncode == 0, scored.stderr[-3000:]
-    (tmp_path / "runs" / "notes").mkdir()
-    listed = _glmscore("runs", str(tmp_path / "runs"))
+    return out
+
+
+@pytest.mark.ray
+def test_runs_looks_inside_a_folder_of_output_folders(finished_k3):
+    runs = finished_k3.parents[1]
+    (runs / "notes").mkdir(exist_ok=True)
+    listed = _glmscore("runs", str(runs))
     assert listed.returncode == 0, listed.stderr
-    assert str(out) in listed.stdout and "nullsette" in listed.stdout and "finished" in listed.stdout
+    assert str(finished_k3) in listed.stdout and "nullsette" in listed.stdout and "finished" in listed.stdout
     assert "not a glmscore folder" not in listed.stdout
 
 
@@ -324,3 +335,48 @@ def test_ctrl_c_of_a_sweep_ends_quietly_and_starts_no_second_cluster(tmp_path, s
             os.killpg(command.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _read_only(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """``glmscore args`` with ``folder`` read-only for that command alone: as root (who writes through permission
+    bits), a read-only bind mount in a mount namespace of its own, so nothing outlives the command; else without
+    write permission."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "glmscore", *args]
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")] if p.is_dir()}
+        try:
+            for p in modes:
+                p.chmod(modes[p] & ~0o222)
+            return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(folder), "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here (root without the capability): {probe.stderr.strip()[:200]}")
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(folder), *command],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.ray
+def test_a_finished_read_only_folder_is_rerun_without_writing(tmp_path, small_nullsette, finished_k3):
+    """A finished run's folder made read-only (an archive, a shared results folder): its rerun would reuse every shard,
+    but the lock could not be written and the command failed. Now it verifies the shards and writes nothing; a
+    read-only folder with anything left to compute is one sentence."""
+    import shutil
+
+    out = shutil.copytree(finished_k3, tmp_path / "k3")
+    command = _k3(small_nullsette, out)
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    again = _read_only(out, *command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the folder is read-only, so its manifest is kept as it is and nothing was written" in again.stderr
+    assert "Traceback" not in again.stderr and "reused)" in again.stdout, again.stdout
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == files
+    # a shard missing: something to compute, which a read-only folder cannot take
+    next(iter(sorted(out.rglob("part-*.parquet")))).unlink()
+    refused = _read_only(out, *command)
+    _one_sentence(refused, f"{out} is read-only", "make it writable or choose another --out")
