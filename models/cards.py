@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from glmscore.models.errors import GlmscoreError
+from glmscore.models.package_compat import adapt
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,6 @@ UNCARDED: tuple[tuple[str, str, str], ...] = (
     ("GenSLM", "Globus downloads, no hub id",
      "weights are `.pt` files for its own genslm package (codon words, its own masked mean), not on the hub; "
      "genslm is not on PyPI (no distribution found)"),
-    ("GenerRNA", "pfnet/GenerRNA",
-     "a custom model.py with a split model.pt: no transformers loading path; no generrna package on PyPI"),
     ("AIDO.RNA", "genbio-ai/AIDO.RNA-*",
      "its classes come with modelgenerator, on PyPI (0.1.3.post0) but pinning numpy<2, peft<=0.13.2, tiledb==0.33.6, "
      "lightning and Python<3.13: it needs an environment and a backend of its own, not written yet; multimolecule "
@@ -191,8 +190,6 @@ def _import(package: str) -> None:
                             f"({exc}); install it (pip install {name}) on every node.") from None
     if register:
         getattr(module, register)()
-    from glmscore.models.package_compat import adapt
-
     adapt(name, module)  # a package written for transformers 4 (LucaOne's): what it needs under transformers 5
 
 
