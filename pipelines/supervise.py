@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from glmscore.pipelines.console import say
@@ -98,7 +99,7 @@ def verdict(code: int, report: dict) -> int:
         return said
     if "x" in report:  # a Python exit: its own words are said
         return code if code >= 0 else 128 - code
-    if address and gcs_answers(address) is False:
+    if address and gcs_gone(address):
         say(f"error: lost the Ray cluster (its head at {address} stopped answering); finished shards "
               "are kept and a rerun resumes from them.")
         return EXIT_CLUSTER_LOST
@@ -113,6 +114,21 @@ def verdict(code: int, report: dict) -> int:
               "object store; Ray's logs say more); finished shards are kept and a rerun resumes from them.")
         return EXIT_CLUSTER_LOST
     return code
+
+
+def gcs_gone(address: str, tries: int = 6, every: float = 1.0) -> bool:
+    """Whether a cluster's GCS stops answering within a few seconds: a head killed whole (GCS, raylet) ends the
+    driver as soon as its raylet goes, while the GCS process may still be exiting on a busy machine (its port
+    answered in a CI run); asked once, that was reported as a lost raylet instead of a lost cluster."""
+    for attempt in range(tries):
+        answers = gcs_answers(address)
+        if answers is None:  # not an address that can be asked
+            return False
+        if answers is False:
+            return True
+        if attempt + 1 < tries:
+            time.sleep(every)
+    return False
 
 
 def gcs_answers(address: str) -> bool | None:
