@@ -17,6 +17,8 @@ named block's hook, which could not be checked without a GPU).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections import defaultdict
 from typing import Sequence
 
@@ -53,6 +55,15 @@ class ByteEncoder:
             ids = np.frombuffer(seq[: self.limit].encode("ascii"), dtype=np.uint8).astype(np.int64)
             out.append(Encoded(ids=ids, real=np.ones(len(ids), dtype=bool), n_ambiguous=n_amb, truncated=cut))
         return out
+
+
+def import_evo2():
+    """The ``evo2`` package, imported from a temporary working directory: its Vortex opens
+    ``activations_debug.log`` in the working directory at import, which would leave a file in the user's folder
+    (or the job's working directory). Only the model's actors, in the card's own environment, have it."""
+    with tempfile.TemporaryDirectory(prefix="glmscore-evo2-") as tmp, contextlib.chdir(tmp):
+        import evo2
+    return evo2
 
 
 @register_backend("evo2")
@@ -99,9 +110,7 @@ class Evo2Vortex(Backend):
 
     def _load(self, card):
         """The package's model (its loader chooses the checkpoint's precision and places it on the GPUs)."""
-        import evo2  # in here: only the model's actors, in the card's own environment, have it
-
-        return evo2.Evo2(MODEL_NAMES[card.hf_id]).model
+        return import_evo2().Evo2(MODEL_NAMES[card.hf_id]).model
 
     def loglik(self, encoded: Sequence[Encoded], context: Context | None = None, keep_positions: bool = False) -> LoglikResult:
         import torch

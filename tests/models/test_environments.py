@@ -239,10 +239,11 @@ EVO2_BY_HAND = r"""
 import json, sys, types
 sys.modules["flash_attn_2_cuda"] = types.ModuleType("flash_attn_2_cuda")
 import numpy as np, torch
+from glmscore.models.backends.evo2_vortex import Evo2Vortex, import_evo2
+import_evo2()  # as the backend imports it: from a temporary folder (Vortex opens a log file where it is imported)
 from evo2.scoring import score_sequences
 from vortex.model.tokenizer import CharLevelTokenizer
 from glmscore.models.base import resolve_card
-from glmscore.models.backends.evo2_vortex import Evo2Vortex
 
 class StandIn(torch.nn.Module):
     def __init__(self):
@@ -281,6 +282,7 @@ def test_evo2_scores_as_its_package_and_needs_a_gpu(env_cache):
     ref = subprocess.run([str(python), "-c", EVO2_BY_HAND], cwd=ROOT, input=json.dumps(seqs), capture_output=True,
                          text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    assert not (ROOT / "activations_debug.log").exists(), "importing evo2 left Vortex's log in the working directory"
     got = json.loads(ref.stdout.splitlines()[-1])
     np.testing.assert_allclose(got["ours"], got["package"], rtol=1e-5, atol=1e-6)
     # the package's padded batch scores one pad prediction for every row shorter than the longest
