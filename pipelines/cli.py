@@ -26,7 +26,7 @@ from glmscore.models.options import base_type, choices_of, flag_of, option_field
 from glmscore.pipelines import downloads, store
 from glmscore.pipelines.api import analyze
 from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
-from glmscore.pipelines.console import Terminated, handle_sigterm, say, show
+from glmscore.pipelines.console import Terminated, handle_sigint, handle_sigterm, say, show
 from glmscore.pipelines.demo import DemoOptions, run_demo
 from glmscore.pipelines.plan import refuse_relative_in_job_copy
 from glmscore.pipelines.score import ScoreConfig, run_score
@@ -269,6 +269,7 @@ def _main(argv: list[str] | None) -> int:
     # "--- Logging error ---" traceback per record over the one sentence that says what happened
     logging.raiseExceptions = False
     handle_sigterm()
+    handle_sigint()
     try:
         try:
             return _dispatch(args)

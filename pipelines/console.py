@@ -89,6 +89,33 @@ def handle_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
+# Set by the command's SIGINT handler and never cleared within a command: a loop that waits on the main
+# thread checks it (``check_interrupt``), so a KeyboardInterrupt that something swallowed (a finalizer running
+# on the main thread when the signal is handled: CPython prints and drops it) cannot let the command go on
+# as if no Ctrl-C had come. A clean-clone run saw a sweep finish both runs after its Ctrl-C.
+INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum, frame):
+    INTERRUPTED.set()
+    raise KeyboardInterrupt()
+
+
+def handle_sigint() -> None:
+    """The command's SIGINT handler (Ctrl-C): raises ``KeyboardInterrupt`` as Python's does and records it in
+    ``INTERRUPTED``. Only the command installs it: a library caller keeps its own (Tune and Train put theirs in
+    while they run and restore this one)."""
+    if threading.current_thread() is threading.main_thread():
+        INTERRUPTED.clear()
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` in a main-thread wait loop once the command was interrupted."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt()
+
+
 def verbose() -> bool:
     return os.environ.get("GLMSCORE_VERBOSE") == "1"
 

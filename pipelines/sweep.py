@@ -69,7 +69,7 @@ from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, address_option, coerce_values, flag_of, option, option_fields
 from glmscore.pipelines import store
 from glmscore.pipelines.benchmark import BENCHMARKS
-from glmscore.pipelines.console import say, show
+from glmscore.pipelines.console import check_interrupt, say, show
 from glmscore.pipelines.pools import check_fits, size_pool
 from glmscore.pipelines.ray_session import JOB_RUNTIME_ENV, ray_address, start_ray, will_own_cluster
 from glmscore.pipelines.score import Plan, ScoreConfig, resolve_job, run_score
@@ -520,6 +520,7 @@ def run_sweep(sweep: Sweep) -> list[Run]:
                 _say(f"start {run.label} -> {run.cfg.out}")
                 threading.Thread(target=_execute, args=(run, results, stopping), name=f"glmscore-sweep-{run.label}",
                                  daemon=True).start()  # daemon: Ctrl-C ends the sweep without waiting for runs
+            check_interrupt()
             if not in_flight:
                 continue
             try:

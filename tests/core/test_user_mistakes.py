@@ -320,11 +320,8 @@ def test_ctrl_c_of_a_sweep_ends_quietly_and_starts_no_second_cluster(tmp_path, s
         below = _descendants(command.pid)
         os.killpg(command.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
         _, err = command.communicate(timeout=300)
-        if command.returncode == 0 and "interrupted" not in err:
-            # seen once in three clean-clone runs (5d6a03a): the command went on to finish both runs as if no SIGINT
-            # had come; the cause is not found yet (a KeyboardInterrupt raised inside a finalizer on the main thread
-            # is swallowed by CPython: one candidate). Recorded as an expected failure, not hidden as a pass
-            pytest.xfail("the sweep did not take the SIGINT (known, under investigation; see the closing note)")
+        # once in three clean-clone runs (5d6a03a) the command went on to finish both runs as if no SIGINT had come;
+        # the sweep's wait loop now also checks the command's record of the interrupt (test below)
         assert command.returncode == 130, err[-3000:]
         assert "glmscore: interrupted; completed shards are kept and a rerun resumes from them." in err, err[-3000:]
         for noise in ("SIGTERM handler", "Traceback", "Exception in thread", "core_worker.cc"):
@@ -340,6 +337,37 @@ def test_ctrl_c_of_a_sweep_ends_quietly_and_starts_no_second_cluster(tmp_path, s
             os.killpg(command.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+SWALLOWED = r"""
+import gc, os, signal, sys, time
+from glmscore.pipelines.console import check_interrupt, handle_sigint
+handle_sigint()
+
+class Finalizer:  # a finalizer on the main thread when the signal is handled: CPython prints and drops it
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+
+try:
+    Finalizer()
+    print("went on", flush=True)
+    for _ in range(10):
+        check_interrupt()
+        time.sleep(0.1)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_commands_wait_loops():
+    """A KeyboardInterrupt that CPython drops (raised in a finalizer) is kept in the command's record of the
+    interrupt, which the sweep's wait loop checks: the Ctrl-C still stops the command."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["went", "on", "interrupted"], done.stdout + done.stderr
+    assert "Exception ignored" in done.stderr and "KeyboardInterrupt" in done.stderr  # CPython did drop it
 
 
 def _read_only(folder: Path, *args: str) -> subprocess.CompletedProcess:
