@@ -754,17 +754,17 @@ def test_entrypoint_check_rejects(entrypoint, expected, parser):
     assert any(expected in p for p in problems), problems
 
 
-def _readme_clusters_section() -> str:
-    text = (ROOT / "README.md").read_text()
+def _docs_clusters_section() -> str:
+    text = (ROOT / "docs" / "clusters.md").read_text()
     start = text.index("## Clusters (`cluster/`)")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
-def test_readme_cluster_commands_parse(parser):
-    """The README's `ray job submit ... -- python -m glmscore score ...` lines parse with the CLI,
+def test_docs_cluster_commands_parse(parser):
+    """The cluster page's (docs/clusters.md) `ray job submit ... -- python -m glmscore score ...` lines parse with the CLI,
     and the files its commands name exist."""
-    section = _readme_clusters_section().replace("\\\n", " ")  # shell line continuations
+    section = _docs_clusters_section().replace("\\\n", " ")  # shell line continuations
     submits = [line.split(" -- ", 1)[1] for line in section.splitlines() if "ray job submit" in line and " -- " in line]
     devices = []
     for command in submits:
