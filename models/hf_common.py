@@ -394,6 +394,21 @@ def check_cuda(torch) -> None:
                         "(cluster/local/install.sh gpu) or pass --device cpu.")
 
 
+def place(runtime):
+    """torch's threads, device and dtype for a model loaded in this process (an actor, a trial, a worker); a
+    bfloat16 run on a GPU without it is one sentence."""
+    import torch
+
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    device = torch.device(runtime.device)
+    if device.type == "cuda":
+        check_cuda(torch)
+    if runtime.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
+    return device, getattr(torch, runtime.dtype)
+
+
 def resolve_dtype(requested: str | None, card: ModelCard, device: str) -> str:
     """``auto``: bf16 on a GPU (halves memory, same ranking accuracy), fp32 on CPU."""
     name = requested or card.dtype
@@ -470,14 +485,7 @@ class HFBackend(Backend):
         import transformers
 
         import_package(card)
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        self.device = torch.device(runtime.device)
-        if self.device.type == "cuda":
-            check_cuda(torch)
-        if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
-        self.dtype = getattr(torch, runtime.dtype)
+        self.device, self.dtype = place(runtime)
         self.batch_tokens = self.configured_batch_tokens = (
             options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS))
         self.tokenizer = card_tokenizer(card)

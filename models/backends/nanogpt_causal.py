@@ -33,7 +33,7 @@ from glmscore.models.backends.hf_causal import HFCausal
 from glmscore.models.base import Backend, Runtime, register_backend
 from glmscore.models.cards import ModelCard
 from glmscore.models.errors import GlmscoreError
-from glmscore.models.hf_common import check_cuda, resolve_dtype
+from glmscore.models.hf_common import place, resolve_dtype
 from glmscore.models.tokenization import card_tokenizer, check_protocol, fewest_tokens, token_policy
 
 CHECKPOINTS = ("model_updated.pt", "model.pt")  # one file; else model.pt.part-* read in name order
@@ -287,17 +287,9 @@ class NanoGPTCausal(HFCausal):
 
     def __init__(self, card, options, runtime, fitted=None):
         Backend.__init__(self, card, options, runtime, fitted)
-        import torch  # in here: torch loads where the model runs (actor, trial, worker); `glmscore --help` and the driver never pay for it
-        from transformers import GPT2LMHeadModel
+        from transformers import GPT2LMHeadModel  # in here: the driver and `glmscore --help` never load torch
 
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        self.device = torch.device(runtime.device)
-        if self.device.type == "cuda":
-            check_cuda(torch)
-        if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
-        self.dtype = getattr(torch, runtime.dtype)
+        self.device, self.dtype = place(runtime)
         self.batch_tokens = self.configured_batch_tokens = options.batch_tokens or type(self).batching(
             card, options, runtime)["batch_tokens"]
         self.tokenizer = card_tokenizer(tokenizer_card(card))
