@@ -11,6 +11,8 @@ from glmscore.models.errors import GlmscoreError
 NONMUTANT = "nonmutant"
 TEST_COLUMNS = ["model", "dataset", "group", "n_pairs", "mean_diff", "p_value", "p_adjusted", "significant"]
 SUCCESS_COLUMNS = ["model", "dataset", "n_pairs", "n_types", "n_significant", "success_rate"]
+NOISE_COLUMNS = ["noise_floor", "verdict"]  # added by ``mark_within_noise``
+WITHIN_NOISE = "within backend noise: not a result"
 
 
 def _type_key(group: str) -> int:
@@ -58,10 +60,34 @@ def nullsette_tests(scores: pd.DataFrame | dict, *, n_perm: int = 10_000, seed: 
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
 
 
+def mark_within_noise(tests: pd.DataFrame, floors: dict[str, float | None]) -> pd.DataFrame:
+    """The test table with each model's run-to-run noise floor (``floors``: model -> the backend's largest
+    |score difference| per row between two runs of the same rows, None where it was not measured) and a verdict.
+    A test whose mean paired difference is at most the floor, in size, is ``within backend noise: not a result``
+    and not significant, whatever its p-value: the backend alone can move a score that far. Otherwise the verdict
+    is ``significant`` or ``not significant`` (``noise not measured`` appended where the floor is unknown)."""
+    out = tests.copy()
+    out["noise_floor"] = [np.nan if floors.get(m) is None else float(floors[m]) for m in out["model"]]
+    within = np.abs(out["mean_diff"].to_numpy(dtype=float)) <= out["noise_floor"].to_numpy(dtype=float)
+    out["significant"] = out["significant"].astype(bool) & ~within
+    words = np.where(out["significant"], "significant", "not significant").astype(object)
+    words[np.isnan(out["noise_floor"].to_numpy(dtype=float))] += " (noise not measured)"
+    words[within] = WITHIN_NOISE
+    out["verdict"] = words
+    return out
+
+
 def success_rates(tests: pd.DataFrame) -> pd.DataFrame:
-    """Fraction of mutant types detected per (model, dataset)."""
+    """Fraction of mutant types detected per (model, dataset). A test table marked by ``mark_within_noise`` adds
+    the model's noise floor and the number of types within it (counted as not detected)."""
     g = tests.groupby(["model", "dataset"], sort=True)
     out = g.agg(n_pairs=("n_pairs", "max"), n_types=("group", "size"), n_significant=("significant", "sum")).reset_index()
     out["n_significant"] = out["n_significant"].astype(int)
     out["success_rate"] = out["n_significant"] / out["n_types"]
-    return out[SUCCESS_COLUMNS]
+    if "verdict" not in tests.columns:
+        return out[SUCCESS_COLUMNS]
+    marked = tests.assign(within=tests["verdict"] == WITHIN_NOISE).groupby(["model", "dataset"], sort=True)
+    extra = marked.agg(n_within_noise=("within", "sum"), noise_floor=("noise_floor", "first")).reset_index()
+    out = out.merge(extra, on=["model", "dataset"], how="left")
+    out["n_within_noise"] = out["n_within_noise"].astype(int)
+    return out[SUCCESS_COLUMNS + ["n_within_noise", "noise_floor"]]

@@ -12,6 +12,8 @@ import markdown
 import numpy as np
 import pandas as pd
 
+from glmscore.analysis.noise import NOISE_NOTE
+
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -182,7 +184,9 @@ def plot_success_heatmap(success: pd.DataFrame, out: Path) -> Path | None:
 
 
 def write_nullsette_report(diffs: dict[tuple[str, str, str], np.ndarray], tests: pd.DataFrame, success: pd.DataFrame,
-                           out: Path, settings: dict, provenance: dict) -> Path:
+                           out: Path, settings: dict, provenance: dict, noise: pd.DataFrame | None = None) -> Path:
+    """``noise``: each model's backend noise floor (``analysis.noise.noise_table``); tests within it carry the
+    verdict ``within backend noise: not a result`` (``mark_within_noise``)."""
     out.mkdir(parents=True, exist_ok=True)
     tests.to_csv(out / "nullsette_tests.csv", index=False)
     success.to_csv(out / "nullsette_success.csv", index=False)
@@ -191,7 +195,9 @@ def write_nullsette_report(diffs: dict[tuple[str, str, str], np.ndarray], tests:
     lines = ["# Nullsette report", ""]
     lines.append("Settings: " + md_text(", ".join(f"{k}={v}" for k, v in settings.items())))
     lines += ["", "## Success rate (fraction of mutant types with corrected p < alpha)", "",
-              md_table(success, index=False, floatfmt=".3f"), ""]
+              md_table(success, index=False, floatfmt=".3g"), ""]
+    if noise is not None:
+        lines += noise_section(noise)
     for (model, dataset), frame in tests.groupby(["model", "dataset"], sort=True):
         lines += [f"## {md_text(model)} on {md_text(dataset)}", "",
                   md_table(frame.drop(columns=["model", "dataset"]), index=False, floatfmt=".4g"), ""]
@@ -203,6 +209,12 @@ def write_nullsette_report(diffs: dict[tuple[str, str, str], np.ndarray], tests:
     for name, info in provenance.items():
         lines.append(f"- {md_text(name)}: {md_text(info)}")
     return write_report(lines, out)
+
+
+def noise_section(noise: pd.DataFrame) -> list[str]:
+    """The report's ``Backend noise floor`` section: what it means, then one row per model."""
+    return ["## Backend noise floor (run-to-run |score difference| per row)", "", md_text(NOISE_NOTE), "",
+            md_table(noise, index=False, floatfmt=".3g"), ""]
 
 
 def plot_family_bars(families: pd.DataFrame, out: Path, metric: str = "spearman") -> Path:

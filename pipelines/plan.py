@@ -15,6 +15,7 @@ from pathlib import Path
 from glmscore.models.base import BACKENDS, Backend, Runtime, resolve_card
 from glmscore.models.cards import ModelCard, pin_revision
 from glmscore.models.errors import GlmscoreError
+from glmscore.models.noise import noise_record
 from glmscore.models.options import Options, address_option, comma_list, option, option_fields, out_option
 from glmscore.models.pooling import Pooling
 from glmscore.pipelines import store
@@ -203,7 +204,7 @@ def plan_job(cfg: ScoreConfig, cluster: dict, resolved: Plan | None = None) -> P
     version = glmscore_version()
     provenance = {"weights": content_digest(local) if local else None, "device": device, "dtype": runtime.dtype,
                   "token_limit": runtime.token_limit, "batching": backend.batching(card, options, runtime),
-                  "glmscore": version}
+                  "noise_floor": noise_record(backend.name, device, runtime.dtype), "glmscore": version}
     job = {f.name: getattr(cfg, f.name) for f in option_fields(ScoreConfig)
            if f.metadata["affects_result"] and cfg.task in (f.metadata["commands"] or TASKS)}
     if job.get("rc") == "none":

@@ -198,6 +198,7 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
     lines += [f"  shards: {state}",
               f"  token limit: {limit if limit else 'none'}; device {predicted.provenance['device']}, dtype {predicted.runtime.dtype or '-'}",
               "  batching: " + (", ".join(f"{k} {v}" for k, v in predicted.provenance["batching"].items()) or "one call per unit"),
+              f"  run-to-run noise: {noise_words(predicted.provenance['noise_floor'])}",
               f"  actors: {predicted.pool.min_actors}..{predicted.pool.max_actors}, {predicted.pool.gpus:g} GPU and "
               f"{ACTOR_CPUS:g} CPU each (+{PREPARE_CPUS + WRITE_CPUS:g} CPU for the prepare and write actors beside them)"
               + ("" if local else f"; on {address} the cluster's own devices decide (estimated here from this machine)"),
@@ -206,6 +207,14 @@ def dry_run(plan: Plan, units: list[Unit], out: shards.OutputFolder, address: st
         lines.append(f"  warning: {warning}")
     return {"dry_run": "\n".join(lines), "units": len(units), "pending": len(pending), "why": why,
             "fingerprint": predicted.fingerprint}
+
+
+def noise_words(floor: dict) -> str:
+    """The manifest's ``noise_floor`` in words: ``max 0.003, mean - per row (source)`` or ``not measured``."""
+    if floor.get("max_abs") is None:
+        return f"not measured for {floor['backend']} on {floor['device']} in {floor['dtype']}"
+    typical = "-" if floor.get("typical_abs") is None else f"{floor['typical_abs']:.3g}"
+    return f"|score difference| per row up to {floor['max_abs']:.3g} (mean {typical}) between two runs; {floor['source']}"
 
 
 def _complete_without_ray(plan: Plan, predicted: Plan, units: list[Unit], out: shards.OutputFolder, started: str,

