@@ -223,12 +223,12 @@ def test_kmer_crossfit_shards_follow_their_reference(ray_cluster, small_nullsett
 # resume, which are the same for every backend, and a k-mer run spends its time in the pipeline rather than
 # in loading torch (a tiny Llama made each of the three runs ~50 s longer).
 KILL_MODEL = "kmer:3"
-KILL_SHARDS = 20 * 6  # --limit 6 --chunk-rows 1: one shard per row, so the kills land mid-run
+KILL_SHARDS = 20 * 3  # --limit 3 --chunk-rows 1: one shard per row, so the kills land mid-run
 
 
 def _score_cmd(data, model, out, *extra) -> list[str]:
     return [sys.executable, "-m", "glmscore", "score", "--benchmark", "nullsette", "--data", str(data), "--model",
-            str(model), "--out", str(out), "--limit", "6", "--chunk-rows", "1", "--datasets", "synthetic_ecoli", *extra]
+            str(model), "--out", str(out), "--limit", "3", "--chunk-rows", "1", "--datasets", "synthetic_ecoli", *extra]
 
 
 def _tail(log: Path) -> str:
@@ -322,7 +322,7 @@ def test_a_killed_model_actor_is_restarted_and_nothing_is_lost(small_nullsette, 
           f"({time.monotonic() - killed_at:.1f} s from the kill to the end)")
     assert _files(out) == files
     manifest = json.loads((out / shards.MANIFEST).read_text())
-    assert manifest["rows_total"] == 20 * 6 and len(manifest["shards"]) == len(files) == KILL_SHARDS
+    assert manifest["rows_total"] == KILL_SHARDS and len(manifest["shards"]) == len(files) == KILL_SHARDS
 
 
 def test_a_killed_driver_resumes_with_only_the_missing_shards(small_nullsette, clean_run, tmp_path):
@@ -332,7 +332,7 @@ def test_a_killed_driver_resumes_with_only_the_missing_shards(small_nullsette, c
     out, log = tmp_path / "scores", tmp_path / "log"
     proc = _start(_score_cmd(small_nullsette, KILL_MODEL, out), log)
     try:
-        _wait_for_shards(out, 12, proc, log)
+        _wait_for_shards(out, 6, proc, log)
     finally:
         _kill_session(proc)
     assert not (out / shards.MANIFEST).exists()  # an interrupted run never looks finished
