@@ -136,10 +136,6 @@ UNCARDED: tuple[tuple[str, str, str], ...] = (
     ("GenSLM", "Globus downloads, no hub id",
      "weights are `.pt` files for its own genslm package (codon words, its own masked mean), not on the hub; "
      "genslm is not on PyPI (no distribution found)"),
-    ("AIDO.RNA", "genbio-ai/AIDO.RNA-*",
-     "its classes come with modelgenerator, on PyPI (0.1.3.post0) but pinning numpy<2, peft<=0.13.2, tiledb==0.33.6, "
-     "lightning and Python<3.13: it needs an environment and a backend of its own, not written yet; multimolecule "
-     "0.2.2 (installed here) has no AIDO.RNA class"),
     ("RESM", "none found",
      "no hub repository with a transformers class and no resm package on PyPI were found"),
     ("SPACE", "none found",
