@@ -30,6 +30,7 @@ HEAVIEST_FIRST = [
     "tests/core/test_autoscaling.py",
     "tests/core/test_user_mistakes.py",
     "tests/core/test_object_store.py",
+    "tests/core/test_docs.py",
     "tests/benchmarks/nabench/test_nabench.py",
     "tests/models/test_environments.py",
     "tests/models/test_published_protocols.py",

@@ -24,12 +24,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
+import http.server
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -221,6 +226,8 @@ for step in json.load(open(sys.argv[1])):
 """
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_run_blocks_run_and_print_what_the_docs_show(tmp_path):
     """One interpreter runs the demo and then every run block (one local Ray cluster for all of them)."""
     work = tmp_path / "work"
@@ -337,3 +344,102 @@ def test_the_model_zoo_page_is_the_cards(site):
     zoo = (site / "models" / "index.html").read_text(encoding="utf-8")
     missing = [card for card in shipped_cards() if f"<code>{card}</code>" not in zoo]
     assert not missing, f"the built model zoo lacks the cards {missing}"
+
+
+# ---------------------------------------------------------------- a real browser
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+async def _browse(site_url: str, browser_ws: str, pages: list[str]) -> dict:
+    """Open each page in headless Chromium over the DevTools protocol; say which images loaded, then follow the
+    page's "next" link in the footer, as a reader does, and say where it led."""
+    import aiohttp
+
+    seen = {}
+    async with aiohttp.ClientSession() as http:
+        devtools = browser_ws.split("/devtools/")[0].replace("ws://", "http://")
+        async with http.put(f"{devtools}/json/new?about:blank") as response:
+            page_ws = (await response.json())["webSocketDebuggerUrl"]
+        async with http.ws_connect(page_ws, max_msg_size=0) as ws:
+            ids = iter(range(1, 10**6))
+
+            async def call(method, **params):
+                msg_id = next(ids)
+                await ws.send_json({"id": msg_id, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json(timeout=60)
+                    if msg.get("id") == msg_id:
+                        assert "error" not in msg, msg
+                        return msg.get("result", {})
+
+            async def load(url):
+                await call("Page.navigate", url=url)
+                for _ in range(200):  # the load event, then every image settled
+                    state = await call("Runtime.evaluate", returnByValue=True, expression=(
+                        "document.readyState === 'complete' && [...document.images].every(i => i.complete)"))
+                    if state["result"].get("value"):
+                        return
+                    await asyncio.sleep(0.05)
+
+            await call("Page.enable")
+            for page in pages:
+                await load(f"{site_url}/{page}")
+                got = await call("Runtime.evaluate", returnByValue=True, expression="""({
+                    title: document.querySelector('h1') && document.querySelector('h1').textContent,
+                    images: [...document.querySelectorAll('article img')].map(i => [i.src, i.naturalWidth]),
+                    nav: document.querySelectorAll('nav.md-nav a.md-nav__link').length,
+                    next: (document.querySelector('a.md-footer__link--next') || {}).href || null})""")
+                result = got["result"]["value"]
+                if result["next"]:
+                    await call("Runtime.evaluate", expression="document.querySelector('a.md-footer__link--next').click()")
+                    for _ in range(200):
+                        where = await call("Runtime.evaluate", returnByValue=True, expression=(
+                            "document.readyState === 'complete' ? location.href : ''"))
+                        if where["result"].get("value") == result["next"]:
+                            break
+                        await asyncio.sleep(0.05)
+                    result["followed"] = where["result"].get("value")
+                seen[page] = result
+    return seen
+
+
+def test_the_tutorials_open_in_a_real_browser_with_their_figures_and_navigation(site, tmp_path):
+    """Headless Chromium (Debian's `chromium`, which cluster/local/install.sh installs where it runs as root)
+    opens the home page and the tutorials from a local HTTP server: every figure has loaded (a non-zero natural
+    width), the navigation is there, and the footer's "next" link leads to the next page."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (cluster/local/install.sh installs Debian's where it runs as root); "
+                    "test_the_site_builds_strict_and_every_link_anchor_and_image_is_there checks the HTML instead")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("DevTools listening on "):
+                browser_ws = line.split(" on ", 1)[1].strip()
+                break
+        else:
+            pytest.fail("chromium did not open its DevTools port")
+        pages = ["", "tutorials/nullsette/", "tutorials/nabench/", "tutorials/variants/"]
+        seen = asyncio.run(_browse(f"http://127.0.0.1:{server.server_address[1]}", browser_ws, pages))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        server.shutdown()
+    for page in pages:
+        got = seen[page]
+        assert got["title"] and got["nav"] >= 15, (page, got)
+        assert all(width > 0 for _, width in got["images"]), (page, got["images"])
+        assert got["next"] and got["followed"] == got["next"], (page, got)
+    assert [src for src, _ in seen[""]["images"]][-1:] and seen["tutorials/nullsette/"]["images"], seen
