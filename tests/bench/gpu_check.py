@@ -13,7 +13,7 @@
    both, so a few 1e-3 is expected).
 4. Two actors sharing the GPU (``--gpus-per-actor 0.5 --min-actors 2``): rows/s beside one actor.
 
-Prints one Markdown table; put its numbers in the README (Performance) with the card's name. The seed cards at
+Prints one Markdown table; put its numbers in docs/performance.md with the card's name. The seed cards at
 their real configurations (random weights, real Nullsette and NABench rows) are ``tests/bench/gpu_check_cards.py``.
 """
 
