@@ -19,17 +19,19 @@ from glmscore.models.errors import GlmscoreError
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, choices: Callable[[], list] | list | tuple | None = None,
            minimum: float | None = None, maximum: float | None = None, affects_result: bool = True,
            commands: tuple[str, ...] | None = None, cli: bool = True, parse: Callable[[str], Any] | None = None,
-           negatable: bool = False):
+           negatable: bool = False, group: str | None = None):
     """A dataclass field with what the CLI and the validation need.
 
     ``choices`` may be a callable (registries are read when the parser is built); ``affects_result=False``
     marks settings that change speed or placement but never a score (kept out of the fingerprint);
     ``commands`` limits a score-job flag to some sub-commands (``embed`` only, say); ``parse`` turns the
     command-line text into the value (default: the field's type); ``negatable``: a ``bool | None`` field gets
-    ``--flag`` and ``--no-flag`` (unset: the default decides).
+    ``--flag`` and ``--no-flag`` (unset: the default decides); ``group``: the title of the help section the flag
+    is listed in (``glmscore score --help`` opens with the groups every run uses: input, model, output, cluster).
     """
     meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "maximum": maximum,
-            "affects_result": affects_result, "commands": commands, "cli": cli, "parse": parse, "negatable": negatable}
+            "affects_result": affects_result, "commands": commands, "cli": cli, "parse": parse, "negatable": negatable,
+            "group": group}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -130,12 +132,12 @@ ADDRESS_HELP = ("Ray address (default: RAY_ADDRESS, as set by `ray job submit`, 
                 "`auto` joins the running one)")
 
 
-def address_option():
-    return option(None, affects_result=False, help=ADDRESS_HELP)
+def address_option(group: str | None = None):
+    return option(None, affects_result=False, help=ADDRESS_HELP, group=group)
 
 
-def out_option(what: str = "output folder"):
-    return option(MISSING, affects_result=False, help=what)
+def out_option(what: str = "output folder", group: str | None = None):
+    return option(MISSING, affects_result=False, help=what, group=group)
 
 
 def seed_option(what: str = "seed of splits and fits"):

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 from dataclasses import MISSING
+from pathlib import Path
 
 import pandas as pd
 
@@ -26,6 +27,17 @@ from glmscore.models.options import base_type, choices_of, flag_of, option_field
 from glmscore.pipelines import downloads, store
 from glmscore.pipelines.api import analyze
 from glmscore.pipelines.benchmark import BENCHMARKS, Command, commands_of
+from glmscore.pipelines.cli_config import parse_args
+from glmscore.pipelines.cli_help import (
+    CONFIG_HELP,
+    JOB_GROUPS,
+    METAVARS,
+    HelpFormatter,
+    card_flags,
+    description,
+    job_group,
+    shorten_usage,
+)
 from glmscore.pipelines.console import Terminated, handle_sigint, handle_sigterm, say, show
 from glmscore.pipelines.demo import DemoOptions, run_demo
 from glmscore.pipelines.plan import refuse_relative_in_job_copy
@@ -68,19 +80,30 @@ def add_option(parser, cls, f: dataclasses.Field) -> None:
         kw["required"] = True
     elif default is not None and default is not False:
         kw["help"] += f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
-    parser.add_argument(flag_of(f), **kw)
+    action = parser.add_argument(flag_of(f), **kw)
+    action.declared = (cls, f)  # the declaration behind the flag (the generated CLI reference reads it)
 
 
-def add_options(parser, cls, *, command: str | None = None, skip: set[str] = frozenset()) -> list[str]:
-    """Flags for every CLI field of ``cls`` (those limited to other commands left out); returns their names."""
+def add_options(parser, cls, *, command: str | None = None, skip: set[str] = frozenset(), groups: dict | None = None) -> list[str]:
+    """Flags for every CLI field of ``cls`` (those limited to other commands left out); returns their names.
+    ``groups``: help sections by the fields' ``group`` (``cli_help.job_group``), made on first use."""
     names = []
     for f in option_fields(cls):
         commands = f.metadata.get("commands")
         if not f.metadata.get("cli", True) or f.name in skip or (commands and command not in commands):
             continue
-        add_option(parser, cls, f)
+        target = parser
+        if groups is not None:
+            title = job_group(f)
+            target = groups[title] if title in groups else groups.setdefault(title, parser.add_argument_group(title))
+        add_option(target, cls, f)
         names.append(f.name)
     return names
+
+
+def add_config(parser) -> None:
+    """``--config FILE``: the command's options from a YAML or TOML file (``pipelines/cli_config.py``)."""
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
 
 
 def given(args, names) -> dict:
@@ -88,20 +111,24 @@ def given(args, names) -> dict:
 
 
 def _score_parser(sub, command: str, help_: str) -> None:
-    p = sub.add_parser(command, help=help_)
-    job = add_options(p, ScoreConfig, command=command)
+    p = sub.add_parser(command, help=help_, description=description(command, help_), formatter_class=HelpFormatter)
+    add_config(p)
+    groups = {title: p.add_argument_group(title) for title in JOB_GROUPS}  # the first screen first
+    job = add_options(p, ScoreConfig, command=command, groups=groups)
     data = next(a for a in p._actions if a.dest == "data")
-    data.help += " (" + "; ".join(b.data_help for b in BENCHMARKS.classes()) + ")"
+    data.help += ", or a name `glmscore data get` fetched (each benchmark's layout: its group below)"
+    for action in p._actions:
+        action.metavar = METAVARS.get(action.dest, action.metavar)
     seen = set(job)
     backend_names: list[str] = []
-    groups: dict = {}
     for cls in BACKENDS.classes():
         for f in option_fields(cls.Options):
             if f.name in seen or not f.metadata.get("cli", True):
                 continue
             owner = _declaring_class(cls.Options, f.name)
             title = (owner.__doc__ or f"backend {cls.name}").strip().splitlines()[0]
-            groups.setdefault(title, p.add_argument_group(title))
+            if title not in groups:
+                groups[title] = p.add_argument_group(title)
             add_option(groups[title], cls.Options, f)
             seen.add(f.name)
             backend_names.append(f.name)
@@ -110,7 +137,7 @@ def _score_parser(sub, command: str, help_: str) -> None:
             _union_choices(action, [f for cls in BACKENDS.classes() for f in option_fields(cls.Options) if f.name == action.dest])
     bench_names: list[str] = []
     for cls in BENCHMARKS.classes():
-        g = p.add_argument_group(f"benchmark {cls.name} options")
+        g = p.add_argument_group(f"benchmark {cls.name} options", f"--data: {cls.data_help}")
         bench_names += add_options(g, cls.Options, skip=seen)
         seen.update(bench_names)
     p.set_defaults(job_fields=job, backend_fields=backend_names, benchmark_fields=bench_names)
@@ -154,6 +181,7 @@ def _command_parser(sub_of: dict, parent_sub, words: tuple[str, ...], entries: l
             if len(owners) < len(commands):
                 action.required = False
             _union_choices(action, owners)
+    add_config(c)
     c.set_defaults(fields=names, commands=entries)
 
 
@@ -187,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--scores", nargs="+", default=[], help=cls.scores_help)
         a.add_argument("--out", required=True, help="report folder")
         a.set_defaults(fields=add_options(a, cls.AnalyzeOptions, skip={"scores", "out"}))
+        add_config(a)
 
     # each benchmark's commands (``glmscore nabench probe``), then their aliases (``glmscore probe``)
     sub_of: dict = {}
@@ -204,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole chain on an embedded synthetic benchmark (no download, no GPU)")
     d.set_defaults(fields=add_options(d, DemoOptions))
-    m = sub.add_parser("models", help="list the model cards and backends")
+    add_config(d)
+    m = sub.add_parser("models", help="list the model cards and backends; with a card: the flags its backend takes")
+    m.add_argument("card", nargs="?", help="a card id (or kmer:K, onehot, a local model folder): its backend's flags and defaults")
     m.add_argument("--table", action="store_true", help="the model zoo as a Markdown table (the README's)")
     r = sub.add_parser("runs", help="what output folders hold: benchmark, model, rows, finished or not, fingerprint")
     r.add_argument("folders", nargs="+", help="score or embed output folders (local or s3://)")
@@ -217,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--sha256", help="the SHA-256 the archive must have (replaces glmscore's pin or the first download's)")
     dg.add_argument("--force", action="store_true", help="fetch and unpack again even if a complete copy is cached")
     dt_sub.add_parser("list", help="the names, their sources and pins, and whether each is fetched here")
+    shorten_usage(parser)
     return parser
 
 
@@ -247,7 +279,8 @@ def _pick(entries: list[tuple[str, Command]], values: dict) -> tuple[Command, ob
 
 
 def score_config_from_args(args):
-    return ScoreConfig(task=args.command, options=given(args, args.backend_fields),
+    config_file = str(Path(args.config).resolve()) if getattr(args, "config", None) else None
+    return ScoreConfig(task=args.command, options=given(args, args.backend_fields), config_file=config_file,
                        benchmark_options=given(args, args.benchmark_fields), **given(args, args.job_fields))
 
 
@@ -262,7 +295,7 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)  # with a --config file's options under the command line's
     if args.verbose:
         os.environ["GLMSCORE_VERBOSE"] = "1"
     # a log handler that cannot write (Ray's log file on a full disk) must not print Python's
@@ -320,6 +353,9 @@ def _dispatch(args) -> int:
         refuse_relative_in_job_copy(args.out, "--out")
 
     if args.command == "models":
+        if args.card:
+            show(card_flags(args.card))
+            return 0
         if args.table:
             show(zoo_table())
             return 0

@@ -43,49 +43,51 @@ class ScoreConfig(Options):
 
     # affects_result=False where the fingerprint covers a field in resolved form instead: the data by each
     # unit's CRC, the model by its card and weights, the options by the backend's and benchmark's fields
-    benchmark: str = option(MISSING, choices=lambda: BENCHMARKS.names(), help="benchmark family")
-    data: str = option(MISSING, affects_result=False, help="benchmark data folder")
-    model: str = option(MISSING, affects_result=False, help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
-    out: str = out_option("output folder for Parquet shards and _manifest.json")
+    benchmark: str = option(MISSING, group="input", choices=lambda: BENCHMARKS.names(), help="benchmark family")
+    data: str = option(MISSING, affects_result=False, group="input", help="benchmark data folder")
+    model: str = option(MISSING, affects_result=False, group="model", help="card id (glmscore models), local save_pretrained dir, hub id, kmer:K or onehot")
+    out: str = out_option("output folder for Parquet shards and _manifest.json", group="output")
     task: str = option("score", choices=TASKS, cli=False, help="score (log-likelihoods) or embed")
-    backend: str | None = option(None, affects_result=False, choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
-    reduction: str = option("mean", choices=REDUCTIONS, commands=("score",),
+    backend: str | None = option(None, affects_result=False, group="scoring", choices=lambda: BACKENDS.names(aliases=True), help="override the card's backend")
+    reduction: str = option("mean", group="scoring", choices=REDUCTIONS, commands=("score",),
                             help="score = mean (default) or sum of token log-likelihoods; focus = the token at the benchmark's focus "
                                  "position only (variants: the variant's base; masked LMs)")
-    pooling: str = option("mean", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END (variants: tss, or a window relative to the window centre)")
-    layer: int = option(-1, commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
-    rc: str = option("none", choices=RC_MODES,
+    pooling: str = option("mean", group="scoring", commands=("embed",), help="mean | cls | last | cls+mean | window:START-END (variants: tss, or a window relative to the window centre)")
+    layer: int = option(-1, group="scoring", commands=("embed",), help="hidden-state layer (-1 = last, 0 = embeddings)")
+    rc: str = option("none", group="scoring", choices=RC_MODES,
                      help="reverse-complement averaging: mean scores or embeds both strands and averages them (as Evo 2's "
                           "score_sequences_rc and gReLU's rc=True); both keeps each strand too (score: score_fwd and "
                           "score_rc beside their mean; embed: the two strands' embeddings side by side)")
-    limit: int | None = option(None, minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
-    datasets: list[str] | None = option(None, parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
-    chunk_rows: int = option(DEFAULT_CHUNK_ROWS, minimum=1, help="rows per shard")
-    revision: str | None = option(None, affects_result=False,
+    limit: int | None = option(None, group="input", minimum=1, affects_result=False, help="only the first N rows (pairs) of every file, for quick runs")
+    datasets: list[str] | None = option(None, group="input", parse=comma_list, affects_result=False, help="comma-separated dataset names (default: all)")
+    chunk_rows: int = option(DEFAULT_CHUNK_ROWS, group="output", minimum=1, help="rows per shard")
+    revision: str | None = option(None, affects_result=False, group="revision and remote code",
                                   help="the hub commit (or branch, tag) to load; a card that runs its repository's code "
                                        "and pins no commit needs it (or --trust-remote-code)")
-    trust_remote_code: bool | None = option(None, affects_result=False, negatable=True,
+    trust_remote_code: bool | None = option(None, affects_result=False, group="revision and remote code", negatable=True,
                                             help="allow code from the model repository (default: only a card shipped with "
                                                  "glmscore allows it); --no-trust-remote-code refuses it even then")
-    overwrite: bool = option(False, affects_result=False, help="discard shards of a different earlier run in --out")
-    dry_run: bool = option(False, affects_result=False,
+    overwrite: bool = option(False, group="output", affects_result=False, help="discard shards of a different earlier run in --out")
+    dry_run: bool = option(False, affects_result=False, group="output",
                            help="say what the job would do (units, rows, shards reused and to compute, token limit, "
                                 "resources) and start nothing")
-    address: str | None = address_option()
-    min_actors: int = option(1, minimum=1, affects_result=False, help="smallest actor pool")
-    max_actors: int | None = option(None, minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
-    device: str = option("auto", choices=DEVICE_CHOICES, affects_result=False,
+    address: str | None = address_option(group="cluster")
+    min_actors: int = option(1, group="actors and resources", minimum=1, affects_result=False, help="smallest actor pool")
+    max_actors: int | None = option(None, group="actors and resources", minimum=1, affects_result=False, help="largest actor pool (default: one per GPU, 1 on CPU)")
+    device: str = option("auto", group="actors and resources", choices=DEVICE_CHOICES, affects_result=False,
                          help="gpu: GPU actors even when the cluster has no GPU node yet (an autoscaler adds them); "
                               "cpu: never; auto: GPU actors when the cluster has GPUs at start and the backend can use them")
-    gpus_per_actor: float | None = option(None, minimum=0, affects_result=False,
+    gpus_per_actor: float | None = option(None, group="actors and resources", minimum=0, affects_result=False,
                                           help="GPUs per actor, fractions to share a GPU (default: 1 on GPU, 0 on CPU; "
                                                "see --gpu-memory-gb)")
-    gpu_memory_gb: float | None = option(None, minimum=1, affects_result=False,
+    gpu_memory_gb: float | None = option(None, group="actors and resources", minimum=1, affects_result=False,
                                          help="memory of one of the cluster's GPUs: a card whose gpu_memory_gb fits k >= 2 "
                                               "times gets 1/k GPU per actor, so k actors share a GPU (default: one per GPU)")
-    threads_per_actor: int | None = option(None, minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
+    threads_per_actor: int | None = option(None, group="actors and resources", minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
     options: dict = option({}, cli=False, affects_result=False, help="backend options by field name")
     benchmark_options: dict = option({}, cli=False, affects_result=False, help="benchmark options by field name")
+    config_file: str | None = option(None, cli=False, affects_result=False,
+                                     help="the --config file the options were read from (kept in the manifest)")
 
     def __post_init__(self):
         super().__post_init__()
