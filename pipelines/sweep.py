@@ -78,7 +78,7 @@ EXIT_RUNS_FAILED = 4
 EXIT_INVALID = 2
 # ScoreConfig fields the sweep sets itself (or that belong to `glmscore embed`)
 MANAGED = {"benchmark", "data", "model", "out", "task", "options", "benchmark_options", "address", "overwrite",
-           "pooling", "layer"}
+           "pooling", "layer", "config_file"}
 # what only the person at the command line may turn on: a sweep file (often someone else's) never runs a
 # model repository's code (`glmscore sweep FILE --trust-remote-code`, or a card shipped with glmscore)
 COMMAND_LINE_ONLY = {"trust_remote_code"}
