@@ -3,8 +3,9 @@
 modelgenerator 0.1.3.post0 pins ``transformers==4.38.0`` (and numpy<2, peft<=0.13.2, tiledb==0.33.6...), and its
 ``RNABertForMaskedLM`` imports helpers transformers 5 removed (``find_pruneable_heads_and_indices``), so the class
 cannot load beside glmscore's transformers: the cards list the package under ``environment:`` and only the model's
-actors import it (``pipelines/environments.py``). The hub repositories (``genbio-ai/AIDO.RNA-*``) hold the weights
-and a ``config.json`` of model type ``rnabert`` but no tokenizer: modelgenerator's ``GenBioBERT`` builds
+actors import it (``pipelines/environments.py``), with ``pyarrow<23`` (``ENVIRONMENT``). The hub repositories
+(``genbio-ai/AIDO.RNA-*``) hold the weights and a ``config.json`` of model type ``rnabert`` but no tokenizer:
+modelgenerator's ``GenBioBERT`` builds
 ``RNABertTokenizer(vocab.txt, version="v2")`` from the package's own vocabulary, one token per letter with [CLS]
 before and [SEP] after. The driver never imports the package: the prepare stage encodes with that vocabulary,
 written out here (``VOCAB``; tests/models/test_aido_rna.py checks the ids against the package's tokenizer), and the
@@ -37,6 +38,9 @@ from glmscore.models.tokenization import TokenPolicy, check_protocol
 
 MODEL_TYPE = "rnabert"
 PACKAGE = "modelgenerator==0.1.3.post0"
+# the actor's Ray worker imports pyarrow (Ray Data): the driver's (26 here) needs NumPy 2, modelgenerator pins numpy<2,
+# so the environment takes an older pyarrow (22.0.0 was checked with numpy 1.26.4; the bound is not bisected)
+ENVIRONMENT = (PACKAGE, "pyarrow<23")
 # modelgenerator/huggingface_models/rnabert/vocab.txt (0.1.3.post0), in order: a token's id is its place
 VOCAB = ("[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]", "A", "G", "C", "T", "U", "N",
          "[BOS]", "[EOS]", "[UNUSED1]", "[UNUSED2]", "[UNUSED3]")
@@ -91,14 +95,14 @@ class AidoRNA(HFMasked):
         if config.get("model_type") != MODEL_TYPE or "normalization_type" not in config:
             return None
         return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="mlm", alphabet="RNA",
-                         environment=(PACKAGE,), notes="modelgenerator, card derived from its config.json")
+                         environment=ENVIRONMENT, notes="modelgenerator, card derived from its config.json")
 
     @classmethod
     def check_card(cls, card: ModelCard) -> None:
         super().check_card(card)
         if not card.environment:
             raise GlmscoreError(f"card {card.id} runs modelgenerator, which pins transformers==4.38.0 and runs in an "
-                                f"environment of its own; give it environment: [{PACKAGE}].")
+                                f"environment of its own; give it environment: [{', '.join(ENVIRONMENT)}].")
 
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:

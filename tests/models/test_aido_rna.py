@@ -30,6 +30,7 @@ from glmscore.pipelines import environments
 from tests.conftest import ROOT
 
 PACKAGE = "modelgenerator==0.1.3.post0"
+ENVIRONMENT = (PACKAGE, "pyarrow<23")  # modelgenerator's numpy<2 and a pyarrow the actor's Ray worker can import
 TRANSFORMERS = "transformers==4.38.0"
 # lengths differ (a padded batch); T is read as U, N is its own token, a lower-case letter is upper-cased
 SEQS = ["ACGUACGUUAGC", "GGGAAATTTCCCAGTNAC", "acguac", "UUGACAUAUAAUAGGAGGAUGAAAUAA"]
@@ -123,10 +124,10 @@ def test_aido_cards_run_modelgenerator_in_their_own_environment():
     for card_id, hf_id in (("aido-rna-1.6b", "genbio-ai/AIDO.RNA-1.6B"), ("aido-rna-650m", "genbio-ai/AIDO.RNA-650M")):
         card = cards[card_id]
         assert (card.hf_id, card.backend, card.objective, card.alphabet, card.environment, card.trust_remote_code,
-                card.package, card.vllm) == (hf_id, "aido_rna", "mlm", "RNA", (PACKAGE,), False, None, False)
+                card.package, card.vllm) == (hf_id, "aido_rna", "mlm", "RNA", ENVIRONMENT, False, None, False)
         assert about(card_id)["seed"] == "AIDO.RNA" and about(card_id)["verified"].startswith("tiny real class: ")
         BACKENDS.get(card.backend).check_card(card)
-    with pytest.raises(GlmscoreError, match=r"environment of its own; give it environment: \[modelgenerator==0\.1\.3\.post0\]"):
+    with pytest.raises(GlmscoreError, match=r"environment of its own; give it environment: \[modelgenerator==0\.1\.3\.post0, pyarrow<23\]"):
         AidoRNA.check_card(cards["aido-rna-1.6b"].with_(environment=()))
     assert "AIDO.RNA" not in [seed for seed, _, _ in UNCARDED]
 
@@ -153,7 +154,7 @@ def test_aido_card_scores_and_embeds_as_the_package_class(aido_env, tmp_path):
     card = shipped_cards()["aido-rna-1.6b"].with_(hf_id=str(folder), revision=None)
     folder_card = resolve_card(str(folder))  # the folder alone: modelgenerator's config gets this backend
     assert (folder_card.backend, folder_card.objective, folder_card.alphabet, folder_card.environment) == (
-        "aido_rna", "mlm", "RNA", (PACKAGE,))
+        "aido_rna", "mlm", "RNA", ENVIRONMENT)
     other = tmp_path / "multimolecule-rnabert"  # multimolecule's RNABERT shares the model type, not the config
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "rnabert", "architectures": ["RnaBertForMaskedLM"]}))
@@ -169,5 +170,5 @@ def test_aido_card_scores_and_embeds_as_the_package_class(aido_env, tmp_path):
     assert [e.ids.tolist() for e in backend.make_encoder(card, options, runtime).encode(SEQS)] == out["ids"]
     assert "modelgenerator" not in sys.modules
     with pytest.raises(GlmscoreError, match=r"needs modelgenerator's RNABertForMaskedLM, which did not import here .*"
-                                            r"runs in the card's own environment \(modelgenerator==0\.1\.3\.post0\)"):
+                                            r"runs in the card's own environment \(modelgenerator==0\.1\.3\.post0, pyarrow<23\)"):
         load_backend(card, device="cpu")
