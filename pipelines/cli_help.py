@@ -31,7 +31,7 @@ LONG_USAGE = 6  # a command with more optional flags than this gets `REQUIRED...
 EXAMPLES = {
     "score": ("glmscore score --benchmark nullsette --data nullsette --model kmer:3 --out scores/k3",
               "glmscore score --config run.yaml --limit 20 --dry-run   # a kept file; flags override it"),
-    "embed": ("glmscore embed --benchmark nabench --data nabench --model nt-50m --out emb/nt --pooling cls+mean",
+    "embed": ("glmscore embed --benchmark nabench --data nabench --model nt-v2-50m-multi-species --out emb/nt50m",
               "glmscore embed --config run.yaml --dry-run   # a kept file; flags override it"),
 }
 

@@ -3,6 +3,7 @@ opens with the flags every run uses and an example, ``models CARD`` lists a back
 reads a run's options from a file the command line overrides, and the CLI reference page is the declarations'."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from glmscore.pipelines.cli import build_parser, score_config_from_args
 from glmscore.pipelines.cli_config import parse_args
+from glmscore.pipelines.cli_help import EXAMPLES
 from glmscore.pipelines.cli_reference import reference
 from tests.conftest import ROOT
 
@@ -138,3 +140,14 @@ def test_the_cli_reference_page_is_generated_from_the_declarations():
                                              "python -m glmscore.pipelines.cli_reference > docs/reference/cli.md")
     text = page.read_text()
     assert "## glmscore score" in text and "| `--max-num-seqs` | integer |" in text and "backend vllm_causal" in text
+
+
+def test_the_help_examples_parse(tmp_path):
+    """The examples ``--help`` shows are commands the parser takes (their config file given)."""
+    (tmp_path / "run.yaml").write_text("benchmark: nullsette\ndata: d\nmodel: kmer:3\nout: o\n")
+    for command, lines in EXAMPLES.items():
+        for line in lines:
+            words = shlex.split(line.split("#")[0])
+            assert words[:2] == ["glmscore", command]
+            words = [str(tmp_path / w) if w == "run.yaml" else w for w in words]
+            assert parse_args(build_parser(), words[1:]).command == command
