@@ -19,10 +19,4 @@ if [ "$flavour" = "cpu" ]; then
 else
   "$pip" install -q -e ".[gpu,test,archs]"
 fi
-# tests/core/test_docs.py opens the built docs site in a real headless browser: Debian's chromium, installed
-# where this runs as root with apt (about 30 s once); elsewhere that one test is skipped and says why.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-    >/dev/null 2>&1 || echo "install.sh: chromium could not be installed; the docs' browser test will be skipped"
-fi
 .venv/bin/python -c "import glmscore.models, glmscore.pipelines, glmscore.analysis, ray, torch, transformers; print('glmscore ready: torch', torch.__version__, 'ray', ray.__version__)"
