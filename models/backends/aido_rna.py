@@ -29,9 +29,9 @@ from glmscore.models.hf_common import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
     WEIGHT_FILES,
-    check_cuda,
     check_weights,
     config_dict,
+    place,
     resolve_dtype,
 )
 from glmscore.models.tokenization import TokenPolicy, check_protocol
@@ -145,21 +145,12 @@ class AidoRNA(HFMasked):
 
     def __init__(self, card, options, runtime, fitted=None):
         Backend.__init__(self, card, options, runtime, fitted)
-        import torch  # in here: torch, transformers 4.38 and modelgenerator load in the model's actors only
-
-        try:
+        try:  # in here: torch, transformers 4.38 and modelgenerator load in the model's actors only
             from modelgenerator.huggingface_models.rnabert import RNABertForMaskedLM
         except ImportError as exc:
             raise GlmscoreError(f"model {card.id} needs modelgenerator's RNABertForMaskedLM, which did not import here "
                                 f"({exc}); it runs in the card's own environment ({', '.join(card.environment)}).") from None
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        self.device = torch.device(runtime.device)
-        if self.device.type == "cuda":
-            check_cuda(torch)
-        if runtime.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise GlmscoreError("this GPU has no bfloat16 support; pass --dtype float16 or --dtype float32.")
-        self.dtype = getattr(torch, runtime.dtype)
+        self.device, self.dtype = place(runtime)
         self.batch_tokens = self.configured_batch_tokens = (
             options.batch_tokens or (GPU_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS))
         self.tokenizer = AidoVocabulary()
