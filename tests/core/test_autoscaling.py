@@ -9,7 +9,7 @@ autoscaler add GPU workers until the pool has its 2 actors, and the idle GPU nod
 (``actor_pool_util_upscaling_threshold`` 1.75 tasks per actor), which a k-mer scorer never is (reading and
 tokenizing a chunk costs more than scoring it). With ``--min-actors 1`` Ray Data's cluster autoscaler still
 asks for GPU nodes for the pool's maximum (2 GPU nodes came up), but the pool stayed at one actor and the
-second node stayed idle until the job ended (the README's elastic-cluster section has that trace).
+second node stayed idle until the job ended (docs/clusters.md's elastic-cluster section has that trace).
 """
 
 import json

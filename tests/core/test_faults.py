@@ -1,7 +1,7 @@
 """Faults on real local Ray clusters and real files: a killed model actor, a killed driver, damaged
 shards and records, stale and stray files, a second run into the same --out, a full disk.
 
-Recovery times are printed (``pytest -s``); the README's fault table comes from these runs.
+Recovery times are printed (``pytest -s``); docs/clusters.md's fault table comes from these runs.
 """
 
 import errno
