@@ -83,7 +83,7 @@ class ScoreConfig(Options):
     gpu_memory_gb: float | None = option(None, group="actors and resources", minimum=1, affects_result=False,
                                          help="memory of one of the cluster's GPUs: a card whose gpu_memory_gb fits k >= 2 "
                                               "times gets 1/k GPU per actor, so k actors share a GPU (default: one per GPU)")
-    threads_per_actor: int | None = option(None, group="actors and resources", minimum=1, affects_result=False, help="torch CPU threads per actor (default: CPUs / actors)")
+    threads_per_actor: int | None = option(None, group="actors and resources", minimum=1, affects_result=False, help="CPU threads per actor (torch's; on vLLM, its worker's OpenMP threads; default: CPUs / actors)")
     options: dict = option({}, cli=False, affects_result=False, help="backend options by field name")
     benchmark_options: dict = option({}, cli=False, affects_result=False, help="benchmark options by field name")
     config_file: str | None = option(None, cli=False, affects_result=False,

