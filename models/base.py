@@ -136,6 +136,9 @@ class Backend(ABC):
     needs_gpu: ClassVar[bool] = False  # cannot run on CPU at all
     fits_on_reference: ClassVar[bool] = False  # fitted on the driver before scoring (``fit``)
     objectives: ClassVar[tuple[str, ...]] = ("clm",)  # card objectives this backend runs
+    # pip requirements of a package that pins what glmscore's environment cannot share: every card of this
+    # backend must run in an environment of its own (``environment:``), which ``check_card`` enforces
+    environment: ClassVar[tuple[str, ...]] = ()
     scores_focus: ClassVar[bool] = False  # can score one position per row (``Context.focus``)
     # a reverse-complemented row's output means what the forward row's does (``--rc``); not so for
     # position-resolved outputs such as a sequence-to-function model's bins
@@ -162,6 +165,9 @@ class Backend(ABC):
     def check_card(cls, card: ModelCard) -> None:
         if card.objective not in cls.objectives:
             raise GlmscoreError(f"backend {cls.name} does not run {card.objective} models such as {card.id}.")
+        if cls.environment and not card.environment:
+            raise GlmscoreError(f"card {card.id} runs {cls.environment[0].partition('==')[0]}, which needs an environment of "
+                                f"its own; give it environment: [{', '.join(cls.environment)}].")
 
     @classmethod
     def check_task(cls, task: str, reduction: str = "mean") -> None:

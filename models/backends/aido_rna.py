@@ -84,6 +84,8 @@ def _config(card: ModelCard) -> dict:
 class AidoRNA(HFMasked):
     """modelgenerator's ``RNABertForMaskedLM`` in the card's own environment; ``hf_masked``'s scoring."""
 
+    environment = ENVIRONMENT  # modelgenerator pins transformers==4.38.0 and numpy<2
+
     @classmethod
     def card_for(cls, spec):
         """A local folder modelgenerator's ``RNABertConfig`` wrote (model type ``rnabert`` with its own
@@ -96,13 +98,6 @@ class AidoRNA(HFMasked):
             return None
         return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="mlm", alphabet="RNA",
                          environment=ENVIRONMENT, notes="modelgenerator, card derived from its config.json")
-
-    @classmethod
-    def check_card(cls, card: ModelCard) -> None:
-        super().check_card(card)
-        if not card.environment:
-            raise GlmscoreError(f"card {card.id} runs modelgenerator, which pins transformers==4.38.0 and runs in an "
-                                f"environment of its own; give it environment: [{', '.join(ENVIRONMENT)}].")
 
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:

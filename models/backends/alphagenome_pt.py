@@ -79,7 +79,7 @@ def _read(card: ModelCard) -> tuple[dict, dict]:
 @register_backend("alphagenome_pt")
 class AlphaGenomePT(PackagedTracks):
     Options = AlphaGenomeOptions
-    package = PACKAGE
+    environment = (PACKAGE,)
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:

@@ -42,7 +42,7 @@ UNCROPPED_BINS = 16384 - 32  # the package's crop when return_center_bins_only i
 @register_backend("borzoi_pytorch")
 class BorzoiPyTorch(PackagedTracks):
     Options = EnformerOptions
-    package = PACKAGE
+    environment = (PACKAGE,)
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:

@@ -48,7 +48,7 @@ class EnformerOptions(TrackOptions):
 @register_backend("enformer_pytorch")
 class EnformerPyTorch(PackagedTracks):
     Options = EnformerOptions
-    package = PACKAGE
+    environment = (PACKAGE,)
 
     @classmethod
     def card_for(cls, spec: str) -> ModelCard | None:

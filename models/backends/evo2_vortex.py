@@ -73,13 +73,11 @@ class Evo2Vortex(Backend):
     can_use_gpu = True
     needs_gpu = True
     objectives = ("clm",)
+    environment = (PACKAGE,)
 
     @classmethod
     def check_card(cls, card: ModelCard) -> None:
         super().check_card(card)
-        if not card.environment:
-            raise GlmscoreError(f"card {card.id} runs the evo2 package, which needs an environment of its own; "
-                                f"give it environment: [{PACKAGE}, ...].")
         if card.hf_id not in MODEL_NAMES:
             raise GlmscoreError(f"card {card.id}: {card.hf_id} is not one of the evo2 package's checkpoints "
                                 f"({', '.join(MODEL_NAMES)}).")

@@ -287,8 +287,6 @@ class PackagedTracks(Seq2Func):
     package; only ``__init__`` (in the model's actors) does, through ``load``. The window handling, the
     bins, ``--tracks``, ``--rc`` and regions are ``Seq2Func``'s; ids are A C G T N = 0-4."""
 
-    package = ""  # the pip requirement a card derived from a local folder lists under environment:
-
     @classmethod
     def folder_card(cls, spec: str, model_type: str | None, marker: str, environment: tuple[str, ...] = ()) -> ModelCard | None:
         """A card for a local folder the package saved: ``config.json`` with ``model_type`` and the package's
@@ -300,8 +298,8 @@ class PackagedTracks(Seq2Func):
         if config.get("model_type") != model_type or marker not in config:
             return None
         return ModelCard(id=path.name, hf_id=str(path.resolve()), backend=cls.name, objective="tracks",
-                         environment=environment or (cls.package,),
-                         notes=f"{cls.package.partition('==')[0]}, card derived from its config.json")
+                         environment=environment or cls.environment,
+                         notes=f"{cls.environment[0].partition('==')[0]}, card derived from its config.json")
 
     @classmethod
     def layout(cls, card: ModelCard, options) -> tuple[int, int, int, int]:
@@ -311,13 +309,6 @@ class PackagedTracks(Seq2Func):
     def load(self, card: ModelCard, runtime: Runtime):
         """The package's model, on the CPU (imports the package: actors only)."""
         raise NotImplementedError
-
-    @classmethod
-    def check_card(cls, card: ModelCard) -> None:
-        super().check_card(card)
-        if not card.environment:
-            raise GlmscoreError(f"card {card.id} runs {cls.package.partition('==')[0]}, which runs in an environment "
-                                f"of its own; give it environment: [{cls.package}].")
 
     @classmethod
     def preflight(cls, card, options, task, layer=-1) -> None:

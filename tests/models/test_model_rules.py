@@ -8,6 +8,7 @@ scored like a base). Then the published scripts' precision and context per card,
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -454,3 +455,23 @@ def test_enformer_with_tf_gamma_refuses_another_window_before_ray(tmp_path, smal
         else:
             assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "s").exists()
+
+
+def test_every_backend_that_needs_its_own_environment_refuses_a_card_without_one():
+    """One rule, in the base class: a backend naming the pip requirements it pins (``Backend.environment``)
+    refuses a card that would run it in glmscore's environment, and every shipped card of it has one."""
+    from glmscore.models.base import BACKENDS
+    from glmscore.models.cards import shipped_cards
+
+    needing = {name: BACKENDS.get(name) for name in BACKENDS.names() if BACKENDS.get(name).environment}
+    assert {"aido_rna", "evo2", "enformer_pytorch", "borzoi_pytorch", "alphagenome_pt"} <= set(needing)
+    cards = {c.backend: c for c in shipped_cards().values() if c.backend in needing}
+    assert set(cards) == set(needing)
+    for name, cls in needing.items():
+        assert all(c.environment for c in shipped_cards().values() if c.backend == name)
+        cls.check_card(cards[name])
+        bare = cards[name].with_(environment=())
+        package = cls.environment[0].partition("==")[0]
+        with pytest.raises(GlmscoreError, match=rf"^card {bare.id} runs {package}, which needs an environment of its own; "
+                                                rf"give it environment: \[{re.escape(', '.join(cls.environment))}\]\.$"):
+            cls.check_card(bare)
