@@ -186,13 +186,15 @@ def test_sequence_to_function_models_in_their_own_environments_beside_vllm_in_on
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({  # JSON is YAML
-        "out": str(tmp_path / "out"), "max_parallel": 2, "local_cpus": 4,  # two at once: the suite runs beside it "defaults": {"threads_per_actor": 1},
+        # two runs at once, a thread each: the suite runs beside it
+        "out": str(tmp_path / "out"), "max_parallel": 2, "local_cpus": 4, "defaults": {"threads_per_actor": 1},
         "models": [
             {"model": str(enformer), "window": WINDOW, "long": "truncate", "tracks": "1:4"},
             {"model": str(borzoi), "window": S2F_WINDOW, "long": "truncate", "head": "mouse", "tracks": "2:5", "rc": "mean"},
             {"model": str(alphagenome), "window": S2F_WINDOW, "long": "truncate", "organism": "mouse", "tracks": "1:4",
              "rc": "mean"},
-            {"model": str(tiny_llama), "name": "vllm", "backend": "vllm", "max_model_len": 1024}],
+            # eager: torch.compile's ~2 min is test_vllm.py's to test
+            {"model": str(tiny_llama), "name": "vllm", "backend": "vllm", "max_model_len": 1024, "enforce_eager": True}],
         "benchmarks": [{"name": "nullsette", "data": str(small_nullsette), "limit": 2, "analyze": {"n_perm": 100}}]}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = subprocess.run([sys.executable, "-m", "glmscore", "sweep", str(sweep)], cwd=ROOT, env=env,
