@@ -23,12 +23,19 @@ def _worker_runs_the_actors_threads():
 
     import psutil
 
-    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
-    assert len(workers) == 1, [p.name() for p in psutil.Process().children(recursive=True)]
-    pid = workers[0].pid
-    placed = {Path(f"/proc/{pid}/task/{t}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
-              for t in os.listdir(f"/proc/{pid}/task")}
-    assert placed == {str(c) for c in sorted(os.sched_getaffinity(0))}, placed
+    # every engine this process started (an earlier test's may still be shutting down) was started the same way
+    def placement(proc):
+        try:
+            if proc.name() != "VLLM::Worker":
+                return None
+            return {Path(f"/proc/{proc.pid}/task/{t}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+                    for t in os.listdir(f"/proc/{proc.pid}/task")}
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            return None  # ended while being read
+
+    placed = [p for p in map(placement, psutil.Process().children(recursive=True)) if p is not None]
+    assert placed, [p.name() for p in psutil.Process().children(recursive=True)]
+    assert all(p == {str(c) for c in sorted(os.sched_getaffinity(0))} for p in placed), placed
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine's start only: this process keeps its own
 
 
